@@ -1,0 +1,36 @@
+# Voice Kraliki — common tasks. `make` alone prints this help.
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= /var/tmp/vk-target
+CARGO ?= cargo
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint fmt bench build check-deploy clean
+
+help: ## show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+run: ## build and start the whole stack on its embedded defaults (SQLite, no Sentry/OTLP)
+	$(CARGO) build -p voice-kraliki
+	$(CARGO_TARGET_DIR)/debug/voice-kraliki run
+
+build: ## build every crate
+	$(CARGO) build --workspace --all-targets
+
+test: ## run every test (PostgreSQL tests skip loudly unless REQUIRE_POSTGRES=1)
+	$(CARGO) nextest run --workspace --no-fail-fast
+
+lint: ## rustfmt check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+bench: ## run the benchmarks (release build) and print their figures
+	$(CARGO) bench --workspace
+
+check-deploy: ## validate k8s, Prometheus rules and dashboards with the real tools
+	scripts/check-deploy/run.sh
+
+clean: ## remove build output
+	$(CARGO) clean

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    audio_processor::main()
+}

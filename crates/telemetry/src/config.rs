@@ -1,0 +1,634 @@
+//! Configuration from the environment: the common variables of SPEC §3 and small typed parsers
+//! that every service reuses for its own variables, so that every bad variable is reported
+//! with its name, once, before anything starts.
+
+use std::{collections::HashMap, fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+/// Where variables come from: the process environment (after `.env`) or a map in tests.
+#[derive(Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    /// The process environment, after loading `.env` from the working directory if present
+    /// (variables already set win over the file).
+    pub fn from_process() -> Self {
+        let mut vars: HashMap<String, String> = HashMap::new();
+        if let Ok(text) = std::fs::read_to_string(".env") {
+            for (k, v) in parse_dotenv(&text) {
+                vars.insert(k, v);
+            }
+        }
+        for (k, v) in std::env::vars() {
+            vars.insert(k, v);
+        }
+        Self { vars }
+    }
+
+    /// Exactly these variables (tests, the all-in-one runner).
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self { vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
+    }
+
+    /// The value of `name`, `None` when unset or empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str).filter(|v| !v.trim().is_empty())
+    }
+
+    /// Sets a variable (used by tests and by the all-in-one runner).
+    pub fn set(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.vars.insert(name.into(), value.into());
+    }
+
+    /// All variables, for passing on to a child process.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+fn parse_dotenv(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let l = l.strip_prefix("export ").unwrap_or(l);
+            let (k, v) = l.split_once('=')?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(v);
+            Some((k.trim().to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// One bad variable: its name, the offending value (unless secret) and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}: {}", self.variable, self.message)
+    }
+}
+
+/// Every bad variable found while loading a configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    /// Records a bad variable.
+    pub fn push(&mut self, variable: &str, message: impl Into<String>) {
+        self.0.push(ConfigError { variable: variable.to_string(), message: message.into() });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Merges another set of errors into this one.
+    pub fn extend(&mut self, other: ConfigErrors) {
+        self.0.extend(other.0);
+    }
+
+    /// `Ok(value)` when no error was recorded.
+    pub fn into_result<T>(self, value: T) -> Result<T, ConfigErrors> {
+        if self.0.is_empty() { Ok(value) } else { Err(self) }
+    }
+}
+
+/// Typed reads that record an error (and return the default) instead of failing early, so a
+/// configuration reports every bad variable at once.
+pub struct Reader<'a> {
+    env: &'a Env,
+    pub errors: ConfigErrors,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(env: &'a Env) -> Self {
+        Self { env, errors: ConfigErrors::default() }
+    }
+
+    pub fn env(&self) -> &Env {
+        self.env
+    }
+
+    /// An optional string.
+    pub fn string(&self, name: &str) -> Option<String> {
+        self.env.get(name).map(|v| v.trim().to_string())
+    }
+
+    /// A string with a default.
+    pub fn string_or(&self, name: &str, default: &str) -> String {
+        self.string(name).unwrap_or_else(|| default.to_string())
+    }
+
+    /// A secret: never echoed in an error message.
+    pub fn secret(&self, name: &str) -> Option<Secret> {
+        self.env.get(name).map(|v| Secret(v.trim().to_string()))
+    }
+
+    /// Any `FromStr` value with a default; `expected` describes a valid value.
+    pub fn parse_or<T: FromStr>(&mut self, name: &str, default: T, expected: &str) -> T {
+        match self.env.get(name) {
+            None => default,
+            Some(raw) => match raw.trim().parse::<T>() {
+                Ok(v) => v,
+                Err(_) => {
+                    self.errors.push(name, format!("{raw:?} is not {expected}"));
+                    default
+                }
+            },
+        }
+    }
+
+    /// A listen or peer address such as `0.0.0.0:8000`.
+    pub fn addr_or(&mut self, name: &str, default: &str) -> SocketAddr {
+        let fallback = default.parse().expect("default address is valid");
+        self.parse_or(name, fallback, "a socket address like 0.0.0.0:8000")
+    }
+
+    /// A boolean: `true/false/1/0/yes/no/on/off`, any case.
+    pub fn bool_or(&mut self, name: &str, default: bool) -> bool {
+        match self.env.get(name) {
+            None => default,
+            Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => {
+                    self.errors.push(name, format!("{raw:?} is not a boolean (true or false)"));
+                    default
+                }
+            },
+        }
+    }
+
+    /// A number in `[min, max]`.
+    pub fn f64_in(&mut self, name: &str, default: f64, min: f64, max: f64) -> f64 {
+        match self.env.get(name) {
+            None => default,
+            Some(raw) => match raw.trim().parse::<f64>() {
+                Ok(v) if v.is_finite() && (min..=max).contains(&v) => v,
+                _ => {
+                    self.errors.push(name, format!("{raw:?} is not a number between {min} and {max}"));
+                    default
+                }
+            },
+        }
+    }
+
+    /// A positive integer in `[1, max]`.
+    pub fn positive_or(&mut self, name: &str, default: usize, max: usize) -> usize {
+        match self.env.get(name) {
+            None => default,
+            Some(raw) => match raw.trim().parse::<usize>() {
+                Ok(v) if (1..=max).contains(&v) => v,
+                _ => {
+                    self.errors.push(name, format!("{raw:?} is not a whole number between 1 and {max}"));
+                    default
+                }
+            },
+        }
+    }
+
+    /// A duration in seconds (fractions allowed, e.g. `0.5`), at most `max_seconds`.
+    pub fn seconds_or(&mut self, name: &str, default: Duration, max_seconds: f64) -> Duration {
+        match self.env.get(name) {
+            None => default,
+            Some(raw) => match raw.trim().trim_end_matches('s').parse::<f64>() {
+                Ok(v) if v.is_finite() && (0.0..=max_seconds).contains(&v) => Duration::from_secs_f64(v),
+                _ => {
+                    self.errors
+                        .push(name, format!("{raw:?} is not a number of seconds between 0 and {max_seconds}"));
+                    default
+                }
+            },
+        }
+    }
+
+    /// A URL with one of the given schemes.
+    pub fn url_or(&mut self, name: &str, default: &str, schemes: &[&str]) -> String {
+        let value = self.string_or(name, default);
+        if let Err(message) = check_url(&value, schemes) {
+            self.errors.push(name, format!("{value:?} {message}"));
+            return default.to_string();
+        }
+        value.trim_end_matches('/').to_string()
+    }
+
+    /// Records an error on a variable.
+    pub fn error(&mut self, name: &str, message: impl Into<String>) {
+        self.errors.push(name, message);
+    }
+}
+
+/// Checks that `value` looks like `scheme://host[:port][/path]` with an allowed scheme.
+pub fn check_url(value: &str, schemes: &[&str]) -> Result<(), String> {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return Err(format!("is not a URL (expected {}://host:port)", schemes.join(" or ")));
+    };
+    if !schemes.contains(&scheme) {
+        return Err(format!("has scheme {scheme:?}; expected {}", schemes.join(" or ")));
+    }
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    if host.is_empty() || host.contains(' ') {
+        return Err("has no host".to_string());
+    }
+    if let Some((_, port)) = host.rsplit_once(':')
+        && !host.ends_with(']')
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!("has an invalid port {port:?}"));
+    }
+    Ok(())
+}
+
+/// A secret value (API keys, tokens, DSNs): prints as `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// Trace sampling, from `OTEL_TRACES_SAMPLER(_ARG)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampler {
+    AlwaysOn,
+    AlwaysOff,
+    TraceIdRatio(f64),
+    ParentBasedAlwaysOn,
+    ParentBasedAlwaysOff,
+    ParentBasedTraceIdRatio(f64),
+}
+
+/// The common telemetry configuration of every service (SPEC §3).
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// `SENTRY_DSN`: unset means Sentry is off.
+    pub sentry_dsn: Option<sentry::types::Dsn>,
+    /// `SENTRY_TRACES_SAMPLE_RATE`, 0..1, default 0.1.
+    pub sentry_traces_sample_rate: f32,
+    /// `SENTRY_PROFILES_SAMPLE_RATE`: accepted; the Rust SDK has no profiler (pprof instead).
+    pub sentry_profiles_sample_rate: f32,
+    /// `RELEASE_VERSION`, default the crate version.
+    pub release: Option<String>,
+    /// `APM_ENABLED`: master switch for Sentry and OTLP export.
+    pub apm_enabled: bool,
+    /// `APM_ENVIRONMENT`, falling back to `ENVIRONMENT`, default `development`.
+    pub environment: String,
+    /// `ENABLE_METRICS`: `false` removes `/metrics` and all recording.
+    pub metrics_enabled: bool,
+    /// `LOG_LEVEL`: a level (`info`, `DEBUG`…) or `RUST_LOG`-style directives.
+    pub log_filter: String,
+    /// `LOG_FORMAT`: json (default) or text.
+    pub log_format: LogFormat,
+    /// `LOG_FILE`: also append log lines to this file.
+    pub log_file: Option<std::path::PathBuf>,
+    /// `WORKERS`: async worker threads; default the CPU count.
+    pub workers: usize,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: OTLP export is on when set.
+    pub otlp_endpoint: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` (default) or `http/protobuf`.
+    pub otlp_protocol: OtlpProtocol,
+    /// `OTEL_SERVICE_NAME`: overrides the service's own name in traces.
+    pub otel_service_name: Option<String>,
+    /// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`, default parent-based always-on.
+    pub sampler: Sampler,
+    /// `OTEL_RESOURCE_ATTRIBUTES`: `key=value,…` added to the trace resource.
+    pub resource_attributes: Vec<(String, String)>,
+    /// `SHUTDOWN_DELAY_SECONDS`: serve on with readiness failing before draining (default 0).
+    pub shutdown_delay: Duration,
+    /// `SHUTDOWN_TIMEOUT_SECONDS`: longest drain of in-flight work (default 20).
+    pub shutdown_timeout: Duration,
+    /// `TELEMETRY_FLUSH_TIMEOUT_SECONDS`: longest flush of Sentry and OTLP at exit (default 5).
+    pub flush_timeout: Duration,
+}
+
+impl TelemetryConfig {
+    /// Reads the common variables, recording bad ones in `reader`.
+    pub fn read(reader: &mut Reader<'_>) -> Self {
+        let sentry_dsn = match reader.string("SENTRY_DSN") {
+            None => None,
+            Some(raw) => match raw.parse::<sentry::types::Dsn>() {
+                Ok(dsn) => Some(dsn),
+                Err(_) => {
+                    // The DSN's public key is not a secret, but keep it out of the message anyway.
+                    reader.error("SENTRY_DSN", "is not a valid Sentry DSN (https://<key>@<host>/<project>)");
+                    None
+                }
+            },
+        };
+        let sentry_traces_sample_rate = reader.f64_in("SENTRY_TRACES_SAMPLE_RATE", 0.1, 0.0, 1.0) as f32;
+        let sentry_profiles_sample_rate = reader.f64_in("SENTRY_PROFILES_SAMPLE_RATE", 0.0, 0.0, 1.0) as f32;
+        let release = reader.string("RELEASE_VERSION");
+        let apm_enabled = reader.bool_or("APM_ENABLED", true);
+        let environment = reader
+            .string("APM_ENVIRONMENT")
+            .or_else(|| reader.string("ENVIRONMENT"))
+            .unwrap_or_else(|| "development".to_string());
+        let metrics_enabled = reader.bool_or("ENABLE_METRICS", true);
+
+        let log_filter = reader.string_or("LOG_LEVEL", "info");
+        let log_filter = match normalise_log_filter(&log_filter) {
+            Ok(f) => f,
+            Err(message) => {
+                reader.error("LOG_LEVEL", format!("{log_filter:?} {message}"));
+                "info".to_string()
+            }
+        };
+        let log_format = match reader.string_or("LOG_FORMAT", "json").to_ascii_lowercase().as_str() {
+            "json" => LogFormat::Json,
+            "text" | "pretty" | "plain" => LogFormat::Text,
+            other => {
+                reader.error("LOG_FORMAT", format!("{other:?} is not json or text"));
+                LogFormat::Json
+            }
+        };
+        let log_file = reader.string("LOG_FILE").map(std::path::PathBuf::from);
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let workers = reader.positive_or("WORKERS", cpus, 1024);
+
+        let otlp_endpoint = reader.string("OTEL_EXPORTER_OTLP_ENDPOINT");
+        if let Some(endpoint) = &otlp_endpoint
+            && let Err(message) = check_url(endpoint, &["http", "https"])
+        {
+            reader.error("OTEL_EXPORTER_OTLP_ENDPOINT", format!("{endpoint:?} {message}"));
+        }
+        let otlp_protocol = match reader.string_or("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc").as_str() {
+            "grpc" => OtlpProtocol::Grpc,
+            "http/protobuf" => OtlpProtocol::HttpProtobuf,
+            other => {
+                reader.error("OTEL_EXPORTER_OTLP_PROTOCOL", format!("{other:?} is not grpc or http/protobuf"));
+                OtlpProtocol::Grpc
+            }
+        };
+        let otel_service_name = reader.string("OTEL_SERVICE_NAME");
+        let sampler = read_sampler(reader);
+        let resource_attributes = match reader.string("OTEL_RESOURCE_ATTRIBUTES") {
+            None => Vec::new(),
+            Some(raw) => {
+                let mut out = Vec::new();
+                for pair in raw.split(',').filter(|p| !p.trim().is_empty()) {
+                    match pair.split_once('=') {
+                        Some((k, v)) if !k.trim().is_empty() => {
+                            out.push((k.trim().to_string(), v.trim().to_string()))
+                        }
+                        _ => reader.error("OTEL_RESOURCE_ATTRIBUTES", format!("{pair:?} is not key=value")),
+                    }
+                }
+                out
+            }
+        };
+        let shutdown_delay = reader.seconds_or("SHUTDOWN_DELAY_SECONDS", Duration::ZERO, 300.0);
+        let shutdown_timeout = reader.seconds_or("SHUTDOWN_TIMEOUT_SECONDS", Duration::from_secs(20), 3600.0);
+        let flush_timeout = reader.seconds_or("TELEMETRY_FLUSH_TIMEOUT_SECONDS", Duration::from_secs(5), 60.0);
+
+        Self {
+            sentry_dsn,
+            sentry_traces_sample_rate,
+            sentry_profiles_sample_rate,
+            release,
+            apm_enabled,
+            environment,
+            metrics_enabled,
+            log_filter,
+            log_format,
+            log_file,
+            workers,
+            otlp_endpoint,
+            otlp_protocol,
+            otel_service_name,
+            sampler,
+            resource_attributes,
+            shutdown_delay,
+            shutdown_timeout,
+            flush_timeout,
+        }
+    }
+
+    /// Reads the common variables alone.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigErrors> {
+        let mut reader = Reader::new(env);
+        let config = Self::read(&mut reader);
+        reader.errors.into_result(config)
+    }
+
+    /// Whether Sentry events are sent.
+    pub fn sentry_enabled(&self) -> bool {
+        self.apm_enabled && self.sentry_dsn.is_some()
+    }
+
+    /// Whether spans are exported over OTLP.
+    pub fn otlp_enabled(&self) -> bool {
+        self.apm_enabled && self.otlp_endpoint.is_some()
+    }
+}
+
+fn read_sampler(reader: &mut Reader<'_>) -> Sampler {
+    let name = reader.string_or("OTEL_TRACES_SAMPLER", "parentbased_always_on");
+    let needs_ratio = matches!(name.as_str(), "traceidratio" | "parentbased_traceidratio");
+    let ratio = if needs_ratio { reader.f64_in("OTEL_TRACES_SAMPLER_ARG", 1.0, 0.0, 1.0) } else { 1.0 };
+    match name.as_str() {
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatio(ratio),
+        "parentbased_always_on" => Sampler::ParentBasedAlwaysOn,
+        "parentbased_always_off" => Sampler::ParentBasedAlwaysOff,
+        "parentbased_traceidratio" => Sampler::ParentBasedTraceIdRatio(ratio),
+        other => {
+            reader.error(
+                "OTEL_TRACES_SAMPLER",
+                format!(
+                    "{other:?} is not one of always_on, always_off, traceidratio, parentbased_always_on, \
+                     parentbased_always_off, parentbased_traceidratio"
+                ),
+            );
+            Sampler::ParentBasedAlwaysOn
+        }
+    }
+}
+
+/// Accepts `DEBUG`, `info`… (any case) or `RUST_LOG`-style directives; a bare level applies to
+/// everything, with the noisiest dependencies held at `warn` unless named explicitly.
+pub fn normalise_log_filter(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    let level = raw.to_ascii_lowercase();
+    let level = match level.as_str() {
+        "warning" => "warn".to_string(),
+        "critical" | "fatal" => "error".to_string(),
+        other => other.to_string(),
+    };
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let filter = if LEVELS.contains(&level.as_str()) {
+        let quiet = if matches!(level.as_str(), "trace" | "debug") { "info" } else { "warn" };
+        format!("{level},h2={quiet},hyper={quiet},hyper_util={quiet},tower={quiet},reqwest={quiet},rustls={quiet},opentelemetry_sdk={quiet},tonic={quiet},opentelemetry={quiet}")
+    } else {
+        raw.to_string()
+    };
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&filter)
+        .map(|_| filter)
+        .map_err(|e| format!("is not a log level or filter ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(pairs: &[(&str, &str)]) -> Vec<String> {
+        match TelemetryConfig::from_env(&Env::from_pairs(pairs.iter().copied())) {
+            Ok(_) => vec![],
+            Err(e) => e.0.into_iter().map(|e| e.variable).collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = TelemetryConfig::from_env(&Env::default()).unwrap();
+        assert!((c.sentry_traces_sample_rate - 0.1).abs() < 1e-6);
+        assert_eq!(c.sentry_profiles_sample_rate, 0.0);
+        assert!(c.apm_enabled && c.metrics_enabled);
+        assert_eq!(c.environment, "development");
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(c.log_filter.starts_with("info"));
+        assert_eq!(c.otlp_protocol, OtlpProtocol::Grpc);
+        assert!(!c.sentry_enabled() && !c.otlp_enabled());
+        assert!(c.workers >= 1);
+    }
+
+    #[test]
+    fn each_bad_variable_is_named_once() {
+        let bad = errors(&[
+            ("SENTRY_TRACES_SAMPLE_RATE", "2"),
+            ("WORKERS", "zero"),
+            ("APM_ENABLED", "maybe"),
+            ("LOG_FORMAT", "xml"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon"),
+            ("SENTRY_DSN", "not a dsn"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317"),
+        ]);
+        assert_eq!(
+            bad,
+            [
+                "SENTRY_DSN",
+                "SENTRY_TRACES_SAMPLE_RATE",
+                "APM_ENABLED",
+                "LOG_FORMAT",
+                "WORKERS",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_PROTOCOL"
+            ]
+        );
+    }
+
+    #[test]
+    fn environment_falls_back_and_log_level_accepts_guide_spelling() {
+        let c = TelemetryConfig::from_env(&Env::from_pairs([("ENVIRONMENT", "staging"), ("LOG_LEVEL", "DEBUG")]))
+            .unwrap();
+        assert_eq!(c.environment, "staging");
+        assert!(c.log_filter.starts_with("debug,"));
+        let c = TelemetryConfig::from_env(&Env::from_pairs([
+            ("ENVIRONMENT", "staging"),
+            ("APM_ENVIRONMENT", "production"),
+            ("LOG_LEVEL", "call_api=debug,warn"),
+        ]))
+        .unwrap();
+        assert_eq!(c.environment, "production");
+        assert_eq!(c.log_filter, "call_api=debug,warn");
+        assert_eq!(errors(&[("LOG_LEVEL", "loud=[")]), ["LOG_LEVEL"]);
+    }
+
+    #[test]
+    fn sampler_and_resource_attributes() {
+        let c = TelemetryConfig::from_env(&Env::from_pairs([
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.region=eu, team=voice"),
+        ]))
+        .unwrap();
+        assert_eq!(c.sampler, Sampler::ParentBasedTraceIdRatio(0.25));
+        assert_eq!(c.resource_attributes[1], ("team".to_string(), "voice".to_string()));
+        assert_eq!(errors(&[("OTEL_TRACES_SAMPLER_ARG", "3"), ("OTEL_TRACES_SAMPLER", "traceidratio")]), [
+            "OTEL_TRACES_SAMPLER_ARG"
+        ]);
+    }
+
+    #[test]
+    fn addresses_urls_and_secrets() {
+        let env = Env::from_pairs([("A", "0.0.0.0:80"), ("B", "nonsense"), ("K", "sk-123")]);
+        let mut r = Reader::new(&env);
+        assert_eq!(r.addr_or("A", "127.0.0.1:1").port(), 80);
+        assert_eq!(r.addr_or("B", "127.0.0.1:1").port(), 1);
+        assert_eq!(format!("{:?} {}", r.secret("K").unwrap(), r.secret("K").unwrap()), "[redacted] [redacted]");
+        assert_eq!(r.errors.0.len(), 1);
+        assert!(r.errors.to_string().contains("B: \"nonsense\""));
+        assert!(check_url("http://127.0.0.1:4317", &["http"]).is_ok());
+        assert!(check_url("http://127.0.0.1:99999", &["http"]).is_err());
+        assert!(check_url("ftp://x", &["http"]).is_err());
+    }
+
+    #[test]
+    fn dotenv_lines() {
+        let v = parse_dotenv("# c\nA=1\nexport B=\"two words\"\n\nC='x'\nbad line\n");
+        assert_eq!(v, vec![("A".into(), "1".into()), ("B".into(), "two words".into()), ("C".into(), "x".into())]);
+    }
+}

@@ -1,0 +1,281 @@
+//! Observability for every Voice Kraliki service, wired in one place: JSON logs carrying trace
+//! ids, Sentry errors and transactions, OTLP traces with W3C propagation across gRPC, Prometheus
+//! metrics with explicit buckets, health and readiness, CPU profiles, and graceful shutdown.
+//!
+//! ```text
+//! config.rs    environment variables (SPEC §3) and typed parsers services reuse
+//! logging.rs   JSON/text line formats, stdout + LOG_FILE
+//! otel.rs      tracer provider, OTLP exporter, traceparent inject/extract
+//! sentry.rs    Sentry client, scrubbing, capture_exception
+//! metrics.rs   Prometheus recorder, metric names, build_info, process_*
+//! http.rs      axum layer: server span + http_requests_* RED metrics
+//! grpc.rs      tonic layers: server/client spans + grpc_server_*/grpc_client_* metrics
+//! health.rs    readiness registry, /health, /ready, grpc.health.v1
+//! pprof.rs     /debug/pprof/profile
+//! shutdown.rs  SIGTERM → not ready → drain (bounded) → flush (bounded)
+//! testing.rs   in-test OTLP receiver and Sentry sink (feature `testing`)
+//! ```
+//!
+//! A service's `main` starts with `let telemetry = telemetry::init(&info, &config)?;` and ends
+//! with `telemetry.shutdown().await`.
+
+pub mod config;
+pub mod entry;
+pub mod grpc;
+pub mod health;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod otel;
+pub mod pprof;
+pub mod sentry_support;
+pub mod serve;
+pub mod shutdown;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::time::Duration;
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::{Layer as _, layer::SubscriberExt, util::SubscriberInitExt};
+
+pub use config::{ConfigErrors, Env, Reader, Secret, TelemetryConfig};
+pub use health::Health;
+pub use metrics::MetricsHandle;
+pub use sentry_support::{ErrorContext, capture_exception};
+pub use serve::{ServiceContext, serve_grpc_service, serve_http};
+pub use shutdown::Shutdown;
+
+/// A `TcpListener` as the connection stream tonic's `serve_with_incoming` takes.
+pub fn incoming(listener: tokio::net::TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
+}
+
+/// Who is reporting: the service's name and version, and the histograms it records (each needs
+/// explicit buckets, or the exporter renders it as a summary).
+#[derive(Debug, Clone)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub version: String,
+    pub git_sha: String,
+    pub histograms: Vec<(String, Vec<f64>)>,
+}
+
+impl ServiceInfo {
+    pub fn new(name: &str, version: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            version: version.to_string(),
+            git_sha: option_env!("VK_GIT_SHA").unwrap_or("unknown").to_string(),
+            histograms: Vec::new(),
+        }
+    }
+
+    /// Declares a histogram and its buckets.
+    pub fn with_histogram(mut self, name: &str, buckets: &[f64]) -> Self {
+        self.histograms.push((name.to_string(), buckets.to_vec()));
+        self
+    }
+}
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("open LOG_FILE: {0}")]
+    LogFile(#[source] std::io::Error),
+    #[error("build the OTLP exporter for OTEL_EXPORTER_OTLP_ENDPOINT: {0}")]
+    Otlp(#[from] opentelemetry_otlp::ExporterBuildError),
+}
+
+/// Everything telemetry holds for the life of the process; flush it with [`Telemetry::shutdown`].
+pub struct Telemetry {
+    info: ServiceInfo,
+    config: TelemetryConfig,
+    metrics: Option<MetricsHandle>,
+    tracer_provider: Option<SdkTracerProvider>,
+    sentry: Option<sentry::ClientInitGuard>,
+}
+
+/// Installs the crypto provider that every TLS client here (reqwest, Sentry, OTLP) shares.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Starts logging, the panic hook, Sentry and OTLP (in that order) and the metrics recorder.
+///
+/// Must run inside a Tokio runtime (the OTLP gRPC exporter binds to it). Only the first call in
+/// a process installs the global subscriber; later calls (several services in one test) reuse it.
+pub fn init(info: &ServiceInfo, config: &TelemetryConfig) -> Result<Telemetry, InitError> {
+    install_crypto_provider();
+    let release = config.release.clone().unwrap_or_else(|| info.version.clone());
+    let writer = logging::LogWriter::new(config.log_file.as_deref()).map_err(InitError::LogFile)?;
+
+    let sentry = config.sentry_enabled().then(|| sentry_support::init(info, config, &release));
+    let provider = otel::tracer_provider(info, config)?;
+    let tracer = otel::tracer(&provider, info);
+
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(&config.log_filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = match config.log_format {
+        config::LogFormat::Json => tracing_subscriber::fmt::layer()
+            .event_format(logging::JsonFormat::new(info, &config.environment))
+            .with_writer(writer)
+            .boxed(),
+        config::LogFormat::Text => {
+            tracing_subscriber::fmt::layer().event_format(logging::TextFormat).with_writer(writer).boxed()
+        }
+    };
+    let otel_layer = tracing_opentelemetry::layer().with_tracer(tracer).with_tracked_inactivity(false);
+    let sentry_layers = sentry.as_ref().map(|_| {
+        use sentry::integrations::tracing::{BreadcrumbLayer, ErrorLayer, SpanLayer};
+        use tracing_subscriber::filter::LevelFilter;
+        SpanLayer::new()
+            .with_filter(LevelFilter::INFO)
+            .and_then(ErrorLayer::new().with_filter(LevelFilter::ERROR))
+            .and_then(BreadcrumbLayer::new().with_filter(LevelFilter::INFO))
+    });
+    let installed = tracing_subscriber::registry().with(filter).with(otel_layer).with(fmt).with(sentry_layers).try_init();
+    if installed.is_err() {
+        tracing::debug!(service = %info.name, "tracing subscriber already installed in this process");
+    }
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    opentelemetry::global::set_tracer_provider(provider.clone());
+
+    let metrics = config.metrics_enabled.then(|| metrics::install(info, &release));
+
+    if config.sentry_profiles_sample_rate > 0.0 {
+        tracing::warn!(
+            "SENTRY_PROFILES_SAMPLE_RATE is set but the Rust Sentry SDK has no profiler; \
+             take CPU profiles from GET /debug/pprof/profile?seconds=N instead"
+        );
+    }
+    if !config.apm_enabled && (config.sentry_dsn.is_some() || config.otlp_endpoint.is_some()) {
+        tracing::info!("APM_ENABLED=false: Sentry and OTLP export are off although configured");
+    }
+    tracing::info!(
+        service = %info.name,
+        version = %release,
+        environment = %config.environment,
+        sentry = config.sentry_enabled(),
+        otlp = config.otlp_enabled(),
+        metrics = config.metrics_enabled,
+        "telemetry started"
+    );
+    Ok(Telemetry { info: info.clone(), config: config.clone(), metrics, tracer_provider: Some(provider), sentry })
+}
+
+impl Telemetry {
+    /// The metrics handle, `None` when `ENABLE_METRICS=false`.
+    pub fn metrics(&self) -> Option<MetricsHandle> {
+        self.metrics.clone()
+    }
+
+    pub fn info(&self) -> &ServiceInfo {
+        &self.info
+    }
+
+    pub fn config(&self) -> &TelemetryConfig {
+        &self.config
+    }
+
+    /// A health registry for this service.
+    pub fn health(&self) -> Health {
+        Health::new(&self.info, &self.config.environment)
+    }
+
+    /// The shutdown sequence configured by `SHUTDOWN_DELAY_SECONDS`/`SHUTDOWN_TIMEOUT_SECONDS`.
+    pub fn shutdown_sequence(&self) -> Shutdown {
+        Shutdown::new(self.config.shutdown_delay, self.config.shutdown_timeout)
+    }
+
+    /// Flushes spans and Sentry events, waiting at most `TELEMETRY_FLUSH_TIMEOUT_SECONDS`
+    /// whatever the state of the collector or Sentry.
+    pub async fn shutdown(mut self) {
+        let timeout = self.config.flush_timeout;
+        let provider = self.tracer_provider.take();
+        let sentry = self.sentry.take();
+        // Exporters may block on a dead peer: flush off the runtime and stop waiting at the bound.
+        let flush = tokio::task::spawn_blocking(move || {
+            if let Some(provider) = provider {
+                let _ = provider.shutdown_with_timeout(timeout);
+            }
+            if let Some(guard) = sentry {
+                if let Some(client) = sentry::Hub::main().client() {
+                    client.close(Some(timeout));
+                }
+                drop(guard);
+            }
+        });
+        if tokio::time::timeout(timeout + Duration::from_millis(500), flush).await.is_err() {
+            eprintln!("telemetry flush did not finish within {timeout:?}; exiting anyway");
+        }
+    }
+}
+
+/// The admin router: `/health`, `/ready`, `/metrics` (unless metrics are off) and, when
+/// `with_pprof`, `/debug/pprof/profile`.
+pub fn admin_router(health: &Health, metrics: Option<MetricsHandle>, with_pprof: bool) -> Router {
+    let mut router = health.router();
+    if let Some(handle) = metrics {
+        router = router.merge(metrics_router(handle));
+    }
+    if with_pprof {
+        router = router.merge(pprof::router());
+    }
+    router
+}
+
+/// `GET /metrics` in the Prometheus text format.
+pub fn metrics_router(handle: MetricsHandle) -> Router {
+    Router::new().route("/metrics", get(render_metrics)).with_state(handle)
+}
+
+async fn render_metrics(State(handle): State<MetricsHandle>) -> impl IntoResponse {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render())
+}
+
+/// Wraps an API router with the request layers every HTTP service uses: a Sentry hub per request
+/// and a transaction named by route template, the server span and RED metrics, and panic
+/// recovery (a panicking handler answers 500 and is still reported).
+pub fn http_layers(router: Router) -> Router {
+    router
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(http::HttpLayer)
+        .layer(sentry::integrations::tower::SentryHttpLayer::new().enable_transaction())
+        .layer(sentry::integrations::tower::NewSentryLayer::<axum::extract::Request>::new_from_top())
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(serde_json::json!({"error": {"code": "internal", "message": "internal error"}})),
+    )
+        .into_response()
+}
+
+/// The tower stack for a tonic server: `Server::builder().layer(telemetry::grpc_server_layers())`.
+pub fn grpc_server_layers() -> tower::ServiceBuilder<
+    tower::layer::util::Stack<
+        grpc::GrpcServerLayer,
+        tower::layer::util::Stack<
+            sentry::integrations::tower::SentryHttpLayer,
+            tower::layer::util::Stack<
+                sentry::integrations::tower::NewSentryLayer<::http::Request<tonic::body::Body>>,
+                tower::layer::util::Identity,
+            >,
+        >,
+    >,
+> {
+    tower::ServiceBuilder::new()
+        .layer(sentry::integrations::tower::NewSentryLayer::<::http::Request<tonic::body::Body>>::new_from_top())
+        .layer(sentry::integrations::tower::SentryHttpLayer::new().enable_transaction())
+        .layer(grpc::GrpcServerLayer)
+}

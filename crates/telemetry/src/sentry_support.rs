@@ -1,0 +1,213 @@
+//! Sentry: errors, panics and transactions with release, environment and the service tag; no
+//! personal data (`send_default_pii` off, phone numbers scrubbed from everything sent).
+
+use std::{borrow::Cow, collections::BTreeMap};
+
+use sentry::protocol::{Event, Value};
+
+use crate::{ServiceInfo, config::TelemetryConfig};
+
+/// Paths and methods whose transactions are never sent (probes and scrapes).
+const UNSAMPLED: [&str; 5] = ["/health", "/ready", "/metrics", "grpc.health.v1", "grpc.reflection"];
+
+pub(crate) fn init(info: &ServiceInfo, config: &TelemetryConfig, release: &str) -> sentry::ClientInitGuard {
+    let rate = config.sentry_traces_sample_rate;
+    let mut options = sentry::ClientOptions::new()
+        .release(release.to_string())
+        .environment(config.environment.clone())
+        .send_default_pii(false)
+        .attach_stacktrace(true)
+        .shutdown_timeout(config.flush_timeout)
+        .before_send(|event| Some(scrub_event(event)))
+        .traces_sampler(move |ctx: &sentry::TransactionContext| {
+            if UNSAMPLED.iter().any(|p| ctx.name().contains(p)) { 0.0 } else { rate }
+        });
+    options.dsn = config.sentry_dsn.clone();
+    options.server_name = Some(Cow::Owned(info.name.clone()));
+    let guard = sentry::init(options);
+    let service = info.name.clone();
+    sentry::configure_scope(|scope| scope.set_tag("service", service));
+    guard
+}
+
+/// What a captured error is about: the user (an id, never contact details), tags and extra data.
+#[derive(Debug, Default, Clone)]
+pub struct ErrorContext {
+    pub user_id: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl ErrorContext {
+    pub fn tag(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.tags.insert(key.to_string(), value.into());
+        self
+    }
+    pub fn extra(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.extra.insert(key.to_string(), value.into());
+        self
+    }
+    pub fn user(mut self, id: impl Into<String>) -> Self {
+        self.user_id = Some(id.into());
+        self
+    }
+}
+
+/// Sends an error to Sentry with its source chain and the given context; returns the event id
+/// (nil when Sentry is off).
+pub fn capture_exception(error: &(dyn std::error::Error + 'static), context: ErrorContext) -> sentry::types::Uuid {
+    sentry::with_scope(
+        |scope| {
+            if let Some(id) = &context.user_id {
+                scope.set_user(Some(sentry::User { id: Some(id.clone()), ..Default::default() }));
+            }
+            for (k, v) in &context.tags {
+                scope.set_tag(k, v);
+            }
+            for (k, v) in &context.extra {
+                scope.set_extra(k, v.clone());
+            }
+            if let Some((trace_id, _)) = crate::logging::current_trace_ids() {
+                scope.set_tag("trace_id", trace_id);
+            }
+        },
+        || sentry::capture_error(error),
+    )
+}
+
+/// Replaces anything that looks like a phone number: `+` and 7–15 digits (spaces, dashes,
+/// dots and brackets allowed between them), or 10 or more digits in a row.
+pub fn scrub_phone_numbers(text: &str) -> Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    let mut last = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let starts_plus = bytes[i] == b'+' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
+        let starts_digit = bytes[i].is_ascii_digit() && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric());
+        if !(starts_plus || starts_digit) {
+            i += 1;
+            continue;
+        }
+        let mut j = i + usize::from(starts_plus);
+        let (mut digits, mut end, mut run, mut longest_run) = (0, j, 0, 0);
+        while j < bytes.len() {
+            let b = bytes[j];
+            if b.is_ascii_digit() {
+                digits += 1;
+                run += 1;
+                longest_run = longest_run.max(run);
+                end = j + 1;
+            } else if starts_plus && matches!(b, b' ' | b'-' | b'.' | b'(' | b')') {
+                run = 0;
+            } else {
+                break;
+            }
+            j += 1;
+        }
+        let alnum_after = bytes.get(end).is_some_and(u8::is_ascii_alphabetic);
+        let phone = !alnum_after && ((starts_plus && (7..=15).contains(&digits)) || longest_run >= 10);
+        if phone {
+            out.push_str(&text[last..i]);
+            out.push_str("[phone]");
+            last = end;
+        }
+        i = end.max(i + 1);
+    }
+    if last == 0 {
+        Cow::Borrowed(text)
+    } else {
+        out.push_str(&text[last..]);
+        Cow::Owned(out)
+    }
+}
+
+fn scrub_string(s: &mut String) {
+    if let Cow::Owned(clean) = scrub_phone_numbers(s) {
+        *s = clean;
+    }
+}
+
+fn scrub_value(v: &mut Value) {
+    match v {
+        Value::String(s) => scrub_string(s),
+        Value::Array(a) => a.iter_mut().for_each(scrub_value),
+        Value::Object(o) => o.values_mut().for_each(scrub_value),
+        _ => {}
+    }
+}
+
+/// Scrubs an event before it leaves the process.
+pub fn scrub_event(mut event: Event<'static>) -> Event<'static> {
+    if let Some(m) = event.message.as_mut() {
+        scrub_string(m);
+    }
+    if let Some(l) = event.logentry.as_mut() {
+        scrub_string(&mut l.message);
+    }
+    for e in event.exception.values.iter_mut() {
+        if let Some(v) = e.value.as_mut() {
+            scrub_string(v);
+        }
+    }
+    for v in event.extra.values_mut() {
+        scrub_value(v);
+    }
+    for v in event.tags.values_mut() {
+        scrub_string(v);
+    }
+    for b in event.breadcrumbs.values.iter_mut() {
+        if let Some(m) = b.message.as_mut() {
+            scrub_string(m);
+        }
+        for v in b.data.values_mut() {
+            scrub_value(v);
+        }
+    }
+    for ctx in event.contexts.values_mut() {
+        if let sentry::protocol::Context::Other(map) = ctx {
+            for v in map.values_mut() {
+                scrub_value(v);
+            }
+        }
+    }
+    if let Some(req) = event.request.as_mut() {
+        if let Some(url) = req.url.as_mut()
+            && let Cow::Owned(clean) = scrub_phone_numbers(url.as_str())
+            && let Ok(parsed) = clean.replace("[phone]", "%5Bphone%5D").parse()
+        {
+            *url = parsed;
+        }
+        req.data = None;
+        req.cookies = None;
+    }
+    event.user = event.user.map(|u| sentry::User { id: u.id, ..Default::default() });
+    event
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phone_numbers_are_scrubbed_and_ids_kept() {
+        assert_eq!(scrub_phone_numbers("call to +420 777 123 456 failed"), "call to [phone] failed");
+        assert_eq!(scrub_phone_numbers("from=+14155550123&x=1"), "from=[phone]&x=1");
+        assert_eq!(scrub_phone_numbers("dialled 0014155550123"), "dialled [phone]");
+        let id = "call 3f2b6c1e-9a7d-4c1b-8e2f-0a1b2c3d4e5f ended after 125 s, code 404";
+        assert_eq!(scrub_phone_numbers(id), id);
+        assert_eq!(scrub_phone_numbers("version 1.2.3"), "version 1.2.3");
+    }
+
+    #[test]
+    fn events_lose_phone_numbers_everywhere() {
+        let mut event = Event { message: Some("bad number +14155550123".into()), ..Default::default() };
+        event.extra.insert("to".into(), Value::from("+14155550199"));
+        event.user = Some(sentry::User { id: Some("u1".into()), email: Some("a@b.c".into()), ..Default::default() });
+        let event = scrub_event(event);
+        let text = serde_json::to_string(&event).unwrap();
+        assert!(!text.contains("4155550"), "{text}");
+        assert!(!text.contains("a@b.c"));
+        assert!(text.contains("u1"));
+    }
+}

@@ -1,0 +1,138 @@
+//! Graceful shutdown: SIGTERM/SIGINT → readiness fails (HTTP 503, gRPC NOT_SERVING) → after
+//! `SHUTDOWN_DELAY_SECONDS` listeners close and in-flight work drains for at most
+//! `SHUTDOWN_TIMEOUT_SECONDS` → the caller flushes telemetry (bounded as well).
+
+use std::{future::Future, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Health;
+
+/// The shutdown sequence of one service. Cheap to clone.
+#[derive(Clone)]
+pub struct Shutdown {
+    draining: CancellationToken,
+    stopping: CancellationToken,
+    delay: Duration,
+    timeout: Duration,
+}
+
+impl Shutdown {
+    pub fn new(delay: Duration, timeout: Duration) -> Self {
+        Self { draining: CancellationToken::new(), stopping: CancellationToken::new(), delay, timeout }
+    }
+
+    /// Starts the sequence: readiness fails now; listeners stop after the delay.
+    pub fn trigger(&self) {
+        if self.draining.is_cancelled() {
+            return;
+        }
+        self.draining.cancel();
+        let stopping = self.stopping.clone();
+        let delay = self.delay;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            stopping.cancel();
+        });
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn draining(&self) {
+        self.draining.cancelled().await
+    }
+
+    /// Resolves when listeners should stop accepting and in-flight work should finish.
+    pub async fn stopping(&self) {
+        self.stopping.cancelled().await
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    /// A token cancelled when listeners stop (for long-lived work such as streams).
+    pub fn stopping_token(&self) -> CancellationToken {
+        self.stopping.clone()
+    }
+
+    /// Marks `health` as draining as soon as shutdown begins.
+    pub fn attach(&self, health: &Health) {
+        let this = self.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            this.draining().await;
+            health.set_draining().await;
+        });
+    }
+
+    /// Triggers the sequence on SIGTERM or SIGINT (Ctrl-C).
+    pub fn listen_for_signals(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown signal received, draining");
+            this.trigger();
+        });
+    }
+
+    /// Runs a server future that finishes gracefully after [`Shutdown::stopping`]; if it has not
+    /// finished `timeout` after stopping began, gives up on it and returns `None`.
+    pub async fn run_bounded<F: Future>(&self, server: F) -> Option<F::Output> {
+        let deadline = async {
+            self.stopping().await;
+            tokio::time::sleep(self.timeout).await;
+        };
+        tokio::select! {
+            out = server => Some(out),
+            () = deadline => {
+                tracing::warn!(timeout_seconds = self.timeout.as_secs_f64(), "drain timed out, closing remaining connections");
+                None
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_follows_draining_after_the_delay() {
+        let s = Shutdown::new(Duration::from_secs(5), Duration::from_secs(1));
+        assert!(!s.is_draining());
+        s.trigger();
+        assert!(s.is_draining());
+        let start = tokio::time::Instant::now();
+        s.stopping().await;
+        assert_eq!(start.elapsed().as_secs(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_bounded_gives_up_on_a_server_that_never_drains() {
+        let s = Shutdown::new(Duration::ZERO, Duration::from_secs(3));
+        s.trigger();
+        let out = s.run_bounded(std::future::pending::<()>()).await;
+        assert!(out.is_none());
+        let s = Shutdown::new(Duration::ZERO, Duration::from_secs(3));
+        assert_eq!(s.run_bounded(async { 7 }).await, Some(7));
+    }
+}

@@ -1,0 +1,199 @@
+//! In-test receivers for telemetry that leaves the process: a real OTLP/gRPC trace collector
+//! and a real Sentry envelope endpoint, both on loopback. Tests point `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! and `SENTRY_DSN` at them and assert on what arrives.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Router, body::Bytes, extract::State, routing::post};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    trace_service_server::{TraceService, TraceServiceServer},
+};
+use serde_json::Value;
+
+/// One span as received by the collector.
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    pub service_name: String,
+    pub name: String,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: String,
+    /// 1 internal, 2 server, 3 client…
+    pub kind: i32,
+    pub attributes: Vec<(String, String)>,
+}
+
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().expect("collector lock");
+        for rs in request.into_inner().resource_spans {
+            let service_name = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                .map(|a| any_value(a.value.as_ref()))
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    spans.push(ReceivedSpan {
+                        service_name: service_name.clone(),
+                        name: s.name.clone(),
+                        trace_id: hex(&s.trace_id),
+                        span_id: hex(&s.span_id),
+                        parent_span_id: hex(&s.parent_span_id),
+                        kind: s.kind,
+                        attributes: s.attributes.iter().map(|a| (a.key.clone(), any_value(a.value.as_ref()))).collect(),
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn any_value(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+    match v.and_then(|v| v.value.as_ref()) {
+        Some(V::StringValue(s)) => s.clone(),
+        Some(V::IntValue(i)) => i.to_string(),
+        Some(V::BoolValue(b)) => b.to_string(),
+        Some(V::DoubleValue(d)) => d.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+/// A real OTLP/gRPC collector on loopback that keeps every span it receives.
+pub struct OtlpReceiver {
+    pub addr: SocketAddr,
+    collector: Collector,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl OtlpReceiver {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind otlp receiver");
+        let addr = listener.local_addr().expect("local addr");
+        let collector = Collector::default();
+        let svc = TraceServiceServer::new(collector.clone());
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(crate::incoming(listener))
+                .await;
+        });
+        Self { addr, collector, _task: task }
+    }
+
+    /// `http://127.0.0.1:port`, for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.collector.spans.lock().expect("collector lock").clone()
+    }
+
+    /// Waits (up to `timeout`) until `pred` holds for the received spans; returns them.
+    pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&[ReceivedSpan]) -> bool) -> Vec<ReceivedSpan> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let spans = self.spans();
+            if pred(&spans) || tokio::time::Instant::now() >= deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+
+/// One item of a Sentry envelope.
+#[derive(Debug, Clone)]
+pub struct EnvelopeItem {
+    /// `event`, `transaction`, `session`…
+    pub kind: String,
+    pub payload: Value,
+}
+
+/// A real HTTP endpoint that accepts Sentry envelopes (`POST /api/<project>/envelope/`).
+pub struct SentrySink {
+    pub addr: SocketAddr,
+    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+async fn envelope(State(bodies): State<Arc<Mutex<Vec<Vec<u8>>>>>, body: Bytes) -> &'static str {
+    bodies.lock().expect("sink lock").push(body.to_vec());
+    "{}"
+}
+
+impl SentrySink {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sentry sink");
+        let addr = listener.local_addr().expect("local addr");
+        let bodies: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let app = Router::new().route("/api/{project}/envelope/", post(envelope)).with_state(bodies.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, bodies, _task: task }
+    }
+
+    /// A DSN pointing at this sink.
+    pub fn dsn(&self) -> String {
+        format!("http://public@{}/1", self.addr)
+    }
+
+    /// Every envelope body received, raw (to scan for data that must not be sent).
+    pub fn raw(&self) -> Vec<String> {
+        self.bodies.lock().expect("sink lock").iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect()
+    }
+
+    /// Every item of every envelope received.
+    pub fn items(&self) -> Vec<EnvelopeItem> {
+        let mut items = Vec::new();
+        for body in self.bodies.lock().expect("sink lock").iter() {
+            let text = String::from_utf8_lossy(body);
+            let mut lines = text.lines().skip(1); // envelope header
+            while let Some(header) = lines.next() {
+                let Ok(header) = serde_json::from_str::<Value>(header) else { continue };
+                let kind = header.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+                let Some(payload) = lines.next() else { break };
+                let payload = serde_json::from_str(payload).unwrap_or(Value::Null);
+                items.push(EnvelopeItem { kind, payload });
+            }
+        }
+        items
+    }
+
+    /// Waits (up to `timeout`) until `pred` holds for the received items; returns them.
+    pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&[EnvelopeItem]) -> bool) -> Vec<EnvelopeItem> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let items = self.items();
+            if pred(&items) || tokio::time::Instant::now() >= deadline {
+                return items;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

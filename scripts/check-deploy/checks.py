@@ -1,0 +1,788 @@
+#!/usr/bin/env python3
+"""Static checks of the deployment and monitoring artefacts, called by run.sh.
+
+Each subcommand checks one thing, prints what is wrong on stderr and exits
+non-zero on any failure. run.sh runs the real tools (promtool, kubectl
+kustomize, kubernetes-validate, checkov, docker compose, systemd-analyze);
+this file checks what those tools cannot know: the contract of SPEC §6-7
+(names, ports, probes, labels), the alert conventions, the dashboards, and
+the metric names the PromQL uses.
+
+    checks.py promql OUT_METRICS OUT_RULES_FILE   parse every expression, list metric names
+    checks.py alerts                              alert labels, annotations, runbooks, tests
+    checks.py dashboards                          Grafana dashboards and provisioning
+    checks.py contract RENDER...                  k8s renders, compose, systemd, prometheus.yml
+    checks.py operator RENDER                     ServiceMonitor / PrometheusRule structure
+    checks.py otel                                collector pipelines reference real components
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+MON = ROOT / "monitoring"
+ALERTS = MON / "prometheus-alerts.yml"
+DASHBOARDS = MON / "grafana" / "dashboards"
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
+
+# --- the contract (SPEC §1, §3, §6, §7 and the binaries' defaults) ---------
+
+SERVICES = {
+    "call-api": {"http": 8000},
+    "audio-processor": {"grpc": 50051, "metrics": 9091},
+    "provider-gateway": {"grpc": 50052, "metrics": 9092},
+}
+GRPC_HEALTH_SERVICE = {
+    "audio-processor": "kraliki.audio.v1.AudioProcessor",
+    "provider-gateway": "kraliki.provider.v1.ProviderGateway",
+}
+ADDR_VARS = {
+    "CALL_API_ADDR": 8000,
+    "AUDIO_PROCESSOR_GRPC_ADDR": 50051,
+    "AUDIO_PROCESSOR_ADMIN_ADDR": 9091,
+    "PROVIDER_GATEWAY_GRPC_ADDR": 50052,
+    "PROVIDER_GATEWAY_ADMIN_ADDR": 9092,
+}
+PEER_URL_VARS = {"AUDIO_PROCESSOR_URL": ("audio-processor", 50051), "PROVIDER_GATEWAY_URL": ("provider-gateway", 50052)}
+# Every environment variable a manifest, compose file or unit may set: SPEC §3
+# plus the shutdown knobs of the telemetry crate. A name outside this list is a
+# typo the binary would silently ignore.
+KNOWN_ENV = set(
+    """
+    SENTRY_DSN SENTRY_TRACES_SAMPLE_RATE SENTRY_PROFILES_SAMPLE_RATE RELEASE_VERSION APM_ENABLED
+    APM_ENVIRONMENT ENVIRONMENT ENABLE_METRICS LOG_LEVEL LOG_FORMAT LOG_FILE WORKERS RUST_LOG
+    OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_PROTOCOL OTEL_SERVICE_NAME OTEL_TRACES_SAMPLER
+    OTEL_TRACES_SAMPLER_ARG OTEL_RESOURCE_ATTRIBUTES
+    CALL_API_ADDR AUDIO_PROCESSOR_GRPC_ADDR AUDIO_PROCESSOR_ADMIN_ADDR PROVIDER_GATEWAY_GRPC_ADDR
+    PROVIDER_GATEWAY_ADMIN_ADDR AUDIO_PROCESSOR_URL PROVIDER_GATEWAY_URL DATABASE_URL API_KEYS
+    PUBLIC_BASE_URL TWILIO_ACCOUNT_SID TWILIO_AUTH_TOKEN TWILIO_API_BASE_URL
+    OPENAI_API_KEY OPENAI_BASE_URL DEEPGRAM_API_KEY DEEPGRAM_BASE_URL
+    SHUTDOWN_DELAY_SECONDS SHUTDOWN_TIMEOUT_SECONDS
+    """.split()
+)
+SHUTDOWN_FLUSH_SECONDS = 5  # telemetry flush bound after the drain
+SHUTDOWN_MARGIN_SECONDS = 5  # what we want left before SIGKILL
+
+# Histogram buckets as the services declare them (thresholds must be one of these).
+BUCKETS = {
+    "http_request_duration_seconds": [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    "grpc_server_handling_seconds": [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    "grpc_client_handling_seconds": [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    "call_duration_seconds": [1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600],
+    "voice_turn_latency_seconds": [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5],
+    "provider_request_duration_seconds": [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60],
+    "provider_time_to_first_byte_seconds": [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60],
+}
+
+# Series Prometheus makes itself for every target: used by the rules, exported by no service.
+PROMETHEUS_SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_samples_post_metric_relabeling", "scrape_series_added"}
+
+DASHBOARD_UIDS = {
+    "services-overview.json": "vk-services-overview",
+    "calls.json": "vk-calls",
+    "providers.json": "vk-providers",
+    "audio.json": "vk-audio",
+}
+
+errors: list[str] = []
+
+
+def fail(msg: str) -> None:
+    errors.append(msg)
+
+
+def finish(ok_msg: str) -> None:
+    if errors:
+        for e in errors:
+            print(f"  - {e}", file=sys.stderr)
+        sys.exit(1)
+    print(ok_msg)
+
+
+def load_yaml_docs(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+# --- PromQL -----------------------------------------------------------------
+
+GRAFANA_VAR = re.compile(r"\$\{?(__rate_interval|__interval|__range)\}?|\$\{(\w+)(?::\w+)?\}|\$(\w+)")
+
+
+def substitute_grafana_vars(expr: str) -> str:
+    """Grafana variables -> values that keep the expression valid PromQL."""
+
+    def repl(m: re.Match) -> str:
+        if m.group(1):
+            return "5m"
+        return ".+"  # query variables are only used inside =~"..." matchers
+
+    return GRAFANA_VAR.sub(repl, expr)
+
+
+def dashboard_queries(path: Path) -> list[tuple[str, str]]:
+    """(where, expr) for every panel target and every query variable."""
+    d = json.loads(path.read_text())
+    out: list[tuple[str, str]] = []
+
+    def panels(ps):
+        for p in ps:
+            yield p
+            yield from panels(p.get("panels", []))
+
+    for p in panels(d.get("panels", [])):
+        for t in p.get("targets", []):
+            if t.get("expr"):
+                out.append((f"{path.name} panel {p.get('id')} '{p.get('title')}' {t.get('refId')}", t["expr"]))
+    for v in d.get("templating", {}).get("list", []):
+        if v.get("type") != "query":
+            continue
+        q = v.get("query")
+        q = q.get("query") if isinstance(q, dict) else q
+        m = re.fullmatch(r"\s*label_values\((.*),\s*(\w+)\s*\)\s*", q or "")
+        if m:
+            out.append((f"{path.name} variable {v['name']}", m.group(1)))
+        elif (m := re.fullmatch(r"\s*query_result\((.*)\)\s*", q or "")) :
+            out.append((f"{path.name} variable {v['name']}", m.group(1)))
+        else:
+            fail(f"{path.name} variable {v['name']}: unsupported query {q!r}")
+    return out
+
+
+def rule_exprs() -> tuple[list[tuple[str, str]], set[str]]:
+    doc = yaml.safe_load(ALERTS.read_text())
+    exprs, recorded = [], set()
+    for g in doc["groups"]:
+        for r in g["rules"]:
+            name = r.get("alert") or r.get("record")
+            exprs.append((f"prometheus-alerts.yml {g['name']}/{name}", r["expr"]))
+            if "record" in r:
+                recorded.add(r["record"])
+    return exprs, recorded
+
+
+def walk_selectors(ast):
+    import promql_parser as pp
+
+    nodes = []
+    pp.walk(ast, lambda n: nodes.append(n))
+    return nodes
+
+
+def metric_names(ast) -> set[str]:
+    import promql_parser as pp
+
+    names = set()
+    for n in walk_selectors(ast):
+        if isinstance(n, pp.VectorSelector):
+            if n.name:
+                names.add(n.name)
+            else:
+                eq = [m.value for m in n.matchers.matchers if m.name == "__name__" and str(m.op).endswith("Equal")]
+                if eq:
+                    names.update(eq)
+                else:
+                    fail(f"selector without a fixed metric name: {n}")
+    return names
+
+
+def check_thresholds(where: str, ast) -> None:
+    """Comparisons against histogram_quantile and `le` matchers use real bucket boundaries."""
+    import promql_parser as pp
+
+    def base_metric(node) -> str | None:
+        for n in walk_selectors(node):
+            if isinstance(n, pp.VectorSelector) and n.name and n.name.endswith("_bucket"):
+                return n.name[: -len("_bucket")]
+        return None
+
+    def has_quantile(node) -> bool:
+        return any(isinstance(n, pp.Call) and n.func.name == "histogram_quantile" for n in walk_selectors(node))
+
+    for n in walk_selectors(ast):
+        if isinstance(n, pp.VectorSelector) and n.name and n.name.endswith("_bucket"):
+            metric = n.name[: -len("_bucket")]
+            for m in n.matchers.matchers:
+                if m.name != "le" or metric not in BUCKETS:
+                    continue
+                values = [v for v in re.split(r"\|", m.value.replace("\\.", ".")) if v]
+                for v in values:
+                    if v != "+Inf" and float(v) not in BUCKETS[metric]:
+                        fail(f"{where}: le={v!r} is not a bucket of {metric} {BUCKETS[metric]}")
+        if isinstance(n, pp.BinaryExpr) and str(n.op) in (">", ">=", "<", "<="):
+            for side, other in ((n.lhs, n.rhs), (n.rhs, n.lhs)):
+                if isinstance(other, pp.NumberLiteral) and has_quantile(side):
+                    metric = base_metric(side)
+                    if metric in BUCKETS and other.val not in BUCKETS[metric]:
+                        fail(f"{where}: threshold {other.val} is not a bucket boundary of {metric} {BUCKETS[metric]}")
+
+
+def cmd_promql(out_metrics: str, out_rules: str) -> None:
+    import promql_parser as pp
+
+    exprs, recorded = rule_exprs()
+    dash = []
+    for f in sorted(DASHBOARDS.glob("*.json")):
+        dash += dashboard_queries(f)
+    names: set[str] = set()
+    promtool_rules = []
+    for i, (where, expr) in enumerate(exprs + dash):
+        concrete = substitute_grafana_vars(expr)
+        try:
+            ast = pp.parse(concrete)
+        except Exception as e:  # the parser raises ValueError/RuntimeError
+            fail(f"{where}: does not parse: {e}\n      {concrete}")
+            continue
+        names |= metric_names(ast)
+        check_thresholds(where, ast)
+        if i >= len(exprs):
+            promtool_rules.append({"record": f"dashboard_query:{i}", "expr": concrete})
+    # The same dashboard expressions, for the real Prometheus parser (promtool).
+    Path(out_rules).write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": promtool_rules}]}, sort_keys=False))
+    # What the services must export: minus recording rules and Prometheus' own series.
+    used = sorted(names - recorded - PROMETHEUS_SYNTHETIC)
+    Path(out_metrics).write_text("".join(f"{n}\n" for n in used))
+    finish(f"{len(exprs)} rule and {len(dash)} dashboard expressions parse; {len(used)} metric names used")
+
+
+# --- alerts -----------------------------------------------------------------
+
+
+def github_anchor(heading: str) -> str:
+    a = heading.strip().lower()
+    a = re.sub(r"[^\w\- ]", "", a)
+    return a.replace(" ", "-")
+
+
+def cmd_alerts() -> None:
+    doc = yaml.safe_load(ALERTS.read_text())
+    anchors = {github_anchor(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.+)$", RUNBOOKS.read_text(), re.M)}
+    alerts = set()
+    for g in doc["groups"]:
+        for r in g["rules"]:
+            if "alert" not in r:
+                continue
+            name = r["alert"]
+            alerts.add(name)
+            sev = r.get("labels", {}).get("severity")
+            if sev not in ("critical", "warning"):
+                fail(f"{name}: labels.severity must be critical or warning, is {sev!r}")
+            ann = r.get("annotations", {})
+            for key in ("summary", "description", "runbook_url"):
+                if not str(ann.get(key, "")).strip():
+                    fail(f"{name}: annotation {key} missing")
+            url = str(ann.get("runbook_url", ""))
+            m = re.fullmatch(r"https://github\.com/voice-kraliki/voice-kraliki/blob/main/docs/runbooks\.md#([\w-]+)", url)
+            if not m:
+                fail(f"{name}: runbook_url {url!r} does not point into docs/runbooks.md")
+            elif m.group(1) not in anchors:
+                fail(f"{name}: runbook anchor #{m.group(1)} has no heading in docs/runbooks.md")
+            elif m.group(1) != github_anchor(name):
+                fail(f"{name}: runbook anchor #{m.group(1)} should be #{github_anchor(name)}")
+    for required in ("HighErrorRate", "HighLatency", "ServiceDown"):
+        if required not in alerts:
+            fail(f"required alert {required} (SPEC §7) is missing")
+    # Every alert needs a test where it fires and one where it stays silent.
+    fires, silent = set(), set()
+    for t in sorted((MON / "tests").glob("*.yml")):
+        for case in yaml.safe_load(t.read_text()).get("tests", []):
+            for a in case.get("alert_rule_test", []):
+                (fires if a.get("exp_alerts") else silent).add(a["alertname"])
+    for name in sorted(alerts):
+        if name not in fires:
+            fail(f"{name}: no test in monitoring/tests/ where it fires")
+        if name not in silent:
+            fail(f"{name}: no test in monitoring/tests/ where it does not fire")
+    for name in sorted((fires | silent) - alerts):
+        fail(f"monitoring/tests/ tests an alert that does not exist: {name}")
+    finish(f"{len(alerts)} alerts have severity, annotations, a runbook section, and firing and silent tests")
+
+
+# --- dashboards -------------------------------------------------------------
+
+
+def cmd_dashboards() -> None:
+    found = {f.name for f in DASHBOARDS.glob("*.json")}
+    if found != set(DASHBOARD_UIDS):
+        fail(f"dashboards: expected {sorted(DASHBOARD_UIDS)}, found {sorted(found)}")
+    uids = set()
+    for name, uid in DASHBOARD_UIDS.items():
+        path = DASHBOARDS / name
+        if not path.exists():
+            continue
+        d = json.loads(path.read_text())
+        if d.get("uid") != uid:
+            fail(f"{name}: uid is {d.get('uid')!r}, expected the fixed {uid!r}")
+        if d.get("uid") in uids:
+            fail(f"{name}: duplicate uid")
+        uids.add(d.get("uid"))
+        if d.get("id") not in (None,):
+            fail(f"{name}: remove the instance-specific `id` (provisioning assigns it)")
+        for key in ("title", "schemaVersion", "panels"):
+            if key not in d:
+                fail(f"{name}: missing {key}")
+        ids = set()
+        tvars = {v["name"] for v in d.get("templating", {}).get("list", [])}
+        if "datasource" not in tvars:
+            fail(f"{name}: no `datasource` variable")
+        for p in d.get("panels", []):
+            if p.get("id") in ids:
+                fail(f"{name}: duplicate panel id {p.get('id')}")
+            ids.add(p.get("id"))
+            if p.get("type") == "row":
+                continue
+            if p.get("datasource", {}).get("uid") != "${datasource}":
+                fail(f"{name} panel {p.get('title')!r}: datasource must be the ${{datasource}} variable")
+            if not p.get("targets"):
+                fail(f"{name} panel {p.get('title')!r}: no query")
+            for t in p.get("targets", []):
+                for var in re.findall(r"\$(\w+)", t.get("expr", "")):
+                    if not var.startswith("__") and var not in tvars:
+                        fail(f"{name} panel {p.get('title')!r}: unknown variable ${var}")
+    # provisioning: the datasource uid the dashboards default to, and the folder path
+    ds = yaml.safe_load((MON / "grafana/provisioning/datasources/datasources.yml").read_text())
+    if "prometheus" not in {d.get("uid") for d in ds.get("datasources", [])}:
+        fail("provisioning: no datasource with uid `prometheus`")
+    prov = yaml.safe_load((MON / "grafana/provisioning/dashboards/voice-kraliki.yml").read_text())
+    paths = [p.get("options", {}).get("path") for p in prov.get("providers", [])]
+    compose = yaml.safe_load((ROOT / "deploy/docker-compose.yml").read_text())
+    mounts = compose["services"]["grafana"].get("volumes", [])
+    for p in paths:
+        if not any(m.startswith("../monitoring/grafana/dashboards:" + p) for m in mounts):
+            fail(f"provisioning path {p} is not where docker-compose mounts the dashboards")
+    finish(f"{len(uids)} dashboards with fixed uids, unique panel ids and a provisioned datasource")
+
+
+# --- contract: k8s renders, compose, systemd, prometheus.yml ----------------
+
+
+def check_env_names(where: str, names) -> None:
+    for n in names:
+        if n not in KNOWN_ENV:
+            fail(f"{where}: environment variable {n} is not one the services read (SPEC §3)")
+
+
+def check_addr_values(where: str, env: dict) -> None:
+    for var, port in ADDR_VARS.items():
+        if var in env and env[var] is not None and not str(env[var]).endswith(f":{port}"):
+            fail(f"{where}: {var}={env[var]} does not use the contract port {port}")
+    for var, (host, port) in PEER_URL_VARS.items():
+        if var in env and env[var] is not None and not re.fullmatch(rf"http://{host}(\.[\w.-]+)?:{port}", str(env[var])):
+            fail(f"{where}: {var}={env[var]} should be http://{host}:{port}")
+
+
+def check_render(path: Path) -> None:
+    docs = load_yaml_docs(path)
+    tag = path.name
+    by_kind: dict[str, dict[str, dict]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+        if d["kind"] != "Namespace" and d["metadata"].get("namespace") != "voice-kraliki":
+            fail(f"{tag}: {d['kind']}/{d['metadata']['name']} is not in namespace voice-kraliki")
+    cm = by_kind.get("ConfigMap", {}).get("voice-kraliki-config", {}).get("data", {})
+    if not cm:
+        fail(f"{tag}: ConfigMap voice-kraliki-config missing")
+    check_env_names(f"{tag} ConfigMap", cm)
+    check_addr_values(f"{tag} ConfigMap", cm)
+    drain = int(cm.get("SHUTDOWN_TIMEOUT_SECONDS", 20))
+    delay = int(cm.get("SHUTDOWN_DELAY_SECONDS", 0))
+    if "Secret" in by_kind:
+        fail(f"{tag}: a Secret is rendered; only the template outside the kustomization may hold one")
+    np = by_kind.get("NetworkPolicy", {})
+    if not any(p["spec"].get("podSelector") == {} and set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"} and not p["spec"].get("ingress") and not p["spec"].get("egress") for p in np.values()):
+        fail(f"{tag}: no deny-by-default NetworkPolicy (podSelector {{}}, Ingress+Egress, no rules)")
+
+    for svc, ports in SERVICES.items():
+        where = f"{tag} {svc}"
+        dep = by_kind.get("Deployment", {}).get(svc)
+        service = by_kind.get("Service", {}).get(svc)
+        if not dep or not service:
+            fail(f"{where}: Deployment or Service missing")
+            continue
+        # labels
+        for obj in (dep, dep["spec"]["template"], service):
+            labels = obj["metadata"].get("labels", {})
+            for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/part-of", "app.kubernetes.io/component"):
+                if key not in labels:
+                    fail(f"{where}: {obj.get('kind', 'pod template')} lacks label {key}")
+            if labels.get("app.kubernetes.io/name") != svc:
+                fail(f"{where}: app.kubernetes.io/name should be {svc}")
+        # Service ports: exactly the named ports of SPEC §7
+        sp = {p["name"]: (p["port"], p.get("targetPort")) for p in service["spec"]["ports"]}
+        if set(sp) != set(ports):
+            fail(f"{where}: Service port names {sorted(sp)} should be {sorted(ports)}")
+        for name, num in ports.items():
+            if name in sp and sp[name][0] != num:
+                fail(f"{where}: Service port {name} is {sp[name][0]}, should be {num}")
+        pod = dep["spec"]["template"]["spec"]
+        if len(pod["containers"]) != 1:
+            fail(f"{where}: expected one container")
+        c = pod["containers"][0]
+        cp = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+        if cp != ports:
+            fail(f"{where}: container ports {cp} should be {ports}")
+        # probes (SPEC §7)
+        sp_, lp, rp = c.get("startupProbe", {}), c.get("livenessProbe", {}), c.get("readinessProbe", {})
+        if svc == "call-api":
+            want = {"startupProbe": (sp_, "/health"), "livenessProbe": (lp, "/health"), "readinessProbe": (rp, "/ready")}
+            for kind, (probe, path_) in want.items():
+                hg = probe.get("httpGet", {})
+                if hg.get("path") != path_ or hg.get("port") not in ("http", 8000):
+                    fail(f"{where}: {kind} should be HTTP GET {path_} on port http, is {probe}")
+        else:
+            hg = sp_.get("httpGet", {})
+            if hg.get("path") != "/health" or hg.get("port") not in ("metrics", ports["metrics"]):
+                fail(f"{where}: startupProbe should be HTTP GET /health on the admin port `metrics`, is {sp_}")
+            g = lp.get("grpc", {})
+            if g.get("port") != ports["grpc"] or g.get("service", "") != "":
+                fail(f"{where}: livenessProbe should be gRPC health on {ports['grpc']} for service \"\", is {lp}")
+            g = rp.get("grpc", {})
+            if g.get("port") != ports["grpc"] or g.get("service") != GRPC_HEALTH_SERVICE[svc]:
+                fail(f"{where}: readinessProbe should be gRPC health on {ports['grpc']} for {GRPC_HEALTH_SERVICE[svc]}, is {rp}")
+        # security context
+        psc, csc = pod.get("securityContext", {}), c.get("securityContext", {})
+        if not (psc.get("runAsNonRoot") or csc.get("runAsNonRoot")):
+            fail(f"{where}: runAsNonRoot is not set")
+        if (psc.get("seccompProfile") or csc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+            fail(f"{where}: seccompProfile RuntimeDefault is not set")
+        if csc.get("allowPrivilegeEscalation") is not False:
+            fail(f"{where}: allowPrivilegeEscalation must be false")
+        if csc.get("readOnlyRootFilesystem") is not True:
+            fail(f"{where}: readOnlyRootFilesystem must be true")
+        if csc.get("capabilities", {}).get("drop") != ["ALL"]:
+            fail(f"{where}: capabilities must drop ALL")
+        if pod.get("automountServiceAccountToken") is not False:
+            fail(f"{where}: automountServiceAccountToken should be false")
+        # /tmp on an emptyDir
+        tmp = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+        vols = {v["name"]: v for v in pod.get("volumes", [])}
+        if not tmp or "emptyDir" not in vols.get(tmp[0]["name"], {}):
+            fail(f"{where}: /tmp is not an emptyDir volume")
+        # resources
+        res = c.get("resources", {})
+        for k in ("requests", "limits"):
+            for r in ("cpu", "memory"):
+                if r not in res.get(k, {}):
+                    fail(f"{where}: resources.{k}.{r} missing")
+        # shutdown budget
+        pre = c.get("lifecycle", {}).get("preStop", {})
+        pre_s = pre.get("sleep", {}).get("seconds")
+        if not pre_s:
+            fail(f"{where}: preStop sleep missing")
+            pre_s = 0
+        need = pre_s + delay + drain + SHUTDOWN_FLUSH_SECONDS + SHUTDOWN_MARGIN_SECONDS
+        tgps = pod.get("terminationGracePeriodSeconds", 30)
+        if tgps < need:
+            fail(f"{where}: terminationGracePeriodSeconds {tgps} < preStop {pre_s} + delay {delay} + drain {drain} + flush {SHUTDOWN_FLUSH_SECONDS} + margin {SHUTDOWN_MARGIN_SECONDS}")
+        # environment
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        check_env_names(where, env)
+        check_addr_values(where, env)
+        if env.get("OTEL_SERVICE_NAME", svc) != svc and "OTEL_SERVICE_NAME" in env:
+            fail(f"{where}: OTEL_SERVICE_NAME should be {svc}")
+        for e in c.get("env", []):
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if ref and ref.get("name") != "voice-kraliki-secrets":
+                fail(f"{where}: {e['name']} refers to Secret {ref.get('name')}")
+        refs = [r.get("configMapRef", {}).get("name") for r in c.get("envFrom", [])]
+        if "voice-kraliki-config" not in refs:
+            fail(f"{where}: envFrom does not include ConfigMap voice-kraliki-config")
+        if svc == "call-api":
+            for var in ("DATABASE_URL", "API_KEYS"):
+                e = next((e for e in c.get("env", []) if e["name"] == var), None)
+                if not e or e.get("valueFrom", {}).get("secretKeyRef", {}).get("key") != var:
+                    fail(f"{where}: {var} must come from the Secret")
+        # PDB and HPA
+        sel = dep["spec"]["selector"]["matchLabels"]
+        if not any(p["spec"].get("selector", {}).get("matchLabels") == sel for p in by_kind.get("PodDisruptionBudget", {}).values()):
+            fail(f"{where}: no PodDisruptionBudget selects the Deployment's pods")
+        hpa = by_kind.get("HorizontalPodAutoscaler", {}).get(svc)
+        if not hpa or hpa["apiVersion"] != "autoscaling/v2" or hpa["spec"]["scaleTargetRef"].get("name") != svc:
+            fail(f"{where}: no autoscaling/v2 HorizontalPodAutoscaler targets the Deployment")
+        if not by_kind.get("ServiceAccount", {}).get(pod.get("serviceAccountName", "")):
+            fail(f"{where}: its ServiceAccount is not rendered")
+
+
+def check_compose() -> None:
+    c = yaml.safe_load((ROOT / "deploy/docker-compose.yml").read_text())
+    services = c.get("services", {})
+    for s in ("call-api", "audio-processor", "provider-gateway", "prometheus", "grafana", "otel-collector", "postgres"):
+        if s not in services:
+            fail(f"docker-compose: service {s} missing")
+    for svc in SERVICES:
+        s = services.get(svc, {})
+        env = s.get("environment", {}) or {}
+        if isinstance(env, list):
+            env = dict((x.split("=", 1) + [None])[:2] for x in env)
+        check_env_names(f"docker-compose {svc}", env)
+        check_addr_values(f"docker-compose {svc}", env)
+        if s.get("build", {}).get("target") != svc:
+            fail(f"docker-compose {svc}: build.target should be {svc}")
+        if not s.get("read_only"):
+            fail(f"docker-compose {svc}: read_only should be true")
+    p = services.get("prometheus", {})
+    vols = " ".join(p.get("volumes", []))
+    for f in ("../monitoring/prometheus.yml:", "../monitoring/prometheus-alerts.yml:"):
+        if f not in vols:
+            fail(f"docker-compose prometheus: does not mount {f.rstrip(':')}")
+
+
+def check_prometheus_yml() -> None:
+    cfg = yaml.safe_load((MON / "prometheus.yml").read_text())
+    if "prometheus-alerts.yml" not in cfg.get("rule_files", []):
+        fail("prometheus.yml: rule_files does not load prometheus-alerts.yml")
+    jobs = {j["job_name"]: j for j in cfg.get("scrape_configs", [])}
+    want = {"call-api": 8000, "audio-processor": 9091, "provider-gateway": 9092}
+    for job, port in want.items():
+        j = jobs.get(job)
+        if not j:
+            fail(f"prometheus.yml: job {job} missing")
+            continue
+        if j.get("metrics_path", "/metrics") != "/metrics":
+            fail(f"prometheus.yml: job {job} metrics_path should be /metrics")
+        for sc in j.get("static_configs", []):
+            for t in sc.get("targets", []):
+                if not t.endswith(f":{port}"):
+                    fail(f"prometheus.yml: job {job} target {t} should use port {port}")
+
+
+def check_systemd() -> None:
+    required = ["NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "CapabilityBoundingSet=", "RestrictAddressFamilies=", "SystemCallFilter=@system-service", "DynamicUser=yes"]
+    for svc in SERVICES:
+        path = ROOT / f"deploy/systemd/voice-kraliki-{svc}.service"
+        if not path.exists():
+            fail(f"systemd: {path.name} missing")
+            continue
+        text = path.read_text()
+        if f"ExecStart=/usr/local/bin/{svc}\n" not in text:
+            fail(f"systemd {path.name}: ExecStart should be /usr/local/bin/{svc}")
+        for r in required:
+            if not re.search(rf"^{re.escape(r)}", text, re.M):
+                fail(f"systemd {path.name}: hardening option {r} missing")
+        m = re.search(r"^TimeoutStopSec=(\d+)", text, re.M)
+        if not m or int(m.group(1)) < 5 + 20 + SHUTDOWN_FLUSH_SECONDS + SHUTDOWN_MARGIN_SECONDS:
+            fail(f"systemd {path.name}: TimeoutStopSec must cover delay 5 + drain 20 + flush + margin")
+        check_env_names(f"systemd {path.name}", re.findall(r"^Environment=(\w+)=", text, re.M))
+    env_example = (ROOT / "deploy/systemd/voice-kraliki.env.example").read_text()
+    check_env_names("voice-kraliki.env.example", re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", env_example, re.M))
+
+
+def cmd_contract(renders: list[str]) -> None:
+    for r in renders:
+        check_render(Path(r))
+    check_compose()
+    check_prometheus_yml()
+    check_systemd()
+    finish(f"ports, probes, security, shutdown budget and env names match SPEC §3/§7 in {len(renders)} renders, compose, units and prometheus.yml")
+
+
+# --- Prometheus Operator objects (CRDs: no schema in kubernetes-validate) ---
+
+SERVICEMONITOR_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {"type": "object", "required": ["name", "namespace"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}},
+                },
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}, "matchExpressions": {"type": "array"}},
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "targetPort": {},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "scheme": {"enum": ["http", "https"]},
+                            "interval": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                            "scrapeTimeout": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                            "honorLabels": {"type": "boolean"},
+                            "relabelings": {"type": "array"},
+                            "metricRelabelings": {"type": "array"},
+                        },
+                    },
+                },
+                "targetLabels": {"type": "array"},
+                "podTargetLabels": {"type": "array"},
+                "sampleLimit": {"type": "integer"},
+            },
+        },
+    },
+}
+
+PROMETHEUSRULE_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": {"type": "object", "required": ["name", "namespace"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["groups"],
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "rules"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "interval": {"type": "string"},
+                            "rules": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["expr"],
+                                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                                    "properties": {
+                                        "alert": {"type": "string"},
+                                        "record": {"type": "string"},
+                                        "expr": {"type": "string"},
+                                        "for": {"type": "string"},
+                                        "keep_firing_for": {"type": "string"},
+                                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                                        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                }
+            },
+        },
+    },
+}
+
+
+def cmd_operator(render: str, base_render: str) -> None:
+    import jsonschema
+
+    docs = load_yaml_docs(Path(render))
+    services = {d["metadata"]["name"]: d for d in load_yaml_docs(Path(base_render)) if d["kind"] == "Service"}
+    schemas = {"ServiceMonitor": SERVICEMONITOR_SCHEMA, "PrometheusRule": PROMETHEUSRULE_SCHEMA}
+    monitored = set()
+    for d in docs:
+        schema = schemas.get(d["kind"])
+        if not schema:
+            fail(f"unexpected {d['kind']} in k8s/prometheus-operator/")
+            continue
+        for e in jsonschema.Draft202012Validator(schema).iter_errors(d):
+            fail(f"{d['kind']}/{d['metadata'].get('name')}: {'/'.join(map(str, e.absolute_path))}: {e.message}")
+        if d["kind"] == "ServiceMonitor":
+            sel = d["spec"]["selector"].get("matchLabels", {})
+            matches = [s for s in services.values() if all(s["metadata"].get("labels", {}).get(k) == v for k, v in sel.items())]
+            if len(matches) != 1:
+                fail(f"ServiceMonitor/{d['metadata']['name']}: selects {len(matches)} Services, expected 1")
+                continue
+            svc = matches[0]
+            names = {p["name"] for p in svc["spec"]["ports"]}
+            want_port = "http" if svc["metadata"]["name"] == "call-api" else "metrics"
+            for ep in d["spec"]["endpoints"]:
+                if ep.get("port") not in names or ep.get("port") != want_port:
+                    fail(f"ServiceMonitor/{d['metadata']['name']}: scrapes port {ep.get('port')!r}, expected {want_port!r}")
+            job = svc["metadata"]["labels"].get(d["spec"].get("jobLabel", ""), svc["metadata"]["name"])
+            if job != svc["metadata"]["name"]:
+                fail(f"ServiceMonitor/{d['metadata']['name']}: job label would be {job!r}")
+            monitored.add(svc["metadata"]["name"])
+    if monitored != set(SERVICES):
+        fail(f"ServiceMonitors cover {sorted(monitored)}, expected {sorted(SERVICES)}")
+    rules = [d for d in docs if d["kind"] == "PrometheusRule"]
+    if len(rules) != 1:
+        fail("expected exactly one PrometheusRule")
+    elif rules[0]["spec"] != yaml.safe_load(ALERTS.read_text()):
+        fail("PrometheusRule spec differs from monitoring/prometheus-alerts.yml")
+    finish(f"{len(docs)} operator objects match their structural schemas; ServiceMonitors scrape the named ports")
+
+
+# --- OpenTelemetry Collector ------------------------------------------------
+
+
+def cmd_otel() -> None:
+    cfg = yaml.safe_load((MON / "otel-collector.yml").read_text())
+    defined = {k: set((cfg.get(k) or {}).keys()) for k in ("receivers", "processors", "exporters", "connectors", "extensions")}
+    svc = cfg.get("service", {})
+    for e in svc.get("extensions", []):
+        if e not in defined["extensions"]:
+            fail(f"otel: extension {e} is not defined")
+    pipelines = svc.get("pipelines", {})
+    if "traces" not in pipelines:
+        fail("otel: no traces pipeline")
+    used = {"receivers": set(), "processors": set(), "exporters": set()}
+    for name, p in pipelines.items():
+        for r in p.get("receivers", []):
+            if r not in defined["receivers"] | defined["connectors"]:
+                fail(f"otel pipeline {name}: receiver {r} not defined")
+            used["receivers"].add(r)
+        for x in p.get("processors", []):
+            if x not in defined["processors"]:
+                fail(f"otel pipeline {name}: processor {x} not defined")
+            used["processors"].add(x)
+        procs = p.get("processors", [])
+        if not procs or procs[0] != "memory_limiter":
+            fail(f"otel pipeline {name}: memory_limiter must be the first processor")
+        if "batch" not in procs:
+            fail(f"otel pipeline {name}: no batch processor")
+        for x in p.get("exporters", []):
+            if x not in defined["exporters"] | defined["connectors"]:
+                fail(f"otel pipeline {name}: exporter {x} not defined")
+            used["exporters"].add(x)
+    for c in defined["connectors"]:
+        if c not in used["exporters"] or c not in used["receivers"]:
+            fail(f"otel: connector {c} must be an exporter of one pipeline and a receiver of another")
+    for kind in ("receivers", "processors", "exporters"):
+        for unused in defined[kind] - used[kind]:
+            fail(f"otel: {kind[:-1]} {unused} is defined but in no pipeline")
+    if "otlp" not in used["receivers"]:
+        fail("otel: no OTLP receiver")
+    if not any(e.startswith("prometheus") for e in used["exporters"]):
+        fail("otel: no Prometheus exporter")
+    if not any(e.startswith("otlp") for e in pipelines.get("traces", {}).get("exporters", [])):
+        fail("otel: traces are not exported to a tracing backend over OTLP")
+    finish(f"collector: {len(pipelines)} pipelines, every component defined and used")
+
+
+def main() -> None:
+    if len(sys.argv) < 2:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    cmd, args = sys.argv[1], sys.argv[2:]
+    {
+        "promql": lambda: cmd_promql(*args),
+        "alerts": cmd_alerts,
+        "dashboards": cmd_dashboards,
+        "contract": lambda: cmd_contract(args),
+        "operator": lambda: cmd_operator(*args),
+        "otel": cmd_otel,
+    }[cmd]()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# Checks every deployment and monitoring artefact with the real tools
+# (`make check-deploy`). Installs what it needs on first use; later runs reuse
+# it. Prints one line per check and exits non-zero if any check fails.
+#
+# usage: scripts/check-deploy/run.sh [METRIC_NAMES_FILE]
+#   METRIC_NAMES_FILE  where to write the sorted metric names that the alert
+#                      rules and dashboards use (one per line, recording rules
+#                      and Prometheus' own `up` excluded), for a test that
+#                      compares them with what the services export.
+#                      Default: printed to stdout after the checks.
+#
+# environment:
+#   CHECK_DEPLOY_VENV   Python venv for the pinned tools
+#                       (default ~/.cache/voice-kraliki/check-deploy-venv)
+#   K8S_VERSION         Kubernetes schema version for kubernetes-validate (1.33.0)
+#
+# Checks:
+#   promtool check config / check rules / test rules
+#   PromQL of rules and dashboards parses (promql-parser and promtool), uses
+#     bucket boundaries as thresholds; metric names written out
+#   alert conventions: severity, summary, description, runbook anchor, tests
+#   Grafana dashboards and provisioning
+#   PrometheusRule == monitoring/prometheus-alerts.yml (regenerated and diffed)
+#   kustomize renders of k8s/, base, dev, prod and prometheus-operator
+#   kubernetes-validate --strict on every rendered object and the plain files
+#   Prometheus Operator objects (CRDs): structural schema of the fields we use
+#   contract of SPEC §3/§7: ports, probes, security, shutdown, env names
+#   checkov on the renders and the Dockerfile; checkov secrets on the sources
+#   docker compose config; systemd-analyze verify; collector pipelines
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+HERE="$ROOT/scripts/check-deploy"
+K8S_VERSION="${K8S_VERSION:-1.33.0}"
+VENV="${CHECK_DEPLOY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/voice-kraliki/check-deploy-venv}"
+METRICS_OUT="${1:-}"
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/check-deploy.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+cd "$ROOT"
+
+log() { printf '%s\n' "$*" >&2; }
+
+# --- tools ------------------------------------------------------------------
+
+SUDO=""
+if [[ "$(id -u)" != 0 ]]; then SUDO="sudo"; fi
+APT_UPDATED=""
+apt_install() {
+  log "check-deploy: installing Debian packages: $*"
+  if [[ -z "$APT_UPDATED" ]]; then
+    $SUDO apt-get update -qq >&2
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+command -v promtool >/dev/null || apt_install prometheus
+command -v kubectl >/dev/null || {
+  log "check-deploy: kubectl (with its built-in kustomize) is required and not installed"
+  exit 1
+}
+command -v systemd-analyze >/dev/null || apt_install systemd
+
+COMPOSE=()
+if docker compose version >/dev/null 2>&1; then
+  COMPOSE=(docker compose)
+else
+  command -v docker-compose >/dev/null || apt_install docker-compose
+  COMPOSE=(docker-compose)
+fi
+
+# Private venv with pinned versions; reinstalled only when the pins change.
+stamp="$(cat "$HERE/requirements.txt" "$HERE/constraints.txt" | sha256sum | cut -d' ' -f1)"
+if [[ ! -x "$VENV/bin/python" ]] || [[ "$(cat "$VENV/.check-deploy-stamp" 2>/dev/null)" != "$stamp" ]]; then
+  log "check-deploy: preparing the Python tools in $VENV"
+  if ! python3 -m venv --clear "$VENV" >&2 2>/dev/null; then
+    apt_install python3-venv
+    python3 -m venv --clear "$VENV" >&2
+  fi
+  "$VENV/bin/pip" install -q --disable-pip-version-check \
+    -r "$HERE/requirements.txt" -c "$HERE/constraints.txt" >&2
+  echo "$stamp" >"$VENV/.check-deploy-stamp"
+fi
+PY="$VENV/bin/python"
+# checkov must not phone home (no network here, and none needed).
+export BC_SKIP_MAPPING=TRUE CHECKOV_RUN_SCA_PACKAGE_SCAN_V2=false
+export PYTHONDONTWRITEBYTECODE=1
+
+# --- runner -----------------------------------------------------------------
+
+passed=0
+failed=0
+check() {
+  # Each check runs in a subshell with errexit on (a failing command inside a
+  # check function fails the check), output captured, counted, summarised.
+  local name="$1" rc
+  shift
+  set +e
+  (
+    set -e
+    "$@"
+  ) >"$WORK/check.out" 2>&1
+  rc=$?
+  set -e
+  if [[ $rc == 0 ]]; then
+    passed=$((passed + 1))
+    printf 'ok    %-34s %s\n' "$name" "$(grep -v '^[[:space:]]*$' "$WORK/check.out" | tail -n1 | cut -c1-110)"
+  else
+    failed=$((failed + 1))
+    printf 'FAIL  %s\n' "$name"
+    tail -n 60 "$WORK/check.out" | sed 's/^/      /'
+  fi
+}
+
+# --- checks -----------------------------------------------------------------
+
+promtool_config() {
+  # Work on a copy so the rule file is found whatever the current directory.
+  cp monitoring/prometheus.yml monitoring/prometheus-alerts.yml "$WORK/"
+  promtool check config "$WORK/prometheus.yml"
+}
+
+promtool_test() {
+  promtool test rules monitoring/tests/*.yml
+}
+
+promql() {
+  "$PY" "$HERE/checks.py" promql "$WORK/metric-names.txt" "$WORK/dashboard-queries.yml"
+  # The dashboards' expressions once more through Prometheus' own parser.
+  promtool check rules "$WORK/dashboard-queries.yml" >/dev/null
+}
+
+prometheusrule_in_sync() {
+  "$HERE/gen-prometheusrule.sh" "$WORK/prometheusrule.yaml"
+  if ! diff -u k8s/prometheus-operator/prometheusrule.yaml "$WORK/prometheusrule.yaml"; then
+    echo "k8s/prometheus-operator/prometheusrule.yaml is stale: run scripts/check-deploy/gen-prometheusrule.sh"
+    return 1
+  fi
+  echo "prometheusrule.yaml is monitoring/prometheus-alerts.yml"
+}
+
+render() {
+  mkdir -p "$WORK/render"
+  kubectl kustomize k8s >"$WORK/render/top.yaml"
+  kubectl kustomize k8s/base >"$WORK/render/base.yaml"
+  kubectl kustomize k8s/overlays/dev >"$WORK/render/dev.yaml"
+  kubectl kustomize k8s/overlays/prod >"$WORK/render/prod.yaml"
+  kubectl kustomize k8s/prometheus-operator >"$WORK/render/operator.yaml"
+  if ! cmp -s "$WORK/render/top.yaml" "$WORK/render/base.yaml"; then
+    echo "k8s/ (kubectl apply -k k8s/) does not render the base"
+    return 1
+  fi
+  echo "rendered k8s/, base, dev, prod, prometheus-operator ($(grep -c '^kind:' "$WORK/render/base.yaml") objects in the base)"
+}
+
+kubernetes_validate() {
+  # Every rendered object, plus the plain files for `kubectl apply -f`.
+  "$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" \
+    "$WORK/render/base.yaml" "$WORK/render/dev.yaml" "$WORK/render/prod.yaml" \
+    k8s/base/*.yaml k8s/secret.template.yaml
+  echo "all objects valid against Kubernetes $K8S_VERSION (strict)"
+}
+
+operator_objects() {
+  # kubernetes-validate has no schema for the operator's CRDs (it would only
+  # warn and skip them): checks.py validates the fields we use instead.
+  "$PY" "$HERE/checks.py" operator "$WORK/render/operator.yaml" "$WORK/render/base.yaml"
+}
+
+contract() {
+  "$PY" "$HERE/checks.py" contract "$WORK/render/base.yaml" "$WORK/render/dev.yaml" "$WORK/render/prod.yaml"
+}
+
+checkov_scan() {
+  mkdir -p "$WORK/checkov"
+  cp "$WORK/render/base.yaml" "$WORK/render/dev.yaml" "$WORK/render/prod.yaml" \
+    "$WORK/render/operator.yaml" k8s/secret.template.yaml "$WORK/checkov/"
+  cp deploy/Dockerfile "$WORK/checkov/Dockerfile"
+  # skipped checks and why: scripts/check-deploy/checkov.yaml
+  "$VENV/bin/checkov" --config-file "$HERE/checkov.yaml" -d "$WORK/checkov" \
+    --framework kubernetes dockerfile --output cli
+  "$VENV/bin/checkov" --config-file "$HERE/checkov.yaml" -d k8s -d deploy -d monitoring \
+    --framework secrets --output cli
+  echo "kubernetes, dockerfile and secrets scans clean"
+}
+
+compose_config() {
+  API_KEYS=check-deploy "${COMPOSE[@]}" -f deploy/docker-compose.yml config -q
+  echo "deploy/docker-compose.yml valid (${COMPOSE[*]})"
+}
+
+systemd_verify() {
+  # The binaries are not installed here: verify copies whose ExecStart points
+  # at stand-ins, and treat every warning as an error.
+  local dir="$WORK/systemd" out svc
+  mkdir -p "$dir/bin"
+  cp deploy/systemd/*.service deploy/systemd/*.target "$dir/"
+  for svc in call-api audio-processor provider-gateway; do
+    printf '#!/bin/sh\nexit 0\n' >"$dir/bin/$svc"
+    chmod +x "$dir/bin/$svc"
+  done
+  sed -i "s#^ExecStart=/usr/local/bin/#ExecStart=$dir/bin/#" "$dir"/*.service
+  out="$(cd "$dir" && SYSTEMD_LOG_LEVEL=warning systemd-analyze verify ./*.service ./*.target 2>&1)" || {
+    echo "$out"
+    return 1
+  }
+  if [[ -n "$out" ]]; then
+    echo "$out"
+    return 1
+  fi
+  echo "$(ls deploy/systemd/*.service deploy/systemd/*.target | wc -l) units verified"
+}
+
+check "promtool check config" promtool_config
+check "promtool check rules" promtool check rules monitoring/prometheus-alerts.yml
+check "promtool test rules" promtool_test
+check "alert conventions and runbooks" "$PY" "$HERE/checks.py" alerts
+check "PromQL parses, metric names" promql
+check "Grafana dashboards" "$PY" "$HERE/checks.py" dashboards
+check "PrometheusRule in sync" prometheusrule_in_sync
+check "kustomize render" render
+if [[ -s "$WORK/render/prod.yaml" && -s "$WORK/render/operator.yaml" ]]; then
+  check "kubernetes-validate $K8S_VERSION" kubernetes_validate
+  check "Prometheus Operator objects" operator_objects
+  check "contract (SPEC 3, 7)" contract
+  check "checkov" checkov_scan
+else
+  failed=$((failed + 4))
+  echo "FAIL  kubernetes-validate, operator objects, contract, checkov: nothing rendered"
+fi
+check "docker compose config" compose_config
+check "systemd-analyze verify" systemd_verify
+check "OpenTelemetry Collector config" "$PY" "$HERE/checks.py" otel
+
+if [[ -s "$WORK/metric-names.txt" ]]; then
+  if [[ -n "$METRICS_OUT" ]]; then
+    cp "$WORK/metric-names.txt" "$METRICS_OUT"
+    echo "metric names used by rules and dashboards: $METRICS_OUT"
+  else
+    echo "metric names used by rules and dashboards:"
+    sed 's/^/  /' "$WORK/metric-names.txt"
+  fi
+fi
+
+echo "check-deploy: $passed passed, $failed failed"
+[[ $failed == 0 ]]
