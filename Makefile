@@ -30,7 +30,7 @@ bench: ## run the benchmarks (release build) and print their figures
 	$(CARGO) bench --workspace
 
 check-deploy: ## validate k8s, Prometheus rules and dashboards with the real tools
-	scripts/check-deploy/run.sh
+	bash scripts/check-deploy/run.sh
 
 clean: ## remove build output
 	$(CARGO) clean

@@ -223,8 +223,7 @@ impl<'a> Reader<'a> {
             Some(raw) => match raw.trim().trim_end_matches('s').parse::<f64>() {
                 Ok(v) if v.is_finite() && (0.0..=max_seconds).contains(&v) => Duration::from_secs_f64(v),
                 _ => {
-                    self.errors
-                        .push(name, format!("{raw:?} is not a number of seconds between 0 and {max_seconds}"));
+                    self.errors.push(name, format!("{raw:?} is not a number of seconds between 0 and {max_seconds}"));
                     default
                 }
             },
@@ -429,9 +428,7 @@ impl TelemetryConfig {
                 let mut out = Vec::new();
                 for pair in raw.split(',').filter(|p| !p.trim().is_empty()) {
                     match pair.split_once('=') {
-                        Some((k, v)) if !k.trim().is_empty() => {
-                            out.push((k.trim().to_string(), v.trim().to_string()))
-                        }
+                        Some((k, v)) if !k.trim().is_empty() => out.push((k.trim().to_string(), v.trim().to_string())),
                         _ => reader.error("OTEL_RESOURCE_ATTRIBUTES", format!("{pair:?} is not key=value")),
                     }
                 }
@@ -520,7 +517,9 @@ pub fn normalise_log_filter(raw: &str) -> Result<String, String> {
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
     let filter = if LEVELS.contains(&level.as_str()) {
         let quiet = if matches!(level.as_str(), "trace" | "debug") { "info" } else { "warn" };
-        format!("{level},h2={quiet},hyper={quiet},hyper_util={quiet},tower={quiet},reqwest={quiet},rustls={quiet},opentelemetry_sdk={quiet},tonic={quiet},opentelemetry={quiet}")
+        format!(
+            "{level},h2={quiet},hyper={quiet},hyper_util={quiet},tower={quiet},reqwest={quiet},rustls={quiet},opentelemetry_sdk={quiet},tonic={quiet},opentelemetry={quiet}"
+        )
     } else {
         raw.to_string()
     };
@@ -582,8 +581,8 @@ mod tests {
 
     #[test]
     fn environment_falls_back_and_log_level_accepts_guide_spelling() {
-        let c = TelemetryConfig::from_env(&Env::from_pairs([("ENVIRONMENT", "staging"), ("LOG_LEVEL", "DEBUG")]))
-            .unwrap();
+        let c =
+            TelemetryConfig::from_env(&Env::from_pairs([("ENVIRONMENT", "staging"), ("LOG_LEVEL", "DEBUG")])).unwrap();
         assert_eq!(c.environment, "staging");
         assert!(c.log_filter.starts_with("debug,"));
         let c = TelemetryConfig::from_env(&Env::from_pairs([
@@ -607,9 +606,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.sampler, Sampler::ParentBasedTraceIdRatio(0.25));
         assert_eq!(c.resource_attributes[1], ("team".to_string(), "voice".to_string()));
-        assert_eq!(errors(&[("OTEL_TRACES_SAMPLER_ARG", "3"), ("OTEL_TRACES_SAMPLER", "traceidratio")]), [
-            "OTEL_TRACES_SAMPLER_ARG"
-        ]);
+        assert_eq!(
+            errors(&[("OTEL_TRACES_SAMPLER_ARG", "3"), ("OTEL_TRACES_SAMPLER", "traceidratio")]),
+            ["OTEL_TRACES_SAMPLER_ARG"]
+        );
     }
 
     #[test]

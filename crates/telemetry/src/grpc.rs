@@ -158,6 +158,18 @@ impl CallRecord {
             Side::Client => (GRPC_CLIENT_HANDLED_TOTAL, GRPC_CLIENT_HANDLING_SECONDS),
         };
         let i = &self.info;
+        if !i.infrastructure {
+            let side = if self.side == Side::Server { "server" } else { "client" };
+            tracing::info!(
+                parent: &self.span,
+                side,
+                grpc_service = %i.service,
+                grpc_method = %i.method,
+                grpc_code = code_label,
+                duration_ms = (elapsed * 1000.0).round() as u64,
+                "grpc call completed"
+            );
+        }
         metrics::counter!(handled, "grpc_type" => i.kind, "grpc_service" => i.service.clone(), "grpc_method" => i.method.clone(), "grpc_code" => code_label)
             .increment(1);
         metrics::histogram!(seconds, "grpc_type" => i.kind, "grpc_service" => i.service.clone(), "grpc_method" => i.method.clone())

@@ -38,6 +38,7 @@ struct Inner {
     environment: String,
     started: AtomicBool,
     draining: AtomicBool,
+    shutdown: RwLock<Option<tokio_util::sync::CancellationToken>>,
     checks: RwLock<Vec<(String, CheckFn)>>,
     grpc: RwLock<Option<(HealthReporter, Vec<String>)>>,
 }
@@ -54,6 +55,7 @@ impl Health {
                 environment: environment.to_string(),
                 started: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
+                shutdown: RwLock::new(None),
                 checks: RwLock::new(Vec::new()),
                 grpc: RwLock::new(None),
             }),
@@ -101,6 +103,12 @@ impl Health {
 
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::SeqCst)
+            || self.inner.shutdown.read().expect("health lock").as_ref().is_some_and(|t| t.is_cancelled())
+    }
+
+    /// Fails readiness the moment `token` is cancelled (no waiting for a task to notice).
+    pub(crate) fn link_shutdown(&self, token: tokio_util::sync::CancellationToken) {
+        *self.inner.shutdown.write().expect("health lock") = Some(token);
     }
 
     async fn sync_grpc(&self) {

@@ -58,7 +58,8 @@ struct InProgress {
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        metrics::gauge!(HTTP_REQUESTS_INPROGRESS, "method" => self.method, "endpoint" => self.endpoint.clone()).decrement(1.0);
+        metrics::gauge!(HTTP_REQUESTS_INPROGRESS, "method" => self.method, "endpoint" => self.endpoint.clone())
+            .decrement(1.0);
     }
 }
 
@@ -111,8 +112,15 @@ where
                 if status >= 500 {
                     span.record("otel.status_code", "ERROR");
                 }
-                let status = status.to_string();
                 let elapsed = start.elapsed().as_secs_f64();
+                tracing::info!(
+                    method,
+                    endpoint = %guard.endpoint,
+                    status,
+                    duration_ms = (elapsed * 1000.0).round() as u64,
+                    "request completed"
+                );
+                let status = status.to_string();
                 let (method, endpoint) = (guard.method, guard.endpoint.clone());
                 metrics::counter!(HTTP_REQUESTS_TOTAL, "method" => method, "endpoint" => endpoint.clone(), "status" => status.clone())
                     .increment(1);

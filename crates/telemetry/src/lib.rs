@@ -142,7 +142,8 @@ pub fn init(info: &ServiceInfo, config: &TelemetryConfig) -> Result<Telemetry, I
             .and_then(ErrorLayer::new().with_filter(LevelFilter::ERROR))
             .and_then(BreadcrumbLayer::new().with_filter(LevelFilter::INFO))
     });
-    let installed = tracing_subscriber::registry().with(filter).with(otel_layer).with(fmt).with(sentry_layers).try_init();
+    let installed =
+        tracing_subscriber::registry().with(filter).with(otel_layer).with(fmt).with(sentry_layers).try_init();
     if installed.is_err() {
         tracing::debug!(service = %info.name, "tracing subscriber already installed in this process");
     }
@@ -261,21 +262,27 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response:
         .into_response()
 }
 
-/// The tower stack for a tonic server: `Server::builder().layer(telemetry::grpc_server_layers())`.
-pub fn grpc_server_layers() -> tower::ServiceBuilder<
+type GrpcRequest = ::http::Request<tonic::body::Body>;
+
+/// The tower stack of every gRPC server: a Sentry hub per call, a transaction named by method,
+/// then the server span and RED metrics.
+pub type GrpcServerLayers = tower::ServiceBuilder<
     tower::layer::util::Stack<
         grpc::GrpcServerLayer,
         tower::layer::util::Stack<
             sentry::integrations::tower::SentryHttpLayer,
             tower::layer::util::Stack<
-                sentry::integrations::tower::NewSentryLayer<::http::Request<tonic::body::Body>>,
+                sentry::integrations::tower::NewSentryLayer<GrpcRequest>,
                 tower::layer::util::Identity,
             >,
         >,
     >,
-> {
+>;
+
+/// The tower stack for a tonic server: `Server::builder().layer(telemetry::grpc_server_layers())`.
+pub fn grpc_server_layers() -> GrpcServerLayers {
     tower::ServiceBuilder::new()
-        .layer(sentry::integrations::tower::NewSentryLayer::<::http::Request<tonic::body::Body>>::new_from_top())
+        .layer(sentry::integrations::tower::NewSentryLayer::<GrpcRequest>::new_from_top())
         .layer(sentry::integrations::tower::SentryHttpLayer::new().enable_transaction())
         .layer(grpc::GrpcServerLayer)
 }

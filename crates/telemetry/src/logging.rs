@@ -32,7 +32,8 @@ fn ids_for<S>(ctx: &FmtContext<'_, S, impl for<'w> FormatFields<'w> + 'static>) 
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    let span = ctx.lookup_current()?;
+    // The event's parent: explicit (`parent: &span`) or the current span.
+    let span = ctx.parent_span()?;
     let dispatch = tracing::dispatcher::get_default(Clone::clone);
     let cx = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
     let otel_span = cx.span();

@@ -46,9 +46,7 @@ pub(crate) fn install(info: &ServiceInfo, release: &str) -> MetricsHandle {
         // Every histogram gets explicit buckets; without them the exporter renders summaries.
         builder = builder.set_buckets(LATENCY_BUCKETS).expect("non-empty buckets");
         for (name, buckets) in &info.histograms {
-            builder = builder
-                .set_buckets_for_metric(Matcher::Full(name.clone()), buckets)
-                .expect("non-empty buckets");
+            builder = builder.set_buckets_for_metric(Matcher::Full(name.clone()), buckets).expect("non-empty buckets");
         }
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -92,7 +90,12 @@ mod process {
         let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
             let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
         };
-        metric("process_cpu_seconds_total", "counter", "User and system CPU time in seconds", (num(11) + num(12)) / ticks);
+        metric(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time in seconds",
+            (num(11) + num(12)) / ticks,
+        );
         metric("process_resident_memory_bytes", "gauge", "Resident memory size in bytes", num(21) * page);
         metric("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes", num(20));
         metric("process_threads", "gauge", "OS threads", num(17));
@@ -100,7 +103,12 @@ mod process {
             .ok()
             .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse::<f64>().ok()))
         {
-            metric("process_start_time_seconds", "gauge", "Start time since the Unix epoch in seconds", boot + num(19) / ticks);
+            metric(
+                "process_start_time_seconds",
+                "gauge",
+                "Start time since the Unix epoch in seconds",
+                boot + num(19) / ticks,
+            );
         }
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             metric("process_open_fds", "gauge", "Open file descriptors", dir.count() as f64);

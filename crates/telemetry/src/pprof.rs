@@ -135,7 +135,7 @@ fn encode(report: &pprof::Report) -> pb::Profile {
                 });
                 location_table.push(pb::Location {
                     id,
-                    line: vec![pb::Line { function_id: id, line: i64::from(symbol.lineno()), ..Default::default() }],
+                    line: vec![pb::Line { function_id: id, line: i64::from(symbol.lineno()) }],
                     ..Default::default()
                 });
                 functions.insert(name, id);
@@ -146,7 +146,11 @@ fn encode(report: &pprof::Report) -> pb::Profile {
         samples.push(pb::Sample {
             location_id: location_ids,
             value: vec![count, count * period],
-            label: vec![pb::Label { key: thread_key, str: strings.id(&frames.thread_name_or_id()), ..Default::default() }],
+            label: vec![pb::Label {
+                key: thread_key,
+                str: strings.id(&frames.thread_name_or_id()),
+                ..Default::default()
+            }],
         });
     }
     let samples_type = pb::ValueType { ty: strings.id("samples"), unit: strings.id("count") };
@@ -156,12 +160,8 @@ fn encode(report: &pprof::Report) -> pb::Profile {
         sample: samples,
         function: function_table,
         location: location_table,
-        time_nanos: report
-            .timing
-            .start_time
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as i64,
+        time_nanos: report.timing.start_time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos()
+            as i64,
         duration_nanos: report.timing.duration.as_nanos() as i64,
         period_type: Some(cpu_type),
         period,

@@ -3,7 +3,13 @@
 
 use std::{borrow::Cow, collections::BTreeMap};
 
-use sentry::protocol::{Event, Value};
+use std::{sync::Arc, time::Duration};
+
+use sentry::{
+    Envelope, Transport, TransportFactory,
+    protocol::{EnvelopeItem, Event, Request, Transaction, Value},
+    transports::DefaultTransportFactory,
+};
 
 use crate::{ServiceInfo, config::TelemetryConfig};
 
@@ -18,10 +24,12 @@ pub(crate) fn init(info: &ServiceInfo, config: &TelemetryConfig, release: &str) 
         .send_default_pii(false)
         .attach_stacktrace(true)
         .shutdown_timeout(config.flush_timeout)
-        .before_send(|event| Some(scrub_event(event)))
-        .traces_sampler(move |ctx: &sentry::TransactionContext| {
-            if UNSAMPLED.iter().any(|p| ctx.name().contains(p)) { 0.0 } else { rate }
-        });
+        .transport(ScrubbingTransportFactory)
+        .traces_sampler(
+            move |ctx: &sentry::TransactionContext| {
+                if UNSAMPLED.iter().any(|p| ctx.name().contains(p)) { 0.0 } else { rate }
+            },
+        );
     options.dsn = config.sentry_dsn.clone();
     options.server_name = Some(Cow::Owned(info.name.clone()));
     let guard = sentry::init(options);
@@ -137,6 +145,81 @@ fn scrub_value(v: &mut Value) {
     }
 }
 
+fn scrub_request(req: &mut Request) {
+    if let Some(url) = req.url.as_mut()
+        && let Cow::Owned(clean) = scrub_phone_numbers(url.as_str())
+        && let Ok(parsed) = clean.replace("[phone]", "%5Bphone%5D").parse()
+    {
+        *url = parsed;
+    }
+    for v in req.headers.values_mut() {
+        scrub_string(v);
+    }
+    if let Some(q) = req.query_string.as_mut() {
+        scrub_string(q);
+    }
+    req.data = None;
+    req.cookies = None;
+}
+
+/// Scrubs a transaction and its spans before it leaves the process.
+pub fn scrub_transaction(mut tx: Transaction<'static>) -> Transaction<'static> {
+    if let Some(req) = tx.request.as_mut() {
+        scrub_request(req);
+    }
+    for v in tx.tags.values_mut() {
+        scrub_string(v);
+    }
+    for v in tx.extra.values_mut() {
+        scrub_value(v);
+    }
+    for span in &mut tx.spans {
+        if let Some(d) = span.description.as_mut() {
+            scrub_string(d);
+        }
+        for v in span.tags.values_mut() {
+            scrub_string(v);
+        }
+        for v in span.data.values_mut() {
+            scrub_value(v);
+        }
+    }
+    tx.user = tx.user.map(|u| sentry::User { id: u.id, ..Default::default() });
+    tx
+}
+
+/// The one door every envelope leaves by: events and transactions are scrubbed here, whatever
+/// integration produced them.
+struct ScrubbingTransport(Arc<dyn Transport>);
+
+impl Transport for ScrubbingTransport {
+    fn send_envelope(&self, envelope: Envelope) {
+        let mut out = Envelope::new().with_headers(envelope.headers().clone());
+        for item in envelope.into_items() {
+            out.add_item(match item {
+                EnvelopeItem::Event(e) => EnvelopeItem::Event(Box::new(scrub_event(*e))),
+                EnvelopeItem::Transaction(t) => EnvelopeItem::Transaction(Box::new(scrub_transaction(*t))),
+                other => other,
+            });
+        }
+        self.0.send_envelope(out);
+    }
+    fn flush(&self, timeout: Duration) -> bool {
+        self.0.flush(timeout)
+    }
+    fn shutdown(&self, timeout: Duration) -> bool {
+        self.0.shutdown(timeout)
+    }
+}
+
+struct ScrubbingTransportFactory;
+
+impl TransportFactory for ScrubbingTransportFactory {
+    fn create_transport_with_options(&self, options: sentry::TransportOptions) -> Arc<dyn Transport> {
+        Arc::new(ScrubbingTransport(DefaultTransportFactory.create_transport_with_options(options)))
+    }
+}
+
 /// Scrubs an event before it leaves the process.
 pub fn scrub_event(mut event: Event<'static>) -> Event<'static> {
     if let Some(m) = event.message.as_mut() {
@@ -172,14 +255,7 @@ pub fn scrub_event(mut event: Event<'static>) -> Event<'static> {
         }
     }
     if let Some(req) = event.request.as_mut() {
-        if let Some(url) = req.url.as_mut()
-            && let Cow::Owned(clean) = scrub_phone_numbers(url.as_str())
-            && let Ok(parsed) = clean.replace("[phone]", "%5Bphone%5D").parse()
-        {
-            *url = parsed;
-        }
-        req.data = None;
-        req.cookies = None;
+        scrub_request(req);
     }
     event.user = event.user.map(|u| sentry::User { id: u.id, ..Default::default() });
     event

@@ -19,6 +19,7 @@ pub struct ServiceContext {
 impl ServiceContext {
     pub fn new(info: ServiceInfo, environment: &str, metrics: Option<MetricsHandle>, shutdown: Shutdown) -> Self {
         let health = Health::new(&info, environment);
+        shutdown.attach(&health);
         Self { info, health, metrics, shutdown }
     }
 
@@ -26,12 +27,7 @@ impl ServiceContext {
     pub fn from_telemetry(telemetry: &Telemetry) -> Self {
         let shutdown = telemetry.shutdown_sequence();
         shutdown.listen_for_signals();
-        Self {
-            info: telemetry.info().clone(),
-            health: telemetry.health(),
-            metrics: telemetry.metrics(),
-            shutdown,
-        }
+        Self::new(telemetry.info().clone(), &telemetry.config().environment, telemetry.metrics(), shutdown)
     }
 }
 
@@ -74,10 +70,8 @@ pub async fn serve_grpc_service(
     let admin_router = crate::admin_router(&ctx.health, ctx.metrics.clone(), true);
     ctx.health.set_started().await;
     tracing::info!(service = %ctx.info.name, "serving");
-    let (grpc_result, admin_result) = tokio::join!(
-        ctx.shutdown.run_bounded(grpc_server),
-        serve_http(admin, admin_router, &ctx.shutdown)
-    );
+    let (grpc_result, admin_result) =
+        tokio::join!(ctx.shutdown.run_bounded(grpc_server), serve_http(admin, admin_router, &ctx.shutdown));
     if let Some(Err(e)) = grpc_result {
         return Err(e.into());
     }

@@ -55,8 +55,10 @@ impl Shutdown {
         self.stopping.clone()
     }
 
-    /// Marks `health` as draining as soon as shutdown begins.
+    /// Marks `health` as draining as soon as shutdown begins: HTTP readiness at once, gRPC
+    /// health statuses from a task a moment later.
     pub fn attach(&self, health: &Health) {
+        health.link_shutdown(self.draining.clone());
         let this = self.clone();
         let health = health.clone();
         tokio::spawn(async move {

@@ -125,7 +125,6 @@ impl OtlpReceiver {
     }
 }
 
-
 /// One item of a Sentry envelope.
 #[derive(Debug, Clone)]
 pub struct EnvelopeItem {

@@ -11,7 +11,8 @@ mod supervisor;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: voice-kraliki [run | serve <call-api|audio-processor|provider-gateway> | sentry-test | help]";
+const USAGE: &str =
+    "usage: voice-kraliki [run | serve <call-api|audio-processor|provider-gateway> | sentry-test | help]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

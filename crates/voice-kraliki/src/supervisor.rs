@@ -52,7 +52,9 @@ async fn supervise() -> ExitCode {
     if let Some(key) = &api_key {
         let _ = std::fs::write(".dev-api-key", format!("{key}\n"));
         eprintln!("voice-kraliki: API_KEYS is not set; development API key for this run (also in .dev-api-key):");
-        eprintln!("\n    export VK_API_KEY={key}\n    curl -H \"Authorization: Bearer $VK_API_KEY\" http://127.0.0.1:8000/v1/providers\n");
+        eprintln!(
+            "\n    export VK_API_KEY={key}\n    curl -H \"Authorization: Bearer $VK_API_KEY\" http://127.0.0.1:8000/v1/providers\n"
+        );
     }
     let mut children: Vec<(String, Child, u32, Instant)> = Vec::new();
     for name in SERVICES {
@@ -78,8 +80,7 @@ async fn supervise() -> ExitCode {
             _ = tokio::signal::ctrl_c() => break 'watch,
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
-        for i in 0..children.len() {
-            let (name, child, restarts, started) = &mut children[i];
+        for (name, child, restarts, started) in children.iter_mut() {
             let Ok(Some(status)) = child.try_wait() else { continue };
             if status.code() == Some(EXIT_CONFIG) {
                 eprintln!("voice-kraliki: {name} rejected its configuration; stopping");
