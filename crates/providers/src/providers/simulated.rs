@@ -1,0 +1,238 @@
+//! The `simulated` provider: synthetic answers with configurable latency, time to first byte,
+//! token rate, error rate and stalls, for load tests and fault drills. It is used only when a
+//! `*_PROVIDERS` variable names it.
+//!
+//! Draws come from a seeded generator advanced once per call, so a given seed and call
+//! sequence always gives the same outcomes and the same text.
+
+use std::future::pending;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::{CallCtx, Opened};
+use crate::audio::linear_to_mulaw;
+use crate::config::{LatencyDistribution, SimulatedConfig};
+use crate::error::ProviderError;
+use crate::providers::local::Local;
+use crate::types::{
+    AudioEncoding, ChatChunk, ChatRequest, FinishReason, OutputEncoding, Segment, SentimentResult, SynthesisRequest,
+    Transcript, TranscriptionRequest, Usage, Word,
+};
+
+pub(crate) const MODEL: &str = "simulated-1";
+const NAME: &str = "simulated";
+
+const WORDS: &[&str] = &[
+    "thank", "you", "for", "calling", "how", "can", "I", "help", "with", "your", "account", "today", "sure", "let",
+    "me", "check", "that", "order", "for", "you", "one", "moment", "please",
+];
+
+pub(crate) struct Simulated {
+    config: SimulatedConfig,
+    calls: AtomicU64,
+    local: Local,
+}
+
+/// The fate of one call, drawn up front.
+struct Plan {
+    latency: Duration,
+    fail: bool,
+    stall: bool,
+    rng: StdRng,
+}
+
+impl Simulated {
+    pub(crate) fn new(config: SimulatedConfig) -> Self {
+        Self { config, calls: AtomicU64::new(0), local: Local::new() }
+    }
+
+    fn plan(&self) -> Plan {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut rng = StdRng::seed_from_u64(self.config.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let latency = match self.config.latency {
+            LatencyDistribution::Fixed(d) => d,
+            LatencyDistribution::Uniform(lo, hi) => {
+                if hi > lo {
+                    rng.random_range(lo..=hi)
+                } else {
+                    lo
+                }
+            }
+            LatencyDistribution::LogNormal { median, sigma } => {
+                // Box–Muller: one standard normal draw.
+                let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+                let u2: f64 = rng.random();
+                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                median.mul_f64((sigma * z).exp().min(1_000.0))
+            }
+        };
+        let fail = rng.random_bool(self.config.error_rate);
+        let stall = rng.random_bool(self.config.stall_rate);
+        Plan { latency, fail, stall, rng }
+    }
+
+    fn token_gap(&self) -> Duration {
+        if self.config.tokens_per_second > 0.0 {
+            Duration::from_secs_f64(1.0 / self.config.tokens_per_second)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    async fn wait(d: Duration) {
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+    }
+
+    /// Latency, then either the fault, a hang, or go.
+    async fn head(&self, plan: &Plan, extra: Duration) -> Result<(), ProviderError> {
+        Self::wait(plan.latency + extra).await;
+        if plan.fail {
+            return Err(ProviderError::SimulatedFault);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn transcribe(
+        &self,
+        req: &TranscriptionRequest,
+        ctx: &CallCtx,
+    ) -> Result<Transcript, ProviderError> {
+        let mut plan = self.plan();
+        ctx.span.record("gen_ai.request.model", MODEL);
+        if plan.stall {
+            // A transcription that never answers, cut like a silent HTTP server would be.
+            return Err(hang(ctx, ctx.timeouts.transcribe).await);
+        }
+        self.head(&plan, Duration::ZERO).await?;
+        ctx.mark_first_byte();
+        let bytes_per_second = match req.encoding {
+            AudioEncoding::Pcm16 => f64::from(req.sample_rate) * 2.0 * f64::from(req.channels),
+            AudioEncoding::Mulaw | AudioEncoding::Alaw => f64::from(req.sample_rate) * f64::from(req.channels),
+            _ => 16_000.0,
+        };
+        let duration = req.audio.len() as f64 / bytes_per_second.max(1.0);
+        let count = ((duration * 2.5) as usize).clamp(1, 2_000);
+        let offset = plan.rng.random_range(0..WORDS.len());
+        let step = duration / count as f64;
+        let words: Vec<Word> = (0..count)
+            .map(|i| Word {
+                word: WORDS[(offset + i) % WORDS.len()].to_owned(),
+                start: i as f64 * step,
+                end: (i as f64 + 0.8) * step,
+                confidence: Some(0.9),
+                speaker: None,
+                channel: None,
+            })
+            .collect();
+        let text = words.iter().map(|w| w.word.as_str()).collect::<Vec<_>>().join(" ");
+        Ok(Transcript {
+            segments: vec![Segment { start: 0.0, end: duration, text: text.clone(), speaker: None, channel: None }],
+            text,
+            language: req.language.clone().or_else(|| Some("en".to_owned())),
+            words,
+            duration_seconds: Some(duration),
+            provider: NAME.to_owned(),
+            model: MODEL.to_owned(),
+        })
+    }
+
+    pub(crate) async fn chat(&self, req: &ChatRequest, ctx: &CallCtx) -> Result<Opened<ChatChunk>, ProviderError> {
+        let mut plan = self.plan();
+        ctx.span.record("gen_ai.request.model", MODEL);
+        self.head(&plan, self.config.time_to_first_byte).await?;
+        let prompt_tokens: u64 = req.messages.iter().map(|m| m.content.split_whitespace().count() as u64 + 4).sum();
+        let count = req.max_tokens.unwrap_or(24).clamp(1, 4_096) as usize;
+        let offset = plan.rng.random_range(0..WORDS.len());
+        let stall_at = plan.stall.then_some(count / 2);
+        let gap = self.token_gap();
+        let stream = futures_util::stream::iter(0..=count).then(move |i| async move {
+            if stall_at == Some(i) {
+                pending::<()>().await;
+            }
+            if i == count {
+                return Ok(ChatChunk {
+                    delta: String::new(),
+                    finish_reason: Some(FinishReason::Length),
+                    usage: Some(Usage {
+                        prompt_tokens,
+                        completion_tokens: count as u64,
+                        total_tokens: prompt_tokens + count as u64,
+                    }),
+                });
+            }
+            if i > 0 {
+                Self::wait(gap).await;
+            }
+            let word = WORDS[(offset + i) % WORDS.len()];
+            let delta = if i == 0 { word.to_owned() } else { format!(" {word}") };
+            Ok(ChatChunk { delta, ..ChatChunk::default() })
+        });
+        Ok(Opened { model: MODEL.to_owned(), stream: Box::pin(stream) })
+    }
+
+    pub(crate) async fn synthesize(
+        &self,
+        req: &SynthesisRequest,
+        ctx: &CallCtx,
+    ) -> Result<Opened<Bytes>, ProviderError> {
+        let plan = self.plan();
+        ctx.span.record("gen_ai.request.model", MODEL);
+        self.head(&plan, self.config.time_to_first_byte).await?;
+        // 60 ms of a 440 Hz tone per character, in 20 ms frames.
+        let frames = (req.text.chars().count() * 3).clamp(1, 30_000);
+        let frame_samples = (req.sample_rate / 50).max(1) as usize;
+        let stall_at = plan.stall.then_some(frames / 2);
+        let gap = self.token_gap();
+        let (encoding, rate) = (req.encoding, req.sample_rate);
+        let stream = futures_util::stream::iter(0..frames).then(move |i| async move {
+            if stall_at == Some(i) {
+                pending::<()>().await;
+            }
+            if i > 0 {
+                Self::wait(gap).await;
+            }
+            let mut out = BytesMut::with_capacity(frame_samples * encoding.bytes_per_sample());
+            for s in 0..frame_samples {
+                let t = (i * frame_samples + s) as f64 / f64::from(rate);
+                let v = (6_000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16;
+                match encoding {
+                    OutputEncoding::Pcm16 => out.put_i16_le(v),
+                    OutputEncoding::Mulaw => out.put_u8(linear_to_mulaw(v)),
+                }
+            }
+            Ok(out.freeze())
+        });
+        Ok(Opened { model: MODEL.to_owned(), stream: Box::pin(stream) })
+    }
+
+    pub(crate) async fn sentiment(&self, text: &str, ctx: &CallCtx) -> Result<SentimentResult, ProviderError> {
+        let plan = self.plan();
+        ctx.span.record("gen_ai.request.model", MODEL);
+        if plan.stall {
+            return Err(hang(ctx, ctx.timeouts.first_byte).await);
+        }
+        self.head(&plan, Duration::ZERO).await?;
+        let mut result = self.local.analyze(text);
+        result.provider = NAME.to_owned();
+        Ok(result)
+    }
+}
+
+/// Wait as a client would for an answer that never comes: until the first-byte timeout or
+/// the deadline, whichever is first.
+async fn hang(ctx: &CallCtx, first_byte: Duration) -> ProviderError {
+    let limit = (tokio::time::Instant::now() + first_byte).min(ctx.deadline);
+    tokio::time::sleep_until(limit).await;
+    if tokio::time::Instant::now() >= ctx.deadline {
+        ProviderError::DeadlineExceeded
+    } else {
+        ProviderError::FirstByteTimeout { provider: NAME, timeout: first_byte }
+    }
+}
