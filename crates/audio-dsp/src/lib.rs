@@ -1,0 +1,53 @@
+//! Signal-processing core of Voice Kraliki's `audio-processor` service: everything between
+//! outside audio bytes and the numbers and events the service reports. Pure Rust, no I/O,
+//! no async, no telemetry; the service wraps it in gRPC, metrics and spans.
+//!
+//! # Layout
+//! - [`codec`]: G.711 μ-law / A-law (ITU bit-exact, table decode) and PCM16 LE;
+//!   [`Encoding`].
+//! - [`wav`], [`raw`]: decoding of untrusted WAV files and headerless audio into
+//!   [`DecodedAudio`] under [`Limits`]; never panics, never allocates from header fields.
+//! - [`resample`]: rubato FFT resampling between 8, 16, 24 and 48 kHz, offline and
+//!   streaming.
+//! - [`vad`]: two voice-activity tiers ([`VadKind::Fast`] = the WebRTC GMM detector, earshot
+//!   0.1's port vendored with overflow fixes; [`VadKind::Neural`] = earshot 1.x), a
+//!   frame-level detector and the segmenter that smooths decisions into speech segments.
+//! - [`dtmf`]: Goertzel touch-tone detection.
+//! - [`analysis`]: recording analysis per channel and per conversation
+//!   ([`analyze`] → [`RecordingAnalysis`], serde-serialisable).
+//! - [`stream`]: the live-stream state machine for one call leg ([`LiveStream`]):
+//!   frames in, speech/DTMF events and transport statistics out.
+//! - [`synth`]: deterministic test signals (tones, seeded noise, DTMF) for tests and
+//!   benchmarks.
+//! - [`DspError`]: the single error type; [`DspError::class`] maps it to
+//!   `InvalidArgument`, `ResourceExhausted` or `Internal`.
+//!
+//! # Example
+//! ```
+//! use audio_dsp::{analyze, decode_auto, AnalysisConfig, Limits, RawFormat};
+//! let bytes = vec![0xFFu8; 8000]; // one second of μ-law silence
+//! let audio = decode_auto(&bytes, RawFormat::TELEPHONE, &Limits::default()).unwrap();
+//! let report = analyze(&audio, &AnalysisConfig::default()).unwrap();
+//! assert_eq!(report.channels[0].speech_seconds, 0.0);
+//! ```
+
+pub mod analysis;
+mod audio;
+pub mod codec;
+pub mod dtmf;
+mod error;
+pub mod raw;
+pub mod resample;
+pub mod stream;
+pub mod synth;
+pub mod vad;
+pub mod wav;
+
+pub use analysis::{AnalysisConfig, RecordingAnalysis, analyze};
+pub use audio::{DecodedAudio, Limits, SUPPORTED_RATES, check_rate};
+pub use codec::Encoding;
+pub use error::{DspError, ErrorClass};
+pub use raw::{RawFormat, decode_auto, decode_raw};
+pub use stream::{Frame, LiveStream, StreamConfig, StreamEvent, StreamStats};
+pub use vad::{VadConfig, VadKind};
+pub use wav::decode_wav;
