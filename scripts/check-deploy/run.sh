@@ -234,6 +234,15 @@ check "docker compose config" compose_config
 check "systemd-analyze verify" systemd_verify
 check "OpenTelemetry Collector config" "$PY" "$HERE/checks.py" otel
 
+# monitoring/metric-names.txt is what the Rust test `voice-kraliki::monitoring` compares with
+# the metrics the running services export; it must list exactly what rules and dashboards use.
+metric_names_in_sync() {
+  [[ -s "$WORK/metric-names.txt" ]] || { echo "no metric names extracted"; return 1; }
+  diff -u "$ROOT/monitoring/metric-names.txt" "$WORK/metric-names.txt" ||
+    { echo "monitoring/metric-names.txt is stale: run scripts/check-deploy/run.sh monitoring/metric-names.txt"; return 1; }
+}
+check "metric-names.txt in sync" metric_names_in_sync
+
 if [[ -s "$WORK/metric-names.txt" ]]; then
   if [[ -n "$METRICS_OUT" ]]; then
     cp "$WORK/metric-names.txt" "$METRICS_OUT"

@@ -2,12 +2,21 @@
 //! that every service reuses for its own variables, so that every bad variable is reported
 //! with its name, once, before anything starts.
 
-use std::{collections::HashMap, fmt, net::SocketAddr, str::FromStr, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt,
+    net::SocketAddr,
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 /// Where variables come from: the process environment (after `.env`) or a map in tests.
 #[derive(Clone, Default)]
 pub struct Env {
     vars: HashMap<String, String>,
+    /// Every name asked for, so tests can check artefacts only set variables that are read.
+    asked: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Env {
@@ -23,7 +32,7 @@ impl Env {
         for (k, v) in std::env::vars() {
             vars.insert(k, v);
         }
-        Self { vars }
+        Self { vars, asked: Arc::default() }
     }
 
     /// Exactly these variables (tests, the all-in-one runner).
@@ -33,17 +42,25 @@ impl Env {
         K: Into<String>,
         V: Into<String>,
     {
-        Self { vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
+        Self { vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(), asked: Arc::default() }
     }
 
     /// The value of `name`, `None` when unset or empty.
     pub fn get(&self, name: &str) -> Option<&str> {
+        if let Ok(mut asked) = self.asked.lock() {
+            asked.insert(name.to_string());
+        }
         self.vars.get(name).map(String::as_str).filter(|v| !v.trim().is_empty())
     }
 
     /// Sets a variable (used by tests and by the all-in-one runner).
     pub fn set(&mut self, name: impl Into<String>, value: impl Into<String>) {
         self.vars.insert(name.into(), value.into());
+    }
+
+    /// Every variable name read so far through this `Env` (and its clones).
+    pub fn names_read(&self) -> BTreeSet<String> {
+        self.asked.lock().map(|a| a.clone()).unwrap_or_default()
     }
 
     /// All variables, for passing on to a child process.
@@ -482,8 +499,8 @@ impl TelemetryConfig {
 
 fn read_sampler(reader: &mut Reader<'_>) -> Sampler {
     let name = reader.string_or("OTEL_TRACES_SAMPLER", "parentbased_always_on");
-    let needs_ratio = matches!(name.as_str(), "traceidratio" | "parentbased_traceidratio");
-    let ratio = if needs_ratio { reader.f64_in("OTEL_TRACES_SAMPLER_ARG", 1.0, 0.0, 1.0) } else { 1.0 };
+    // Read (and checked) whatever the sampler, so a bad value is never silently ignored.
+    let ratio = reader.f64_in("OTEL_TRACES_SAMPLER_ARG", 1.0, 0.0, 1.0);
     match name.as_str() {
         "always_on" => Sampler::AlwaysOn,
         "always_off" => Sampler::AlwaysOff,
