@@ -199,6 +199,8 @@ async fn bench(
 
 #[tokio::main]
 async fn main() {
+    // reqwest is built without a default TLS provider (STACK.md): install the shared one.
+    telemetry::install_crypto_provider();
     let seconds: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let concurrency: usize = std::env::var("BENCH_CONCURRENCY").ok().and_then(|s| s.parse().ok()).unwrap_or(32);
     let otlp = OtlpReceiver::start().await;
