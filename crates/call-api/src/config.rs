@@ -1,8 +1,8 @@
 //! call-api configuration, read once at start from the environment.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
-use telemetry::{ConfigErrors, Env, Reader, TelemetryConfig};
+use telemetry::{ConfigErrors, Env, Reader, Secret, TelemetryConfig};
 
 use crate::auth::ApiKeys;
 
@@ -19,7 +19,69 @@ pub struct Config {
     pub public_base_url: String,
     /// `API_KEYS`: comma-separated bearer keys, each optionally `tenant:key`.
     pub api_keys: ApiKeys,
+    pub database: DatabaseConfig,
+    /// `MEDIA_TOKEN_TTL_SECONDS`: how long a call's media URL token is accepted, default 3600.
+    pub media_token_ttl: Duration,
     pub telemetry: TelemetryConfig,
+}
+
+/// Where the call records live and how the pool behaves.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `DATABASE_URL`: `sqlite://path` (created if missing) or `postgres://…`; default
+    /// `sqlite://voice-kraliki.db`. A secret: it may carry a password.
+    pub url: Secret,
+    /// `DATABASE_MAX_CONNECTIONS`: pool size, default 10.
+    pub max_connections: u32,
+    /// `DATABASE_ACQUIRE_TIMEOUT_SECONDS`: how long a request waits for a connection before it
+    /// answers 503, default 2.
+    pub acquire_timeout: Duration,
+    /// `DATABASE_STATEMENT_TIMEOUT_SECONDS`: longest statement (PostgreSQL `statement_timeout`,
+    /// SQLite busy timeout), default 5.
+    pub statement_timeout: Duration,
+}
+
+impl DatabaseConfig {
+    /// `sqlite://…` (or `sqlite:…`) vs `postgres://…`/`postgresql://…`.
+    pub fn is_postgres(&self) -> bool {
+        is_postgres_url(self.url.expose())
+    }
+
+    /// A configuration for `url` with the default pool settings (tests, tools).
+    pub fn with_url(url: &str) -> Self {
+        Self {
+            url: Secret::new(url),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn read(r: &mut Reader<'_>) -> Self {
+        let url = r.secret("DATABASE_URL").unwrap_or_else(|| Secret::new("sqlite://voice-kraliki.db"));
+        let url = match crate::db::check_url(url.expose()) {
+            Ok(()) => url,
+            Err(message) => {
+                // The URL may hold a password: the message never repeats it.
+                r.error("DATABASE_URL", message);
+                Secret::new("sqlite://voice-kraliki.db")
+            }
+        };
+        let max_connections = r.positive_or("DATABASE_MAX_CONNECTIONS", 10, 1000) as u32;
+        let acquire_timeout = r.seconds_or("DATABASE_ACQUIRE_TIMEOUT_SECONDS", Duration::from_secs(2), 300.0);
+        let statement_timeout = r.seconds_or("DATABASE_STATEMENT_TIMEOUT_SECONDS", Duration::from_secs(5), 3600.0);
+        if acquire_timeout.is_zero() {
+            r.error("DATABASE_ACQUIRE_TIMEOUT_SECONDS", "must be more than 0 seconds");
+        }
+        if statement_timeout.is_zero() {
+            r.error("DATABASE_STATEMENT_TIMEOUT_SECONDS", "must be more than 0 seconds");
+        }
+        Self { url, max_connections, acquire_timeout, statement_timeout }
+    }
+}
+
+pub(crate) fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 impl Config {
@@ -40,13 +102,60 @@ impl Config {
                 }
             },
         };
+        let database = DatabaseConfig::read(&mut r);
+        let media_token_ttl = r.seconds_or("MEDIA_TOKEN_TTL_SECONDS", Duration::from_secs(3600), 86_400.0);
+        if media_token_ttl < Duration::from_secs(1) {
+            r.error("MEDIA_TOKEN_TTL_SECONDS", "must be at least 1 second");
+        }
         r.errors.into_result(Self {
             addr,
             audio_processor_url,
             provider_gateway_url,
             public_base_url,
             api_keys,
+            database,
+            media_token_ttl,
             telemetry,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bad_variables(pairs: &[(&str, &str)]) -> Vec<String> {
+        match Config::from_env(&Env::from_pairs(pairs.iter().copied())) {
+            Ok(_) => vec![],
+            Err(e) => e.0.into_iter().map(|e| e.variable).collect(),
+        }
+    }
+
+    #[test]
+    fn database_defaults() {
+        let c = Config::from_env(&Env::default()).unwrap();
+        assert_eq!(c.database.url.expose(), "sqlite://voice-kraliki.db");
+        assert!(!c.database.is_postgres());
+        assert_eq!(c.database.max_connections, 10);
+        assert_eq!(c.database.acquire_timeout, Duration::from_secs(2));
+        assert_eq!(c.media_token_ttl, Duration::from_secs(3600));
+        let c = Config::from_env(&Env::from_pairs([("DATABASE_URL", "postgres://u:pw@db:5432/vk")])).unwrap();
+        assert!(c.database.is_postgres());
+    }
+
+    #[test]
+    fn each_bad_database_variable_is_named_once() {
+        assert_eq!(bad_variables(&[("DATABASE_URL", "mysql://u:hunter2@db/vk")]), ["DATABASE_URL"]);
+        assert_eq!(bad_variables(&[("DATABASE_URL", "postgres://u:hunter2@db:notaport/vk")]), ["DATABASE_URL"]);
+        assert_eq!(bad_variables(&[("DATABASE_MAX_CONNECTIONS", "0")]), ["DATABASE_MAX_CONNECTIONS"]);
+        assert_eq!(bad_variables(&[("DATABASE_MAX_CONNECTIONS", "many")]), ["DATABASE_MAX_CONNECTIONS"]);
+        assert_eq!(bad_variables(&[("DATABASE_ACQUIRE_TIMEOUT_SECONDS", "0")]), ["DATABASE_ACQUIRE_TIMEOUT_SECONDS"]);
+        assert_eq!(
+            bad_variables(&[("DATABASE_STATEMENT_TIMEOUT_SECONDS", "-1")]),
+            ["DATABASE_STATEMENT_TIMEOUT_SECONDS"]
+        );
+        assert_eq!(bad_variables(&[("MEDIA_TOKEN_TTL_SECONDS", "soon")]), ["MEDIA_TOKEN_TTL_SECONDS"]);
+        let errors = Config::from_env(&Env::from_pairs([("DATABASE_URL", "mysql://u:hunter2@db/vk")])).unwrap_err();
+        assert!(!format!("{errors:?}").contains("hunter2"), "the password must not be echoed");
     }
 }

@@ -6,7 +6,26 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code: `bad_request`, `unauthorized`, `not_found`, `conflict`,
+    /// `payload_too_large`, `unsupported_media_type`, `validation_failed`, `rate_limited`,
+    /// `unavailable`, `internal`.
+    #[schema(example = "not_found")]
+    pub code: &'static str,
+    /// What went wrong, for a person; never internal or provider detail.
+    #[schema(example = "call not found")]
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -84,7 +103,7 @@ impl IntoResponse for ApiError {
         if let Self::Internal(e) = &self {
             tracing::error!(error = format!("{e:#}"), "request failed");
         }
-        let body = Json(json!({"error": {"code": self.code(), "message": self.to_string()}}));
+        let body = Json(ErrorBody { error: ErrorDetail { code: self.code(), message: self.to_string() } });
         let mut response = (self.status(), body).into_response();
         if let Self::TooManyRequests { retry_after_seconds } = self
             && let Ok(v) = HeaderValue::from_str(&retry_after_seconds.to_string())

@@ -1,19 +1,33 @@
 //! call-api: the public REST and WebSocket edge of Voice Kraliki; owns the call records.
 //!
-//! - `config.rs`: environment variables
-//! - `auth.rs`: bearer API keys and tenants
-//! - `error.rs`: the error type and the SPEC error body
-//! - `peers.rs`: gRPC clients for audio-processor and provider-gateway
-//! - `routes/`: one module per resource
+//! ```text
+//! config.rs          environment variables (SPEC §3)
+//! auth.rs            bearer API keys (hashed, constant-time) and tenants
+//! error.rs           the error type and the SPEC error body
+//! extract.rs         JSON/query extractors whose rejections use that body
+//! model.rs           the call record, its states and outcomes, input validation
+//! db/                the pool (SQLite or PostgreSQL), migrations, instrumentation
+//! db/calls.rs        the call repository: create, get, list, end, media start
+//! metrics.rs         voice_calls_total, call_duration_seconds, active_calls, db_* metrics
+//! openapi.rs         the OpenAPI 3 document header, security scheme, operational endpoints
+//! peers.rs           gRPC clients for audio-processor and provider-gateway
+//! routes/            one router per resource (calls.rs, providers.rs)
+//! ```
 
 pub mod auth;
 pub mod config;
+pub mod db;
 pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod model;
+pub mod openapi;
 pub mod peers;
 pub mod routes;
 
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
+use anyhow::Context as _;
 use axum::Router;
 use telemetry::{ServiceContext, ServiceInfo};
 use tokio::net::TcpListener;
@@ -23,6 +37,30 @@ pub use config::Config;
 /// This service's identity for telemetry, with the buckets of its histograms.
 pub fn service_info() -> ServiceInfo {
     ServiceInfo::new("call-api", env!("CARGO_PKG_VERSION"))
+        .with_histogram(metrics::CALL_DURATION_SECONDS, metrics::CALL_DURATION_BUCKETS)
+        .with_histogram(metrics::DB_QUERY_DURATION_SECONDS, metrics::DB_QUERY_BUCKETS)
+}
+
+/// How media URLs are made.
+#[derive(Clone, Debug)]
+pub struct MediaUrls {
+    /// `PUBLIC_BASE_URL` with `ws`/`wss` for `http`/`https`.
+    pub ws_base: Arc<str>,
+    pub token_ttl: Duration,
+}
+
+impl MediaUrls {
+    pub fn new(public_base_url: &str, token_ttl: Duration) -> Self {
+        let base = public_base_url.trim_end_matches('/');
+        let ws_base = if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            base.to_string()
+        };
+        Self { ws_base: ws_base.into(), token_ttl }
+    }
 }
 
 /// What every handler can reach.
@@ -30,9 +68,11 @@ pub fn service_info() -> ServiceInfo {
 pub struct AppState {
     pub api_keys: auth::ApiKeys,
     pub peers: peers::Peers,
+    pub db: db::Database,
+    pub media: MediaUrls,
 }
 
-/// The whole HTTP application: API, health, readiness and metrics.
+/// The whole HTTP application: API, OpenAPI document, health, readiness and metrics.
 pub fn app(state: AppState, ctx: &ServiceContext) -> Router {
     let mut router = routes::api(state).merge(ctx.health.router());
     if let Some(metrics) = ctx.metrics.clone() {
@@ -46,19 +86,34 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
     if config.api_keys.is_empty() {
         tracing::warn!("API_KEYS is not set: every /v1 request will be refused with 401");
     }
+    metrics::init();
+    // The error never includes the URL, which may hold a password.
+    let db = db::Database::connect(&config.database).await.context("open the database at DATABASE_URL")?;
+    metrics::db_up(true);
+    let check_db = db.clone();
+    ctx.health.add_check("database", move || {
+        let db = check_db.clone();
+        async move { db.check().await }
+    });
     let peers = peers::Peers::new(&config.audio_processor_url, &config.provider_gateway_url)?;
     peers.spawn_probes(&config.audio_processor_url, &config.provider_gateway_url, &ctx.shutdown);
-    let state = AppState { api_keys: config.api_keys.clone(), peers };
+    let state = AppState {
+        api_keys: config.api_keys.clone(),
+        peers,
+        db: db.clone(),
+        media: MediaUrls::new(&config.public_base_url, config.media_token_ttl),
+    };
     let router = app(state, &ctx);
     ctx.health.set_started().await;
-    tracing::info!(addr = %listener.local_addr()?, "serving");
-    telemetry::serve_http(listener, router, &ctx.shutdown).await?;
+    tracing::info!(addr = %listener.local_addr()?, database = db.system(), "serving");
+    let served = telemetry::serve_http(listener, router, &ctx.shutdown).await;
+    db.close().await;
+    served?;
     Ok(())
 }
 
 /// Binds the configured address and serves until shutdown.
 pub async fn serve(config: Config, ctx: ServiceContext) -> anyhow::Result<()> {
-    use anyhow::Context as _;
     let listener =
         TcpListener::bind(config.addr).await.with_context(|| format!("bind CALL_API_ADDR {}", config.addr))?;
     run(config, listener, ctx).await
@@ -67,4 +122,16 @@ pub async fn serve(config: Config, ctx: ServiceContext) -> anyhow::Result<()> {
 /// The binary's `main`.
 pub fn main() -> ExitCode {
     telemetry::entry::run_service(service_info(), Config::from_env, |c| &c.telemetry, serve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_urls_use_websocket_schemes() {
+        let ttl = Duration::from_secs(1);
+        assert_eq!(&*MediaUrls::new("http://127.0.0.1:8000", ttl).ws_base, "ws://127.0.0.1:8000");
+        assert_eq!(&*MediaUrls::new("https://api.example.com/", ttl).ws_base, "wss://api.example.com");
+    }
 }

@@ -2,17 +2,25 @@
 
 use std::time::Duration;
 
-use axum::{Json, Router, extract::State, routing::get};
+use axum::{Json, extract::State};
 use kraliki_proto::provider::v1::{Capability, CircuitState, ListProvidersRequest};
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{AppState, error::ApiError, peers::PROVIDER_GATEWAY};
+use crate::{
+    AppState,
+    error::{ApiError, ErrorBody},
+    peers::PROVIDER_GATEWAY,
+};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/providers", get(list))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list))
 }
 
-#[derive(Serialize)]
+/// One AI provider for one capability.
+#[derive(Serialize, ToSchema)]
+#[schema(as = AiProvider)]
 pub struct Provider {
     pub name: String,
     pub capability: &'static str,
@@ -25,7 +33,7 @@ pub struct Provider {
     pub circuit_state: &'static str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Providers {
     pub providers: Vec<Provider>,
 }
@@ -49,6 +57,15 @@ fn circuit_name(c: i32) -> &'static str {
     }
 }
 
+/// The AI providers provider-gateway has configured, per capability.
+#[utoipa::path(
+    get, path = "/v1/providers", tag = "providers", security(("bearer" = [])),
+    responses(
+        (status = 200, body = Providers),
+        (status = 401, body = ErrorBody),
+        (status = 503, description = "provider-gateway unavailable", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all)]
 async fn list(State(state): State<AppState>) -> Result<Json<Providers>, ApiError> {
     let mut request = tonic::Request::new(ListProvidersRequest { capability: Capability::Unspecified as i32 });

@@ -1,0 +1,378 @@
+//! The call repository: every read and write of `calls`, scoped to a tenant, with the state
+//! machine `queued → in_progress → ended` enforced by conditional updates so concurrent requests
+//! cannot end a call twice.
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
+use sqlx::{AssertSqlSafe, Row as _, types::Json};
+use uuid::Uuid;
+
+use super::{Database, DbError, with_pool};
+use crate::model::{self, AnalysisStatus, Call, Direction, Outcome, Provider, Status};
+
+/// The columns of a [`Call`], in the order [`decode_call!`] reads them.
+macro_rules! call_columns {
+    () => {
+        "id, tenant, provider, direction, from_number, to_number, status, outcome, metadata, \
+         created_at, started_at, ended_at, duration_seconds, analysis_status"
+    };
+}
+
+/// Reads a [`Call`] from a row of either engine.
+macro_rules! decode_call {
+    ($row:expr) => {{
+        let row = $row;
+        (|| -> Result<Call, sqlx::Error> {
+            let Json(metadata): Json<serde_json::Value> = row.try_get("metadata")?;
+            Ok(Call {
+                id: row.try_get("id")?,
+                tenant: row.try_get("tenant")?,
+                provider: name(row.try_get("provider")?, Provider::parse)?,
+                direction: name(row.try_get("direction")?, Direction::parse)?,
+                from: row.try_get("from_number")?,
+                to: row.try_get("to_number")?,
+                status: name(row.try_get("status")?, Status::parse)?,
+                outcome: row.try_get::<Option<String>, _>("outcome")?.map(|o| name(o, Outcome::parse)).transpose()?,
+                metadata,
+                created_at: row.try_get("created_at")?,
+                started_at: row.try_get("started_at")?,
+                ended_at: row.try_get("ended_at")?,
+                duration_seconds: row.try_get("duration_seconds")?,
+                analysis_status: row
+                    .try_get::<Option<String>, _>("analysis_status")?
+                    .map(|s| name(s, AnalysisStatus::parse))
+                    .transpose()?,
+            })
+        })()
+    }};
+}
+
+fn name<T>(value: String, parse: fn(&str) -> Option<T>) -> Result<T, sqlx::Error> {
+    parse(&value).ok_or_else(|| sqlx::Error::Decode(format!("unexpected value {value:?} in calls").into()))
+}
+
+/// What a client asked for when creating a call.
+#[derive(Debug, Clone)]
+pub struct NewCall {
+    pub tenant: String,
+    pub provider: Provider,
+    pub direction: Direction,
+    pub from: String,
+    pub to: String,
+    pub metadata: serde_json::Value,
+    /// SHA-256 (hex) of the media URL token; the token itself is never stored.
+    pub media_token_hash: String,
+    pub media_token_expires_at: DateTime<Utc>,
+}
+
+/// Filters and page of `GET /v1/calls`.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<Status>,
+    pub direction: Option<Direction>,
+    pub provider: Option<Provider>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    pub after: Option<Cursor>,
+    pub limit: u32,
+}
+
+/// Position after the last call of a page: calls are ordered by `(created_at, id)` descending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl Cursor {
+    /// Opaque to clients: base64url of `v1:<created_at µs>:<id>`.
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("v1:{}:{}", self.created_at.timestamp_micros(), self.id.simple()))
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let raw = URL_SAFE_NO_PAD.decode(s).ok()?;
+        let raw = std::str::from_utf8(&raw).ok()?;
+        let mut parts = raw.split(':');
+        if parts.next()? != "v1" {
+            return None;
+        }
+        let created_at = DateTime::from_timestamp_micros(parts.next()?.parse().ok()?)?;
+        let id = Uuid::try_parse(parts.next()?).ok()?;
+        parts.next().is_none().then_some(Self { created_at, id })
+    }
+}
+
+/// One page of calls.
+#[derive(Debug)]
+pub struct Page {
+    pub calls: Vec<Call>,
+    pub next: Option<Cursor>,
+}
+
+/// Why a call could not be ended.
+#[derive(Debug, thiserror::Error)]
+pub enum EndError {
+    #[error("call not found")]
+    NotFound,
+    #[error("call has already ended")]
+    AlreadyEnded,
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// A bound value of a dynamically built statement.
+enum Bind {
+    Text(&'static str),
+    Time(DateTime<Utc>),
+    Id(Uuid),
+    Int(i64),
+    Owned(String),
+}
+
+macro_rules! bind_all {
+    ($query:expr, $binds:expr) => {{
+        let mut q = $query;
+        for b in $binds {
+            q = match b {
+                Bind::Text(v) => q.bind(*v),
+                Bind::Time(v) => q.bind(*v),
+                Bind::Id(v) => q.bind(*v),
+                Bind::Int(v) => q.bind(*v),
+                Bind::Owned(v) => q.bind(v.clone()),
+            };
+        }
+        q
+    }};
+}
+
+const INSERT: &str = "INSERT INTO calls (id, tenant, provider, direction, from_number, to_number, status, metadata, \
+     created_at, media_token_hash, media_token_expires_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11)";
+const GET: &str = concat!("SELECT ", call_columns!(), " FROM calls WHERE id = $1 AND tenant = $2");
+const END: &str = concat!(
+    "UPDATE calls SET status = 'ended', outcome = $1, ended_at = $2, duration_seconds = $3, updated_at = $4 \
+     WHERE id = $5 AND tenant = $6 AND status <> 'ended' AND started_at IS NOT DISTINCT FROM $7 RETURNING ",
+    call_columns!()
+);
+const START: &str = concat!(
+    "UPDATE calls SET status = 'in_progress', started_at = $1, updated_at = $2 \
+     WHERE id = $3 AND status = 'queued' RETURNING ",
+    call_columns!()
+);
+const BY_MEDIA_TOKEN: &str = concat!(
+    "SELECT ",
+    call_columns!(),
+    " FROM calls WHERE id = $1 AND media_token_hash = $2 AND media_token_expires_at > $3"
+);
+const LIST: &str = "SELECT ... FROM calls WHERE tenant = $1 [filters] ORDER BY created_at DESC, id DESC LIMIT $n";
+
+impl Database {
+    /// Stores a new `queued` call (one statement: it is there whole or not at all).
+    pub async fn insert_call(&self, new: NewCall) -> Result<Call, DbError> {
+        let (token_hash, token_expires_at) = (new.media_token_hash, new.media_token_expires_at);
+        let call = Call {
+            id: Uuid::now_v7(),
+            tenant: new.tenant,
+            provider: new.provider,
+            direction: new.direction,
+            from: new.from,
+            to: new.to,
+            status: Status::Queued,
+            outcome: None,
+            metadata: new.metadata,
+            created_at: model::now(),
+            started_at: None,
+            ended_at: None,
+            duration_seconds: None,
+            analysis_status: None,
+        };
+        let c = &call;
+        self.observe("insert_call", INSERT, async {
+            with_pool!(self, pool => sqlx::query(INSERT)
+                .bind(c.id)
+                .bind(c.tenant.as_str())
+                .bind(c.provider.as_str())
+                .bind(c.direction.as_str())
+                .bind(c.from.as_str())
+                .bind(c.to.as_str())
+                .bind(Json(&c.metadata))
+                .bind(c.created_at)
+                .bind(token_hash.as_str())
+                .bind(token_expires_at)
+                .bind(c.created_at)
+                .execute(pool)
+                .await
+                .map(drop))
+        })
+        .await?;
+        Ok(call)
+    }
+
+    /// The call `id` of `tenant`; `None` when it does not exist or belongs to another tenant.
+    pub async fn get_call(&self, tenant: &str, id: Uuid) -> Result<Option<Call>, DbError> {
+        self.observe("get_call", GET, async {
+            with_pool!(self, pool => {
+                match sqlx::query(GET).bind(id).bind(tenant).fetch_optional(pool).await? {
+                    Some(row) => decode_call!(&row).map(Some),
+                    None => Ok(None),
+                }
+            })
+        })
+        .await
+    }
+
+    /// A page of `tenant`'s calls, newest first.
+    pub async fn list_calls(&self, tenant: &str, filter: &ListFilter) -> Result<Page, DbError> {
+        let mut sql = String::from(concat!("SELECT ", call_columns!(), " FROM calls WHERE tenant = $1"));
+        let mut binds = vec![Bind::Owned(tenant.to_string())];
+        let mut push = |sql: &mut String, condition: &str, bind: Bind| {
+            binds.push(bind);
+            sql.push_str(&condition.replace('?', &format!("${}", binds.len())));
+        };
+        if let Some(s) = filter.status {
+            push(&mut sql, " AND status = ?", Bind::Text(s.as_str()));
+        }
+        if let Some(d) = filter.direction {
+            push(&mut sql, " AND direction = ?", Bind::Text(d.as_str()));
+        }
+        if let Some(p) = filter.provider {
+            push(&mut sql, " AND provider = ?", Bind::Text(p.as_str()));
+        }
+        if let Some(t) = filter.created_after {
+            push(&mut sql, " AND created_at > ?", Bind::Time(t));
+        }
+        if let Some(t) = filter.created_before {
+            push(&mut sql, " AND created_at < ?", Bind::Time(t));
+        }
+        if let Some(c) = filter.after {
+            push(&mut sql, " AND (created_at < ?", Bind::Time(c.created_at));
+            push(&mut sql, " OR (created_at = ?", Bind::Time(c.created_at));
+            push(&mut sql, " AND id < ?))", Bind::Id(c.id));
+        }
+        // One more than asked tells whether another page follows.
+        push(&mut sql, " ORDER BY created_at DESC, id DESC LIMIT ?", Bind::Int(i64::from(filter.limit) + 1));
+        let sql = sql;
+        let mut calls = self
+            .observe("list_calls", LIST, async {
+                with_pool!(self, pool => {
+                    let rows = bind_all!(sqlx::query(AssertSqlSafe(sql.as_str())), binds.iter())
+                        .fetch_all(pool)
+                        .await?;
+                    rows.iter().map(|row| decode_call!(row)).collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .await?;
+        let next = if calls.len() > filter.limit as usize {
+            calls.truncate(filter.limit as usize);
+            calls.last().map(|c| Cursor { created_at: c.created_at, id: c.id })
+        } else {
+            None
+        };
+        Ok(Page { calls, next })
+    }
+
+    /// Ends the call with `outcome`; the duration runs from media start, else from creation.
+    /// Exactly one of any number of concurrent ends succeeds; the others see `AlreadyEnded`.
+    pub async fn end_call(&self, tenant: &str, id: Uuid, outcome: Outcome) -> Result<Call, EndError> {
+        // The update is conditional on the state read here; if media starts in between, read
+        // again (a bounded number of times: a call starts at most once).
+        for _ in 0..3 {
+            let current = self.get_call(tenant, id).await?.ok_or(EndError::NotFound)?;
+            if current.status == Status::Ended {
+                return Err(EndError::AlreadyEnded);
+            }
+            let ended_at = model::now();
+            let duration = model::seconds_between(current.started_at.unwrap_or(current.created_at), ended_at);
+            let updated = self
+                .observe("end_call", END, async {
+                    with_pool!(self, pool => {
+                        let row = sqlx::query(END)
+                            .bind(outcome.as_str())
+                            .bind(ended_at)
+                            .bind(duration)
+                            .bind(ended_at)
+                            .bind(id)
+                            .bind(tenant)
+                            .bind(current.started_at)
+                            .fetch_optional(pool)
+                            .await?;
+                        row.as_ref().map(|row| decode_call!(row)).transpose()
+                    })
+                })
+                .await?;
+            if let Some(call) = updated {
+                return Ok(call);
+            }
+        }
+        Err(EndError::AlreadyEnded)
+    }
+
+    /// Media started: `queued → in_progress`, recording the start time. `None` when the call
+    /// does not exist or is not queued (already started or ended). Used by the media stream.
+    pub async fn mark_in_progress(&self, id: Uuid) -> Result<Option<Call>, DbError> {
+        let started_at = model::now();
+        self.observe("mark_in_progress", START, async {
+            with_pool!(self, pool => {
+                let row = sqlx::query(START).bind(started_at).bind(started_at).bind(id).fetch_optional(pool).await?;
+                row.as_ref().map(|row| decode_call!(row)).transpose()
+            })
+        })
+        .await
+    }
+
+    /// The call whose media URL carries `token`, while the token is valid. Used by the media
+    /// stream, which carriers reach without an API key.
+    pub async fn call_for_media_token(&self, id: Uuid, token: &str) -> Result<Option<Call>, DbError> {
+        let hash = media_token_hash(token);
+        let now = model::now();
+        self.observe("call_for_media_token", BY_MEDIA_TOKEN, async {
+            with_pool!(self, pool => {
+                match sqlx::query(BY_MEDIA_TOKEN).bind(id).bind(hash.as_str()).bind(now).fetch_optional(pool).await? {
+                    Some(row) => decode_call!(&row).map(Some),
+                    None => Ok(None),
+                }
+            })
+        })
+        .await
+    }
+}
+
+/// A fresh media URL token (256 random bits, base64url) and the hash stored for it.
+pub fn new_media_token() -> (String, String) {
+    let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let hash = media_token_hash(&token);
+    (token, hash)
+}
+
+/// SHA-256 (hex) of a media token: what the database keeps.
+pub fn media_token_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let c = Cursor { created_at: model::now(), id: Uuid::now_v7() };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        for bad in ["", "!!", "djE6", &URL_SAFE_NO_PAD.encode("v2:1:00000000000000000000000000000000")] {
+            assert_eq!(Cursor::decode(bad), None, "{bad}");
+        }
+        assert_eq!(Cursor::decode(&URL_SAFE_NO_PAD.encode(format!("{}:x", c.encode()))), None);
+    }
+
+    #[test]
+    fn media_tokens_are_random_and_hashed() {
+        let (a, ha) = new_media_token();
+        let (b, hb) = new_media_token();
+        assert_ne!(a, b);
+        assert_ne!(ha, hb);
+        assert_eq!(a.len(), 43);
+        assert_eq!(media_token_hash(&a), ha);
+        assert_eq!(ha.len(), 64);
+    }
+}

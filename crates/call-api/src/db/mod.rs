@@ -1,0 +1,252 @@
+//! The database: one pool on SQLite (default) or PostgreSQL, embedded migrations, and the
+//! instrumentation every statement goes through (a `db.query` client span, latency histogram,
+//! pool gauges, error classification).
+//!
+//! The queries are written once (`$n` placeholders work on both engines) and compiled against
+//! each driver by [`with_pool!`], so the native types (UUID, TIMESTAMPTZ, JSONB on PostgreSQL)
+//! are used without the `Any` driver's value conversions.
+//!
+//! Migrations are embedded SQL files (`migrations/{sqlite,postgres}/`), one set per engine, run
+//! by sqlx's own migrator (`Migrator::with_migrations`) at start. That keeps sqlx's `macros`
+//! feature off (it would compile both drivers twice) while keeping sqlx's migration table,
+//! checksums and PostgreSQL advisory lock, so replicas starting together migrate once.
+
+pub mod calls;
+
+use std::{borrow::Cow, future::Future, str::FromStr, time::Instant};
+
+use sqlx::{
+    SqlSafeStr,
+    migrate::{Migration, MigrationType, Migrator},
+    postgres::{PgConnectOptions, PgPool, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
+};
+use tracing::{Instrument, field::Empty};
+
+use crate::{config::DatabaseConfig, error::ApiError, metrics};
+
+/// The pool of either engine.
+#[derive(Clone, Debug)]
+pub enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool; the body is compiled once per engine.
+macro_rules! with_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match &$db.pool {
+            $crate::db::Pool::Sqlite($pool) => $body,
+            $crate::db::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+/// Handle on the database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Database {
+    pub(crate) pool: Pool,
+    max_connections: u32,
+}
+
+/// A failed database operation, classified for the client: the database being unreachable
+/// (503, retry later) or anything else (500).
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database statement failed: {0}")]
+    Query(#[source] sqlx::Error),
+    #[error("apply database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl DbError {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "unavailable",
+            Self::Query(_) | Self::Migrate(_) => "query",
+        }
+    }
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_unavailable(&e) { Self::Unavailable(e) } else { Self::Query(e) }
+    }
+}
+
+/// Connection-level failures: the pool could not hand out a working connection in time, or the
+/// connection broke, or the server refuses work for now. Statement errors are not among them.
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // PostgreSQL: connection exceptions (08…), shutdown/cannot connect now (57P0…),
+            // too many connections; SQLite: busy (5) and locked (6).
+            code.starts_with("08") || code.starts_with("57P0") || code == "53300" || code == "5" || code == "6"
+        }
+        _ => false,
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(e) => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::Unavailable("database")
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+/// Checks `DATABASE_URL` without echoing it (it may hold a password).
+pub fn check_url(url: &str) -> Result<(), String> {
+    if crate::config::is_postgres_url(url) {
+        PgConnectOptions::from_str(url).map(drop).map_err(|_| "is not a valid PostgreSQL URL".to_string())
+    } else if url.starts_with("sqlite:") {
+        SqliteConnectOptions::from_str(url).map(drop).map_err(|_| "is not a valid SQLite URL".to_string())
+    } else {
+        Err("must start with sqlite:// or postgres://".to_string())
+    }
+}
+
+fn migrations(postgres: bool) -> Migrator {
+    let sql: &'static str = if postgres {
+        include_str!("migrations/postgres/0001_calls.sql")
+    } else {
+        include_str!("migrations/sqlite/0001_calls.sql")
+    };
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("calls"),
+        MigrationType::Simple,
+        sql.into_sql_str(),
+        false,
+    )])
+}
+
+impl Database {
+    /// Opens the pool (one connection up front, so a wrong URL fails at start) and applies the
+    /// migrations.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbError> {
+        let url = config.url.expose();
+        let pool = if config.is_postgres() {
+            let timeout_ms = config.statement_timeout.as_millis().to_string();
+            let options = PgConnectOptions::from_str(url)?
+                .application_name("call-api")
+                .options([("statement_timeout", timeout_ms.as_str())]);
+            Pool::Postgres(
+                pool_options()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(config.acquire_timeout)
+                    .connect_with(options)
+                    .await?,
+            )
+        } else {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(config.statement_timeout);
+            Pool::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(config.acquire_timeout)
+                    .connect_with(options)
+                    .await?,
+            )
+        };
+        let db = Self { pool, max_connections: config.max_connections };
+        db.migrate().await?;
+        db.record_pool();
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> Result<(), DbError> {
+        let started = Instant::now();
+        let result = with_pool!(self, pool => migrations(matches!(self.pool, Pool::Postgres(_))).run(pool).await);
+        metrics::db_query("migrate", started.elapsed(), result.as_ref().err().map(|_| "query"));
+        Ok(result?)
+    }
+
+    /// `sqlite` or `postgresql` (OpenTelemetry `db.system`).
+    pub fn system(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgresql",
+        }
+    }
+
+    /// The readiness check: `SELECT 1` within 1.5 s; keeps `db_up` current.
+    pub async fn check(&self) -> Result<(), String> {
+        let ping = self.observe("ping", "SELECT 1", async {
+            with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))
+        });
+        let result = match tokio::time::timeout(std::time::Duration::from_millis(1500), ping).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("unreachable".to_string()),
+            Err(_) => Err("timed out".to_string()),
+        };
+        metrics::db_up(result.is_ok());
+        result
+    }
+
+    /// Closes every connection (at shutdown).
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await);
+    }
+
+    fn record_pool(&self) {
+        let (idle, size) = with_pool!(self, pool => (pool.num_idle(), pool.size()));
+        metrics::db_pool(idle, size, self.max_connections);
+    }
+
+    /// Runs one statement inside a `db.query` client span and records its latency and outcome.
+    pub(crate) async fn observe<T>(
+        &self,
+        operation: &'static str,
+        statement: &'static str,
+        query: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, DbError> {
+        let span = tracing::info_span!(
+            "db.query",
+            otel.name = %format!("{operation} {}", self.system()),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            db.system = self.system(),
+            db.operation = operation,
+            db.statement = statement,
+            sentry.op = "db.sql.query",
+            sentry.name = statement,
+        );
+        let started = Instant::now();
+        let result = query.instrument(span.clone()).await.map_err(DbError::from);
+        let error = result.as_ref().err().map(DbError::kind);
+        if error.is_some() {
+            span.record("otel.status_code", "ERROR");
+        }
+        metrics::db_query(operation, started.elapsed(), error);
+        self.record_pool();
+        result
+    }
+}
+
+fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .min_connections(0)
+        .idle_timeout(std::time::Duration::from_secs(600))
+        .max_lifetime(std::time::Duration::from_secs(1800))
+        .test_before_acquire(true)
+}

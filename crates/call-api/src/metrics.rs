@@ -1,0 +1,87 @@
+//! Every metric call-api records beyond the shared HTTP/gRPC ones (SPEC §6), with help text and
+//! buckets. Labels are bounded: carrier names, outcomes, operation names, pool states.
+
+use std::time::Duration;
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+
+use crate::model::{Outcome, Provider};
+
+/// Counter, +1 when a call ends: `provider` (carrier), `status` (the outcome).
+pub const VOICE_CALLS_TOTAL: &str = "voice_calls_total";
+/// Histogram observed when a call ends: `provider`.
+pub const CALL_DURATION_SECONDS: &str = "call_duration_seconds";
+/// Gauge of live media sessions on this replica: `provider`.
+pub const ACTIVE_CALLS: &str = "active_calls";
+/// Histogram of database statement latency: `operation`.
+pub const DB_QUERY_DURATION_SECONDS: &str = "db_query_duration_seconds";
+/// Counter of failed database statements: `operation`, `kind` (`unavailable` or `query`).
+pub const DB_ERRORS_TOTAL: &str = "db_errors_total";
+/// Gauge of pool connections: `state` (`idle`, `in_use`, `max`).
+pub const DB_POOL_CONNECTIONS: &str = "db_pool_connections";
+/// Gauge, 1 when the last readiness check reached the database, else 0.
+pub const DB_UP: &str = "db_up";
+
+/// Phone calls last seconds to an hour; alert thresholds sit on these boundaries.
+pub const CALL_DURATION_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0];
+/// Statement latency, from an in-process SQLite read to a slow network round trip.
+pub const DB_QUERY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// Describes the metrics and starts the gauges at zero so dashboards see them from the start.
+pub fn init() {
+    describe_counter!(VOICE_CALLS_TOTAL, "Calls ended, by carrier and outcome");
+    describe_histogram!(CALL_DURATION_SECONDS, Unit::Seconds, "Call duration observed when a call ends, by carrier");
+    describe_gauge!(ACTIVE_CALLS, "Live media sessions on this replica, by carrier");
+    describe_histogram!(DB_QUERY_DURATION_SECONDS, Unit::Seconds, "Database statement latency, by operation");
+    describe_counter!(DB_ERRORS_TOTAL, "Failed database statements, by operation and kind");
+    describe_gauge!(DB_POOL_CONNECTIONS, "Database pool connections, by state (idle, in_use, max)");
+    describe_gauge!(DB_UP, "1 when the last readiness check reached the database, else 0");
+    for provider in Provider::ALL {
+        gauge!(ACTIVE_CALLS, "provider" => provider.as_str()).set(0.0);
+    }
+}
+
+/// Records a call that has just ended (exactly once per call).
+pub fn call_ended(provider: Provider, outcome: Outcome, duration_seconds: f64) {
+    counter!(VOICE_CALLS_TOTAL, "provider" => provider.as_str(), "status" => outcome.as_str()).increment(1);
+    histogram!(CALL_DURATION_SECONDS, "provider" => provider.as_str()).record(duration_seconds);
+}
+
+/// A live media session: `active_calls{provider}` counts it from [`ActiveCall::start`] until
+/// the value is dropped, so a session that ends by error or panic is still uncounted.
+#[derive(Debug)]
+#[must_use = "the session counts as active only while this value lives"]
+pub struct ActiveCall {
+    provider: Provider,
+}
+
+impl ActiveCall {
+    pub fn start(provider: Provider) -> Self {
+        gauge!(ACTIVE_CALLS, "provider" => provider.as_str()).increment(1.0);
+        Self { provider }
+    }
+}
+
+impl Drop for ActiveCall {
+    fn drop(&mut self) {
+        gauge!(ACTIVE_CALLS, "provider" => self.provider.as_str()).decrement(1.0);
+    }
+}
+
+pub(crate) fn db_query(operation: &'static str, elapsed: Duration, error: Option<&'static str>) {
+    histogram!(DB_QUERY_DURATION_SECONDS, "operation" => operation).record(elapsed.as_secs_f64());
+    if let Some(kind) = error {
+        counter!(DB_ERRORS_TOTAL, "operation" => operation, "kind" => kind).increment(1);
+    }
+}
+
+pub(crate) fn db_pool(idle: usize, size: u32, max: u32) {
+    let idle = idle as f64;
+    gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(idle);
+    gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set((f64::from(size) - idle).max(0.0));
+    gauge!(DB_POOL_CONNECTIONS, "state" => "max").set(f64::from(max));
+}
+
+pub(crate) fn db_up(up: bool) {
+    gauge!(DB_UP).set(if up { 1.0 } else { 0.0 });
+}

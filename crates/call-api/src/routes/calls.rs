@@ -1,0 +1,240 @@
+//! The call lifecycle (SPEC §4): create, read, list and end calls. Every call belongs to the
+//! tenant of the key that created it; another tenant's call is "not found", never "forbidden".
+
+use axum::{
+    Extension, Json,
+    extract::{Path, State},
+    http::StatusCode,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    auth::Tenant,
+    db::calls::{Cursor, EndError, ListFilter, NewCall, new_media_token},
+    error::{ApiError, ErrorBody},
+    extract::{ApiJson, ApiQuery},
+    metrics,
+    model::{self, Call, Direction, Outcome, Provider, Status},
+};
+
+/// Largest request body accepted by these routes.
+pub const BODY_LIMIT: usize = 64 * 1024;
+pub const DEFAULT_PAGE: u32 = 50;
+pub const MAX_PAGE: u32 = 200;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(create, list)).routes(routes!(get_call)).routes(routes!(end))
+}
+
+/// `POST /v1/calls` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCall {
+    pub provider: Provider,
+    /// Caller in E.164, e.g. `+14155550100`.
+    #[schema(example = "+14155550100")]
+    pub from: String,
+    /// Callee in E.164.
+    #[schema(example = "+420123456789")]
+    pub to: String,
+    pub direction: Direction,
+    /// Any JSON object: at most 64 keys of 1–64 characters, 4 levels deep, 16 KiB.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A new call with the URL its carrier streams media to.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedCall {
+    #[serde(flatten)]
+    pub call: Call,
+    /// `ws(s)://…/v1/calls/{id}/media?token=…`: the token is valid for `MEDIA_TOKEN_TTL_SECONDS`
+    /// and shown only here.
+    pub media_url: String,
+}
+
+/// `POST /v1/calls/{id}/end` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndCall {
+    pub outcome: Outcome,
+}
+
+/// `GET /v1/calls` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    pub status: Option<Status>,
+    pub direction: Option<Direction>,
+    pub provider: Option<Provider>,
+    /// Only calls created strictly after this instant (RFC 3339).
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only calls created strictly before this instant (RFC 3339).
+    pub created_before: Option<DateTime<Utc>>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1–200, default 50.
+    pub limit: Option<u32>,
+}
+
+/// A page of calls, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallList {
+    pub calls: Vec<Call>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    // A malformed id names no call: the same answer as an unknown one.
+    Uuid::try_parse(id).map_err(|_| ApiError::NotFound("call"))
+}
+
+/// Create a call.
+#[utoipa::path(
+    post, path = "/v1/calls", tag = "calls", security(("bearer" = [])),
+    request_body = CreateCall,
+    responses(
+        (status = 201, description = "Created, status queued", body = CreatedCall),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Invalid field, unknown field or unknown provider", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all)]
+async fn create(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    ApiJson(body): ApiJson<CreateCall>,
+) -> Result<(StatusCode, Json<CreatedCall>), ApiError> {
+    // Numbers are personal data: the message names the field, never the value.
+    if !model::is_e164(&body.from) {
+        return Err(ApiError::Unprocessable("from must be an E.164 number: + and up to 15 digits".into()));
+    }
+    if !model::is_e164(&body.to) {
+        return Err(ApiError::Unprocessable("to must be an E.164 number: + and up to 15 digits".into()));
+    }
+    let metadata = body.metadata.unwrap_or_else(|| serde_json::json!({}));
+    model::check_metadata(&metadata).map_err(ApiError::Unprocessable)?;
+    let (token, media_token_hash) = new_media_token();
+    let expires = chrono::Duration::from_std(state.media.token_ttl).unwrap_or(chrono::Duration::hours(1));
+    let call = state
+        .db
+        .insert_call(NewCall {
+            tenant: tenant.0,
+            provider: body.provider,
+            direction: body.direction,
+            from: body.from,
+            to: body.to,
+            metadata,
+            media_token_hash,
+            media_token_expires_at: model::now() + expires,
+        })
+        .await?;
+    let media_url = format!("{}/v1/calls/{}/media?token={token}", state.media.ws_base, call.id);
+    tracing::info!(call_id = %call.id, "call created");
+    Ok((StatusCode::CREATED, Json(CreatedCall { call, media_url })))
+}
+
+/// Get a call.
+#[utoipa::path(
+    get, path = "/v1/calls/{id}", tag = "calls", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Call id")),
+    responses(
+        (status = 200, body = Call),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "No such call for this key's tenant", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
+async fn get_call(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    Path(id): Path<String>,
+) -> Result<Json<Call>, ApiError> {
+    let id = parse_id(&id)?;
+    state.db.get_call(&tenant.0, id).await?.map(Json).ok_or(ApiError::NotFound("call"))
+}
+
+/// List calls, newest first.
+#[utoipa::path(
+    get, path = "/v1/calls", tag = "calls", security(("bearer" = [])),
+    params(ListParams),
+    responses(
+        (status = 200, body = CallList),
+        (status = 400, description = "Unknown parameter, bad value or bad cursor", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 422, description = "limit out of range", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
+async fn list(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<CallList>, ApiError> {
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::Unprocessable(format!("limit must be between 1 and {MAX_PAGE}")));
+    }
+    let after = match params.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(Cursor::decode(c).ok_or_else(|| ApiError::BadRequest("invalid cursor".into()))?),
+    };
+    let filter = ListFilter {
+        status: params.status,
+        direction: params.direction,
+        provider: params.provider,
+        created_after: params.created_after,
+        created_before: params.created_before,
+        after,
+        limit,
+    };
+    let page = state.db.list_calls(&tenant.0, &filter).await?;
+    Ok(Json(CallList { calls: page.calls, next_cursor: page.next.map(|c| c.encode()) }))
+}
+
+/// End a call with an outcome; the server records the duration.
+#[utoipa::path(
+    post, path = "/v1/calls/{id}/end", tag = "calls", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Call id")),
+    request_body = EndCall,
+    responses(
+        (status = 200, description = "Ended", body = Call),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The call has already ended", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, description = "Unknown outcome or field", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all)]
+async fn end(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<EndCall>,
+) -> Result<Json<Call>, ApiError> {
+    let id = parse_id(&id)?;
+    let call = state.db.end_call(&tenant.0, id, body.outcome).await.map_err(|e| match e {
+        EndError::NotFound => ApiError::NotFound("call"),
+        EndError::AlreadyEnded => ApiError::Conflict("call has already ended".into()),
+        EndError::Db(e) => e.into(),
+    })?;
+    let duration = call.duration_seconds.unwrap_or_default();
+    metrics::call_ended(call.provider, body.outcome, duration);
+    tracing::info!(call_id = %call.id, outcome = %body.outcome, duration_seconds = duration, "call ended");
+    Ok(Json(call))
+}
