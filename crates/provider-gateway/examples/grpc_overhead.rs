@@ -9,8 +9,10 @@
 //!    gateway's `Transcribe` over gRPC; the difference of the percentiles is what the gateway
 //!    adds (gRPC hop, validation, failover loop, breaker, limiter, metrics, spans). The same for
 //!    `StreamChat` against a fake OpenAI answering a one-token SSE completion.
-//! 2. Throughput: the gateway with `LLM_PROVIDERS=simulated` (zero latency, unpaced tokens) on
-//!    a single-threaded runtime (one core), 64 concurrent gRPC callers on another thread.
+//! 2. Throughput: the gateway with `LLM_PROVIDERS=simulated` and `SENTIMENT_PROVIDERS=simulated`
+//!    (zero latency, unpaced tokens) on a single-threaded runtime (one core), 64 concurrent gRPC
+//!    callers on another thread: `StreamChat` (one message per token) and `AnalyzeSentiment`
+//!    (unary).
 //!
 //! The gateway records metrics into a real Prometheus recorder, as in production.
 
@@ -23,7 +25,7 @@ use axum::body::Body;
 use axum::response::Response;
 use futures_util::StreamExt;
 use kraliki_proto::provider::v1::{
-    AudioEncoding, ChatMessage, Role, StreamChatRequest, TranscribeRequest,
+    AnalyzeSentimentRequest, AudioEncoding, ChatMessage, Role, StreamChatRequest, TranscribeRequest,
     provider_gateway_client::ProviderGatewayClient,
 };
 use telemetry::{Env, ServiceContext, Shutdown, TelemetryConfig};
@@ -118,6 +120,8 @@ fn chat_request() -> StreamChatRequest {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     const SAMPLES: usize = 2_000;
+    // reqwest here is built before the gateway's telemetry would install it.
+    telemetry::install_crypto_provider();
     let fake = fake_provider().await;
     let env = Env::from_pairs([
         ("LOG_LEVEL", "error".to_owned()),
@@ -191,39 +195,48 @@ async fn main() {
     let env = Env::from_pairs([
         ("LOG_LEVEL", "error"),
         ("LLM_PROVIDERS", "simulated"),
+        ("SENTIMENT_PROVIDERS", "simulated"),
         ("SIMULATED_LATENCY", "fixed:0"),
         ("SIMULATED_TTFB_MS", "0"),
         ("SIMULATED_TOKENS_PER_SECOND", "0"),
         ("SIMULATED_MAX_CONCURRENCY", "1024"),
     ]);
-    let addr = start_gateway(env);
-    let callers = 64;
-    let window = Duration::from_secs(5);
-    let done = Arc::new(AtomicU64::new(0));
-    let tokens = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + window;
-    let mut tasks = Vec::new();
-    let shared = client(addr).await;
-    for _ in 0..callers {
-        let (mut c, done, tokens) = (shared.clone(), Arc::clone(&done), Arc::clone(&tokens));
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < deadline {
-                let messages: Vec<_> = c.stream_chat(chat_request()).await.unwrap().into_inner().collect().await;
-                tokens.fetch_add(messages.len() as u64 - 1, Ordering::Relaxed);
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
+    let shared = client(start_gateway(env)).await;
+    for streamed in [true, false] {
+        let callers = 64;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let done = Arc::new(AtomicU64::new(0));
+        let messages = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..callers {
+            let (mut c, done, messages) = (shared.clone(), Arc::clone(&done), Arc::clone(&messages));
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    if streamed {
+                        let got: Vec<_> = c.stream_chat(chat_request()).await.unwrap().into_inner().collect().await;
+                        messages.fetch_add(got.len() as u64, Ordering::Relaxed);
+                    } else {
+                        let request =
+                            AnalyzeSentimentRequest { text: "thanks, that was quick".into(), ..Default::default() };
+                        c.analyze_sentiment(request).await.unwrap();
+                        messages.fetch_add(1, Ordering::Relaxed);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        let started = Instant::now();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let calls = done.load(Ordering::Relaxed) as f64;
+        println!(
+            "simulated {:<16} gateway on one core, {callers} callers: {:>6.0} calls/s ({:.1} response messages per call, {:.0} µs per call)",
+            if streamed { "StreamChat," } else { "AnalyzeSentiment," },
+            calls / elapsed,
+            messages.load(Ordering::Relaxed) as f64 / calls,
+            elapsed * 1e6 / calls
+        );
     }
-    let started = Instant::now();
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let calls = done.load(Ordering::Relaxed) as f64;
-    println!(
-        "simulated StreamChat, gateway on one core, {callers} callers: {:.0} calls/s ({:.1} deltas per call, {:.0} µs per call)",
-        calls / elapsed,
-        tokens.load(Ordering::Relaxed) as f64 / calls,
-        elapsed * 1e6 / calls
-    );
 }
