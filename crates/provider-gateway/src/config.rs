@@ -1,7 +1,9 @@
 //! provider-gateway configuration, read once at start from the environment.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use providers::ProvidersConfig;
 use telemetry::{ConfigErrors, Env, Reader, TelemetryConfig};
 
 /// Everything provider-gateway reads from the environment.
@@ -11,17 +13,63 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// `PROVIDER_GATEWAY_ADMIN_ADDR` (health, readiness, metrics, pprof), default `0.0.0.0:9092`.
     pub admin_addr: SocketAddr,
-    pub providers: crate::registry::ProvidersConfig,
+    /// Provider credentials, failover orders, timeouts, retries, circuit breakers: every
+    /// variable of the `providers` crate's README.
+    pub providers: ProvidersConfig,
+    /// The variables common to every service.
     pub telemetry: TelemetryConfig,
 }
 
 impl Config {
+    /// Reads every variable and reports every bad one, each naming its variable.
     pub fn from_env(env: &Env) -> Result<Self, ConfigErrors> {
         let mut r = Reader::new(env);
         let telemetry = TelemetryConfig::read(&mut r);
         let grpc_addr = r.addr_or("PROVIDER_GATEWAY_GRPC_ADDR", "0.0.0.0:50052");
         let admin_addr = r.addr_or("PROVIDER_GATEWAY_ADMIN_ADDR", "0.0.0.0:9092");
-        let providers = crate::registry::ProvidersConfig::read(&mut r);
-        r.errors.into_result(Self { grpc_addr, admin_addr, providers, telemetry })
+        match read_providers(env, &mut r.errors) {
+            Some(providers) => r.errors.into_result(Self { grpc_addr, admin_addr, providers, telemetry }),
+            None => Err(r.errors),
+        }
+    }
+}
+
+/// The providers crate tells an empty `*_PROVIDERS` (capability disabled) from an unset one,
+/// so it reads the raw values; `Env::get` would fold empty into unset.
+fn read_providers(env: &Env, errors: &mut ConfigErrors) -> Option<ProvidersConfig> {
+    let vars: HashMap<&str, &str> = env.iter().collect();
+    match ProvidersConfig::from_lookup(|name| vars.get(name).map(|v| (*v).to_owned())) {
+        Ok(config) => Some(config),
+        Err(bad) => {
+            for e in bad {
+                errors.push(e.variable, e.message);
+            }
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_provider_variable_is_reported_by_name_with_the_others() {
+        let env = Env::from_pairs([
+            ("STT_PROVIDERS", "deepgram,acme"),
+            ("PROVIDER_MAX_RETRIES", "lots"),
+            ("PROVIDER_GATEWAY_GRPC_ADDR", "nowhere"),
+        ]);
+        let errors = Config::from_env(&env).unwrap_err();
+        let vars: Vec<&str> = errors.0.iter().map(|e| e.variable.as_str()).collect();
+        assert_eq!(vars, ["PROVIDER_GATEWAY_GRPC_ADDR", "PROVIDER_MAX_RETRIES", "STT_PROVIDERS"], "{errors}");
+        assert!(errors.to_string().contains("unknown provider `acme`"), "{errors}");
+    }
+
+    #[test]
+    fn an_empty_order_disables_the_capability_while_unset_keeps_the_default() {
+        let config = Config::from_env(&Env::from_pairs([("TTS_PROVIDERS", "")])).unwrap();
+        assert!(config.providers.order(providers::Capability::Tts).is_empty());
+        assert_eq!(config.providers.order(providers::Capability::Stt).len(), 2);
     }
 }

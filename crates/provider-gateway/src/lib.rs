@@ -1,12 +1,35 @@
-//! provider-gateway: the only Voice Kraliki service that talks to AI providers (speech-to-text,
-//! chat, text-to-speech, sentiment), behind `kraliki.provider.v1.ProviderGateway`.
+//! provider-gateway: the only Voice Kraliki service that talks to AI providers. It serves
+//! `kraliki.provider.v1.ProviderGateway` over gRPC — speech-to-text (`Transcribe`), streamed
+//! chat completions (`StreamChat`), streamed speech (`SynthesizeSpeech`), sentiment
+//! (`AnalyzeSentiment`) and `ListProviders` — on top of the `providers` crate, which owns the
+//! provider wire formats, timeouts, retries, circuit breakers, failover and provider metrics.
 //!
-//! - `config.rs`: environment variables
-//! - `registry.rs`: which providers are configured per capability
-//! - `service.rs`: the gRPC service
+//! # Layout
+//! - `config.rs`: environment variables (the service's addresses, the telemetry variables and
+//!   every variable of the `providers` crate, all errors reported at once, exit 2).
+//! - `service.rs`: the gRPC methods; deadlines, provider pinning, stream mapping.
+//! - `convert.rs`: proto ↔ `providers` types and the input checks of this boundary.
+//! - `error.rs`: provider errors → gRPC status (client-safe message), logging and Sentry.
+//! - `metrics.rs`: `provider_configured` and the start-up configuration report.
+//!
+//! # Behaviour
+//! - The caller's `grpc-timeout` bounds every attempt, backoff, failover and the whole stream;
+//!   the gateway answers `DEADLINE_EXCEEDED` slightly before it (a tenth, at most 50 ms).
+//! - A `provider` field in a request pins that provider (no failover); it must be listed in the
+//!   capability's `*_PROVIDERS` order and configured, else `FAILED_PRECONDITION`.
+//! - Streams start only once the first token / audio chunk arrived (earlier failures were
+//!   retried or failed over); a later failure ends the stream with its status. A caller that
+//!   drops a stream cancels the provider request.
+//! - Errors carry `providers`' client-safe message only. Final provider failures are logged
+//!   once and captured to Sentry with `provider`, `operation` and `code` tags.
+//! - `/ready` means "started and not draining": a provider that is missing or failing is not a
+//!   readiness failure. Availability is reported by `ListProviders`, the
+//!   `provider_configured{provider,capability}` gauge and one log line at start.
 
 pub mod config;
-pub mod registry;
+pub mod convert;
+pub mod error;
+pub mod metrics;
 pub mod service;
 
 use std::process::ExitCode;
@@ -16,22 +39,39 @@ use telemetry::{ServiceContext, ServiceInfo};
 use tokio::net::TcpListener;
 
 pub use config::Config;
+pub use service::ProviderGatewayService;
 
-/// This service's identity for telemetry.
+/// Largest request accepted (a recording to transcribe): 64 MiB, about 2 h of 8 kHz μ-law.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
+/// This service's identity for telemetry, with the provider histograms' buckets.
 pub fn service_info() -> ServiceInfo {
-    ServiceInfo::new("provider-gateway", env!("CARGO_PKG_VERSION"))
+    providers::HISTOGRAM_BUCKETS
+        .iter()
+        .fold(ServiceInfo::new("provider-gateway", env!("CARGO_PKG_VERSION")), |info, (name, buckets)| {
+            info.with_histogram(name, buckets)
+        })
+}
+
+/// Why the service stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("build the provider clients: {0}")]
+    Providers(#[from] providers::ProviderError),
+    #[error(transparent)]
+    Serve(#[from] telemetry::serve::ServeError),
 }
 
 /// Serves on the given listeners until shutdown (tests pass listeners bound to port 0).
-pub async fn run(
-    config: Config,
-    grpc: TcpListener,
-    admin: TcpListener,
-    ctx: ServiceContext,
-) -> Result<(), telemetry::serve::ServeError> {
-    let gateway = service::Gateway::new(config.providers.clone());
-    let routes = tonic::service::Routes::new(ProviderGatewayServer::new(gateway));
-    telemetry::serve_grpc_service(&ctx, grpc, admin, routes, &[SERVICE_NAME]).await
+pub async fn run(config: Config, grpc: TcpListener, admin: TcpListener, ctx: ServiceContext) -> Result<(), RunError> {
+    let gateway = providers::Gateway::new(config.providers)?;
+    metrics::describe();
+    metrics::record_configuration(&gateway.list_providers());
+    metrics::log_configuration(&gateway);
+    let server =
+        ProviderGatewayServer::new(ProviderGatewayService::new(gateway)).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let routes = tonic::service::Routes::new(server);
+    Ok(telemetry::serve_grpc_service(&ctx, grpc, admin, routes, &[SERVICE_NAME]).await?)
 }
 
 /// Binds the configured addresses and serves until shutdown.

@@ -1,77 +1,217 @@
-//! The `kraliki.provider.v1.ProviderGateway` gRPC service.
+//! The `kraliki.provider.v1.ProviderGateway` gRPC service: each method checks its input, picks
+//! the failover order (or the one provider asked for), calls the `providers` gateway within the
+//! caller's deadline and maps the answer back.
 
-use std::{pin::Pin, sync::Arc};
+use std::pin::Pin;
+use std::time::Duration;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use kraliki_proto::provider::v1::{
-    AnalyzeSentimentRequest, AnalyzeSentimentResponse, Capability, ListProvidersRequest, ListProvidersResponse,
-    StreamChatRequest, StreamChatResponse, SynthesizeSpeechRequest, SynthesizeSpeechResponse, TranscribeRequest,
-    TranscribeResponse, provider_gateway_server::ProviderGateway,
+    AnalyzeSentimentRequest, AnalyzeSentimentResponse, ListProvidersRequest, ListProvidersResponse, StreamChatRequest,
+    StreamChatResponse, SynthesizeSpeechRequest, SynthesizeSpeechResponse, TranscribeRequest, TranscribeResponse,
+    provider_gateway_server::ProviderGateway,
 };
+use providers::{AudioStream, Capability, ChatStream, FinishReason, Gateway, ProviderKind, Usage};
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use crate::registry::ProvidersConfig;
+use crate::convert::{self, echo};
+use crate::error::failed;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// The gateway's gRPC front.
-pub struct Gateway {
-    providers: Arc<ProvidersConfig>,
+/// The gateway's gRPC front. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ProviderGatewayService {
+    gateway: Gateway,
 }
 
-impl Gateway {
-    pub fn new(providers: ProvidersConfig) -> Self {
-        Self { providers: Arc::new(providers) }
+impl ProviderGatewayService {
+    /// Serves `gateway`.
+    pub fn new(gateway: Gateway) -> Self {
+        Self { gateway }
+    }
+
+    /// The gateway for a request: the capability's failover order, or only the provider the
+    /// caller named (which must be listed for it and configured).
+    fn route(&self, capability: Capability, provider: &str) -> Result<Gateway, Status> {
+        let name = provider.trim();
+        if name.is_empty() {
+            return Ok(self.gateway.clone());
+        }
+        let Some(kind) = ProviderKind::parse(name) else {
+            return Err(Status::invalid_argument(format!(
+                "unknown provider `{}` (known: openai, deepgram, local, simulated)",
+                echo(name)
+            )));
+        };
+        let capability_name = convert::capability_name(capability);
+        if !kind.supports(capability) {
+            return Err(Status::invalid_argument(format!("provider `{kind}` does not offer {capability_name}")));
+        }
+        let config = self.gateway.config();
+        if !config.order(capability).contains(&kind) {
+            return Err(Status::failed_precondition(format!(
+                "provider `{kind}` is not enabled for {capability_name} on this gateway"
+            )));
+        }
+        if let Err(reason) = config.availability(kind) {
+            return Err(Status::failed_precondition(format!("provider `{kind}` is not configured: {reason}")));
+        }
+        Ok(self.gateway.pinned(kind))
     }
 }
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not available in this release"))
+/// The caller's deadline from `grpc-timeout`, brought forward by a small margin (a tenth, at
+/// most 50 ms) so that our `DEADLINE_EXCEEDED` reaches the caller before its own timer fires
+/// (tonic reports that as a bare `Cancelled`).
+fn deadline<T>(request: &Request<T>) -> Option<Instant> {
+    let timeout = telemetry::grpc::deadline_of(request)?;
+    let margin = (timeout / 10).min(Duration::from_millis(50));
+    Some(Instant::now() + timeout.saturating_sub(margin))
+}
+
+fn call_id(id: &str) -> String {
+    id.chars().take(64).collect()
 }
 
 #[tonic::async_trait]
-impl ProviderGateway for Gateway {
+impl ProviderGateway for ProviderGatewayService {
     #[tracing::instrument(skip_all, fields(capability = request.get_ref().capability))]
     async fn list_providers(
         &self,
         request: Request<ListProvidersRequest>,
     ) -> Result<Response<ListProvidersResponse>, Status> {
-        let wanted = request.into_inner().capability;
-        if Capability::try_from(wanted).is_err() {
-            return Err(Status::invalid_argument(format!("unknown capability {wanted}")));
-        }
+        let wanted = convert::capability_filter(request.into_inner().capability)?;
         let providers = self
-            .providers
-            .statuses()
+            .gateway
+            .list_providers()
             .into_iter()
-            .filter(|p| wanted == Capability::Unspecified as i32 || p.capability == wanted)
+            .filter(|row| wanted.is_none_or(|c| c == row.capability))
+            .filter_map(convert::provider_status)
             .collect();
         Ok(Response::new(ListProvidersResponse { providers }))
     }
 
-    async fn transcribe(&self, _: Request<TranscribeRequest>) -> Result<Response<TranscribeResponse>, Status> {
-        Err(not_yet("transcription"))
+    #[tracing::instrument(skip_all, fields(call_id = %call_id(&request.get_ref().call_id)))]
+    async fn transcribe(&self, request: Request<TranscribeRequest>) -> Result<Response<TranscribeResponse>, Status> {
+        let deadline = deadline(&request);
+        let request = request.into_inner();
+        let gateway = self.route(Capability::Stt, &request.provider)?;
+        let request = convert::transcription_request(request)?;
+        let transcript = gateway.transcribe(request, deadline).await.map_err(|e| failed("transcribe", &e))?;
+        Ok(Response::new(convert::transcribe_response(transcript)))
     }
 
     type StreamChatStream = ResponseStream<StreamChatResponse>;
 
-    async fn stream_chat(&self, _: Request<StreamChatRequest>) -> Result<Response<Self::StreamChatStream>, Status> {
-        Err(not_yet("chat"))
+    #[tracing::instrument(skip_all, fields(call_id = %call_id(&request.get_ref().call_id)))]
+    async fn stream_chat(
+        &self,
+        request: Request<StreamChatRequest>,
+    ) -> Result<Response<Self::StreamChatStream>, Status> {
+        let deadline = deadline(&request);
+        let request = request.into_inner();
+        let gateway = self.route(Capability::Llm, &request.provider)?;
+        let request = convert::chat_request(request)?;
+        // Returns once the first token arrived: failures before it were failed over already.
+        let stream = gateway.chat(request, deadline).await.map_err(|e| failed("chat", &e))?;
+        Ok(Response::new(Box::pin(chat_events(stream))))
     }
 
     type SynthesizeSpeechStream = ResponseStream<SynthesizeSpeechResponse>;
 
+    #[tracing::instrument(skip_all, fields(call_id = %call_id(&request.get_ref().call_id)))]
     async fn synthesize_speech(
         &self,
-        _: Request<SynthesizeSpeechRequest>,
+        request: Request<SynthesizeSpeechRequest>,
     ) -> Result<Response<Self::SynthesizeSpeechStream>, Status> {
-        Err(not_yet("speech synthesis"))
+        let deadline = deadline(&request);
+        let request = request.into_inner();
+        let gateway = self.route(Capability::Tts, &request.provider)?;
+        let request = convert::synthesis_request(request)?;
+        let stream = gateway.synthesize(request, deadline).await.map_err(|e| failed("synthesize", &e))?;
+        Ok(Response::new(Box::pin(audio_chunks(stream))))
     }
 
+    #[tracing::instrument(skip_all, fields(call_id = %call_id(&request.get_ref().call_id)))]
     async fn analyze_sentiment(
         &self,
-        _: Request<AnalyzeSentimentRequest>,
+        request: Request<AnalyzeSentimentRequest>,
     ) -> Result<Response<AnalyzeSentimentResponse>, Status> {
-        Err(not_yet("sentiment"))
+        let deadline = deadline(&request);
+        let request = request.into_inner();
+        convert::sentiment_text(&request)?;
+        let gateway = self.route(Capability::Sentiment, &request.provider)?;
+        let result = gateway.sentiment(&request.text, deadline).await.map_err(|e| failed("sentiment", &e))?;
+        Ok(Response::new(convert::sentiment_response(result)))
     }
+}
+
+struct ChatState {
+    stream: ChatStream,
+    finish_reason: Option<FinishReason>,
+    usage: Option<Usage>,
+    ended: bool,
+}
+
+/// `delta` messages as tokens arrive, then one `done` with the finish reason and usage (which
+/// OpenAI-compatible servers send in a last chunk of their own), or the error that cut the
+/// stream. Dropping it (the caller went away) drops the provider request.
+fn chat_events(stream: ChatStream) -> impl Stream<Item = Result<StreamChatResponse, Status>> + Send + 'static {
+    let state = ChatState { stream, finish_reason: None, usage: None, ended: false };
+    futures_util::stream::unfold(state, |mut st| async move {
+        if st.ended {
+            return None;
+        }
+        loop {
+            match st.stream.next().await {
+                Some(Ok(chunk)) => {
+                    if chunk.finish_reason.is_some() {
+                        st.finish_reason = chunk.finish_reason;
+                    }
+                    if chunk.usage.is_some() {
+                        st.usage = chunk.usage;
+                    }
+                    if !chunk.delta.is_empty() {
+                        return Some((Ok(convert::chat_delta(chunk.delta)), st));
+                    }
+                }
+                Some(Err(error)) => {
+                    st.ended = true;
+                    return Some((Err(failed("chat", &error)), st));
+                }
+                None => {
+                    st.ended = true;
+                    let done =
+                        convert::chat_done(st.finish_reason.take(), st.usage, st.stream.provider, &st.stream.model);
+                    return Some((Ok(done), st));
+                }
+            }
+        }
+    })
+}
+
+/// The audio chunks, provider and model on the first; an error item ends the stream.
+fn audio_chunks(stream: AudioStream) -> impl Stream<Item = Result<SynthesizeSpeechResponse, Status>> + Send + 'static {
+    let provider = stream.provider.to_owned();
+    let model = stream.model.clone();
+    let mut first = true;
+    let mut ended = false;
+    stream.filter_map(move |item| {
+        let out = match item {
+            _ if ended => None,
+            Ok(audio) if audio.is_empty() => None,
+            Ok(audio) => {
+                let (provider, model) =
+                    if std::mem::take(&mut first) { (provider.clone(), model.clone()) } else { Default::default() };
+                Some(Ok(SynthesizeSpeechResponse { audio: audio.to_vec(), provider, model }))
+            }
+            Err(error) => {
+                ended = true;
+                Some(Err(failed("synthesize", &error)))
+            }
+        };
+        std::future::ready(out)
+    })
 }

@@ -33,6 +33,8 @@ const CAPTURE_CHARS: usize = 4_000;
 #[derive(Clone)]
 pub struct Gateway {
     inner: Arc<Inner>,
+    /// Set by [`Gateway::pinned`]: only this provider is tried (no failover).
+    pinned: Option<ProviderKind>,
 }
 
 struct Inner {
@@ -95,7 +97,14 @@ impl Gateway {
                 );
             }
         }
-        Ok(Self { inner: Arc::new(Inner { config, backends, limiters, breakers }) })
+        Ok(Self { inner: Arc::new(Inner { config, backends, limiters, breakers }), pinned: None })
+    }
+
+    /// A view of this gateway that only tries `kind` (no failover), sharing its breakers,
+    /// limiters and clients: for callers that ask for one provider by name. A provider that is
+    /// not configured and listed for a capability answers `NotConfigured` there.
+    pub fn pinned(&self, kind: ProviderKind) -> Self {
+        Self { inner: Arc::clone(&self.inner), pinned: Some(kind) }
     }
 
     /// The configuration in use.
@@ -152,7 +161,13 @@ impl Gateway {
     }
 
     fn configured_order(&self, capability: Capability) -> Vec<ProviderKind> {
-        self.inner.config.order(capability).iter().copied().filter(|k| self.inner.backends.contains_key(k)).collect()
+        self.inner
+            .config
+            .order(capability)
+            .iter()
+            .copied()
+            .filter(|k| self.inner.backends.contains_key(k) && self.pinned.is_none_or(|p| p == *k))
+            .collect()
     }
 
     fn deadline(&self, deadline: Option<Instant>) -> Instant {
