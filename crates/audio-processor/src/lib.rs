@@ -1,11 +1,20 @@
 //! audio-processor: decodes, resamples and analyses call audio, after the call and in real
-//! time, behind `kraliki.audio.v1.AudioProcessor`.
+//! time, behind `kraliki.audio.v1.AudioProcessor`. The signal processing itself is the
+//! `audio-dsp` crate; this crate adds gRPC, limits, metrics and spans.
 //!
 //! - `config.rs`: environment variables
-//! - `service.rs`: the gRPC service
+//! - `service.rs`: the gRPC service (limits, permits, deadlines)
+//! - `convert.rs`: request checks and proto ↔ audio-dsp mapping
+//! - `recording.rs`: recording analysis on a blocking thread
+//! - `stream.rs`: one live stream's task
+//! - `metrics.rs`: the metrics this service records
 
 pub mod config;
+mod convert;
+pub mod metrics;
+mod recording;
 pub mod service;
+mod stream;
 
 use std::process::ExitCode;
 
@@ -15,19 +24,28 @@ use tokio::net::TcpListener;
 
 pub use config::Config;
 
-/// This service's identity for telemetry.
+/// This service's identity for telemetry, with its histograms' buckets.
 pub fn service_info() -> ServiceInfo {
-    ServiceInfo::new("audio-processor", env!("CARGO_PKG_VERSION"))
+    metrics::HISTOGRAM_BUCKETS
+        .iter()
+        .fold(ServiceInfo::new("audio-processor", env!("CARGO_PKG_VERSION")), |info, (name, buckets)| {
+            info.with_histogram(name, buckets)
+        })
 }
 
 /// Serves on the given listeners until shutdown (tests pass listeners bound to port 0).
 pub async fn run(
-    _config: Config,
+    config: Config,
     grpc: TcpListener,
     admin: TcpListener,
     ctx: ServiceContext,
 ) -> Result<(), telemetry::serve::ServeError> {
-    let routes = tonic::service::Routes::new(AudioProcessorServer::new(service::Processor));
+    metrics::describe();
+    let processor = service::Processor::new(&config, ctx.shutdown.stopping_token());
+    // The unary call carries the whole recording in one message.
+    let message_limit = config.max_recording_bytes + service::HEADER_SLACK;
+    let server = AudioProcessorServer::new(processor).max_decoding_message_size(message_limit);
+    let routes = tonic::service::Routes::new(service::OversizeIsResourceExhausted::new(server, message_limit));
     telemetry::serve_grpc_service(&ctx, grpc, admin, routes, &[SERVICE_NAME]).await
 }
 
