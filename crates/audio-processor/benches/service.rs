@@ -110,7 +110,7 @@ fn bench_recording(c: &mut Criterion) {
         })
     });
     g.finish();
-    shutdown.trigger();
+    rt.block_on(async { shutdown.trigger() });
 }
 
 /// Runs `n` real-paced streams for `secs` and returns the send→stats latencies (ms).
@@ -212,7 +212,7 @@ fn bench_streams(_: &mut Criterion) {
         }
     }
     println!("streams per core (server on one thread, p99 <= 20 ms): {best}");
-    shutdown.trigger();
+    rt.block_on(async { shutdown.trigger() });
 }
 
 criterion_group!(benches, bench_recording, bench_streams);
