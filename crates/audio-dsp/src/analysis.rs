@@ -365,7 +365,6 @@ fn analyze_channel(
         (Some(dbfs(p)), Some(snr))
     };
     let n = x.len().max(1) as f64;
-    let dtmf = if cfg.detect_dtmf { detect_dtmf(x, rate, cfg.dtmf) } else { Vec::new() };
     Ok(ChannelAnalysis {
         channel: index,
         duration_seconds: duration,

@@ -1,11 +1,20 @@
 //! audio-processor: decodes, resamples and analyses call audio, after the call and in real
-//! time, behind `kraliki.audio.v1.AudioProcessor`.
+//! time, behind `kraliki.audio.v1.AudioProcessor`. The signal processing itself is the
+//! `audio-dsp` crate; this crate adds gRPC, limits, metrics and spans.
 //!
 //! - `config.rs`: environment variables
-//! - `service.rs`: the gRPC service
+//! - `service.rs`: the gRPC service (limits, permits, deadlines)
+//! - `convert.rs`: request checks and proto ↔ audio-dsp mapping
+//! - `recording.rs`: recording analysis on a blocking thread
+//! - `stream.rs`: one live stream's task
+//! - `metrics.rs`: the metrics this service records
 
 pub mod config;
+mod convert;
+pub mod metrics;
+mod recording;
 pub mod service;
+mod stream;
 
 use std::process::ExitCode;
 
@@ -15,19 +24,34 @@ use tokio::net::TcpListener;
 
 pub use config::Config;
 
-/// This service's identity for telemetry.
+/// This service's identity for telemetry, with its histograms' buckets.
 pub fn service_info() -> ServiceInfo {
-    ServiceInfo::new("audio-processor", env!("CARGO_PKG_VERSION"))
+    metrics::HISTOGRAM_BUCKETS
+        .iter()
+        .fold(ServiceInfo::new("audio-processor", env!("CARGO_PKG_VERSION")), |info, (name, buckets)| {
+            info.with_histogram(name, buckets)
+        })
 }
 
 /// Serves on the given listeners until shutdown (tests pass listeners bound to port 0).
 pub async fn run(
-    _config: Config,
+    config: Config,
     grpc: TcpListener,
     admin: TcpListener,
     ctx: ServiceContext,
 ) -> Result<(), telemetry::serve::ServeError> {
-    let routes = tonic::service::Routes::new(AudioProcessorServer::new(service::Processor));
+    metrics::describe();
+    // Accepted sockets inherit TCP_NODELAY from the listener (Linux, macOS). Without it, Nagle's
+    // algorithm holds the server's small HTTP/2 frames (window updates, response headers)
+    // behind the client's delayed ACK: about 40 ms added to every large request.
+    if let Err(e) = socket2::SockRef::from(&grpc).set_tcp_nodelay(true) {
+        tracing::warn!(error = %e, "cannot set TCP_NODELAY on the gRPC listener");
+    }
+    let processor = service::Processor::new(&config, ctx.shutdown.stopping_token());
+    // The unary call carries the whole recording in one message.
+    let message_limit = config.max_recording_bytes + service::HEADER_SLACK;
+    let server = AudioProcessorServer::new(processor).max_decoding_message_size(message_limit);
+    let routes = tonic::service::Routes::new(service::OversizeIsResourceExhausted::new(server, message_limit));
     telemetry::serve_grpc_service(&ctx, grpc, admin, routes, &[SERVICE_NAME]).await
 }
 

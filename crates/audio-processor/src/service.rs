@@ -1,46 +1,302 @@
 //! The `kraliki.audio.v1.AudioProcessor` gRPC service.
+//!
+//! - `AnalyzeRecording` / `AnalyzeRecordingStream`: checked, then decoded and analysed on a
+//!   blocking thread under a concurrency permit (`AUDIO_MAX_CONCURRENT_ANALYSES`; none free →
+//!   `ResourceExhausted`, never a queue). The streamed form takes its permit when the header
+//!   arrives, so uploads in memory are bounded too, and enforces the byte limit chunk by chunk.
+//! - `StreamAudio`: a permit of `AUDIO_MAX_STREAMS`, the config message, then a task per
+//!   stream (`stream.rs`).
+//!
+//! Deadlines (`grpc-timeout`) bound the whole call; an analysis that outlives its caller's
+//! deadline still finishes on its thread (it cannot be interrupted) and keeps its permit
+//! until then, so the bound on CPU holds.
 
-use std::pin::Pin;
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
+use audio_dsp::{Limits, LiveStream};
 use futures_util::Stream;
 use kraliki_proto::audio::v1::{
     AnalyzeRecordingRequest, AnalyzeRecordingResponse, AnalyzeRecordingStreamRequest, StreamAudioRequest,
-    StreamAudioResponse, audio_processor_server::AudioProcessor,
+    StreamAudioResponse, analyze_recording_stream_request, audio_processor_server::AudioProcessor,
+    stream_audio_request::Payload,
 };
-use tonic::{Request, Response, Status, Streaming};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming, server::NamedService};
+use tracing::Instrument as _;
+
+use crate::{Config, convert, recording, stream::StreamTask};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// The audio processor's gRPC front.
-#[derive(Default)]
-pub struct Processor;
+/// Bytes a recording request may carry besides its audio (format, labels, call id).
+pub(crate) const HEADER_SLACK: usize = 64 * 1024;
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not available in this release"))
+/// The audio processor's gRPC front.
+#[derive(Clone)]
+pub struct Processor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    limits: Limits,
+    max_concurrent_analyses: usize,
+    analyses: Arc<Semaphore>,
+    max_streams: usize,
+    streams: Arc<Semaphore>,
+    stats_interval: Duration,
+    config_timeout: Duration,
+    stopping: CancellationToken,
+}
+
+impl Processor {
+    /// A processor with `config`'s limits; live streams end when `stopping` is cancelled.
+    pub fn new(config: &Config, stopping: CancellationToken) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                limits: Limits {
+                    max_bytes: config.max_recording_bytes as u64,
+                    max_seconds: config.max_recording_seconds,
+                    max_channels: 2,
+                },
+                max_concurrent_analyses: config.max_concurrent_analyses,
+                analyses: Arc::new(Semaphore::new(config.max_concurrent_analyses)),
+                max_streams: config.max_streams,
+                streams: Arc::new(Semaphore::new(config.max_streams)),
+                stats_interval: config.stream_stats_interval,
+                config_timeout: config.stream_config_timeout,
+                stopping,
+            }),
+        }
+    }
+
+    fn analysis_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.inner.analyses.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "all {} analysis slots are busy; retry later",
+                self.inner.max_concurrent_analyses
+            ))
+        })
+    }
+
+    fn too_large(&self, bytes: usize) -> Status {
+        Status::resource_exhausted(format!(
+            "recording of at least {bytes} bytes exceeds the limit of {} bytes",
+            self.inner.limits.max_bytes
+        ))
+    }
+
+    /// Analyses `audio` on a blocking thread; the permit is released when the work ends.
+    async fn analyze(
+        &self,
+        params: convert::RecordingParams,
+        audio: Vec<u8>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<AnalyzeRecordingResponse, Status> {
+        if audio.len() as u64 > self.inner.limits.max_bytes {
+            return Err(self.too_large(audio.len()));
+        }
+        let limits = self.inner.limits;
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            span.in_scope(|| recording::analyze(&params, &audio, &limits))
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "analysis task failed");
+            Status::internal("internal error while analysing the recording")
+        })?
+    }
+
+    async fn upload_and_analyze(
+        &self,
+        mut inbound: Streaming<AnalyzeRecordingStreamRequest>,
+    ) -> Result<AnalyzeRecordingResponse, Status> {
+        use analyze_recording_stream_request::Payload as P;
+        let header = match inbound.message().await.map_err(|s| self.transport(s))? {
+            Some(AnalyzeRecordingStreamRequest { payload: Some(P::Header(h)) }) => h,
+            Some(_) => return Err(Status::invalid_argument("the first message must be the header")),
+            None => return Err(Status::invalid_argument("empty stream: the first message must be the header")),
+        };
+        let params = convert::recording_params(&header)?;
+        let permit = self.analysis_permit()?;
+        let max = self.inner.limits.max_bytes as usize;
+        let mut audio = header.audio;
+        if audio.len() > max {
+            return Err(self.too_large(audio.len()));
+        }
+        while let Some(message) = inbound.message().await.map_err(|s| self.transport(s))? {
+            match message.payload {
+                Some(P::Chunk(chunk)) => {
+                    let len = audio.len() + chunk.len();
+                    if len > max {
+                        return Err(self.too_large(len));
+                    }
+                    if len > audio.capacity() {
+                        // Grow geometrically, but never past the limit.
+                        audio.reserve_exact((len.saturating_mul(2)).min(max) - audio.len());
+                    }
+                    audio.extend_from_slice(&chunk);
+                }
+                Some(P::Header(_)) => return Err(Status::invalid_argument("the header may only be sent once, first")),
+                None => return Err(Status::invalid_argument("message carries neither header nor chunk")),
+            }
+        }
+        self.analyze(params, audio, permit).await
+    }
+
+    /// A failed read of the client's stream: a message over the size limit is
+    /// `ResourceExhausted`; anything else (cancelled, broken) passes through.
+    fn transport(&self, status: Status) -> Status {
+        if status.code() == tonic::Code::OutOfRange {
+            return Status::resource_exhausted(format!(
+                "message exceeds the limit of {} bytes",
+                self.inner.limits.max_bytes as usize + HEADER_SLACK
+            ));
+        }
+        status
+    }
+}
+
+async fn with_deadline<T>(
+    deadline: Option<Duration>,
+    work: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match deadline {
+        Some(d) => tokio::time::timeout(d, work)
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("deadline exceeded before the analysis finished"))),
+        None => work.await,
+    }
 }
 
 #[tonic::async_trait]
 impl AudioProcessor for Processor {
     async fn analyze_recording(
         &self,
-        _: Request<AnalyzeRecordingRequest>,
+        request: Request<AnalyzeRecordingRequest>,
     ) -> Result<Response<AnalyzeRecordingResponse>, Status> {
-        Err(not_yet("recording analysis"))
+        let deadline = telemetry::grpc::deadline_of(&request);
+        let mut req = request.into_inner();
+        let params = convert::recording_params(&req)?;
+        let permit = self.analysis_permit()?;
+        let audio = std::mem::take(&mut req.audio);
+        with_deadline(deadline, self.analyze(params, audio, permit)).await.map(Response::new)
     }
 
     async fn analyze_recording_stream(
         &self,
-        _: Request<Streaming<AnalyzeRecordingStreamRequest>>,
+        request: Request<Streaming<AnalyzeRecordingStreamRequest>>,
     ) -> Result<Response<AnalyzeRecordingResponse>, Status> {
-        Err(not_yet("recording analysis"))
+        let deadline = telemetry::grpc::deadline_of(&request);
+        with_deadline(deadline, self.upload_and_analyze(request.into_inner())).await.map(Response::new)
     }
 
     type StreamAudioStream = ResponseStream<StreamAudioResponse>;
 
     async fn stream_audio(
         &self,
-        _: Request<Streaming<StreamAudioRequest>>,
+        request: Request<Streaming<StreamAudioRequest>>,
     ) -> Result<Response<Self::StreamAudioStream>, Status> {
-        Err(not_yet("live streams"))
+        let deadline = telemetry::grpc::deadline_of(&request).map(|d| tokio::time::Instant::now() + d);
+        let permit = self.inner.streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "all {} live stream slots are busy; retry later",
+                self.inner.max_streams
+            ))
+        })?;
+        let mut inbound = request.into_inner();
+        let first = tokio::select! {
+            () = self.inner.stopping.cancelled() => return Err(Status::unavailable("server is shutting down")),
+            m = tokio::time::timeout(self.inner.config_timeout, inbound.message()) => m,
+        };
+        let config = match first {
+            Err(_) => return Err(Status::deadline_exceeded("no config message within the configuration timeout")),
+            Ok(Err(status)) => return Err(self.transport(status)),
+            Ok(Ok(Some(StreamAudioRequest { payload: Some(Payload::Config(c)) }))) => c,
+            Ok(Ok(_)) => return Err(Status::invalid_argument("the first message of a stream must be its config")),
+        };
+        let dsp_config = convert::stream_config(&config)?;
+        let live = LiveStream::new(dsp_config).map_err(|e| convert::dsp_status(&e))?;
+        let (tx, rx) = mpsc::channel(crate::stream::EVENT_BUFFER);
+        let span = tracing::info_span!(
+            "audio.stream",
+            call_id = %config.call_id,
+            codec = dsp_config.encoding.as_str(),
+            sample_rate = dsp_config.sample_rate,
+            vad = dsp_config.vad.kind.as_str(),
+            frames = tracing::field::Empty,
+            utterances = tracing::field::Empty,
+            media_seconds = tracing::field::Empty,
+        );
+        let task = StreamTask {
+            live,
+            inbound,
+            tx,
+            stopping: self.inner.stopping.clone(),
+            deadline,
+            stats_interval: self.inner.stats_interval,
+            permit,
+        };
+        tokio::spawn(task.run().instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Wraps the generated server: a unary request over the message size limit is refused by
+/// tonic with `OutOfRange` before our handler runs; this answers `ResourceExhausted` instead,
+/// the code the contract promises for oversized payloads.
+#[derive(Clone)]
+pub struct OversizeIsResourceExhausted<S> {
+    inner: S,
+    message: http::HeaderValue,
+}
+
+impl<S> OversizeIsResourceExhausted<S> {
+    /// Wraps `inner`, whose message size limit is `limit_bytes`.
+    pub fn new(inner: S, limit_bytes: usize) -> Self {
+        let message = format!("request exceeds the message size limit of {limit_bytes} bytes");
+        Self { inner, message: http::HeaderValue::try_from(message).expect("ascii message") }
+    }
+}
+
+impl<S: NamedService> NamedService for OversizeIsResourceExhausted<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for OversizeIsResourceExhausted<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let fut = self.inner.call(request);
+        let message = self.message.clone();
+        Box::pin(async move {
+            let mut response = fut.await?;
+            let headers = response.headers_mut();
+            if headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11") {
+                headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+                headers.insert("grpc-message", message);
+            }
+            Ok(response)
+        })
     }
 }
