@@ -1,6 +1,5 @@
 //! provider-gateway configuration, read once at start from the environment.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use providers::ProvidersConfig;
@@ -37,8 +36,7 @@ impl Config {
 /// The providers crate tells an empty `*_PROVIDERS` (capability disabled) from an unset one,
 /// so it reads the raw values; `Env::get` would fold empty into unset.
 fn read_providers(env: &Env, errors: &mut ConfigErrors) -> Option<ProvidersConfig> {
-    let vars: HashMap<&str, &str> = env.iter().collect();
-    match ProvidersConfig::from_lookup(|name| vars.get(name).map(|v| (*v).to_owned())) {
+    match ProvidersConfig::from_lookup(|name| env.get_raw(name).map(str::to_owned)) {
         Ok(config) => Some(config),
         Err(bad) => {
             for e in bad {

@@ -58,6 +58,15 @@ impl Env {
         self.vars.insert(name.into(), value.into());
     }
 
+    /// The value of `name` exactly as set, empty included (for variables where empty and
+    /// unset mean different things).
+    pub fn get_raw(&self, name: &str) -> Option<&str> {
+        if let Ok(mut asked) = self.asked.lock() {
+            asked.insert(name.to_string());
+        }
+        self.vars.get(name).map(String::as_str)
+    }
+
     /// Every variable name read so far through this `Env` (and its clones).
     pub fn names_read(&self) -> BTreeSet<String> {
         self.asked.lock().map(|a| a.clone()).unwrap_or_default()
