@@ -37,6 +37,11 @@ pub fn describe() {
     describe_histogram!(REALTIME_FACTOR, "Audio seconds analysed per wall second, per recording");
     describe_gauge!(ACTIVE_STREAMS, "Live audio streams open");
     describe_counter!(VAD_EVENTS_TOTAL, "Live-stream voice-activity events sent, by event");
+    // Exported from the start (0), so dashboards and alerts see the series before any stream.
+    gauge!(ACTIVE_STREAMS).set(0.0);
+    for event in ["speech_started", "speech_ended", "dtmf"] {
+        counter!(VAD_EVENTS_TOTAL, "event" => event).increment(0);
+    }
 }
 
 static REMAINDER_US: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
