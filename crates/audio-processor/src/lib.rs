@@ -41,12 +41,6 @@ pub async fn run(
     ctx: ServiceContext,
 ) -> Result<(), telemetry::serve::ServeError> {
     metrics::describe();
-    // Accepted sockets inherit TCP_NODELAY from the listener (Linux, macOS). Without it, Nagle's
-    // algorithm holds the server's small HTTP/2 frames (window updates, response headers)
-    // behind the client's delayed ACK: about 40 ms added to every large request.
-    if let Err(e) = socket2::SockRef::from(&grpc).set_tcp_nodelay(true) {
-        tracing::warn!(error = %e, "cannot set TCP_NODELAY on the gRPC listener");
-    }
     let processor = service::Processor::new(&config, ctx.shutdown.stopping_token());
     // The unary call carries the whole recording in one message.
     let message_limit = config.max_recording_bytes + service::HEADER_SLACK;

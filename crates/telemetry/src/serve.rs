@@ -49,6 +49,12 @@ pub async fn serve_grpc_service(
     routes: tonic::service::Routes,
     service_names: &[&str],
 ) -> Result<(), ServeError> {
+    // Accepted sockets inherit TCP_NODELAY from the listener (Linux, macOS). Without it, Nagle's
+    // algorithm holds the server's small HTTP/2 frames (window updates, response headers)
+    // behind the client's delayed ACK: about 40 ms added to every large request.
+    if let Err(e) = socket2::SockRef::from(&grpc).set_tcp_nodelay(true) {
+        tracing::warn!(error = %e, "cannot set TCP_NODELAY on the gRPC listener");
+    }
     let health_server = ctx.health.grpc_server(service_names).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kraliki_proto::FILE_DESCRIPTOR_SET)
