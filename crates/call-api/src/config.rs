@@ -22,7 +22,40 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// `MEDIA_TOKEN_TTL_SECONDS`: how long a call's media URL token is accepted, default 3600.
     pub media_token_ttl: Duration,
+    pub recording: RecordingConfig,
     pub telemetry: TelemetryConfig,
+}
+
+/// Recording uploads and their analysis.
+#[derive(Debug, Clone)]
+pub struct RecordingConfig {
+    /// `RECORDING_MAX_BYTES`: largest recording body accepted (413 beyond), default 64 MiB.
+    pub max_bytes: u64,
+    /// `RECORDING_ANALYSIS_TIMEOUT_SECONDS`: the whole pipeline's bound (upload, audio analysis,
+    /// transcription, sentiment), default 600; an attempt older than this is abandoned.
+    pub analysis_timeout: Duration,
+    /// `RECORDING_TRANSCRIBE_CONCURRENCY`: transcription requests of one recording in flight at
+    /// once, default 4.
+    pub transcribe_concurrency: usize,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        Self { max_bytes: 64 << 20, analysis_timeout: Duration::from_secs(600), transcribe_concurrency: 4 }
+    }
+}
+
+impl RecordingConfig {
+    fn read(r: &mut Reader<'_>) -> Self {
+        let d = Self::default();
+        let max_bytes = r.positive_or("RECORDING_MAX_BYTES", d.max_bytes as usize, 1 << 30) as u64;
+        let analysis_timeout = r.seconds_or("RECORDING_ANALYSIS_TIMEOUT_SECONDS", d.analysis_timeout, 86_400.0);
+        if analysis_timeout < Duration::from_secs(1) {
+            r.error("RECORDING_ANALYSIS_TIMEOUT_SECONDS", "must be at least 1 second");
+        }
+        let transcribe_concurrency = r.positive_or("RECORDING_TRANSCRIBE_CONCURRENCY", d.transcribe_concurrency, 64);
+        Self { max_bytes, analysis_timeout, transcribe_concurrency }
+    }
 }
 
 /// Where the call records live and how the pool behaves.
@@ -107,6 +140,7 @@ impl Config {
         if media_token_ttl < Duration::from_secs(1) {
             r.error("MEDIA_TOKEN_TTL_SECONDS", "must be at least 1 second");
         }
+        let recording = RecordingConfig::read(&mut r);
         r.errors.into_result(Self {
             addr,
             audio_processor_url,
@@ -115,6 +149,7 @@ impl Config {
             api_keys,
             database,
             media_token_ttl,
+            recording,
             telemetry,
         })
     }
@@ -155,6 +190,13 @@ mod tests {
             ["DATABASE_STATEMENT_TIMEOUT_SECONDS"]
         );
         assert_eq!(bad_variables(&[("MEDIA_TOKEN_TTL_SECONDS", "soon")]), ["MEDIA_TOKEN_TTL_SECONDS"]);
+        assert_eq!(bad_variables(&[("RECORDING_MAX_BYTES", "0")]), ["RECORDING_MAX_BYTES"]);
+        assert_eq!(bad_variables(&[("RECORDING_MAX_BYTES", "2147483648")]), ["RECORDING_MAX_BYTES"]);
+        assert_eq!(
+            bad_variables(&[("RECORDING_ANALYSIS_TIMEOUT_SECONDS", "0.5")]),
+            ["RECORDING_ANALYSIS_TIMEOUT_SECONDS"]
+        );
+        assert_eq!(bad_variables(&[("RECORDING_TRANSCRIBE_CONCURRENCY", "65")]), ["RECORDING_TRANSCRIBE_CONCURRENCY"]);
         let errors = Config::from_env(&Env::from_pairs([("DATABASE_URL", "mysql://u:hunter2@db/vk")])).unwrap_err();
         assert!(!format!("{errors:?}").contains("hunter2"), "the password must not be echoed");
     }

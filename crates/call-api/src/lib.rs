@@ -11,9 +11,13 @@
 //! metrics.rs         voice_calls_total, call_duration_seconds, active_calls, db_* metrics
 //! openapi.rs         the OpenAPI 3 document header, security scheme, operational endpoints
 //! peers.rs           gRPC clients for audio-processor and provider-gateway
-//! routes/            one router per resource (calls.rs, providers.rs)
+//! analysis.rs        the recording analysis document and the pure functions building it
+//! pipeline.rs        upload → audio-processor → transcription → sentiment
+//! db/analysis.rs     claiming, releasing and storing a call's analysis
+//! routes/            one router per resource (calls.rs, recording.rs, providers.rs)
 //! ```
 
+pub mod analysis;
 pub mod auth;
 pub mod config;
 pub mod db;
@@ -23,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod peers;
+pub mod pipeline;
 pub mod routes;
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
@@ -39,6 +44,7 @@ pub fn service_info() -> ServiceInfo {
     ServiceInfo::new("call-api", env!("CARGO_PKG_VERSION"))
         .with_histogram(metrics::CALL_DURATION_SECONDS, metrics::CALL_DURATION_BUCKETS)
         .with_histogram(metrics::DB_QUERY_DURATION_SECONDS, metrics::DB_QUERY_BUCKETS)
+        .with_histogram(metrics::CALL_ANALYSIS_STAGE_SECONDS, metrics::CALL_ANALYSIS_BUCKETS)
 }
 
 /// How media URLs are made.
@@ -70,6 +76,7 @@ pub struct AppState {
     pub peers: peers::Peers,
     pub db: db::Database,
     pub media: MediaUrls,
+    pub recording: config::RecordingConfig,
 }
 
 /// The whole HTTP application: API, OpenAPI document, health, readiness and metrics.
@@ -102,6 +109,7 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
         peers,
         db: db.clone(),
         media: MediaUrls::new(&config.public_base_url, config.media_token_ttl),
+        recording: config.recording.clone(),
     };
     let router = app(state, &ctx);
     ctx.health.set_started().await;

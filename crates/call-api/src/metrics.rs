@@ -22,6 +22,17 @@ pub const DB_POOL_CONNECTIONS: &str = "db_pool_connections";
 /// Gauge, 1 when the last readiness check reached the database, else 0.
 pub const DB_UP: &str = "db_up";
 
+/// Histogram of recording analysis time per stage: `stage` (`audio`, `transcription`,
+/// `sentiment`, `store`, `total`).
+pub const CALL_ANALYSIS_STAGE_SECONDS: &str = "call_analysis_stage_seconds";
+/// Counter of recording uploads by `result`: `done`, `failed` (ours or a provider's, retryable),
+/// `rejected` (the upload was at fault), `replayed` (an Idempotency-Key answered from storage).
+pub const CALL_ANALYSES_TOTAL: &str = "call_analyses_total";
+
+/// Pipeline stages, from a few milliseconds (sentiment) to minutes (long transcriptions).
+pub const CALL_ANALYSIS_BUCKETS: &[f64] =
+    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+
 /// Phone calls last seconds to an hour; alert thresholds sit on these boundaries.
 pub const CALL_DURATION_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0];
 /// Statement latency, from an in-process SQLite read to a slow network round trip.
@@ -36,9 +47,24 @@ pub fn init() {
     describe_counter!(DB_ERRORS_TOTAL, "Failed database statements, by operation and kind");
     describe_gauge!(DB_POOL_CONNECTIONS, "Database pool connections, by state (idle, in_use, max)");
     describe_gauge!(DB_UP, "1 when the last readiness check reached the database, else 0");
+    describe_histogram!(CALL_ANALYSIS_STAGE_SECONDS, Unit::Seconds, "Recording analysis time, by pipeline stage");
+    describe_counter!(CALL_ANALYSES_TOTAL, "Recording uploads, by result (done, failed, rejected, replayed)");
+    for result in ["done", "failed", "rejected", "replayed"] {
+        counter!(CALL_ANALYSES_TOTAL, "result" => result).absolute(0);
+    }
     for provider in Provider::ALL {
         gauge!(ACTIVE_CALLS, "provider" => provider.as_str()).set(0.0);
     }
+}
+
+/// Records the time one pipeline stage took.
+pub fn analysis_stage(stage: &'static str, seconds: f64) {
+    histogram!(CALL_ANALYSIS_STAGE_SECONDS, "stage" => stage).record(seconds);
+}
+
+/// Counts a recording upload by its result.
+pub fn analysis_result(result: &'static str) {
+    counter!(CALL_ANALYSES_TOTAL, "result" => result).increment(1);
 }
 
 /// Records a call that has just ended (exactly once per call).

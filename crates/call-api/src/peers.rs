@@ -16,6 +16,10 @@ use tower::Layer;
 
 pub type Traced = GrpcService<Channel>;
 
+/// Largest answer accepted from audio-processor: recording analyses carry the speech audio
+/// (32 kB per second of speech), so a long recording's answer is large.
+pub const SPEECH_RESPONSE_LIMIT: usize = 512 << 20;
+
 pub const AUDIO_PROCESSOR: &str = "audio-processor";
 pub const PROVIDER_GATEWAY: &str = "provider-gateway";
 
@@ -41,7 +45,8 @@ impl Peers {
         let audio_channel = channel(audio_url)?;
         let gateway_channel = channel(gateway_url)?;
         let peers = Self {
-            audio: AudioProcessorClient::new(GrpcClientLayer.layer(audio_channel)).max_decoding_message_size(64 << 20),
+            audio: AudioProcessorClient::new(GrpcClientLayer.layer(audio_channel))
+                .max_decoding_message_size(SPEECH_RESPONSE_LIMIT),
             gateway: ProviderGatewayClient::new(GrpcClientLayer.layer(gateway_channel)),
         };
         Ok(peers)

@@ -375,6 +375,8 @@ async fn openapi_lists_every_route(app: TestApp) {
         ("/v1/calls", "get"),
         ("/v1/calls/{id}", "get"),
         ("/v1/calls/{id}/end", "post"),
+        ("/v1/calls/{id}/recording", "post"),
+        ("/v1/calls/{id}/analysis", "get"),
         ("/v1/providers", "get"),
         ("/health", "get"),
         ("/ready", "get"),
@@ -392,12 +394,32 @@ async fn openapi_lists_every_route(app: TestApp) {
         assert_eq!(secured, path.starts_with("/v1/"), "{method} {path} security");
     }
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
-    for schema in ["Call", "CreateCall", "CreatedCall", "EndCall", "CallList", "ErrorBody", "Provider", "Outcome"] {
+    for schema in [
+        "Call",
+        "CreateCall",
+        "CreatedCall",
+        "EndCall",
+        "CallList",
+        "ErrorBody",
+        "Provider",
+        "Outcome",
+        "AnalysisDocument",
+        "Transcript",
+        "AudioAnalysis",
+    ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema}");
     }
     assert_eq!(
         doc["paths"]["/v1/calls"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/CreateCall"
+    );
+    let upload = &doc["paths"]["/v1/calls/{id}/recording"]["post"];
+    for content_type in ["audio/wav", "audio/basic"] {
+        assert!(upload["requestBody"]["content"][content_type].is_object(), "{content_type} upload documented");
+    }
+    assert_eq!(
+        doc["paths"]["/v1/calls/{id}/analysis"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/AnalysisDocument"
     );
     let error_ref = &doc["paths"]["/v1/calls/{id}/end"]["post"]["responses"]["409"]["content"]["application/json"]["schema"]
         ["$ref"];

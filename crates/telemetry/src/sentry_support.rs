@@ -38,6 +38,19 @@ pub(crate) fn init(info: &ServiceInfo, config: &TelemetryConfig, release: &str) 
     guard
 }
 
+/// A span that Sentry records as a transaction of its own, continuing the current trace: for a
+/// unit of work inside a request that deserves its own transaction (e.g. `call_analysis`).
+/// `make` gets the current `sentry-trace` header to put in the span's `sentry.trace` field, and
+/// runs where no Sentry span is current, so the new span starts a transaction instead of
+/// becoming a child. Without Sentry the span is an ordinary tracing span.
+pub fn transaction_span(make: impl FnOnce(Option<&str>) -> tracing::Span) -> tracing::Span {
+    let current = sentry::Hub::current();
+    let header = current.configure_scope(|s| s.get_span()).and_then(|s| s.iter_headers().next().map(|(_, v)| v));
+    let hub = Arc::new(sentry::Hub::new_from_top(&current));
+    hub.configure_scope(|s| s.set_span(None));
+    sentry::Hub::run(hub, || make(header.as_deref()))
+}
+
 /// What a captured error is about: the user (an id, never contact details), tags and extra data.
 #[derive(Debug, Default, Clone)]
 pub struct ErrorContext {

@@ -196,3 +196,158 @@ impl SentrySink {
         }
     }
 }
+
+/// One request received by a [`FakeHttp`].
+#[derive(Debug, Clone)]
+pub struct FakeRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl FakeRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The parts of a `multipart/form-data` body.
+    pub fn multipart(&self) -> Vec<FormPart> {
+        let Some(boundary) = self.header("content-type").and_then(|ct| ct.split("boundary=").nth(1)) else {
+            return Vec::new();
+        };
+        let delimiter = format!("--{}", boundary.trim_matches('"'));
+        let mut parts = Vec::new();
+        for raw in split_bytes(&self.body, delimiter.as_bytes()).into_iter().skip(1) {
+            let raw = raw.strip_prefix(b"\r\n").unwrap_or(raw);
+            if raw.starts_with(b"--") {
+                break;
+            }
+            let Some(head_end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+            let data = raw[head_end + 4..].strip_suffix(b"\r\n").unwrap_or(&raw[head_end + 4..]).to_vec();
+            let param = |key: &str| {
+                head.split(';')
+                    .map(str::trim)
+                    .find_map(|p| p.strip_prefix(&format!("{key}=\"")))
+                    .and_then(|v| v.split('"').next())
+                    .map(str::to_string)
+            };
+            let content_type = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().starts_with("content-type:").then(|| l[13..].trim().to_string()));
+            parts.push(FormPart {
+                name: param("name").unwrap_or_default(),
+                filename: param("filename"),
+                content_type,
+                data,
+            });
+        }
+        parts
+    }
+}
+
+fn split_bytes<'a>(haystack: &'a [u8], needle: &[u8]) -> Vec<&'a [u8]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i + needle.len() <= haystack.len() {
+        if &haystack[i..i + needle.len()] == needle {
+            out.push(&haystack[start..i]);
+            i += needle.len();
+            start = i;
+        } else {
+            i += 1;
+        }
+    }
+    out.push(&haystack[start..]);
+    out
+}
+
+/// One part of a multipart form.
+#[derive(Debug, Clone)]
+pub struct FormPart {
+    pub name: String,
+    pub filename: Option<String>,
+    pub content_type: Option<String>,
+    pub data: Vec<u8>,
+}
+
+/// What a [`FakeHttp`] answers.
+#[derive(Debug, Clone)]
+pub struct FakeReply {
+    pub status: u16,
+    pub body: Value,
+    /// Wait this long before answering (a slow provider).
+    pub delay: Duration,
+}
+
+impl FakeReply {
+    pub fn json(status: u16, body: Value) -> Self {
+        Self { status, body, delay: Duration::ZERO }
+    }
+
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+type Responder = Arc<dyn Fn(&FakeRequest) -> FakeReply + Send + Sync>;
+
+/// A fake HTTP provider on loopback: records every request and answers each with `respond`.
+pub struct FakeHttp {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<FakeRequest>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeHttp {
+    pub async fn start(respond: impl Fn(&FakeRequest) -> FakeReply + Send + Sync + 'static) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake provider");
+        let addr = listener.local_addr().expect("local addr");
+        let requests: Arc<Mutex<Vec<FakeRequest>>> = Arc::default();
+        let state = (requests.clone(), Arc::new(respond) as Responder);
+        let app = Router::new().fallback(fake_handler).with_state(state);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, requests, _task: task }
+    }
+
+    /// `http://127.0.0.1:port/v1`, the form of an OpenAI-compatible base URL.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<FakeRequest> {
+        self.requests.lock().expect("fake lock").clone()
+    }
+}
+
+async fn fake_handler(
+    State((requests, respond)): State<(Arc<Mutex<Vec<FakeRequest>>>, Responder)>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 256 << 20).await.map(|b| b.to_vec()).unwrap_or_default();
+    let recorded = FakeRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect(),
+        body,
+    };
+    requests.lock().expect("fake lock").push(recorded.clone());
+    let reply = respond(&recorded);
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let status =
+        axum::http::StatusCode::from_u16(reply.status).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(reply.body)).into_response()
+}

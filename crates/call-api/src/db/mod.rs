@@ -11,6 +11,7 @@
 //! feature off (it would compile both drivers twice) while keeping sqlx's migration table,
 //! checksums and PostgreSQL advisory lock, so replicas starting together migrate once.
 
+pub mod analysis;
 pub mod calls;
 
 use std::{borrow::Cow, future::Future, str::FromStr, time::Instant};
@@ -122,18 +123,25 @@ pub fn check_url(url: &str) -> Result<(), String> {
 }
 
 fn migrations(postgres: bool) -> Migrator {
-    let sql: &'static str = if postgres {
-        include_str!("migrations/postgres/0001_calls.sql")
+    let files: [(i64, &str, &'static str); 2] = if postgres {
+        [
+            (1, "calls", include_str!("migrations/postgres/0001_calls.sql")),
+            (2, "analysis attempts", include_str!("migrations/postgres/0002_analysis_attempts.sql")),
+        ]
     } else {
-        include_str!("migrations/sqlite/0001_calls.sql")
+        [
+            (1, "calls", include_str!("migrations/sqlite/0001_calls.sql")),
+            (2, "analysis attempts", include_str!("migrations/sqlite/0002_analysis_attempts.sql")),
+        ]
     };
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("calls"),
-        MigrationType::Simple,
-        sql.into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(
+        files
+            .into_iter()
+            .map(|(version, name, sql)| {
+                Migration::new(version, Cow::Borrowed(name), MigrationType::Simple, sql.into_sql_str(), false)
+            })
+            .collect(),
+    )
 }
 
 impl Database {

@@ -2,6 +2,7 @@
 
 pub mod calls;
 pub mod providers;
+pub mod recording;
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use crate::{AppState, auth, error::ApiError, openapi::ApiDoc};
 pub fn api(state: AppState) -> Router {
     let (v1, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(calls::router())
+        .merge(recording::router())
         .merge(providers::router())
         .route_layer(middleware::from_fn_with_state(state.api_keys.clone(), auth::require_api_key))
         .layer(DefaultBodyLimit::max(calls::BODY_LIMIT))
@@ -38,6 +40,7 @@ pub fn api(state: AppState) -> Router {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
         .merge(calls::router())
+        .merge(recording::router())
         .merge(providers::router())
         .into_openapi()
 }

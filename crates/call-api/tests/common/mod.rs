@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod stack;
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
