@@ -39,8 +39,8 @@ pub struct AnalysisResults {
     pub audio: AudioAnalysis,
     pub sentiment: Sentiment,
     pub timings: Timings,
-    /// The OpenTelemetry trace of the analysis (`call_analysis`), for finding it in the tracing
-    /// backend; absent when tracing is off.
+    /// The trace of the analysis (`call_analysis`): the `trace_id` of its log lines, and its id
+    /// in the tracing backend when traces are exported.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
 }

@@ -4,15 +4,18 @@
 //! voice-kraliki [run]              start audio-processor, provider-gateway and call-api as
 //!                                  supervised child processes, each on its own ports
 //! voice-kraliki serve <service>    run one service in this process (what `run` starts)
+//! voice-kraliki demo               against a running stack: create a call, upload the shipped
+//!                                  recording, print its analysis
 //! voice-kraliki sentry-test        send a test event to SENTRY_DSN
 //! ```
 
+mod demo;
 mod supervisor;
 
 use std::process::ExitCode;
 
 const USAGE: &str =
-    "usage: voice-kraliki [run | serve <call-api|audio-processor|provider-gateway> | sentry-test | help]";
+    "usage: voice-kraliki [run | serve <call-api|audio-processor|provider-gateway> | demo | sentry-test | help]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -21,6 +24,7 @@ fn main() -> ExitCode {
         ["serve", "call-api"] => call_api::main(),
         ["serve", "audio-processor"] => audio_processor::main(),
         ["serve", "provider-gateway"] => provider_gateway::main(),
+        ["demo"] => demo::run(),
         ["sentry-test"] => sentry_test(),
         ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
