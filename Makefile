@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR ?= /var/tmp/vk-target
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint fmt bench build check-deploy clean
+.PHONY: help run demo test lint fmt bench build check-deploy clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -12,6 +12,10 @@ help: ## show this help
 run: ## build and start the whole stack on its embedded defaults (SQLite, no Sentry/OTLP)
 	$(CARGO) build -p voice-kraliki
 	$(CARGO_TARGET_DIR)/debug/voice-kraliki run
+
+demo: ## with the stack running (make run), upload the shipped recording and print its analysis
+	$(CARGO) build -q -p voice-kraliki
+	$(CARGO_TARGET_DIR)/debug/voice-kraliki demo
 
 build: ## build every crate
 	$(CARGO) build --workspace --all-targets
