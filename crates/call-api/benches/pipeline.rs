@@ -141,8 +141,17 @@ fn main() {
             v[v.len() / 2]
         };
         let total = median(0);
-        println!("end to end (client upload → stored analysis answered): median {:.3} s = {:.0}x realtime", total, seconds / total);
-        for (i, name) in [(1, "upload + audio analysis"), (2, "transcription (chunks via gateway)"), (3, "sentiment"), (4, "store + answer")] {
+        println!(
+            "end to end (client upload → stored analysis answered): median {:.3} s = {:.0}x realtime",
+            total,
+            seconds / total
+        );
+        for (i, name) in [
+            (1, "upload + audio analysis"),
+            (2, "transcription (chunks via gateway)"),
+            (3, "sentiment"),
+            (4, "store + answer"),
+        ] {
             let m = median(i);
             println!("  {name:<36} {m:>7.3} s  {:>5.1} %", m / total * 100.0);
         }

@@ -83,6 +83,27 @@ async fn every_metric_used_by_rules_and_dashboards_is_exported() {
     c.get(format!("{api}/ready")).send().await.unwrap();
 
     let wav = std::fs::read(root.join("crates/audio-dsp/fixtures/call-stereo.wav")).unwrap();
+    // A recording through the whole pipeline (call-api → audio-processor → provider-gateway).
+    let created: serde_json::Value = c
+        .post(format!("{api}/v1/calls"))
+        .bearer_auth(API_KEY)
+        .json(&serde_json::json!({"provider": "sip", "from": "+14155550100", "to": "+14155550101", "direction": "inbound"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().expect("call created");
+    let r = c
+        .post(format!("{api}/v1/calls/{id}/recording"))
+        .bearer_auth(API_KEY)
+        .header("content-type", "audio/wav")
+        .body(wav.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let mut audio = AudioProcessorClient::new(channel(ports.audio_grpc).await).max_decoding_message_size(64 << 20);
     audio
         .analyze_recording(AnalyzeRecordingRequest {
