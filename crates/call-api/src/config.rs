@@ -23,7 +23,47 @@ pub struct Config {
     /// `MEDIA_TOKEN_TTL_SECONDS`: how long a call's media URL token is accepted, default 3600.
     pub media_token_ttl: Duration,
     pub recording: RecordingConfig,
+    pub live: LiveConfig,
     pub telemetry: TelemetryConfig,
+}
+
+/// Live calls on the media WebSocket.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// `LIVE_SYSTEM_PROMPT`: the agent's instructions, unless the call's metadata has a
+    /// `system_prompt` string.
+    pub system_prompt: String,
+    /// `LIVE_LANGUAGE`: language hint for transcription (BCP-47), detected when unset.
+    pub language: Option<String>,
+    /// `LIVE_BARGE_IN_SECONDS`: how long the caller must keep talking over the agent (after the
+    /// detector's minimum speech) before the agent stops; shorter sounds are ignored. Default 0.3.
+    pub barge_in: Duration,
+}
+
+/// The agent's default instructions.
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are the voice agent of a company on a phone call. Answer briefly \
+     and clearly, in one or two short sentences, without lists or formatting, as you would speak.";
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self { system_prompt: DEFAULT_SYSTEM_PROMPT.into(), language: None, barge_in: Duration::from_millis(300) }
+    }
+}
+
+impl LiveConfig {
+    fn read(r: &mut Reader<'_>) -> Self {
+        let d = Self::default();
+        let system_prompt = r.string("LIVE_SYSTEM_PROMPT").map(|p| p.trim().to_string()).filter(|p| !p.is_empty());
+        if system_prompt.as_ref().is_some_and(|p| p.len() > 16 * 1024) {
+            r.error("LIVE_SYSTEM_PROMPT", "must be at most 16 KiB");
+        }
+        let language = r.string("LIVE_LANGUAGE").map(|l| l.trim().to_string()).filter(|l| !l.is_empty());
+        if language.as_ref().is_some_and(|l| l.len() > 35 || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')) {
+            r.error("LIVE_LANGUAGE", "must be a BCP-47 tag such as en or en-US");
+        }
+        let barge_in = r.seconds_or("LIVE_BARGE_IN_SECONDS", d.barge_in, 5.0);
+        Self { system_prompt: system_prompt.unwrap_or(d.system_prompt), language, barge_in }
+    }
 }
 
 /// Recording uploads and their analysis.
@@ -141,6 +181,7 @@ impl Config {
             r.error("MEDIA_TOKEN_TTL_SECONDS", "must be at least 1 second");
         }
         let recording = RecordingConfig::read(&mut r);
+        let live = LiveConfig::read(&mut r);
         r.errors.into_result(Self {
             addr,
             audio_processor_url,
@@ -150,6 +191,7 @@ impl Config {
             database,
             media_token_ttl,
             recording,
+            live,
             telemetry,
         })
     }

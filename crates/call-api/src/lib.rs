@@ -23,6 +23,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod media;
 pub mod metrics;
 pub mod model;
 pub mod openapi;
@@ -45,6 +46,7 @@ pub fn service_info() -> ServiceInfo {
         .with_histogram(metrics::CALL_DURATION_SECONDS, metrics::CALL_DURATION_BUCKETS)
         .with_histogram(metrics::DB_QUERY_DURATION_SECONDS, metrics::DB_QUERY_BUCKETS)
         .with_histogram(metrics::CALL_ANALYSIS_STAGE_SECONDS, metrics::CALL_ANALYSIS_BUCKETS)
+        .with_histogram(metrics::VOICE_TURN_LATENCY_SECONDS, metrics::TURN_LATENCY_BUCKETS)
 }
 
 /// How media URLs are made.
@@ -77,6 +79,11 @@ pub struct AppState {
     pub db: db::Database,
     pub media: MediaUrls,
     pub recording: config::RecordingConfig,
+    pub live_config: config::LiveConfig,
+    /// The live calls of this replica.
+    pub live: media::LiveCalls,
+    /// Cancelled when shutdown begins: no new live call is accepted.
+    pub shutting_down: tokio_util::sync::CancellationToken,
 }
 
 /// The whole HTTP application: API, OpenAPI document, health, readiness and metrics.
@@ -110,11 +117,22 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
         db: db.clone(),
         media: MediaUrls::new(&config.public_base_url, config.media_token_ttl),
         recording: config.recording.clone(),
+        live_config: config.live.clone(),
+        live: media::LiveCalls::default(),
+        shutting_down: tokio_util::sync::CancellationToken::new(),
     };
+    let (live, shutting_down) = (state.live.clone(), state.shutting_down.clone());
+    let draining = ctx.shutdown.clone();
+    tokio::spawn(async move {
+        draining.draining().await;
+        shutting_down.cancel();
+    });
     let router = app(state, &ctx);
     ctx.health.set_started().await;
     tracing::info!(addr = %listener.local_addr()?, database = db.system(), "serving");
     let served = telemetry::serve_http(listener, router, &ctx.shutdown).await;
+    // Upgraded WebSockets outlive the HTTP drain: wait for the live calls, then end the rest.
+    live.drain(ctx.shutdown.timeout()).await;
     db.close().await;
     served?;
     Ok(())

@@ -29,6 +29,18 @@ pub const CALL_ANALYSIS_STAGE_SECONDS: &str = "call_analysis_stage_seconds";
 /// `rejected` (the upload was at fault), `replayed` (an Idempotency-Key answered from storage).
 pub const CALL_ANALYSES_TOTAL: &str = "call_analyses_total";
 
+/// Histogram of live-call turn latency: `stage` (`end_of_turn`, `stt`, `llm_first_token`,
+/// `llm_first_sentence`, `tts_first_byte`, `overhead`, and `total`, their sum).
+pub const VOICE_TURN_LATENCY_SECONDS: &str = "voice_turn_latency_seconds";
+/// Counter of barge-ins (the caller talked over the agent, which stopped).
+pub const VOICE_BARGE_INS_TOTAL: &str = "voice_barge_ins_total";
+/// Counter of inbound media frames dropped because audio-processor fell behind.
+pub const VOICE_MEDIA_FRAMES_DROPPED_TOTAL: &str = "voice_media_frames_dropped_total";
+
+/// Turn latency: the alert threshold (1.5 s) is a boundary.
+pub const TURN_LATENCY_BUCKETS: &[f64] =
+    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0];
+
 /// Pipeline stages, from a few milliseconds (sentiment) to minutes (long transcriptions).
 pub const CALL_ANALYSIS_BUCKETS: &[f64] =
     &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
@@ -49,12 +61,30 @@ pub fn init() {
     describe_gauge!(DB_UP, "1 when the last readiness check reached the database, else 0");
     describe_histogram!(CALL_ANALYSIS_STAGE_SECONDS, Unit::Seconds, "Recording analysis time, by pipeline stage");
     describe_counter!(CALL_ANALYSES_TOTAL, "Recording uploads, by result (done, failed, rejected, replayed)");
+    describe_histogram!(VOICE_TURN_LATENCY_SECONDS, Unit::Seconds, "Live-call turn latency, end of caller speech to first reply audio, by stage");
+    describe_counter!(VOICE_BARGE_INS_TOTAL, "Times the caller talked over the agent and the agent stopped");
+    describe_counter!(VOICE_MEDIA_FRAMES_DROPPED_TOTAL, "Inbound media frames dropped because audio-processor fell behind");
+    counter!(VOICE_BARGE_INS_TOTAL).absolute(0);
+    counter!(VOICE_MEDIA_FRAMES_DROPPED_TOTAL).absolute(0);
     for result in ["done", "failed", "rejected", "replayed"] {
         counter!(CALL_ANALYSES_TOTAL, "result" => result).absolute(0);
     }
     for provider in Provider::ALL {
         gauge!(ACTIVE_CALLS, "provider" => provider.as_str()).set(0.0);
     }
+}
+
+/// Records one stage of a turn's latency.
+pub fn turn_latency(stage: &'static str, seconds: f64) {
+    histogram!(VOICE_TURN_LATENCY_SECONDS, "stage" => stage).record(seconds);
+}
+
+pub fn barge_in() {
+    counter!(VOICE_BARGE_INS_TOTAL).increment(1);
+}
+
+pub fn media_frame_dropped() {
+    counter!(VOICE_MEDIA_FRAMES_DROPPED_TOTAL).increment(1);
 }
 
 /// Records the time one pipeline stage took.

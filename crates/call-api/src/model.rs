@@ -79,6 +79,9 @@ pub struct Call {
     pub duration_seconds: Option<f64>,
     /// Recording analysis state; absent until a recording is uploaded.
     pub analysis_status: Option<AnalysisStatus>,
+    /// Why the service ended a live call (e.g. `media connection lost`); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
     #[serde(skip)]
     pub tenant: String,
 }

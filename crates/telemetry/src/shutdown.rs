@@ -46,6 +46,11 @@ impl Shutdown {
         self.stopping.cancelled().await
     }
 
+    /// The drain bound (`SHUTDOWN_TIMEOUT_SECONDS`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.is_cancelled()
     }

@@ -278,13 +278,19 @@ pub struct FormPart {
 pub struct FakeReply {
     pub status: u16,
     pub body: Value,
+    /// Instead of `body`: these bytes with this content type (audio, an SSE stream…).
+    pub raw: Option<(&'static str, Vec<u8>)>,
     /// Wait this long before answering (a slow provider).
     pub delay: Duration,
 }
 
 impl FakeReply {
     pub fn json(status: u16, body: Value) -> Self {
-        Self { status, body, delay: Duration::ZERO }
+        Self { status, body, raw: None, delay: Duration::ZERO }
+    }
+
+    pub fn raw(status: u16, content_type: &'static str, body: Vec<u8>) -> Self {
+        Self { status, body: Value::Null, raw: Some((content_type, body)), delay: Duration::ZERO }
     }
 
     pub fn after(mut self, delay: Duration) -> Self {
@@ -349,5 +355,8 @@ async fn fake_handler(
     }
     let status =
         axum::http::StatusCode::from_u16(reply.status).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-    (status, axum::Json(reply.body)).into_response()
+    match reply.raw {
+        Some((content_type, bytes)) => (status, [("content-type", content_type)], bytes).into_response(),
+        None => (status, axum::Json(reply.body)).into_response(),
+    }
 }

@@ -14,7 +14,7 @@ use crate::model::{self, AnalysisStatus, Call, Direction, Outcome, Provider, Sta
 macro_rules! call_columns {
     () => {
         "id, tenant, provider, direction, from_number, to_number, status, outcome, metadata, \
-         created_at, started_at, ended_at, duration_seconds, analysis_status"
+         created_at, started_at, ended_at, duration_seconds, analysis_status, end_reason"
     };
 }
 
@@ -42,6 +42,7 @@ macro_rules! decode_call {
                     .try_get::<Option<String>, _>("analysis_status")?
                     .map(|s| name(s, AnalysisStatus::parse))
                     .transpose()?,
+                end_reason: row.try_get("end_reason")?,
             })
         })()
     }};
@@ -186,6 +187,7 @@ impl Database {
             ended_at: None,
             duration_seconds: None,
             analysis_status: None,
+            end_reason: None,
         };
         let c = &call;
         self.observe("insert_call", INSERT, async {
@@ -306,6 +308,25 @@ impl Database {
             }
         }
         Err(EndError::AlreadyEnded)
+    }
+
+    /// Ends a live call with `outcome` and why (media connection lost, shutdown…); the reason
+    /// is kept only by the first end. `AlreadyEnded` when something else ended it first.
+    pub async fn end_call_with_reason(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        outcome: Outcome,
+        reason: &str,
+    ) -> Result<Call, EndError> {
+        const REASON: &str = "UPDATE calls SET end_reason = $1 WHERE id = $2 AND end_reason IS NULL";
+        let mut call = self.end_call(tenant, id, outcome).await?;
+        self.observe("end_reason", REASON, async {
+            with_pool!(self, pool => sqlx::query(REASON).bind(reason).bind(id).execute(pool).await.map(drop))
+        })
+        .await?;
+        call.end_reason = Some(reason.to_string());
+        Ok(call)
     }
 
     /// Media started: `queued → in_progress`, recording the start time. `None` when the call

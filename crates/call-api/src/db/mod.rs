@@ -13,6 +13,7 @@
 
 pub mod analysis;
 pub mod calls;
+pub mod turns;
 
 use std::{borrow::Cow, future::Future, str::FromStr, time::Instant};
 
@@ -123,15 +124,17 @@ pub fn check_url(url: &str) -> Result<(), String> {
 }
 
 fn migrations(postgres: bool) -> Migrator {
-    let files: [(i64, &str, &'static str); 2] = if postgres {
-        [
+    let files: Vec<(i64, &str, &'static str)> = if postgres {
+        vec![
             (1, "calls", include_str!("migrations/postgres/0001_calls.sql")),
             (2, "analysis attempts", include_str!("migrations/postgres/0002_analysis_attempts.sql")),
+            (4, "live calls", include_str!("migrations/postgres/0004_live_calls.sql")),
         ]
     } else {
-        [
+        vec![
             (1, "calls", include_str!("migrations/sqlite/0001_calls.sql")),
             (2, "analysis attempts", include_str!("migrations/sqlite/0002_analysis_attempts.sql")),
+            (4, "live calls", include_str!("migrations/sqlite/0004_live_calls.sql")),
         ]
     };
     Migrator::with_migrations(

@@ -28,7 +28,11 @@ pub const DEFAULT_PAGE: u32 = 50;
 pub const MAX_PAGE: u32 = 200;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(create, list)).routes(routes!(get_call)).routes(routes!(end))
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(get_call))
+        .routes(routes!(end))
+        .routes(routes!(list_turns))
 }
 
 /// `POST /v1/calls` body.
@@ -237,4 +241,31 @@ async fn end(
     metrics::call_ended(call.provider, body.outcome, duration);
     tracing::info!(call_id = %call.id, outcome = %body.outcome, duration_seconds = duration, "call ended");
     Ok(Json(call))
+}
+
+/// The turns of a live call, in order.
+#[utoipa::path(
+    get, path = "/v1/calls/{id}/turns", tag = "calls", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Call id")),
+    responses(
+        (status = 200, body = TurnList),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
+async fn list_turns(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    Path(id): Path<String>,
+) -> Result<Json<TurnList>, ApiError> {
+    let id = parse_id(&id)?;
+    state.db.get_call(&tenant.0, id).await?.ok_or(ApiError::NotFound("call"))?;
+    Ok(Json(TurnList { turns: state.db.list_turns(&tenant.0, id).await? }))
+}
+
+/// A live call's conversation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TurnList {
+    pub turns: Vec<crate::db::turns::Turn>,
 }

@@ -21,6 +21,7 @@ use crate::{AppState, auth, error::ApiError, openapi::ApiDoc};
 
 /// The authenticated `/v1` API and the open `/openapi.json`, with their request layers.
 pub fn api(state: AppState) -> Router {
+    let media_state = state.clone();
     let (v1, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(calls::router())
         .merge(recording::router())
@@ -32,6 +33,7 @@ pub fn api(state: AppState) -> Router {
     let router = Router::new()
         .merge(v1.with_state(state))
         .route("/openapi.json", get(serve_openapi).with_state(doc))
+        .route("/v1/calls/{id}/media", get(crate::media::media).with_state(media_state))
         .fallback(not_found);
     telemetry::http_layers(router)
 }

@@ -1,0 +1,493 @@
+//! One live call on the media WebSocket: handshake (`connected`, `start` with the token), then
+//! inbound frames → one `StreamAudio` gRPC stream to audio-processor, whose voice-activity events
+//! drive the turns; barge-in; DTMF; and ending the call exactly once, with the reason, however
+//! the session stops (`stop`, connection lost, protocol error, audio-processor lost, shutdown).
+
+use std::{collections::VecDeque, time::Duration};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::{SinkExt as _, StreamExt as _, stream::SplitStream};
+use kraliki_proto::{
+    audio::v1::{
+        AudioEncoding, AudioFormat, AudioFrame, StreamAudioRequest, StreamConfig, StreamAudioResponse,
+        stream_audio_request::Payload, stream_audio_response::Event as AudioEvent,
+    },
+    provider::v1::{ChatMessage, Role},
+};
+use tokio::{sync::mpsc, time::Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use super::{
+    playback::{Command, Playback},
+    protocol::{self, Inbound},
+    turn::{self, TurnContext, TurnEvent, TurnInput},
+};
+use crate::{
+    AppState,
+    db::calls::EndError,
+    metrics,
+    model::{Call, Outcome},
+};
+
+/// Time allowed between the upgrade and the `start` message.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Digits pressed within this of each other form one input.
+const DTMF_GAP: Duration = Duration::from_millis(1200);
+/// Frames buffered towards audio-processor before new ones are dropped (2 s).
+const AUDIO_BUFFER: usize = 100;
+/// Arrival times kept to map media time to wall time (20 s of frames).
+const ARRIVALS: usize = 1000;
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    /// The carrier sent `stop`: the call is over.
+    Stopped,
+    Lost,
+    Protocol(String),
+    AudioLost,
+    Shutdown,
+}
+
+impl End {
+    fn outcome(&self) -> (Outcome, Option<String>) {
+        match self {
+            Self::Stopped => (Outcome::Completed, None),
+            Self::Lost => (Outcome::Failed, Some("media connection lost".into())),
+            Self::Protocol(e) => (Outcome::Failed, Some(format!("media protocol error: {e}"))),
+            Self::AudioLost => (Outcome::Failed, Some("audio-processor unavailable".into())),
+            Self::Shutdown => (Outcome::Failed, Some("service shutting down".into())),
+        }
+    }
+}
+
+/// Serves one media WebSocket until the call ends.
+pub async fn run(state: AppState, id: Uuid, call: Option<Call>, socket: WebSocket, end_all: CancellationToken) {
+    let (mut sink, mut stream) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<String>(512);
+    let (close_tx, close_rx) = tokio::sync::oneshot::channel::<(u16, String)>();
+    let writer = tokio::spawn(async move {
+        let mut close_rx = close_rx;
+        loop {
+            tokio::select! {
+                text = out_rx.recv() => match text {
+                    Some(text) => if sink.send(Message::Text(text.into())).await.is_err() { return },
+                    None => break,
+                },
+                close = &mut close_rx => {
+                    if let Ok((code, reason)) = close {
+                        let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    }
+                    break;
+                }
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let span = tracing::info_span!("media_session", call_id = %id, stream_sid = tracing::field::Empty);
+    let close = session(state, id, call, &mut stream, out_tx, end_all).instrument(span).await;
+    let _ = close_tx.send(close);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
+
+/// The session; returns the close code and reason for the WebSocket.
+async fn session(
+    state: AppState,
+    id: Uuid,
+    call: Option<Call>,
+    stream: &mut SplitStream<WebSocket>,
+    out: mpsc::Sender<String>,
+    end_all: CancellationToken,
+) -> (u16, String) {
+    // Handshake: `connected` (optional), then `start`.
+    let (stream_sid, custom) = match tokio::time::timeout(START_TIMEOUT, handshake(stream)).await {
+        Err(_) => return (1008, "no start message in time".into()),
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "media handshake refused");
+            return (1008, e);
+        }
+        Ok(Ok(started)) => started,
+    };
+    tracing::Span::current().record("stream_sid", stream_sid.as_str());
+    // The token proves the stream belongs to this call (checked before anything changes).
+    let _authorised = match call {
+        Some(call) => call,
+        None => {
+            let Some(token) = custom.get("token") else { return (1008, "missing media token".into()) };
+            match state.db.call_for_media_token(id, token).await {
+                Ok(Some(call)) => call,
+                Ok(None) => return (1008, "invalid or expired media token".into()),
+                Err(_) => return (1011, "database unavailable".into()),
+            }
+        }
+    };
+    // queued → in_progress, once: a second stream for the same call is refused.
+    let call = match state.db.mark_in_progress(id).await {
+        Ok(Some(started)) => started,
+        Ok(None) => return (1008, "the call already has media or has ended".into()),
+        Err(_) => return (1011, "database unavailable".into()),
+    };
+    let _active = metrics::ActiveCall::start(call.provider);
+    tracing::info!("live call started");
+
+    let mut live = match Live::start(&state, &call, stream_sid, out).await {
+        Ok(live) => live,
+        Err(end) => return finish(&state, &call, end).await,
+    };
+    let end = live.serve(stream, &end_all).await;
+    live.stop();
+    finish(&state, &call, end).await
+}
+
+async fn handshake(
+    stream: &mut SplitStream<WebSocket>,
+) -> Result<(String, std::collections::BTreeMap<String, String>), String> {
+    loop {
+        match stream.next().await {
+            None | Some(Err(_)) => return Err("connection closed before start".into()),
+            Some(Ok(Message::Text(text))) => match protocol::parse(&text)? {
+                Inbound::Connected => continue,
+                Inbound::Start { stream_sid, custom_parameters, .. } => return Ok((stream_sid, custom_parameters)),
+                other => return Err(format!("expected start, got {}", event_name(&other))),
+            },
+            Some(Ok(Message::Close(_))) => return Err("connection closed before start".into()),
+            Some(Ok(Message::Binary(_))) => return Err("binary frames are not part of the protocol".into()),
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+fn event_name(m: &Inbound) -> &'static str {
+    match m {
+        Inbound::Connected => "connected",
+        Inbound::Start { .. } => "start",
+        Inbound::Media { .. } => "media",
+        Inbound::Mark { .. } => "mark",
+        Inbound::Dtmf { .. } => "dtmf",
+        Inbound::Stop => "stop",
+    }
+}
+
+/// Ends the call with the session's outcome (exactly once; a call ended meanwhile by the API or
+/// the carrier's status callback stays as it is) and picks the WebSocket close code.
+async fn finish(state: &AppState, call: &Call, end: End) -> (u16, String) {
+    let (outcome, reason) = end.outcome();
+    let result = match &reason {
+        None => state.db.end_call(&call.tenant, call.id, outcome).await,
+        Some(r) => state.db.end_call_with_reason(&call.tenant, call.id, outcome, r).await,
+    };
+    match result {
+        Ok(ended) => {
+            metrics::call_ended(ended.provider, outcome, ended.duration_seconds.unwrap_or_default());
+            tracing::info!(outcome = %outcome, reason = reason.as_deref().unwrap_or(""), "live call ended");
+        }
+        Err(EndError::AlreadyEnded) => tracing::info!("live call had already ended"),
+        Err(e) => tracing::warn!(error = %e, "could not end the live call"),
+    }
+    match end {
+        End::Stopped | End::Lost => (1000, "call ended".into()),
+        End::Protocol(e) => (1008, e.chars().take(120).collect()),
+        End::AudioLost => (1011, "audio-processor unavailable".into()),
+        End::Shutdown => (1001, "service shutting down".into()),
+    }
+}
+
+/// A started live call.
+struct Live {
+    call_id: Uuid,
+    audio: mpsc::Sender<StreamAudioRequest>,
+    audio_events: mpsc::Receiver<Option<StreamAudioResponse>>,
+    turn_events: mpsc::Receiver<TurnEvent>,
+    ctx: TurnContext,
+    playback: Playback,
+    /// (media time ms, arrival) of recent frames.
+    arrivals: VecDeque<(u64, Instant)>,
+    history: Vec<ChatMessage>,
+    next_seq: i64,
+    /// The running turn: its cancel token and caller seq.
+    current: Option<(CancellationToken, i64)>,
+    /// The agent's last reply (its seq) while it may still be playing.
+    last_agent_seq: Option<i64>,
+    in_speech: bool,
+    barge_deadline: Option<Instant>,
+    barge_in: Duration,
+    dtmf: String,
+    dtmf_deadline: Option<Instant>,
+}
+
+impl Live {
+    async fn start(state: &AppState, call: &Call, stream_sid: String, out: mpsc::Sender<String>) -> Result<Self, End> {
+        let (audio_tx, audio_rx) = mpsc::channel(AUDIO_BUFFER);
+        let config = StreamConfig {
+            call_id: call.id.to_string(),
+            format: Some(AudioFormat { encoding: AudioEncoding::Mulaw as i32, sample_rate_hz: 8000, channels: 1 }),
+            vad: None,
+            max_utterance: None,
+        };
+        audio_tx
+            .send(StreamAudioRequest { payload: Some(Payload::Config(config)) })
+            .await
+            .map_err(|_| End::AudioLost)?;
+        let response = state.peers.audio.clone().stream_audio(ReceiverStream::new(audio_rx)).await;
+        let mut inbound = match response {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), "audio-processor refused the stream");
+                return Err(End::AudioLost);
+            }
+        };
+        let (events_tx, audio_events) = mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(message) = inbound.next().await {
+                match message {
+                    Ok(m) => {
+                        if events_tx.send(Some(m)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(s) => {
+                        tracing::warn!(code = ?s.code(), "audio stream failed");
+                        break;
+                    }
+                }
+            }
+            let _ = events_tx.send(None).await;
+        });
+        let playback = Playback::start(stream_sid, out);
+        let (turn_tx, turn_events) = mpsc::channel(16);
+        let system_prompt = call
+            .metadata
+            .get("system_prompt")
+            .and_then(|v| v.as_str())
+            .map_or_else(|| state.live_config.system_prompt.clone(), str::to_string);
+        let ctx = TurnContext {
+            call_id: call.id,
+            peers: state.peers.clone(),
+            db: state.db.clone(),
+            system_prompt,
+            language: state.live_config.language.clone(),
+            playback: playback.commands.clone(),
+            events: turn_tx,
+        };
+        Ok(Self {
+            call_id: call.id,
+            audio: audio_tx,
+            audio_events,
+            turn_events,
+            ctx,
+            playback,
+            arrivals: VecDeque::with_capacity(ARRIVALS),
+            history: Vec::new(),
+            next_seq: 1,
+            current: None,
+            last_agent_seq: None,
+            in_speech: false,
+            barge_deadline: None,
+            barge_in: state.live_config.barge_in,
+            dtmf: String::new(),
+            dtmf_deadline: None,
+        })
+    }
+
+    /// The wall time a media time (ms) arrived at; now when unknown.
+    fn wall(&self, media_ms: u64) -> Instant {
+        self.arrivals.iter().find(|(t, _)| *t >= media_ms).or(self.arrivals.back()).map_or_else(Instant::now, |a| a.1)
+    }
+
+    fn agent_active(&self) -> bool {
+        self.current.is_some() || self.playback.queued_frames() > 0
+    }
+
+    async fn serve(&mut self, stream: &mut SplitStream<WebSocket>, end_all: &CancellationToken) -> End {
+        loop {
+            let barge = self.barge_deadline;
+            let dtmf = self.dtmf_deadline;
+            tokio::select! {
+                () = end_all.cancelled() => return End::Shutdown,
+                message = stream.next() => {
+                    let text = match message {
+                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return End::Lost,
+                        Some(Ok(Message::Text(text))) => text,
+                        Some(Ok(Message::Binary(_))) => return End::Protocol("binary frames are not part of the protocol".into()),
+                        Some(Ok(_)) => continue,
+                    };
+                    match protocol::parse(&text) {
+                        Err(e) => return End::Protocol(e),
+                        Ok(Inbound::Media { sequence_number, timestamp_ms, payload }) => {
+                            if let Some(end) = self.frame(sequence_number, timestamp_ms, payload) {
+                                return end;
+                            }
+                        }
+                        Ok(Inbound::Stop) => return End::Stopped,
+                        Ok(Inbound::Mark { .. } | Inbound::Connected) => {}
+                        Ok(Inbound::Dtmf { digit }) => {
+                            self.dtmf.push(digit);
+                            self.dtmf_deadline = Some(Instant::now() + DTMF_GAP);
+                            if self.dtmf.len() > 32 {
+                                self.dtmf.drain(..1);
+                            }
+                        }
+                        Ok(Inbound::Start { .. }) => return End::Protocol("start sent twice".into()),
+                    }
+                }
+                event = self.audio_events.recv() => match event.flatten() {
+                    None => return End::AudioLost,
+                    Some(e) => self.audio_event(e),
+                },
+                Some(event) = self.turn_events.recv() => self.turn_event(event),
+                () = sleep_until(barge), if barge.is_some() => {
+                    self.barge_deadline = None;
+                    if self.in_speech && self.agent_active() {
+                        self.interrupt().await;
+                    }
+                }
+                () = sleep_until(dtmf), if dtmf.is_some() => {
+                    self.dtmf_deadline = None;
+                    let digits = std::mem::take(&mut self.dtmf);
+                    let text = format!("(The caller pressed the keys {digits} on the keypad.)");
+                    self.start_turn(None, Some(text), Instant::now(), crate::model::now());
+                }
+            }
+        }
+    }
+
+    /// One inbound frame: to audio-processor, never blocking the reader (a full buffer drops).
+    fn frame(&mut self, sequence_number: u64, timestamp_ms: u64, payload: Vec<u8>) -> Option<End> {
+        if self.arrivals.len() == ARRIVALS {
+            self.arrivals.pop_front();
+        }
+        self.arrivals.push_back((timestamp_ms, Instant::now()));
+        let frame = AudioFrame {
+            sequence_number,
+            timestamp: Some(prost_types_duration(timestamp_ms)),
+            payload,
+            received_at: None,
+        };
+        match self.audio.try_send(StreamAudioRequest { payload: Some(Payload::Frame(frame)) }) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::media_frame_dropped();
+                None
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Some(End::AudioLost),
+        }
+    }
+
+    fn audio_event(&mut self, response: StreamAudioResponse) {
+        match response.event {
+            Some(AudioEvent::SpeechStarted(_)) => {
+                self.in_speech = true;
+                if self.agent_active() {
+                    self.barge_deadline = Some(Instant::now() + self.barge_in);
+                }
+            }
+            Some(AudioEvent::SpeechEnded(ended)) => {
+                self.in_speech = false;
+                if self.barge_deadline.take().is_some() {
+                    // Short speech while the agent talks ("uh-huh", a cough): not a turn.
+                    tracing::debug!("short speech during the reply ignored");
+                    return;
+                }
+                let end_ms = ended.end.map_or(0, duration_ms);
+                let start_ms = ended.start.map_or(0, duration_ms);
+                let speech_end = self.wall(end_ms);
+                let spoken_for = Duration::from_millis(end_ms.saturating_sub(start_ms));
+                let started_at = crate::model::now()
+                    - chrono::Duration::from_std(spoken_for + speech_end.elapsed()).unwrap_or_default();
+                self.start_turn(Some(ended.pcm16_16khz), None, speech_end, started_at);
+            }
+            Some(AudioEvent::Dtmf(_) | AudioEvent::Stats(_)) | None => {}
+        }
+    }
+
+    fn start_turn(
+        &mut self,
+        speech: Option<Vec<u8>>,
+        text: Option<String>,
+        speech_end: Instant,
+        caller_started_at: chrono::DateTime<chrono::Utc>,
+    ) {
+        if let Some((cancel, _)) = self.current.take() {
+            // The caller went on talking before the reply started: answer everything at once.
+            cancel.cancel();
+        }
+        let caller_seq = self.next_seq;
+        self.next_seq += 2;
+        let cancel = CancellationToken::new();
+        self.current = Some((cancel.clone(), caller_seq));
+        let input = TurnInput {
+            caller_seq,
+            speech,
+            text,
+            speech_end,
+            detected: Instant::now(),
+            caller_started_at,
+        };
+        tokio::spawn(turn::run(self.ctx.clone(), input, self.history.clone(), cancel));
+    }
+
+    fn turn_event(&mut self, event: TurnEvent) {
+        match event {
+            TurnEvent::Heard { text, .. } => self.history.push(ChatMessage { role: Role::User as i32, content: text }),
+            TurnEvent::Replied { caller_seq, text, interrupted } => {
+                if !text.is_empty() {
+                    self.history.push(ChatMessage { role: Role::Assistant as i32, content: text });
+                }
+                if !interrupted {
+                    self.last_agent_seq = Some(caller_seq + 1);
+                }
+                if self.current.as_ref().is_some_and(|(_, s)| *s == caller_seq) {
+                    self.current = None;
+                }
+            }
+            TurnEvent::Nothing { caller_seq, reason } => {
+                tracing::info!(reason, "turn produced no reply");
+                if self.current.as_ref().is_some_and(|(_, s)| *s == caller_seq) {
+                    self.current = None;
+                }
+            }
+        }
+    }
+
+    /// Barge-in: the caller talks over the agent. The carrier drops its buffered audio, the
+    /// reply in the works is cancelled (its provider streams with it), and the reply is
+    /// recorded as interrupted.
+    async fn interrupt(&mut self) {
+        metrics::barge_in();
+        tracing::info!("barge-in");
+        let _ = self.playback.commands.send(Command::Clear).await;
+        if let Some((cancel, caller_seq)) = self.current.take() {
+            cancel.cancel();
+            self.last_agent_seq = Some(caller_seq + 1);
+        }
+        if let Some(seq) = self.last_agent_seq.take()
+            && let Err(e) = self.ctx.db.mark_turn_interrupted(self.call_id, seq).await
+        {
+            tracing::warn!(error = %e, "could not mark the turn interrupted");
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some((cancel, _)) = self.current.take() {
+            cancel.cancel();
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn duration_ms(d: prost_types::Duration) -> u64 {
+    (d.seconds.max(0) as u64) * 1000 + (d.nanos.max(0) as u64) / 1_000_000
+}
+
+fn prost_types_duration(ms: u64) -> prost_types::Duration {
+    prost_types::Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
+}

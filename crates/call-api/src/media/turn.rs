@@ -1,0 +1,324 @@
+//! One turn of a live call: the caller's utterance is transcribed, the conversation so far goes
+//! to a streamed chat completion, each sentence of the reply goes to streamed synthesis as soon
+//! as it is complete, and the audio to playback. Latency is measured where the caller hears it:
+//! from the end of their speech to the first reply frame sent, in stages that add up to it.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt as _;
+use kraliki_proto::provider::v1::{
+    self as pb, ChatMessage, Role, StreamChatRequest, SynthesizeSpeechRequest, TranscribeRequest,
+    stream_chat_response::Event,
+};
+use serde_json::json;
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, field::Empty};
+use uuid::Uuid;
+
+use super::playback::Command;
+use crate::{db::turns::Turn, metrics, model, peers::Peers};
+
+/// The latency stages of a turn, in order; they add up to `total`.
+pub const STAGES: [&str; 6] = ["end_of_turn", "stt", "llm_first_token", "llm_first_sentence", "tts_first_byte", "overhead"];
+
+/// What starts a turn.
+pub struct TurnInput {
+    pub caller_seq: i64,
+    /// The caller's speech (16 kHz PCM16), or `None` for keypad input given as `text`.
+    pub speech: Option<Vec<u8>>,
+    pub text: Option<String>,
+    /// When the caller stopped speaking (from the frames' arrival times).
+    pub speech_end: Instant,
+    /// When the end of their turn was detected.
+    pub detected: Instant,
+    pub caller_started_at: DateTime<Utc>,
+}
+
+/// Everything a turn needs from its call.
+#[derive(Clone)]
+pub struct TurnContext {
+    pub call_id: Uuid,
+    pub peers: Peers,
+    pub db: crate::db::Database,
+    pub system_prompt: String,
+    pub language: Option<String>,
+    pub playback: mpsc::Sender<Command>,
+    pub events: mpsc::Sender<TurnEvent>,
+}
+
+/// What a turn tells its session.
+#[derive(Debug)]
+pub enum TurnEvent {
+    /// The caller's words (added to the conversation).
+    Heard { caller_seq: i64, text: String },
+    /// The agent's reply as spoken (all of it, or up to the interruption).
+    Replied { caller_seq: i64, text: String, interrupted: bool },
+    /// Nothing usable was said (empty transcript) or a provider failed.
+    Nothing { caller_seq: i64, reason: String },
+}
+
+/// Splits complete sentences off the front of `buffer`.
+pub fn take_sentence(buffer: &mut String, end_of_stream: bool) -> Option<String> {
+    let bytes = buffer.as_bytes();
+    let mut cut = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        if matches!(b, b'.' | b'!' | b'?' | b'\n') && bytes.get(i + 1).is_none_or(|n| n.is_ascii_whitespace()) {
+            if bytes.get(i + 1).is_none() && !end_of_stream {
+                break; // "3." may become "3.5": wait for the next character
+            }
+            cut = Some(i + 1);
+            break;
+        }
+    }
+    let cut = cut.or_else(|| (end_of_stream && !buffer.trim().is_empty()).then_some(buffer.len()))?;
+    let sentence: String = buffer.drain(..cut).collect();
+    let sentence = sentence.trim().to_string();
+    if sentence.is_empty() { take_sentence(buffer, end_of_stream) } else { Some(sentence) }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Runs one turn until its reply has been handed to playback, or until `cancel` (barge-in).
+pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, cancel: CancellationToken) {
+    let span = tracing::info_span!(
+        "turn",
+        otel.name = "turn",
+        sentry.op = "voice.turn",
+        call_id = %ctx.call_id,
+        turn = input.caller_seq,
+        interrupted = Empty,
+        latency.end_of_turn = Empty,
+        latency.stt = Empty,
+        latency.llm_first_token = Empty,
+        latency.llm_first_sentence = Empty,
+        latency.tts_first_byte = Empty,
+        latency.overhead = Empty,
+        latency.total = Empty,
+    );
+    let caller_seq = input.caller_seq;
+    let events = ctx.events.clone();
+    let outcome = async {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => None,
+            out = turn(&ctx, input, history) => Some(out),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let event = match outcome {
+        // Interrupted before a word of reply was ready: nothing was said.
+        None => TurnEvent::Replied { caller_seq, text: String::new(), interrupted: true },
+        Some(Ok(e)) | Some(Err(e)) => e,
+    };
+    let _ = events.send(event).await;
+}
+
+/// The turn proper. `Err` carries the event to report when it ended early.
+async fn turn(ctx: &TurnContext, input: TurnInput, mut history: Vec<ChatMessage>) -> Result<TurnEvent, TurnEvent> {
+    let caller_seq = input.caller_seq;
+    let nothing = |reason: String| TurnEvent::Nothing { caller_seq, reason };
+    let end_of_turn = input.detected.saturating_duration_since(input.speech_end);
+
+    // Speech to text.
+    let stt_started = Instant::now();
+    let text = match (&input.speech, &input.text) {
+        (_, Some(text)) => text.clone(),
+        (Some(pcm), None) => {
+            let mut request = tonic::Request::new(TranscribeRequest {
+                audio: pcm.clone(),
+                encoding: pb::AudioEncoding::Pcm16 as i32,
+                sample_rate_hz: 16_000,
+                channels: 1,
+                language: ctx.language.clone().unwrap_or_default(),
+                call_id: ctx.call_id.to_string(),
+                ..Default::default()
+            });
+            request.set_timeout(Duration::from_secs(15));
+            match ctx.peers.gateway.clone().transcribe(request).await {
+                Ok(r) => r.into_inner().text.trim().to_string(),
+                Err(s) => return Err(nothing(format!("transcription failed: {}", s.message()))),
+            }
+        }
+        (None, None) => String::new(),
+    };
+    let stt = stt_started.elapsed();
+    if text.is_empty() {
+        return Err(nothing("no words in the utterance".into()));
+    }
+    let caller_turn = Turn {
+        seq: caller_seq,
+        role: "caller".into(),
+        text: text.clone(),
+        started_at: input.caller_started_at,
+        ended_at: Some(model::now()),
+        latency: None,
+        interrupted: false,
+    };
+    if let Err(e) = ctx.db.insert_turn(ctx.call_id, &caller_turn).await {
+        tracing::warn!(error = %e, "could not store the caller's turn");
+    }
+    let _ = ctx.events.send(TurnEvent::Heard { caller_seq, text: text.clone() }).await;
+
+    // The reply: streamed chat, sentence by sentence into streamed synthesis.
+    let agent_started_at = model::now();
+    history.push(ChatMessage { role: Role::User as i32, content: text });
+    let mut messages = vec![ChatMessage { role: Role::System as i32, content: ctx.system_prompt.clone() }];
+    messages.extend(history);
+    let llm_started = Instant::now();
+    let mut request = tonic::Request::new(StreamChatRequest {
+        messages,
+        max_tokens: 300,
+        call_id: ctx.call_id.to_string(),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_secs(30));
+    let mut chat = match ctx.peers.gateway.clone().stream_chat(request).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return Err(nothing(format!("chat failed: {}", s.message()))),
+    };
+    let mut first_token: Option<Instant> = None;
+    let mut first_sentence: Option<Instant> = None;
+    let mut tts_started: Option<Instant> = None;
+    let mut tts_first_byte: Option<Instant> = None;
+    let mut first_frame: Option<oneshot::Receiver<Instant>> = None;
+    let mut buffer = String::new();
+    let mut spoken = String::new();
+    let mut sentences = 0usize;
+    let mut done = false;
+    while !done {
+        let mut ready = Vec::new();
+        match chat.next().await {
+            Some(Ok(message)) => match message.event {
+                Some(Event::Delta(delta)) => {
+                    first_token.get_or_insert_with(Instant::now);
+                    buffer.push_str(&delta);
+                }
+                Some(Event::Done(_)) | None => done = true,
+            },
+            Some(Err(s)) => {
+                tracing::warn!(code = ?s.code(), "chat stream failed");
+                done = true;
+            }
+            None => done = true,
+        }
+        while let Some(sentence) = take_sentence(&mut buffer, done) {
+            ready.push(sentence);
+        }
+        for sentence in ready {
+            first_sentence.get_or_insert_with(Instant::now);
+            tts_started.get_or_insert_with(Instant::now);
+            sentences += 1;
+            let mut request = tonic::Request::new(SynthesizeSpeechRequest {
+                text: sentence.clone(),
+                encoding: pb::AudioEncoding::Mulaw as i32,
+                sample_rate_hz: 8000,
+                call_id: ctx.call_id.to_string(),
+                ..Default::default()
+            });
+            request.set_timeout(Duration::from_secs(30));
+            let mut audio = match ctx.peers.gateway.clone().synthesize_speech(request).await {
+                Ok(r) => r.into_inner(),
+                Err(s) => {
+                    tracing::warn!(code = ?s.code(), "speech synthesis failed");
+                    continue;
+                }
+            };
+            while let Some(chunk) = audio.next().await {
+                let Ok(chunk) = chunk else { break };
+                if chunk.audio.is_empty() {
+                    continue;
+                }
+                let first_sent = if first_frame.is_none() {
+                    tts_first_byte = Some(Instant::now());
+                    let (tx, rx) = oneshot::channel();
+                    first_frame = Some(rx);
+                    Some(tx)
+                } else {
+                    None
+                };
+                if ctx.playback.send(Command::Audio { bytes: chunk.audio, first_sent }).await.is_err() {
+                    return Err(nothing("the call ended".into()));
+                }
+            }
+            let _ = ctx.playback.send(Command::Mark(format!("turn-{}-{sentences}", caller_seq + 1))).await;
+            if !spoken.is_empty() {
+                spoken.push(' ');
+            }
+            spoken.push_str(&sentence);
+        }
+    }
+    let Some(first_frame) = first_frame else {
+        return Err(nothing("the reply produced no audio".into()));
+    };
+    let first_frame = first_frame.await.unwrap_or_else(|_| Instant::now());
+
+    // Latency: consecutive intervals, so the stages add up to the total.
+    let llm_first_token = first_token.unwrap_or(llm_started).saturating_duration_since(llm_started);
+    let llm_first_sentence =
+        first_sentence.unwrap_or(llm_started).saturating_duration_since(first_token.unwrap_or(llm_started));
+    let tts = tts_first_byte.unwrap_or(first_frame).saturating_duration_since(tts_started.unwrap_or(first_frame));
+    let total = first_frame.saturating_duration_since(input.speech_end);
+    let accounted = end_of_turn + stt + llm_first_token + llm_first_sentence + tts;
+    let overhead = total.saturating_sub(accounted);
+    let total = accounted + overhead;
+    let values = [end_of_turn, stt, llm_first_token, llm_first_sentence, tts, overhead];
+    let span = tracing::Span::current();
+    let mut latency = serde_json::Map::new();
+    for (stage, value) in STAGES.iter().zip(values) {
+        metrics::turn_latency(stage, secs(value));
+        latency.insert((*stage).to_string(), json!(secs(value)));
+    }
+    metrics::turn_latency("total", secs(total));
+    latency.insert("total".into(), json!(secs(total)));
+    span.record("latency.end_of_turn", secs(end_of_turn));
+    span.record("latency.stt", secs(stt));
+    span.record("latency.llm_first_token", secs(llm_first_token));
+    span.record("latency.llm_first_sentence", secs(llm_first_sentence));
+    span.record("latency.tts_first_byte", secs(tts));
+    span.record("latency.overhead", secs(overhead));
+    span.record("latency.total", secs(total));
+    span.record("interrupted", false);
+    latency.insert("interrupted".into(), json!(false));
+    let agent_turn = Turn {
+        seq: caller_seq + 1,
+        role: "agent".into(),
+        text: spoken.clone(),
+        started_at: agent_started_at,
+        ended_at: Some(model::now()),
+        latency: Some(serde_json::Value::Object(latency)),
+        interrupted: false,
+    };
+    if let Err(e) = ctx.db.insert_turn(ctx.call_id, &agent_turn).await {
+        tracing::warn!(error = %e, "could not store the agent's turn");
+    }
+    Ok(TurnEvent::Replied { caller_seq, text: spoken, interrupted: false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentences_are_cut_as_they_complete() {
+        let mut b = String::from("Hello there. How are");
+        assert_eq!(take_sentence(&mut b, false).as_deref(), Some("Hello there."));
+        assert_eq!(take_sentence(&mut b, false), None);
+        b.push_str(" you? It costs 3.");
+        assert_eq!(take_sentence(&mut b, false).as_deref(), Some("How are you?"));
+        assert_eq!(take_sentence(&mut b, false), None, "3. may continue as 3.5");
+        b.push_str("5 euros");
+        assert_eq!(take_sentence(&mut b, false), None);
+        assert_eq!(take_sentence(&mut b, true).as_deref(), Some("It costs 3.5 euros"));
+        assert_eq!(take_sentence(&mut b, true), None);
+        let mut b = String::from("  ");
+        assert_eq!(take_sentence(&mut b, true), None);
+    }
+}

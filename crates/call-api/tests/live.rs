@@ -1,0 +1,404 @@
+//! Live calls: a test carrier (a real WebSocket client speaking the Twilio Media Streams
+//! protocol) streams a recorded conversation through call-api, audio-processor and
+//! provider-gateway, with fake OpenAI-compatible providers for speech to text, chat and speech.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use common::{Backend, KEY, TestApp, TestDb, new_call, stack};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use telemetry::testing::{FakeHttp, FakeReply, FakeRequest};
+use tokio_tungstenite::tungstenite::Message;
+
+const HEARD: [&str; 2] = ["I would like to check my order.", "Thank you, goodbye."];
+const REPLIES: [&str; 2] = ["Sure, let me check. Your order ships today.", "You are welcome. Goodbye!"];
+
+/// 24 kHz PCM16 (OpenAI's `pcm`) of `seconds`: a quiet tone.
+fn speech_pcm(seconds: f64) -> Vec<u8> {
+    let n = (24_000.0 * seconds) as usize;
+    (0..n).flat_map(|i| (((i as f64 * 0.1).sin() * 3000.0) as i16).to_le_bytes()).collect()
+}
+
+fn sse(text: &str) -> Vec<u8> {
+    let mut out = String::new();
+    for word in text.split_inclusive(' ') {
+        out.push_str(&format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": {"content": word}}]})));
+    }
+    out.push_str(&format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})));
+    out.push_str("data: [DONE]\n\n");
+    out.into_bytes()
+}
+
+/// The fake providers: transcription and chat answer in turn order; speech is `tts_seconds` of
+/// audio per sentence.
+fn providers(tts_seconds: f64) -> impl Fn(&FakeRequest) -> FakeReply + Send + Sync + 'static {
+    let stt = AtomicUsize::new(0);
+    let chat = AtomicUsize::new(0);
+    move |req: &FakeRequest| match req.path.as_str() {
+        "/v1/audio/transcriptions" => {
+            let i = stt.fetch_add(1, Ordering::SeqCst).min(1);
+            FakeReply::json(200, json!({"text": HEARD[i], "language": "english", "duration": 1.0}))
+        }
+        "/v1/chat/completions" => {
+            let i = chat.fetch_add(1, Ordering::SeqCst).min(1);
+            FakeReply::raw(200, "text/event-stream", sse(REPLIES[i]))
+        }
+        "/v1/audio/speech" => FakeReply::raw(200, "application/octet-stream", speech_pcm(tts_seconds)),
+        _ => FakeReply::json(404, json!({"error": {"message": "no such route"}})),
+    }
+}
+
+/// The caller's side of the shipped two-party call: 8 kHz μ-law, mono; the caller speaks
+/// from about 4.7 s to 8.2 s.
+fn caller_audio() -> Vec<u8> {
+    let wav = stack::call_stereo();
+    stack::wav_data(&wav).iter().skip(1).step_by(2).copied().collect()
+}
+
+struct Stack {
+    app: TestApp,
+    fake: FakeHttp,
+    _audio: stack::Peer,
+    _gateway: stack::Peer,
+}
+
+async fn live_stack(backend: Backend, tts_seconds: f64) -> Option<Stack> {
+    let fake = FakeHttp::start(providers(tts_seconds)).await;
+    let db = TestDb::new(backend).await?;
+    let audio = stack::start_audio(None).await;
+    let gateway = stack::start_gateway(Some(&fake), &[("LLM_PROVIDERS", "openai"), ("TTS_PROVIDERS", "openai")]).await;
+    let app = stack::start_api(db, &audio.url(), &gateway.url(), &[("LIVE_SYSTEM_PROMPT", "You are a test agent.")]).await;
+    Some(Stack { app, fake, _audio: audio, _gateway: gateway })
+}
+
+type Sink = futures_util::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    Message,
+>;
+
+/// A test carrier on one call: sends like Twilio, records everything it receives.
+struct Carrier {
+    id: String,
+    sink: Sink,
+    received: Arc<Mutex<Vec<(Instant, Value)>>>,
+    reader: tokio::task::JoinHandle<Option<u16>>,
+    seq: u64,
+    media_ms: u64,
+}
+
+async fn create_call(app: &TestApp) -> (String, String) {
+    let created: Value = app
+        .client
+        .post(format!("{}/v1/calls", app.base))
+        .bearer_auth(KEY)
+        .json(&new_call("websocket"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let token = created["media_url"].as_str().unwrap().split("token=").nth(1).unwrap().to_string();
+    (id, token)
+}
+
+fn start_message(token: &str) -> Message {
+    Message::text(
+        json!({"event": "start", "sequenceNumber": "1", "streamSid": "MZtest", "start": {
+            "accountSid": "AC1", "callSid": "CA1", "streamSid": "MZtest", "tracks": ["inbound"],
+            "customParameters": {"token": token},
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})
+        .to_string(),
+    )
+}
+
+impl Carrier {
+    /// Creates a call and connects to its media WebSocket (token as the `start` custom parameter).
+    async fn connect(app: &TestApp) -> Self {
+        let (id, token) = create_call(app).await;
+        let (ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{}/v1/calls/{id}/media", app.addr)).await.expect("upgrade");
+        let (mut sink, mut stream) = ws.split();
+        sink.send(Message::text(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}).to_string()))
+            .await
+            .unwrap();
+        sink.send(start_message(&token)).await.unwrap();
+        let received: Arc<Mutex<Vec<(Instant, Value)>>> = Arc::default();
+        let r = received.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(message) = stream.next().await {
+                match message {
+                    Ok(Message::Text(t)) => {
+                        r.lock().unwrap().push((Instant::now(), serde_json::from_str(&t).unwrap()));
+                    }
+                    Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            }
+            None
+        });
+        Self { id, sink, received, reader, seq: 1, media_ms: 0 }
+    }
+
+    /// Streams `audio` (8 kHz μ-law) in 20 ms frames at real time.
+    async fn speak(&mut self, audio: &[u8]) {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for frame in audio.chunks(160) {
+            tick.tick().await;
+            self.seq += 1;
+            let m = json!({"event": "media", "sequenceNumber": self.seq.to_string(), "streamSid": "MZtest",
+                           "media": {"track": "inbound", "chunk": self.seq.to_string(), "timestamp": self.media_ms.to_string(),
+                                     "payload": STANDARD.encode(frame)}});
+            self.media_ms += 20;
+            if self.sink.send(Message::text(m.to_string())).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.sink.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    fn events(&self, kind: &str) -> Vec<(Instant, Value)> {
+        self.received.lock().unwrap().iter().filter(|(_, v)| v["event"] == kind).cloned().collect()
+    }
+
+    async fn wait_for_mark(&self, name: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.events("mark").iter().any(|(_, v)| v["mark"]["name"] == name) {
+            assert!(Instant::now() < deadline, "no mark {name}: got {:?}", self.received.lock().unwrap().len());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Silence (μ-law 0xFF) of `seconds`.
+fn silence(seconds: f64) -> Vec<u8> {
+    vec![0xFF; (8000.0 * seconds) as usize]
+}
+
+async fn get(app: &TestApp, path: &str) -> Value {
+    app.client.get(format!("{}{path}", app.base)).bearer_auth(KEY).send().await.unwrap().json().await.unwrap()
+}
+
+async fn metrics(app: &TestApp) -> String {
+    app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap()
+}
+
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok()))
+}
+
+async fn wait_until(mut ok: impl AsyncFnMut() -> bool, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while !ok().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn two_turn_conversation(backend: Backend) {
+    let Some(s) = live_stack(backend, 0.5).await else { return };
+    let app = &s.app;
+    let mut carrier = Carrier::connect(app).await;
+    let caller = caller_audio();
+    let utterance = &caller[(4.0 * 8000.0) as usize..(9.0 * 8000.0) as usize];
+
+    carrier.speak(utterance).await;
+    carrier.speak(&silence(1.0)).await;
+    carrier.wait_for_mark("turn-2-2", Duration::from_secs(20)).await;
+    carrier.speak(utterance).await;
+    carrier.speak(&silence(1.0)).await;
+    carrier.wait_for_mark("turn-4-2", Duration::from_secs(20)).await;
+    carrier.send(json!({"event": "stop", "sequenceNumber": "999", "streamSid": "MZtest", "stop": {"callSid": "CA1"}})).await;
+    let close = tokio::time::timeout(Duration::from_secs(10), carrier.reader).await.expect("server closes").unwrap();
+    assert_eq!(close, Some(1000));
+
+    // What the providers were asked.
+    let requests = s.fake.requests();
+    let count = |path: &str| requests.iter().filter(|r| r.path == path).count();
+    assert_eq!(count("/v1/audio/transcriptions"), 2);
+    assert_eq!(count("/v1/chat/completions"), 2);
+    assert_eq!(count("/v1/audio/speech"), 4, "two sentences per reply, each synthesised as soon as complete");
+    let chats: Vec<Value> =
+        requests.iter().filter(|r| r.path == "/v1/chat/completions").map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
+    let roles = |c: &Value| c["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(roles(&chats[1]), ["system", "user", "assistant", "user"]);
+    assert_eq!(chats[1]["messages"][0]["content"], "You are a test agent.");
+    assert_eq!(chats[1]["messages"][1]["content"], HEARD[0]);
+    assert_eq!(chats[1]["messages"][2]["content"], REPLIES[0]);
+    assert_eq!(chats[1]["messages"][3]["content"], HEARD[1]);
+    assert_eq!(chats[0]["stream"], true);
+
+    // What the carrier got: paced μ-law frames and the marks after each sentence.
+    let received = carrier.received.lock().unwrap().clone();
+    let frames: Vec<&(Instant, Value)> = received.iter().filter(|(_, v)| v["event"] == "media").collect();
+    for (_, f) in &frames {
+        assert_eq!(f["streamSid"], "MZtest");
+        assert_eq!(STANDARD.decode(f["media"]["payload"].as_str().unwrap()).unwrap().len(), 160);
+    }
+    // 0.5 s of speech per sentence is 25 frames; four sentences.
+    assert_eq!(frames.len(), 100, "frames");
+    let marks: Vec<&str> =
+        received.iter().filter(|(_, v)| v["event"] == "mark").map(|(_, v)| v["mark"]["name"].as_str().unwrap()).collect();
+    assert_eq!(marks, ["turn-2-1", "turn-2-2", "turn-4-1", "turn-4-2"]);
+    // Pacing within the first reply: 20 ms apart (generous bounds: a hang or a burst fails).
+    let first_reply: Vec<Instant> = frames[..50].iter().map(|(t, _)| *t).collect();
+    let span = first_reply[49] - first_reply[0];
+    assert!(span >= Duration::from_millis(49 * 20 - 100), "50 frames in {span:?}: sent in a burst");
+    assert!(span <= Duration::from_millis(49 * 20 + 600), "50 frames in {span:?}: too slow");
+
+    // The stored conversation, with latency stages adding up to the total.
+    let turns = get(app, &format!("/v1/calls/{}/turns", carrier.id)).await;
+    let turns = turns["turns"].as_array().unwrap();
+    let roles: Vec<&str> = turns.iter().map(|t| t["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["caller", "agent", "caller", "agent"]);
+    assert_eq!(turns[0]["text"], HEARD[0]);
+    assert_eq!(turns[1]["text"], REPLIES[0]);
+    assert_eq!(turns[3]["text"], REPLIES[1]);
+    for agent in [&turns[1], &turns[3]] {
+        assert_eq!(agent["interrupted"], false);
+        let l = &agent["latency"];
+        let sum: f64 = ["end_of_turn", "stt", "llm_first_token", "llm_first_sentence", "tts_first_byte", "overhead"]
+            .iter()
+            .map(|k| l[k].as_f64().unwrap_or_else(|| panic!("stage {k} in {l}")))
+            .sum();
+        let total = l["total"].as_f64().unwrap();
+        assert!((sum - total).abs() < 1e-6, "stages add up: {l}");
+        assert!(total > 0.0 && total < 5.0, "{l}");
+        assert!(l["end_of_turn"].as_f64().unwrap() > 0.3, "the end-of-turn silence is waited for: {l}");
+    }
+
+    // The call ended cleanly; gauges are exact.
+    let call = get(app, &format!("/v1/calls/{}", carrier.id)).await;
+    assert_eq!((call["status"].as_str(), call["outcome"].as_str()), (Some("ended"), Some("completed")));
+    assert!(call.get("end_reason").is_none());
+    let m = metrics(app).await;
+    assert_eq!(metric(&m, "active_calls{provider=\"websocket\"}"), Some(0.0));
+    assert_eq!(metric(&m, "voice_turn_latency_seconds_count{stage=\"total\"}"), Some(2.0));
+    assert_eq!(metric(&m, "voice_calls_total{provider=\"websocket\",status=\"completed\"}"), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_two_turn_conversation_on_sqlite() {
+    two_turn_conversation(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_two_turn_conversation_on_postgres() {
+    two_turn_conversation(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn barge_in_clears_the_reply_and_the_callers_words_get_an_answer() {
+    // Each sentence is 5 s of speech: the caller talks over the first one.
+    let Some(s) = live_stack(Backend::Sqlite, 5.0).await else { return };
+    let app = &s.app;
+    let mut carrier = Carrier::connect(app).await;
+    let caller = caller_audio();
+    let utterance = &caller[(4.0 * 8000.0) as usize..(9.0 * 8000.0) as usize];
+    carrier.speak(utterance).await;
+    carrier.speak(&silence(1.0)).await;
+    // The reply is playing.
+    wait_until(async || carrier.events("media").len() >= 25, Duration::from_secs(20), "the reply to start").await;
+    // The caller talks over it (from the start of their speech, at 4.7 s).
+    carrier.speak(&caller[(4.6 * 8000.0) as usize..(9.0 * 8000.0) as usize]).await;
+    carrier.speak(&silence(1.0)).await;
+    wait_until(async || !carrier.events("clear").is_empty(), Duration::from_secs(10), "clear").await;
+    carrier.wait_for_mark("turn-4-1", Duration::from_secs(20)).await;
+    let clear_at = carrier.events("clear")[0].0;
+    let frames_before_clear = carrier.events("media").iter().filter(|(t, _)| *t < clear_at).count();
+    assert!(frames_before_clear < 250, "the first 5 s sentence was cut short ({frames_before_clear} frames)");
+    assert!(carrier.events("mark").iter().all(|(_, m)| m["mark"]["name"] != "turn-2-2"), "the rest of reply 1 was dropped");
+
+    let turns = get(app, &format!("/v1/calls/{}/turns", carrier.id)).await;
+    let agent: Vec<&Value> = turns["turns"].as_array().unwrap().iter().filter(|t| t["role"] == "agent").collect();
+    assert_eq!(agent[0]["interrupted"], true, "{turns:#}");
+    assert_eq!(turns["turns"][2]["text"], HEARD[1], "the caller's words became the next turn");
+    let m = metrics(app).await;
+    assert_eq!(metric(&m, "voice_barge_ins_total"), Some(1.0));
+    drop(carrier.sink);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_streams_are_refused_and_a_lost_connection_ends_the_call() {
+    let Some(s) = live_stack(Backend::Sqlite, 0.5).await else { return };
+    let app = &s.app;
+    let ws_url = |id: &str| format!("ws://{}/v1/calls/{id}/media", app.addr);
+    let status = |id: String| async move { get(app, &format!("/v1/calls/{id}")).await["status"].as_str().unwrap().to_string() };
+
+    // A wrong token in the URL: refused before the upgrade.
+    let (id, _) = create_call(app).await;
+    let err = tokio_tungstenite::connect_async(format!("{}?token=wrong", ws_url(&id))).await.unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+
+    // Wrong order, bad token, garbage, oversized: closed with a policy error, call untouched.
+    let (id, token) = create_call(app).await;
+    let cases: Vec<Vec<Message>> = vec![
+        vec![Message::text(json!({"event": "media", "sequenceNumber": "2", "media": {"timestamp": "0", "payload": "AA=="}}).to_string())],
+        vec![start_message("not-the-token")],
+        vec![Message::text("{not json")],
+        vec![Message::binary(vec![0u8; 100])],
+        vec![Message::text("x".repeat(70_000))],
+    ];
+    for messages in cases {
+        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&id)).await.unwrap();
+        for m in messages {
+            let _ = ws.send(m).await;
+        }
+        let mut code = None;
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            match m {
+                Ok(Message::Close(f)) => {
+                    code = f.map(|f| u16::from(f.code));
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        assert!(matches!(code, Some(1008) | Some(1009) | None), "{code:?}");
+        assert_eq!(status(id.clone()).await, "queued", "a refused stream changes nothing");
+    }
+
+    // Malformed message after start: the call ends failed with the reason.
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&id)).await.unwrap();
+    ws.send(start_message(&token)).await.unwrap();
+    wait_until(async || status(id.clone()).await == "in_progress", Duration::from_secs(5), "media start").await;
+    // A second stream for the same call is refused.
+    let (mut second, _) = tokio_tungstenite::connect_async(ws_url(&id)).await.unwrap();
+    second.send(start_message(&token)).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), second.next()).await.unwrap();
+    assert!(matches!(m, Some(Ok(Message::Close(Some(f)))) if u16::from(f.code) == 1008));
+    ws.send(Message::text(json!({"event": "dtmf", "dtmf": {"digit": "55"}}).to_string())).await.unwrap();
+    wait_until(async || status(id.clone()).await == "ended", Duration::from_secs(5), "the call to end").await;
+    let call = get(app, &format!("/v1/calls/{id}")).await;
+    assert_eq!(call["outcome"], "failed");
+    assert!(call["end_reason"].as_str().unwrap().starts_with("media protocol error: dtmf"), "{call}");
+
+    // Abrupt disconnect mid-call: ended as failed, "media connection lost"; nothing leaks.
+    let mut carrier = Carrier::connect(app).await;
+    carrier.speak(&silence(0.5)).await;
+    let id = carrier.id.clone();
+    wait_until(async || status(id.clone()).await == "in_progress", Duration::from_secs(5), "media start").await;
+    drop(carrier.sink);
+    carrier.reader.abort();
+    wait_until(async || status(id.clone()).await == "ended", Duration::from_secs(10), "the lost call to end").await;
+    let call = get(app, &format!("/v1/calls/{id}")).await;
+    assert_eq!(call["end_reason"], "media connection lost");
+    let m = metrics(app).await;
+    assert_eq!(metric(&m, "active_calls{provider=\"websocket\"}"), Some(0.0));
+    assert_eq!(metric(&m, "voice_calls_total{provider=\"websocket\",status=\"failed\"}"), Some(2.0));
+}
