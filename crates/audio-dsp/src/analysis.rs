@@ -8,8 +8,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::dtmf::{DtmfConfig, DtmfDigit, detect_dtmf};
-use crate::vad::{SegmenterConfig, VadConfig, VadKind, detect_frames, segments_from_decisions};
-use crate::{DecodedAudio, DspError, Encoding};
+use crate::vad::{
+    FrameDecisions, FrameVad, SegmenterConfig, VadConfig, VadKind, detect_frames, segments_from_decisions,
+};
+use crate::{DecodedAudio, DspError, Encoding, check_rate};
 
 /// Floor for every dBFS figure (digital silence).
 pub const MIN_DBFS: f64 = -120.0;
@@ -236,63 +238,180 @@ struct Levels {
 
 const LEVEL_FRAME_SECONDS: f64 = 0.02;
 
-fn levels(x: &[i16], rate: u32, encoding: Encoding, cfg: &AnalysisConfig) -> Levels {
-    let frame_len = (f64::from(rate) * LEVEL_FRAME_SECONDS) as usize;
-    let clip_at = (f64::from(encoding.full_scale()) * 0.99) as i32;
-    let mut sum = 0i64;
-    let mut sum_sq = 0f64;
-    let mut peak = 0i32;
-    let mut clipped = 0usize;
-    let mut frame_power = Vec::with_capacity(x.len() / frame_len + 1);
-    for frame in x.chunks(frame_len) {
-        let mut fs = 0i64;
-        let mut fsq = 0i64;
-        let mut fpeak = 0i32;
-        let mut fclip = 0usize;
-        for &s in frame {
-            let v = i32::from(s);
-            fs += i64::from(v);
-            fsq += i64::from(v * v);
-            let a = v.abs();
-            fpeak = fpeak.max(a);
-            fclip += usize::from(a >= clip_at);
-        }
-        sum += fs;
-        sum_sq += fsq as f64;
-        peak = peak.max(fpeak);
-        clipped += fclip;
-        if frame.len() == frame_len {
-            frame_power.push(fsq as f64 / frame_len as f64);
-        }
-    }
-    Levels { sum, sum_sq, peak, clipped, frame_len, frame_power, dropouts: dropouts(x, rate, cfg) }
+/// Sums of one level frame (exact integers).
+struct FrameLevels {
+    sum: i64,
+    sum_sq: i64,
+    peak: i32,
+    clipped: usize,
 }
 
-fn dropouts(x: &[i16], rate: u32, cfg: &AnalysisConfig) -> DropoutSummary {
-    let min_len = ((f64::from(rate) * f64::from(cfg.dropout_min_ms) / 1000.0) as usize).max(2);
-    let mut out = DropoutSummary::default();
-    let rate = f64::from(rate);
-    let mut push = |start: usize, end: usize, value: i16| {
-        let secs = (end - start) as f64 / rate;
-        out.count += 1;
-        out.total_seconds += secs;
-        out.longest_seconds = out.longest_seconds.max(secs);
-        if out.runs.len() < cfg.max_listed {
-            out.runs.push(Dropout { start: start as f64 / rate, end: end as f64 / rate, value });
+/// Samples per block of [`frame_levels`] (divides the 20 ms frame at every supported rate).
+/// The block's sum and clip count use narrow accumulators, widened once per block; 32
+/// samples cannot overflow them.
+const LEVEL_BLOCK: usize = 32;
+
+/// Sum, sum of squares, peak magnitude and count of samples with magnitude `>= clip_at`
+/// (a positive value) of `frame`. One short loop per statistic over each block: each
+/// vectorises on its own, fused they do not.
+fn frame_levels(frame: &[i16], clip_at: i32) -> FrameLevels {
+    // `clip_at` is below full scale, so it fits i16 (and `-clip` too).
+    let clip = i16::try_from(clip_at).unwrap_or(i16::MAX);
+    let mut sum = 0i64;
+    let mut sum_sq = 0u64;
+    let mut max = 0i16;
+    let mut min = 0i16;
+    let mut clipped = 0usize;
+    let mut blocks = frame.chunks_exact(LEVEL_BLOCK);
+    for block in &mut blocks {
+        let mut bsum = 0i32;
+        for &s in block {
+            bsum += i32::from(s);
         }
-    };
-    let mut i = 0;
-    while i < x.len() {
-        let (start, v) = (i, x[i]);
-        i += 1;
-        while i < x.len() && x[i] == v {
-            i += 1;
+        for &s in block {
+            let a = u32::from(s.unsigned_abs());
+            sum_sq += u64::from(a * a);
         }
-        if i - start >= min_len {
-            push(start, i, v);
+        let mut bclip = 0u8;
+        for &s in block {
+            max = max.max(s);
+            min = min.min(s);
+            bclip += u8::from(s >= clip || s <= -clip);
+        }
+        sum += i64::from(bsum);
+        clipped += usize::from(bclip);
+    }
+    for &s in blocks.remainder() {
+        sum += i64::from(s);
+        let a = u32::from(s.unsigned_abs());
+        sum_sq += u64::from(a * a);
+        max = max.max(s);
+        min = min.min(s);
+        clipped += usize::from(s >= clip || s <= -clip);
+    }
+    FrameLevels { sum, sum_sq: sum_sq as i64, peak: i32::from(max).max(-i32::from(min)), clipped }
+}
+
+impl Levels {
+    fn new(len: usize, rate: u32) -> Self {
+        let frame_len = (f64::from(rate) * LEVEL_FRAME_SECONDS) as usize;
+        Self {
+            sum: 0,
+            sum_sq: 0.0,
+            peak: 0,
+            clipped: 0,
+            frame_len,
+            frame_power: Vec::with_capacity(len / frame_len + 1),
+            dropouts: DropoutSummary::default(),
         }
     }
+
+    /// Adds the level frames of `x`, the next samples of the channel: a whole number of
+    /// frames except at the end of the channel.
+    fn add(&mut self, x: &[i16], clip_at: i32) {
+        for frame in x.chunks(self.frame_len) {
+            let f = frame_levels(frame, clip_at);
+            self.sum += f.sum;
+            self.sum_sq += f.sum_sq as f64;
+            self.peak = self.peak.max(f.peak);
+            self.clipped += f.clipped;
+            if frame.len() == self.frame_len {
+                self.frame_power.push(f.sum_sq as f64 / self.frame_len as f64);
+            }
+        }
+    }
+}
+
+fn clip_level(encoding: Encoding) -> i32 {
+    (f64::from(encoding.full_scale()) * 0.99) as i32
+}
+
+#[cfg(test)]
+fn dropouts(x: &[i16], rate: u32, cfg: &AnalysisConfig) -> DropoutSummary {
+    let mut out = DropoutSummary::default();
+    DropoutScan::new(rate, cfg).scan(x, x.len(), &mut out);
     out
+}
+
+/// Finds the runs of identical samples at least `dropout_min_ms` long.
+///
+/// The runs are the maximal runs of equal samples, and every run at least `min_len` long
+/// contains a multiple of `min_len`: probing only those positions and growing each probe
+/// into its maximal run finds the same runs, in order, as a scan of every sample.
+struct DropoutScan<'a> {
+    min_len: usize,
+    rate: f64,
+    cfg: &'a AnalysisConfig,
+    probe: usize,
+}
+
+impl<'a> DropoutScan<'a> {
+    fn new(rate: u32, cfg: &'a AnalysisConfig) -> Self {
+        let min_len = ((f64::from(rate) * f64::from(cfg.dropout_min_ms) / 1000.0) as usize).max(2);
+        Self { min_len, rate: f64::from(rate), cfg, probe: 0 }
+    }
+
+    /// Probes the positions below `until` (runs may extend past it, within `x`).
+    fn scan(&mut self, x: &[i16], until: usize, out: &mut DropoutSummary) {
+        let min_len = self.min_len;
+        while self.probe < until {
+            let probe = self.probe;
+            let v = x[probe];
+            let start = probe - x[..probe].iter().rev().take_while(|&&s| s == v).count();
+            let end = probe + 1 + x[probe + 1..].iter().take_while(|&&s| s == v).count();
+            if end - start >= min_len {
+                let secs = (end - start) as f64 / self.rate;
+                out.count += 1;
+                out.total_seconds += secs;
+                out.longest_seconds = out.longest_seconds.max(secs);
+                if out.runs.len() < self.cfg.max_listed {
+                    out.runs.push(Dropout { start: start as f64 / self.rate, end: end as f64 / self.rate, value: v });
+                }
+                // The next run starts at `end`; continue at the first probe point inside it or later.
+                self.probe = end.div_ceil(min_len) * min_len;
+            } else {
+                self.probe += min_len;
+            }
+        }
+    }
+}
+
+/// Levels, dropouts and VAD decisions of one channel. For the fast detector working at the
+/// channel's own rate (8 and 16 kHz), all three run block by block in one pass, so each
+/// block is read from memory once while it is in cache; otherwise (resampling, the neural
+/// tier) levels and dropouts come from one pass and the VAD from [`detect_frames`].
+fn levels_and_decisions(
+    x: &[i16],
+    rate: u32,
+    encoding: Encoding,
+    cfg: &AnalysisConfig,
+) -> Result<(Levels, FrameDecisions), DspError> {
+    let clip_at = clip_level(encoding);
+    let mut lv = Levels::new(x.len(), rate);
+    let mut scan = DropoutScan::new(rate, cfg);
+    if cfg.vad.kind != VadKind::Fast || cfg.vad.detector_rate(rate) != rate {
+        lv.add(x, clip_at);
+        scan.scan(x, x.len(), &mut lv.dropouts);
+        let decisions = detect_frames(x, rate, &cfg.vad)?;
+        return Ok((lv, decisions));
+    }
+    check_rate(rate)?;
+    let mut vad = FrameVad::new(&cfg.vad, rate)?;
+    let vad_len = vad.frame_len();
+    debug_assert_eq!(vad.lag_frames(), 0);
+    // A block holds whole level frames and whole VAD frames (10, 20 and 30 ms all divide
+    // 240 ms), so only the end of the channel leaves partial frames.
+    let block = rate as usize * 240 / 1000;
+    debug_assert!(block.is_multiple_of(lv.frame_len) && block.is_multiple_of(vad_len));
+    let mut voiced = Vec::with_capacity(x.len() / vad_len);
+    let mut at = 0;
+    for b in x.chunks(block) {
+        lv.add(b, clip_at);
+        voiced.extend(b.chunks_exact(vad_len).map(|f| vad.is_speech(f)));
+        at += b.len();
+        scan.scan(x, at, &mut lv.dropouts);
+    }
+    Ok((lv, FrameDecisions { frame_seconds: vad.frame_seconds(), voiced }))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -311,9 +430,8 @@ fn analyze_channel(
     cfg: &AnalysisConfig,
 ) -> Result<ChannelAnalysis, DspError> {
     let duration = x.len() as f64 / f64::from(rate);
-    let lv = levels(x, rate, encoding, cfg);
+    let (lv, mut decisions) = levels_and_decisions(x, rate, encoding, cfg)?;
     let dtmf = if cfg.detect_dtmf { detect_dtmf(x, rate, cfg.dtmf) } else { Vec::new() };
-    let mut decisions = detect_frames(x, rate, &cfg.vad)?;
     // Touch tones are not speech (the fast tier calls them voiced): mask their frames.
     for d in &dtmf {
         let fs = decisions.frame_seconds;
@@ -558,5 +676,48 @@ mod tests {
         assert!((d.runs[0].start - 100.0 / 8000.0).abs() < 1e-9);
         assert!((d.longest_seconds - 0.125).abs() < 1e-9);
         assert_eq!(d.runs[1].value, 77);
+    }
+
+    /// The probing search must find exactly the runs of a sample-by-sample scan.
+    #[test]
+    fn dropout_probing_matches_a_full_scan() {
+        fn scan(x: &[i16], min_len: usize) -> Vec<(usize, usize, i16)> {
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < x.len() {
+                let (start, v) = (i, x[i]);
+                while i < x.len() && x[i] == v {
+                    i += 1;
+                }
+                if i - start >= min_len {
+                    out.push((start, i, v));
+                }
+            }
+            out
+        }
+        let mut rng = crate::synth::Rng::new(7);
+        for case in 0..300 {
+            let mut x = Vec::new();
+            while x.len() < 3000 {
+                let len = match rng.next_u64() % 4 {
+                    0 => 1 + (rng.next_u64() % 3) as usize,
+                    1 => 1 + (rng.next_u64() % 40) as usize,
+                    _ => 1 + (rng.next_u64() % 200) as usize,
+                };
+                let v = (rng.next_u64() % 3) as i16;
+                x.extend(std::iter::repeat_n(v, len));
+            }
+            x.truncate(1000 + case * 7);
+            for ms in [1u32, 2, 5, 10, 20] {
+                let cfg = AnalysisConfig { dropout_min_ms: ms, max_listed: usize::MAX, ..AnalysisConfig::default() };
+                let min_len = ((8000 * ms / 1000) as usize).max(2);
+                let expected = scan(&x, min_len);
+                let got = dropouts(&x, 8000, &cfg);
+                assert_eq!(got.count, expected.len(), "case {case} ms {ms}");
+                for (r, &(s, e, v)) in got.runs.iter().zip(&expected) {
+                    assert_eq!((r.start, r.end, r.value), (s as f64 / 8000.0, e as f64 / 8000.0, v));
+                }
+            }
+        }
     }
 }

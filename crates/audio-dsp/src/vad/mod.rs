@@ -122,8 +122,11 @@ impl VadConfig {
 /// skipping them roughly halves the fast tier's cost on real calls, where each party is
 /// quiet about half the time. The warm-up lets the detector's noise model learn the line's
 /// background first (gating from the start delays the first onset).
-const SILENCE_MEAN_SQUARE: i64 = 16 * 16;
+const SILENCE_MEAN_SQUARE: u64 = 16 * 16;
 const GATE_AFTER_FRAMES: u32 = 50;
+/// Cap on sample magnitudes in the gate's energy sum: its square is at least the threshold
+/// of the longest fast-tier frame (30 ms at 16 kHz, 480 samples).
+const GATE_CAP: u32 = 512;
 
 /// The neural detector scores a frame from a 48 ms window ending with it, so its decisions
 /// trail the audio by about two frames (measured on the flite fixtures: accuracy peaks at a
@@ -209,8 +212,18 @@ impl FrameVad {
         match &mut self.detector {
             Detector::Fast(d) => {
                 if self.frames_seen >= GATE_AFTER_FRAMES {
-                    let energy: i64 = frame.iter().map(|&s| i64::from(s) * i64::from(s)).sum();
-                    if energy < SILENCE_MEAN_SQUARE * frame.len() as i64 {
+                    // Magnitudes are capped at GATE_CAP: a capped sample alone reaches the
+                    // threshold, so the comparison comes out as with exact energy, and the
+                    // sum fits i32 (cheap, vectorised arithmetic).
+                    debug_assert!(SILENCE_MEAN_SQUARE * frame.len() as u64 <= u64::from(GATE_CAP * GATE_CAP));
+                    let energy: u32 = frame
+                        .iter()
+                        .map(|&s| {
+                            let a = u32::from(s.unsigned_abs().min(GATE_CAP as u16));
+                            a * a
+                        })
+                        .sum();
+                    if u64::from(energy) < SILENCE_MEAN_SQUARE * frame.len() as u64 {
                         return 0.0;
                     }
                 } else {

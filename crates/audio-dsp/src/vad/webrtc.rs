@@ -96,13 +96,30 @@ fn weighted_average(
     avg
 }
 
+/// `1/std` in Q10 as the WebRTC code computes it (a division; tabulated below).
+const fn inv_std(std: i16) -> i16 {
+    let tmp32 = 131072 + (std >> 1) as i32; // never i32::MIN, so only std == 0 cannot divide
+    (if std == 0 { i32::MAX } else { tmp32 / std as i32 }) as i16
+}
+
+/// [`inv_std`] for the standard deviations the model holds in practice (they start at most
+/// at 1540 and updates cap them at [`MIN_STD`]), saving a division per Gaussian and frame.
+static INV_STD: [i16; 2048] = {
+    let mut t = [0i16; 2048];
+    let mut i = 0;
+    while i < t.len() {
+        t[i] = inv_std(i as i16);
+        i += 1;
+    }
+    t
+};
+
 /// Probability of `input` under a normal distribution (Q20) and the delta used for model
 /// updates (Q11). See the WebRTC source for the Q-domain derivation.
 fn gaussian_probability(input: i16, mean: i16, std: i16) -> (i32, i16) {
     const COMP_VAR: i32 = 22005;
     const LOG2_EXP: i32 = 5909;
-    let tmp32 = 131072 + i32::from(std >> 1);
-    let inv_std = div_i32_i16(tmp32, std) as i16;
+    let inv_std = usize::try_from(std).ok().and_then(|i| INV_STD.get(i)).map_or_else(|| inv_std(std), |&v| v);
     let tmp16 = inv_std >> 2;
     let inv_std2 = ((i32::from(tmp16) * i32::from(tmp16)) >> 2) as i16;
     let tmp16 = (input << 3).wrapping_sub(mean);
@@ -123,29 +140,29 @@ fn gaussian_probability(input: i16, mean: i16, std: i16) -> (i32, i16) {
 
 fn find_minimum(vad: &mut WebRtcVad, feature_value: i16, channel: usize) -> i16 {
     let offset = channel << 4;
-    let age = &mut vad.age_vector[offset..offset + 16];
-    let smallest = &mut vad.low_value_vector[offset..offset + 16];
-    for i in 0..16 {
-        if age[i] != 100 {
-            age[i] += 1;
-        } else {
-            for j in i..15 {
-                smallest[j] = smallest[j + 1];
-                age[j] = age[j + 1];
+    let age: &mut [i16; 16] = (&mut vad.age_vector[offset..offset + 16]).try_into().expect("16 ages");
+    let smallest: &mut [i16; 16] = (&mut vad.low_value_vector[offset..offset + 16]).try_into().expect("16 values");
+    if age.contains(&100) {
+        for i in 0..16 {
+            if age[i] != 100 {
+                age[i] = age[i].wrapping_add(1);
+            } else {
+                smallest.copy_within(i + 1.., i);
+                age.copy_within(i + 1.., i);
+                age[15] = 101;
+                smallest[15] = 10000;
             }
-            age[15] = 101;
-            smallest[15] = 10000;
+        }
+    } else {
+        // The common case (no value expires this frame): every value gets one frame older.
+        for a in age.iter_mut() {
+            *a = a.wrapping_add(1);
         }
     }
     // Insertion point among the 16 smallest values (same comparisons as the original).
-    let position = smallest.iter().position(|&v| feature_value < v);
-    if let Some(position) = position {
-        let mut i = 15;
-        while i > position {
-            smallest[i] = smallest[i - 1];
-            age[i] = age[i - 1];
-            i -= 1;
-        }
+    if let Some(position) = smallest.iter().position(|&v| feature_value < v) {
+        smallest.copy_within(position..15, position + 1);
+        age.copy_within(position..15, position + 1);
         smallest[position] = feature_value;
         age[position] = 1;
     }
@@ -186,61 +203,182 @@ fn downsample_2x(inv: &[i16], out: &mut [i16], filter_state: &mut [i32; 2]) {
     filter_state[1] = tmpd2;
 }
 
-fn highpass(inv: &[i16], out: &mut [i16], state: &mut [i16; 4]) {
+const HIGHPASS_COEFFICIENT: i32 = 20972;
+const LOWPASS_COEFFICIENT: i32 = 5571;
+
+/// One all-pass filter of a split filter, run one input sample at a time. Equivalent to the
+/// WebRTC `AllPassFilter` loop: `y = (s + c·x) >> 16`, `s' = 2·((x << 14) - c·y)`, written as
+/// `s' = (x << 15) - 2c·y` (the same value modulo 2^32, one multiplication fewer on the
+/// sample-to-sample dependency chain). Between frames only `s >> 16` is kept, as in WebRTC.
+#[derive(Clone, Copy)]
+struct AllPass {
+    state: i32,
+    c: i32,
+}
+
+impl AllPass {
+    #[inline(always)]
+    fn new(state: i16, c: i32) -> Self {
+        Self { state: i32::from(state) << 16, c }
+    }
+
+    #[inline(always)]
+    fn step(&mut self, x: i16) -> i16 {
+        let x = i32::from(x);
+        let y = self.state.wrapping_add(self.c * x) >> 16;
+        self.state = (x << 15).wrapping_sub(2 * self.c * y);
+        y as i16
+    }
+
+    #[inline(always)]
+    fn saved(self) -> i16 {
+        (self.state >> 16) as i16
+    }
+}
+
+/// The WebRTC split filter (a QMF pair of all-pass filters on the even and odd samples),
+/// one pair of input samples at a time: returns (high band, low band).
+#[derive(Clone, Copy)]
+struct Split {
+    upper: AllPass,
+    lower: AllPass,
+}
+
+impl Split {
+    #[inline(always)]
+    fn new(upper: i16, lower: i16) -> Self {
+        Self { upper: AllPass::new(upper, HIGHPASS_COEFFICIENT), lower: AllPass::new(lower, LOWPASS_COEFFICIENT) }
+    }
+
+    #[inline(always)]
+    fn step(&mut self, even: i16, odd: i16) -> (i16, i16) {
+        let u = self.upper.step(even);
+        let l = self.lower.step(odd);
+        (u.wrapping_sub(l), l.wrapping_add(u))
+    }
+
+    #[inline(always)]
+    fn save(self, upper: &mut i16, lower: &mut i16) {
+        *upper = self.upper.saved();
+        *lower = self.lower.saved();
+    }
+}
+
+/// The WebRTC high-pass filter (80 Hz) of the lowest band, one sample at a time.
+#[inline(always)]
+fn highpass_step(x: i16, state: &mut [i16; 4]) -> i16 {
     const COEFFS_ZERO: [i32; 3] = [6631, -13262, 6631];
     const COEFFS_POLE: [i32; 2] = [-7756, 5620];
-    for (&x, o) in inv.iter().zip(out.iter_mut()) {
-        let mut t = COEFFS_ZERO[0] * i32::from(x);
-        t += COEFFS_ZERO[1] * i32::from(state[0]);
-        t += COEFFS_ZERO[2] * i32::from(state[1]);
-        state[1] = state[0];
-        state[0] = x;
-        t -= COEFFS_POLE[0] * i32::from(state[2]);
-        t -= COEFFS_POLE[1] * i32::from(state[3]);
-        state[3] = state[2];
-        state[2] = (t >> 14) as i16;
-        *o = state[2];
-    }
+    let mut t = COEFFS_ZERO[0] * i32::from(x);
+    t += COEFFS_ZERO[1] * i32::from(state[0]);
+    t += COEFFS_ZERO[2] * i32::from(state[1]);
+    state[1] = state[0];
+    state[0] = x;
+    t -= COEFFS_POLE[0] * i32::from(state[2]);
+    t -= COEFFS_POLE[1] * i32::from(state[3]);
+    state[3] = state[2];
+    state[2] = (t >> 14) as i16;
+    state[2]
 }
 
-/// All-pass filter over every other sample of `inv`.
-fn allpass(inv: &[i16], out: &mut [i16], filter_state: &mut i16, coefficient: i16) {
-    let c = i32::from(coefficient);
-    let mut state32 = i32::from(*filter_state) * (1 << 16);
-    for (o, &x) in out.iter_mut().zip(inv.iter().step_by(2)) {
-        let tmp32 = state32.wrapping_add(c * i32::from(x));
-        let tmp16 = (tmp32 >> 16) as i16;
-        *o = tmp16;
-        state32 = (i32::from(x) * (1 << 14)) - c * i32::from(tmp16);
-        state32 = state32.wrapping_mul(2);
-    }
-    *filter_state = (state32 >> 16) as i16;
+/// Maximum frame length at 8 kHz (30 ms).
+const MAX_FRAME: usize = 240;
+
+/// The six sub-bands of one frame the features are computed from, each at its own rate,
+/// zero-padded to a multiple of 8 samples.
+struct Bands {
+    /// 3-4 kHz (from the 2-4 kHz band), frame/4 samples.
+    b3000: [i16; 64],
+    /// 2-3 kHz, frame/4 samples.
+    b2000: [i16; 64],
+    /// 1-2 kHz, frame/4 samples.
+    b1000: [i16; 64],
+    /// 500-1000 Hz, frame/8 samples.
+    b500: [i16; 32],
+    /// 250-500 Hz, frame/16 samples.
+    b250: [i16; 16],
+    /// 80-250 Hz (high-passed), frame/16 samples.
+    b80: [i16; 16],
 }
 
-fn split(inv: &[i16], hp_out: &mut [i16], upper: &mut i16, lp_out: &mut [i16], lower: &mut i16) {
-    const HIGHPASS_COEFFICIENT: i16 = 20972;
-    const LOWPASS_COEFFICIENT: i16 = 5571;
-    allpass(inv, hp_out, upper, HIGHPASS_COEFFICIENT);
-    allpass(&inv[1..], lp_out, lower, LOWPASS_COEFFICIENT);
-    for i in 0..(inv.len() >> 1) {
-        let tmp = hp_out[i];
-        hp_out[i] = hp_out[i].wrapping_sub(lp_out[i]);
-        lp_out[i] = lp_out[i].wrapping_add(tmp);
+/// Runs the WebRTC filter bank (split 0-4 kHz into 0-2 / 2-4, each again into halves, the
+/// 0-1 kHz band into 0-500 / 500-1000, that into 0-250 / 250-500, and high-passes 0-250)
+/// over one frame whose length is a multiple of 16. All stages advance together, 16 input
+/// samples per iteration, so the independent filters' dependency chains overlap instead
+/// of running one filter after another; every filter sees exactly the samples, in the order
+/// and with the arithmetic of the stage-by-stage WebRTC code.
+fn filter_bank(inv: &[i16], upper: &mut [i16; 5], lower: &mut [i16; 5], hp_state: &mut [i16; 4], out: &mut Bands) {
+    let mut s0 = Split::new(upper[0], lower[0]);
+    let mut s1 = Split::new(upper[1], lower[1]);
+    let mut s2 = Split::new(upper[2], lower[2]);
+    let mut s3 = Split::new(upper[3], lower[3]);
+    let mut s4 = Split::new(upper[4], lower[4]);
+    let mut hp = *hp_state;
+    // Two passes, each with few enough filter states to stay in registers. First levels 1
+    // and 2: 8 input samples -> 2 samples of each of the four 1 kHz wide bands.
+    let mut b0_1000 = [0i16; MAX_FRAME / 4];
+    let n = inv.len().min(MAX_FRAME);
+    for ((((x, b3000), b2000), b1000), b0) in inv[..n]
+        .chunks_exact(8)
+        .zip(out.b3000.chunks_exact_mut(2))
+        .zip(out.b2000.chunks_exact_mut(2))
+        .zip(out.b1000.chunks_exact_mut(2))
+        .zip(b0_1000.chunks_exact_mut(2))
+    {
+        let mut h1 = [0i16; 4];
+        let mut l1 = [0i16; 4];
+        for i in 0..4 {
+            (h1[i], l1[i]) = s0.step(x[2 * i], x[2 * i + 1]);
+        }
+        for j in 0..2 {
+            (b3000[j], b2000[j]) = s1.step(h1[2 * j], h1[2 * j + 1]);
+            (b1000[j], b0[j]) = s2.step(l1[2 * j], l1[2 * j + 1]);
+        }
     }
+    // Then levels 3 and 4 and the high-pass: 4 samples of 0-1 kHz -> 2 of 500-1000 Hz,
+    // 1 of 250-500 Hz and 1 of 80-250 Hz.
+    for (((x, b500), b250), b80) in b0_1000[..n / 4]
+        .chunks_exact(4)
+        .zip(out.b500.chunks_exact_mut(2))
+        .zip(out.b250.iter_mut())
+        .zip(out.b80.iter_mut())
+    {
+        let mut l3 = [0i16; 2];
+        for k in 0..2 {
+            (b500[k], l3[k]) = s3.step(x[2 * k], x[2 * k + 1]);
+        }
+        let (h, l) = s4.step(l3[0], l3[1]);
+        *b250 = h;
+        *b80 = highpass_step(l, &mut hp);
+    }
+    s0.save(&mut upper[0], &mut lower[0]);
+    s1.save(&mut upper[1], &mut lower[1]);
+    s2.save(&mut upper[2], &mut lower[2]);
+    s3.save(&mut upper[3], &mut lower[3]);
+    s4.save(&mut upper[4], &mut lower[4]);
+    *hp_state = hp;
 }
 
-fn energy(inv: &[i16]) -> (i32, u8) {
-    let n_bits = size_in_bits(inv.len() as i32);
-    let smax = inv.iter().map(|c| i32::from(c.unsigned_abs())).max().unwrap_or(0);
+/// Energy of the first `len` samples of `band` (the rest are zeros, which change neither
+/// the maximum nor the sum) and its scaling, as WebRTC's `WebRtcSpl_Energy`. Working on the
+/// whole fixed-size array lets both loops unroll and vectorise.
+fn energy<const N: usize>(band: &[i16; N], len: usize) -> (i32, u8) {
+    let n_bits = size_in_bits(len as i32);
+    let (mut max, mut min) = (0i16, 0i16);
+    for &x in band {
+        max = max.max(x);
+        min = min.min(x);
+    }
+    let smax = i32::from(max).max(-i32::from(min));
     let t = norm_i32(smax.wrapping_mul(smax)) as u8;
     let scaling = if smax != 0 && t <= n_bits { n_bits - t } else { 0 };
-    let e = inv.iter().fold(0i32, |acc, &x| acc.wrapping_add((i32::from(x) * i32::from(x)) >> scaling));
+    let e = band.iter().fold(0i32, |acc, &x| acc.wrapping_add((i32::from(x) * i32::from(x)) >> scaling));
     (e, scaling)
 }
 
-fn log_of_energy(inv: &[i16], offset: i16, total_energy: &mut i16) -> i16 {
+fn log_of_energy<const N: usize>(band: &[i16; N], len: usize, offset: i16, total_energy: &mut i16) -> i16 {
     const LOG_CONST: i16 = 24660;
-    let (e, scaling) = energy(inv);
+    let (e, scaling) = energy(band, len);
     let mut energy = e as u32;
     let mut scaling_factor = scaling as i8;
     if energy == 0 {
@@ -338,31 +476,19 @@ impl WebRtcVad {
     }
 
     fn calculate_features(&mut self, inv: &[i16]) -> i16 {
-        let mut split1 = [0i16; 240];
-        let mut split2 = [0i16; 120];
-        let split1_size = inv.len() >> 1;
-        let split2_size = split1_size >> 1;
-        let (hp_120, lp_120) = split1[..split1_size << 1].split_at_mut(split1_size);
-        let (hp_60, lp_60) = split2[..split2_size << 1].split_at_mut(split2_size);
+        let mut bands =
+            Bands { b3000: [0; 64], b2000: [0; 64], b1000: [0; 64], b500: [0; 32], b250: [0; 16], b80: [0; 16] };
+        debug_assert!(inv.len() <= MAX_FRAME && inv.len().is_multiple_of(16));
+        filter_bank(inv, &mut self.upper_state, &mut self.lower_state, &mut self.hp_filter_state, &mut bands);
+        let n = inv.len();
         let mut total = 0i16;
         let f = &mut self.feature_vector;
-        let (up, lo) = (&mut self.upper_state, &mut self.lower_state);
-        split(inv, hp_120, &mut up[0], lp_120, &mut lo[0]);
-        split(hp_120, hp_60, &mut up[1], lp_60, &mut lo[1]);
-        f[5] = log_of_energy(hp_60, FEATURES_OFFSET_VECTOR[5], &mut total);
-        f[4] = log_of_energy(lp_60, FEATURES_OFFSET_VECTOR[4], &mut total);
-        split(lp_120, hp_60, &mut up[2], lp_60, &mut lo[2]);
-        f[3] = log_of_energy(hp_60, FEATURES_OFFSET_VECTOR[3], &mut total);
-        let hp_30 = &mut hp_120[..split2_size >> 1];
-        let lp_30 = &mut lp_120[..split2_size >> 1];
-        split(lp_60, hp_30, &mut up[3], lp_30, &mut lo[3]);
-        f[2] = log_of_energy(hp_30, FEATURES_OFFSET_VECTOR[2], &mut total);
-        let hp_15 = &mut hp_60[..split2_size >> 2];
-        let lp_15 = &mut lp_60[..split2_size >> 2];
-        split(lp_30, hp_15, &mut up[4], lp_15, &mut lo[4]);
-        f[1] = log_of_energy(hp_15, FEATURES_OFFSET_VECTOR[1], &mut total);
-        highpass(lp_15, hp_15, &mut self.hp_filter_state);
-        f[0] = log_of_energy(hp_15, FEATURES_OFFSET_VECTOR[0], &mut total);
+        f[5] = log_of_energy(&bands.b3000, n / 4, FEATURES_OFFSET_VECTOR[5], &mut total);
+        f[4] = log_of_energy(&bands.b2000, n / 4, FEATURES_OFFSET_VECTOR[4], &mut total);
+        f[3] = log_of_energy(&bands.b1000, n / 4, FEATURES_OFFSET_VECTOR[3], &mut total);
+        f[2] = log_of_energy(&bands.b500, n / 8, FEATURES_OFFSET_VECTOR[2], &mut total);
+        f[1] = log_of_energy(&bands.b250, n / 16, FEATURES_OFFSET_VECTOR[1], &mut total);
+        f[0] = log_of_energy(&bands.b80, n / 16, FEATURES_OFFSET_VECTOR[0], &mut total);
         total
     }
 
@@ -510,5 +636,81 @@ impl WebRtcVad {
         }
         self.frame_counter += 1;
         vadflag
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The stage-by-stage filter bank of earshot 0.1 / WebRTC, as the reference.
+    fn allpass(inv: &[i16], out: &mut [i16], filter_state: &mut i16, coefficient: i16) {
+        let c = i32::from(coefficient);
+        let mut state32 = i32::from(*filter_state) * (1 << 16);
+        for (o, &x) in out.iter_mut().zip(inv.iter().step_by(2)) {
+            let tmp32 = state32.wrapping_add(c * i32::from(x));
+            let tmp16 = (tmp32 >> 16) as i16;
+            *o = tmp16;
+            state32 = (i32::from(x) * (1 << 14)) - c * i32::from(tmp16);
+            state32 = state32.wrapping_mul(2);
+        }
+        *filter_state = (state32 >> 16) as i16;
+    }
+
+    fn split(inv: &[i16], hp_out: &mut [i16], upper: &mut i16, lp_out: &mut [i16], lower: &mut i16) {
+        allpass(inv, hp_out, upper, HIGHPASS_COEFFICIENT as i16);
+        allpass(&inv[1..], lp_out, lower, LOWPASS_COEFFICIENT as i16);
+        for i in 0..(inv.len() >> 1) {
+            let tmp = hp_out[i];
+            hp_out[i] = hp_out[i].wrapping_sub(lp_out[i]);
+            lp_out[i] = lp_out[i].wrapping_add(tmp);
+        }
+    }
+
+    fn reference(inv: &[i16], up: &mut [i16; 5], lo: &mut [i16; 5], hp: &mut [i16; 4]) -> Vec<Vec<i16>> {
+        let n = inv.len();
+        let (mut h1, mut l1) = (vec![0; n / 2], vec![0; n / 2]);
+        split(inv, &mut h1, &mut up[0], &mut l1, &mut lo[0]);
+        let (mut b3000, mut b2000) = (vec![0; n / 4], vec![0; n / 4]);
+        split(&h1, &mut b3000, &mut up[1], &mut b2000, &mut lo[1]);
+        let (mut b1000, mut l2) = (vec![0; n / 4], vec![0; n / 4]);
+        split(&l1, &mut b1000, &mut up[2], &mut l2, &mut lo[2]);
+        let (mut b500, mut l3) = (vec![0; n / 8], vec![0; n / 8]);
+        split(&l2, &mut b500, &mut up[3], &mut l3, &mut lo[3]);
+        let (mut b250, mut l4) = (vec![0; n / 16], vec![0; n / 16]);
+        split(&l3, &mut b250, &mut up[4], &mut l4, &mut lo[4]);
+        let b80: Vec<i16> = l4.iter().map(|&x| highpass_step(x, hp)).collect();
+        vec![b3000, b2000, b1000, b500, b250, b80]
+    }
+
+    #[test]
+    fn filter_bank_matches_the_stage_by_stage_filters() {
+        let mut rng = crate::synth::Rng::new(3);
+        let (mut up, mut lo, mut hp) = ([0i16; 5], [0i16; 5], [0i16; 4]);
+        let (mut up2, mut lo2, mut hp2) = (up, lo, hp);
+        for frame in 0..600 {
+            let n = [80, 160, 240][frame % 3];
+            let inv: Vec<i16> = match frame % 5 {
+                0 => (0..n).map(|_| (rng.next_u64() >> 48) as u16 as i16).collect(),
+                1 => (0..n).map(|i| if (i / 3) % 2 == 0 { i16::MAX } else { i16::MIN }).collect(),
+                _ => (0..n).map(|_| ((rng.next_u64() >> 52) as i16) - 2048).collect(),
+            };
+            let expected = reference(&inv, &mut up, &mut lo, &mut hp);
+            let mut b =
+                Bands { b3000: [0; 64], b2000: [0; 64], b1000: [0; 64], b500: [0; 32], b250: [0; 16], b80: [0; 16] };
+            filter_bank(&inv, &mut up2, &mut lo2, &mut hp2, &mut b);
+            let got = [
+                &b.b3000[..n / 4],
+                &b.b2000[..n / 4],
+                &b.b1000[..n / 4],
+                &b.b500[..n / 8],
+                &b.b250[..n / 16],
+                &b.b80[..n / 16],
+            ];
+            for (band, (g, e)) in got.iter().zip(&expected).enumerate() {
+                assert_eq!(*g, &e[..], "frame {frame} band {band}");
+            }
+            assert_eq!((up, lo, hp), (up2, lo2, hp2), "frame {frame} states");
+        }
     }
 }
