@@ -58,7 +58,8 @@ impl LiveConfig {
             r.error("LIVE_SYSTEM_PROMPT", "must be at most 16 KiB");
         }
         let language = r.string("LIVE_LANGUAGE").map(|l| l.trim().to_string()).filter(|l| !l.is_empty());
-        if language.as_ref().is_some_and(|l| l.len() > 35 || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')) {
+        if language.as_ref().is_some_and(|l| l.len() > 35 || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
             r.error("LIVE_LANGUAGE", "must be a BCP-47 tag such as en or en-US");
         }
         let barge_in = r.seconds_or("LIVE_BARGE_IN_SECONDS", d.barge_in, 5.0);

@@ -61,9 +61,16 @@ pub fn init() {
     describe_gauge!(DB_UP, "1 when the last readiness check reached the database, else 0");
     describe_histogram!(CALL_ANALYSIS_STAGE_SECONDS, Unit::Seconds, "Recording analysis time, by pipeline stage");
     describe_counter!(CALL_ANALYSES_TOTAL, "Recording uploads, by result (done, failed, rejected, replayed)");
-    describe_histogram!(VOICE_TURN_LATENCY_SECONDS, Unit::Seconds, "Live-call turn latency, end of caller speech to first reply audio, by stage");
+    describe_histogram!(
+        VOICE_TURN_LATENCY_SECONDS,
+        Unit::Seconds,
+        "Live-call turn latency, end of caller speech to first reply audio, by stage"
+    );
     describe_counter!(VOICE_BARGE_INS_TOTAL, "Times the caller talked over the agent and the agent stopped");
-    describe_counter!(VOICE_MEDIA_FRAMES_DROPPED_TOTAL, "Inbound media frames dropped because audio-processor fell behind");
+    describe_counter!(
+        VOICE_MEDIA_FRAMES_DROPPED_TOTAL,
+        "Inbound media frames dropped because audio-processor fell behind"
+    );
     counter!(VOICE_BARGE_INS_TOTAL).absolute(0);
     counter!(VOICE_MEDIA_FRAMES_DROPPED_TOTAL).absolute(0);
     for result in ["done", "failed", "rejected", "replayed"] {

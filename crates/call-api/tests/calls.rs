@@ -377,6 +377,7 @@ async fn openapi_lists_every_route(app: TestApp) {
         ("/v1/calls/{id}/end", "post"),
         ("/v1/calls/{id}/recording", "post"),
         ("/v1/calls/{id}/analysis", "get"),
+        ("/v1/calls/{id}/turns", "get"),
         ("/v1/providers", "get"),
         ("/health", "get"),
         ("/ready", "get"),

@@ -76,7 +76,8 @@ async fn live_stack(backend: Backend, tts_seconds: f64) -> Option<Stack> {
     let db = TestDb::new(backend).await?;
     let audio = stack::start_audio(None).await;
     let gateway = stack::start_gateway(Some(&fake), &[("LLM_PROVIDERS", "openai"), ("TTS_PROVIDERS", "openai")]).await;
-    let app = stack::start_api(db, &audio.url(), &gateway.url(), &[("LIVE_SYSTEM_PROMPT", "You are a test agent.")]).await;
+    let app =
+        stack::start_api(db, &audio.url(), &gateway.url(), &[("LIVE_SYSTEM_PROMPT", "You are a test agent.")]).await;
     Some(Stack { app, fake, _audio: audio, _gateway: gateway })
 }
 
@@ -222,7 +223,9 @@ async fn two_turn_conversation(backend: Backend) {
     carrier.speak(utterance).await;
     carrier.speak(&silence(1.0)).await;
     carrier.wait_for_mark("turn-4-2", Duration::from_secs(20)).await;
-    carrier.send(json!({"event": "stop", "sequenceNumber": "999", "streamSid": "MZtest", "stop": {"callSid": "CA1"}})).await;
+    carrier
+        .send(json!({"event": "stop", "sequenceNumber": "999", "streamSid": "MZtest", "stop": {"callSid": "CA1"}}))
+        .await;
     let close = tokio::time::timeout(Duration::from_secs(10), carrier.reader).await.expect("server closes").unwrap();
     assert_eq!(close, Some(1000));
 
@@ -232,9 +235,14 @@ async fn two_turn_conversation(backend: Backend) {
     assert_eq!(count("/v1/audio/transcriptions"), 2);
     assert_eq!(count("/v1/chat/completions"), 2);
     assert_eq!(count("/v1/audio/speech"), 4, "two sentences per reply, each synthesised as soon as complete");
-    let chats: Vec<Value> =
-        requests.iter().filter(|r| r.path == "/v1/chat/completions").map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
-    let roles = |c: &Value| c["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let chats: Vec<Value> = requests
+        .iter()
+        .filter(|r| r.path == "/v1/chat/completions")
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    let roles = |c: &Value| {
+        c["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
     assert_eq!(roles(&chats[1]), ["system", "user", "assistant", "user"]);
     assert_eq!(chats[1]["messages"][0]["content"], "You are a test agent.");
     assert_eq!(chats[1]["messages"][1]["content"], HEARD[0]);
@@ -251,8 +259,11 @@ async fn two_turn_conversation(backend: Backend) {
     }
     // 0.5 s of speech per sentence is 25 frames; four sentences.
     assert_eq!(frames.len(), 100, "frames");
-    let marks: Vec<&str> =
-        received.iter().filter(|(_, v)| v["event"] == "mark").map(|(_, v)| v["mark"]["name"].as_str().unwrap()).collect();
+    let marks: Vec<&str> = received
+        .iter()
+        .filter(|(_, v)| v["event"] == "mark")
+        .map(|(_, v)| v["mark"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(marks, ["turn-2-1", "turn-2-2", "turn-4-1", "turn-4-2"]);
     // Pacing within the first reply: 20 ms apart (generous bounds: a hang or a burst fails).
     let first_reply: Vec<Instant> = frames[..50].iter().map(|(t, _)| *t).collect();
@@ -321,7 +332,10 @@ async fn barge_in_clears_the_reply_and_the_callers_words_get_an_answer() {
     let clear_at = carrier.events("clear")[0].0;
     let frames_before_clear = carrier.events("media").iter().filter(|(t, _)| *t < clear_at).count();
     assert!(frames_before_clear < 250, "the first 5 s sentence was cut short ({frames_before_clear} frames)");
-    assert!(carrier.events("mark").iter().all(|(_, m)| m["mark"]["name"] != "turn-2-2"), "the rest of reply 1 was dropped");
+    assert!(
+        carrier.events("mark").iter().all(|(_, m)| m["mark"]["name"] != "turn-2-2"),
+        "the rest of reply 1 was dropped"
+    );
 
     let turns = get(app, &format!("/v1/calls/{}/turns", carrier.id)).await;
     let agent: Vec<&Value> = turns["turns"].as_array().unwrap().iter().filter(|t| t["role"] == "agent").collect();
@@ -337,7 +351,8 @@ async fn bad_streams_are_refused_and_a_lost_connection_ends_the_call() {
     let Some(s) = live_stack(Backend::Sqlite, 0.5).await else { return };
     let app = &s.app;
     let ws_url = |id: &str| format!("ws://{}/v1/calls/{id}/media", app.addr);
-    let status = |id: String| async move { get(app, &format!("/v1/calls/{id}")).await["status"].as_str().unwrap().to_string() };
+    let status =
+        |id: String| async move { get(app, &format!("/v1/calls/{id}")).await["status"].as_str().unwrap().to_string() };
 
     // A wrong token in the URL: refused before the upgrade.
     let (id, _) = create_call(app).await;
@@ -347,7 +362,10 @@ async fn bad_streams_are_refused_and_a_lost_connection_ends_the_call() {
     // Wrong order, bad token, garbage, oversized: closed with a policy error, call untouched.
     let (id, token) = create_call(app).await;
     let cases: Vec<Vec<Message>> = vec![
-        vec![Message::text(json!({"event": "media", "sequenceNumber": "2", "media": {"timestamp": "0", "payload": "AA=="}}).to_string())],
+        vec![Message::text(
+            json!({"event": "media", "sequenceNumber": "2", "media": {"timestamp": "0", "payload": "AA=="}})
+                .to_string(),
+        )],
         vec![start_message("not-the-token")],
         vec![Message::text("{not json")],
         vec![Message::binary(vec![0u8; 100])],

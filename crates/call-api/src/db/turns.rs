@@ -26,8 +26,7 @@ pub struct Turn {
     pub interrupted: bool,
 }
 
-const INSERT: &str =
-    "INSERT INTO call_turns (call_id, seq, role, text, started_at, ended_at, latency, interrupted) \
+const INSERT: &str = "INSERT INTO call_turns (call_id, seq, role, text, started_at, ended_at, latency, interrupted) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (call_id, seq) DO UPDATE SET text = excluded.text, \
      ended_at = excluded.ended_at, latency = excluded.latency";
 const INTERRUPTED: &str = "INSERT INTO call_turns (call_id, seq, role, text, started_at, interrupted) \
@@ -72,7 +71,7 @@ impl Database {
                     .map(|row| {
                         let latency: Option<Json<serde_json::Value>> = row.try_get("latency")?;
                         Ok(Turn {
-                            seq: row.try_get("seq")?,
+                            seq: i64::from(row.try_get::<i32, _>("seq")?),
                             role: row.try_get("role")?,
                             text: row.try_get("text")?,
                             started_at: row.try_get("started_at")?,

@@ -184,7 +184,10 @@ mod tests {
 
     #[test]
     fn twilio_messages_parse() {
-        assert!(matches!(parse(r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#), Ok(Inbound::Connected)));
+        assert!(matches!(
+            parse(r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#),
+            Ok(Inbound::Connected)
+        ));
         match parse(START).unwrap() {
             Inbound::Start { stream_sid, call_sid, custom_parameters } => {
                 assert_eq!(stream_sid, "MZ123");
@@ -201,7 +204,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(parse(r#"{"event":"mark","mark":{"name":"t1"},"streamSid":"MZ"}"#), Ok(Inbound::Mark { .. })));
-        assert!(matches!(parse(r#"{"event":"dtmf","dtmf":{"track":"inbound_track","digit":"5"}}"#), Ok(Inbound::Dtmf { digit: '5' })));
+        assert!(matches!(
+            parse(r#"{"event":"dtmf","dtmf":{"track":"inbound_track","digit":"5"}}"#),
+            Ok(Inbound::Dtmf { digit: '5' })
+        ));
         assert!(matches!(parse(r#"{"event":"stop","stop":{"callSid":"CA1"},"streamSid":"MZ"}"#), Ok(Inbound::Stop)));
     }
 

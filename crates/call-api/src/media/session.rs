@@ -9,7 +9,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt as _, StreamExt as _, stream::SplitStream};
 use kraliki_proto::{
     audio::v1::{
-        AudioEncoding, AudioFormat, AudioFrame, StreamAudioRequest, StreamConfig, StreamAudioResponse,
+        AudioEncoding, AudioFormat, AudioFrame, StreamAudioRequest, StreamAudioResponse, StreamConfig,
         stream_audio_request::Payload, stream_audio_response::Event as AudioEvent,
     },
     provider::v1::{ChatMessage, Role},
@@ -418,14 +418,7 @@ impl Live {
         self.next_seq += 2;
         let cancel = CancellationToken::new();
         self.current = Some((cancel.clone(), caller_seq));
-        let input = TurnInput {
-            caller_seq,
-            speech,
-            text,
-            speech_end,
-            detected: Instant::now(),
-            caller_started_at,
-        };
+        let input = TurnInput { caller_seq, speech, text, speech_end, detected: Instant::now(), caller_started_at };
         tokio::spawn(turn::run(self.ctx.clone(), input, self.history.clone(), cancel));
     }
 

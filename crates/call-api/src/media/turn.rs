@@ -24,7 +24,8 @@ use super::playback::Command;
 use crate::{db::turns::Turn, metrics, model, peers::Peers};
 
 /// The latency stages of a turn, in order; they add up to `total`.
-pub const STAGES: [&str; 6] = ["end_of_turn", "stt", "llm_first_token", "llm_first_sentence", "tts_first_byte", "overhead"];
+pub const STAGES: [&str; 6] =
+    ["end_of_turn", "stt", "llm_first_token", "llm_first_sentence", "tts_first_byte", "overhead"];
 
 /// What starts a turn.
 pub struct TurnInput {
