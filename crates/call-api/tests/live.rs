@@ -420,3 +420,32 @@ async fn bad_streams_are_refused_and_a_lost_connection_ends_the_call() {
     assert_eq!(metric(&m, "active_calls{provider=\"websocket\"}"), Some(0.0));
     assert_eq!(metric(&m, "voice_calls_total{provider=\"websocket\",status=\"failed\"}"), Some(2.0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_waits_for_live_calls_then_ends_them_with_the_reason() {
+    let Some(s) = live_stack(Backend::Sqlite, 0.5).await else { return };
+    let app = &s.app;
+    let mut carrier = Carrier::connect(app).await;
+    carrier.speak(&silence(0.3)).await;
+    let id = carrier.id.clone();
+    wait_until(
+        async || get(app, &format!("/v1/calls/{id}")).await["status"] == "in_progress",
+        Duration::from_secs(5),
+        "media start",
+    )
+    .await;
+    let started = Instant::now();
+    app.trigger_shutdown();
+    // New live calls are refused while draining.
+    let (other, _) = create_call(app).await;
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/v1/calls/{other}/media", app.addr)).await;
+    assert!(refused.is_err(), "no new live call during shutdown");
+    // The live call keeps going for the drain bound (5 s here), then is ended by the service.
+    let close = tokio::time::timeout(Duration::from_secs(20), carrier.reader).await.expect("closed").unwrap();
+    assert_eq!(close, Some(1001));
+    assert!(started.elapsed() >= Duration::from_secs(4), "the drain waited for the live call");
+    assert_eq!(
+        app.db.count_calls("status = 'ended' AND outcome = 'failed' AND end_reason = 'service shutting down'").await,
+        1
+    );
+}

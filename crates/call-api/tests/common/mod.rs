@@ -189,6 +189,13 @@ pub async fn spawn_app_with(db: TestDb, database_url: &str, extra: &[(&str, &str
     TestApp { addr, base, client, db, shutdown, _telemetry: telemetry }
 }
 
+impl TestApp {
+    /// Starts the shutdown sequence (as SIGTERM would).
+    pub fn trigger_shutdown(&self) {
+        self.shutdown.trigger();
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.trigger();
