@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 /// (`crates/audio-dsp/fixtures/call-stereo.wav`, made by `make-fixtures.sh` there).
 const RECORDING: &[u8] = include_bytes!("../../audio-dsp/fixtures/call-stereo.wav");
 
-fn api_key() -> Option<String> {
+pub fn api_key() -> Option<String> {
     let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     if let Some(k) = from_env("VOICE_KRALIKI_API_KEY") {
         return Some(k.trim().to_string());

@@ -6,16 +6,17 @@
 //! voice-kraliki serve <service>    run one service in this process (what `run` starts)
 //! voice-kraliki demo               against a running stack: create a call, upload the shipped
 //!                                  recording, print its analysis
+//! voice-kraliki loadgen [...]      simulated carriers: concurrent live calls, latency table
 //! voice-kraliki sentry-test        send a test event to SENTRY_DSN
 //! ```
 
 mod demo;
+mod loadgen;
 mod supervisor;
 
 use std::process::ExitCode;
 
-const USAGE: &str =
-    "usage: voice-kraliki [run | serve <call-api|audio-processor|provider-gateway> | demo | sentry-test | help]";
+const USAGE: &str = "usage: voice-kraliki [run | serve <call-api|audio-processor|provider-gateway> | demo | loadgen [options] | sentry-test | help]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
         ["serve", "audio-processor"] => audio_processor::main(),
         ["serve", "provider-gateway"] => provider_gateway::main(),
         ["demo"] => demo::run(),
+        ["loadgen", rest @ ..] => loadgen::run(rest),
         ["sentry-test"] => sentry_test(),
         ["help" | "--help" | "-h"] => {
             println!("{USAGE}");

@@ -13,11 +13,13 @@ use std::{
 
 use tokio::{
     sync::{mpsc, oneshot},
-    time::{Instant, MissedTickBehavior},
+    time::Instant,
 };
 
 use super::protocol::{self, FRAME_BYTES};
 
+/// The duration of one frame.
+const FRAME_TIME: Duration = Duration::from_millis(20);
 /// μ-law silence, used to pad the last frame of a sentence.
 const SILENCE: u8 = 0xFF;
 
@@ -61,9 +63,8 @@ async fn run(stream_sid: String, mut rx: mpsc::Receiver<Command>, out: mpsc::Sen
     let mut queue: VecDeque<Item> = VecDeque::new();
     let mut partial: Vec<u8> = Vec::with_capacity(FRAME_BYTES);
     let mut partial_first: Option<oneshot::Sender<Instant>> = None;
-    let mut ticker = tokio::time::interval(Duration::from_millis(20));
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut idle = true;
+    // When the next frame may go: 20 ms after the previous one, or at once after silence.
+    let mut next_due = Instant::now();
     loop {
         tokio::select! {
             command = rx.recv() => match command {
@@ -102,18 +103,13 @@ async fn run(stream_sid: String, mut rx: mpsc::Receiver<Command>, out: mpsc::Sen
                     if out.send(protocol::clear(&stream_sid)).await.is_err() { return; }
                 }
             },
-            _ = ticker.tick(), if !queue.is_empty() => {
+            () = tokio::time::sleep_until(next_due), if !queue.is_empty() => {
                 if !send_next(&stream_sid, &mut queue, &out).await { return; }
+                let now = Instant::now();
+                // On schedule: exactly 20 ms later. After a stall or silence: 20 ms from now.
+                next_due = if next_due + FRAME_TIME < now { now + FRAME_TIME } else { next_due + FRAME_TIME };
             }
         }
-        // Leaving silence: the first frame goes at once, the clock restarts from it.
-        if idle && queue.iter().any(|i| matches!(i, Item::Frame(..))) {
-            if !send_next(&stream_sid, &mut queue, &out).await {
-                return;
-            }
-            ticker.reset();
-        }
-        idle = queue.is_empty();
         queued.store(queue.iter().filter(|i| matches!(i, Item::Frame(..))).count(), Ordering::Relaxed);
     }
 }
@@ -199,6 +195,21 @@ mod tests {
         assert_eq!(after.last().map(String::as_str), Some("clear"));
         assert!(after.len() <= 2, "at most one frame raced the clear: {after:?}");
         assert_eq!(playback.queued_frames(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn audio_arriving_frame_by_frame_is_still_paced() {
+        let (out_tx, mut out) = mpsc::channel(1024);
+        let playback = Playback::start("MZ1".into(), out_tx);
+        // A fast synthesiser: 50 one-frame chunks at once.
+        for _ in 0..50 {
+            playback.commands.send(Command::Audio { bytes: vec![3; FRAME_BYTES], first_sent: None }).await.unwrap();
+        }
+        let started = Instant::now();
+        for _ in 0..50 {
+            assert_eq!(event(&out.recv().await.unwrap())["event"], "media");
+        }
+        assert_eq!(started.elapsed(), Duration::from_millis(49 * 20), "one frame per 20 ms, not a burst");
     }
 
     fn base64_len(e: &serde_json::Value) -> usize {

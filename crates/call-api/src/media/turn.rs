@@ -3,7 +3,10 @@
 //! as it is complete, and the audio to playback. Latency is measured where the caller hears it:
 //! from the end of their speech to the first reply frame sent, in stages that add up to it.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
@@ -105,25 +108,59 @@ pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, 
     );
     let caller_seq = input.caller_seq;
     let events = ctx.events.clone();
+    let progress = Arc::new(Mutex::new(Progress::default()));
     let outcome = async {
         tokio::select! {
             biased;
             () = cancel.cancelled() => None,
-            out = turn(&ctx, input, history) => Some(out),
+            out = turn(&ctx, input, history, progress.clone()) => Some(out),
         }
     }
     .instrument(span.clone())
     .await;
     let event = match outcome {
-        // Interrupted before a word of reply was ready: nothing was said.
-        None => TurnEvent::Replied { caller_seq, text: String::new(), interrupted: true },
+        None => {
+            // Interrupted: keep what was said so far and how fast it started.
+            span.record("interrupted", true);
+            let p = std::mem::take(&mut *progress.lock().expect("progress"));
+            if let Some(started_at) = p.agent_started_at {
+                let mut latency = p.latency.unwrap_or_default();
+                latency.insert("interrupted".into(), json!(true));
+                let agent_turn = Turn {
+                    seq: caller_seq + 1,
+                    role: "agent".into(),
+                    text: p.spoken.clone(),
+                    started_at,
+                    ended_at: Some(model::now()),
+                    latency: Some(serde_json::Value::Object(latency)),
+                    interrupted: true,
+                };
+                if let Err(e) = ctx.db.insert_turn(ctx.call_id, &agent_turn).await {
+                    tracing::warn!(error = %e, "could not store the interrupted turn");
+                }
+            }
+            TurnEvent::Replied { caller_seq, text: p.spoken, interrupted: true }
+        }
         Some(Ok(e)) | Some(Err(e)) => e,
     };
     let _ = events.send(event).await;
 }
 
+/// What a turn has done so far, for when it is interrupted.
+#[derive(Default)]
+struct Progress {
+    agent_started_at: Option<DateTime<Utc>>,
+    spoken: String,
+    latency: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
 /// The turn proper. `Err` carries the event to report when it ended early.
-async fn turn(ctx: &TurnContext, input: TurnInput, mut history: Vec<ChatMessage>) -> Result<TurnEvent, TurnEvent> {
+async fn turn(
+    ctx: &TurnContext,
+    input: TurnInput,
+    mut history: Vec<ChatMessage>,
+    progress: Arc<Mutex<Progress>>,
+) -> Result<TurnEvent, TurnEvent> {
     let caller_seq = input.caller_seq;
     let nothing = |reason: String| TurnEvent::Nothing { caller_seq, reason };
     let end_of_turn = input.detected.saturating_duration_since(input.speech_end);
@@ -170,6 +207,7 @@ async fn turn(ctx: &TurnContext, input: TurnInput, mut history: Vec<ChatMessage>
 
     // The reply: streamed chat, sentence by sentence into streamed synthesis.
     let agent_started_at = model::now();
+    progress.lock().expect("progress").agent_started_at = Some(agent_started_at);
     history.push(ChatMessage { role: Role::User as i32, content: text });
     let mut messages = vec![ChatMessage { role: Role::System as i32, content: ctx.system_prompt.clone() }];
     messages.extend(history);
@@ -190,6 +228,7 @@ async fn turn(ctx: &TurnContext, input: TurnInput, mut history: Vec<ChatMessage>
     let mut tts_started: Option<Instant> = None;
     let mut tts_first_byte: Option<Instant> = None;
     let mut first_frame: Option<oneshot::Receiver<Instant>> = None;
+    let mut latency: Option<serde_json::Map<String, serde_json::Value>> = None;
     let mut buffer = String::new();
     let mut spoken = String::new();
     let mut sentences = 0usize;
@@ -245,8 +284,25 @@ async fn turn(ctx: &TurnContext, input: TurnInput, mut history: Vec<ChatMessage>
                 } else {
                     None
                 };
+                let is_first = first_sent.is_some();
                 if ctx.playback.send(Command::Audio { bytes: chunk.audio, first_sent }).await.is_err() {
                     return Err(nothing("the call ended".into()));
+                }
+                if is_first && let Some(rx) = first_frame.as_mut() {
+                    // The first frame goes out at once (or after the previous reply's tail).
+                    let sent = rx.await.unwrap_or_else(|_| Instant::now());
+                    let clock = Clock {
+                        speech_end: input.speech_end,
+                        end_of_turn,
+                        stt,
+                        llm_started,
+                        first_token,
+                        first_sentence,
+                        tts_started,
+                        tts_first_byte,
+                    };
+                    latency = Some(record_latency(&clock, sent));
+                    progress.lock().expect("progress").latency = latency.clone();
                 }
             }
             let _ = ctx.playback.send(Command::Mark(format!("turn-{}-{sentences}", caller_seq + 1))).await;
@@ -254,40 +310,14 @@ async fn turn(ctx: &TurnContext, input: TurnInput, mut history: Vec<ChatMessage>
                 spoken.push(' ');
             }
             spoken.push_str(&sentence);
+            progress.lock().expect("progress").spoken = spoken.clone();
         }
     }
-    let Some(first_frame) = first_frame else {
+    let Some(mut latency) = latency.filter(|_| first_frame.is_some()) else {
         return Err(nothing("the reply produced no audio".into()));
     };
-    let first_frame = first_frame.await.unwrap_or_else(|_| Instant::now());
-
-    // Latency: consecutive intervals, so the stages add up to the total.
-    let llm_first_token = first_token.unwrap_or(llm_started).saturating_duration_since(llm_started);
-    let llm_first_sentence =
-        first_sentence.unwrap_or(llm_started).saturating_duration_since(first_token.unwrap_or(llm_started));
-    let tts = tts_first_byte.unwrap_or(first_frame).saturating_duration_since(tts_started.unwrap_or(first_frame));
-    let total = first_frame.saturating_duration_since(input.speech_end);
-    let accounted = end_of_turn + stt + llm_first_token + llm_first_sentence + tts;
-    let overhead = total.saturating_sub(accounted);
-    let total = accounted + overhead;
-    let values = [end_of_turn, stt, llm_first_token, llm_first_sentence, tts, overhead];
-    let span = tracing::Span::current();
-    let mut latency = serde_json::Map::new();
-    for (stage, value) in STAGES.iter().zip(values) {
-        metrics::turn_latency(stage, secs(value));
-        latency.insert((*stage).to_string(), json!(secs(value)));
-    }
-    metrics::turn_latency("total", secs(total));
-    latency.insert("total".into(), json!(secs(total)));
-    span.record("latency.end_of_turn", secs(end_of_turn));
-    span.record("latency.stt", secs(stt));
-    span.record("latency.llm_first_token", secs(llm_first_token));
-    span.record("latency.llm_first_sentence", secs(llm_first_sentence));
-    span.record("latency.tts_first_byte", secs(tts));
-    span.record("latency.overhead", secs(overhead));
-    span.record("latency.total", secs(total));
-    span.record("interrupted", false);
     latency.insert("interrupted".into(), json!(false));
+    tracing::Span::current().record("interrupted", false);
     let agent_turn = Turn {
         seq: caller_seq + 1,
         role: "agent".into(),
@@ -301,6 +331,48 @@ async fn turn(ctx: &TurnContext, input: TurnInput, mut history: Vec<ChatMessage>
         tracing::warn!(error = %e, "could not store the agent's turn");
     }
     Ok(TurnEvent::Replied { caller_seq, text: spoken, interrupted: false })
+}
+
+/// The instants a turn went through.
+struct Clock {
+    speech_end: Instant,
+    end_of_turn: Duration,
+    stt: Duration,
+    llm_started: Instant,
+    first_token: Option<Instant>,
+    first_sentence: Option<Instant>,
+    tts_started: Option<Instant>,
+    tts_first_byte: Option<Instant>,
+}
+
+/// The latency stages once the first frame was sent: consecutive intervals, so they add up to
+/// the total; recorded as metrics and on the `turn` span.
+fn record_latency(c: &Clock, first_frame: Instant) -> serde_json::Map<String, serde_json::Value> {
+    let llm_first_token = c.first_token.unwrap_or(c.llm_started).saturating_duration_since(c.llm_started);
+    let llm_first_sentence =
+        c.first_sentence.unwrap_or(c.llm_started).saturating_duration_since(c.first_token.unwrap_or(c.llm_started));
+    let tts = c.tts_first_byte.unwrap_or(first_frame).saturating_duration_since(c.tts_started.unwrap_or(first_frame));
+    let total = first_frame.saturating_duration_since(c.speech_end);
+    let accounted = c.end_of_turn + c.stt + llm_first_token + llm_first_sentence + tts;
+    let overhead = total.saturating_sub(accounted);
+    let total = accounted + overhead;
+    let values = [c.end_of_turn, c.stt, llm_first_token, llm_first_sentence, tts, overhead];
+    let span = tracing::Span::current();
+    let mut latency = serde_json::Map::new();
+    for (stage, value) in STAGES.iter().zip(values) {
+        metrics::turn_latency(stage, secs(value));
+        latency.insert((*stage).to_string(), json!(secs(value)));
+    }
+    metrics::turn_latency("total", secs(total));
+    latency.insert("total".into(), json!(secs(total)));
+    span.record("latency.end_of_turn", secs(c.end_of_turn));
+    span.record("latency.stt", secs(c.stt));
+    span.record("latency.llm_first_token", secs(llm_first_token));
+    span.record("latency.llm_first_sentence", secs(llm_first_sentence));
+    span.record("latency.tts_first_byte", secs(tts));
+    span.record("latency.overhead", secs(overhead));
+    span.record("latency.total", secs(total));
+    latency
 }
 
 #[cfg(test)]
