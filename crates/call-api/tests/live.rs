@@ -449,3 +449,32 @@ async fn shutdown_waits_for_live_calls_then_ends_them_with_the_reason() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keypad_digits_reach_the_conversation() {
+    let Some(s) = live_stack(Backend::Sqlite, 0.5).await else { return };
+    let app = &s.app;
+    let mut carrier = Carrier::connect(app).await;
+    carrier.speak(&silence(0.2)).await;
+    for digit in ["4", "2", "#"] {
+        carrier.send(json!({"event": "dtmf", "streamSid": "MZtest", "sequenceNumber": "5", "dtmf": {"track": "inbound_track", "digit": digit}})).await;
+        carrier.speak(&silence(0.2)).await;
+    }
+    carrier.wait_for_mark("turn-2-2", Duration::from_secs(20)).await;
+    let chats: Vec<Value> = s
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/chat/completions")
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(chats.len(), 1);
+    assert_eq!(chats[0]["messages"][1]["content"], "(The caller pressed the keys 42# on the keypad.)");
+    assert!(
+        s.fake.requests().iter().all(|r| r.path != "/v1/audio/transcriptions"),
+        "keypad input needs no transcription"
+    );
+    let turns = get(app, &format!("/v1/calls/{}/turns", carrier.id)).await;
+    assert_eq!(turns["turns"][0]["text"], "(The caller pressed the keys 42# on the keypad.)");
+    assert_eq!(turns["turns"][1]["role"], "agent");
+}
