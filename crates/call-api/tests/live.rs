@@ -41,6 +41,14 @@ fn sse(text: &str) -> Vec<u8> {
 /// The fake providers: transcription and chat answer in turn order; speech is `tts_seconds` of
 /// audio per sentence.
 fn providers(tts_seconds: f64) -> impl Fn(&FakeRequest) -> FakeReply + Send + Sync + 'static {
+    providers_with(tts_seconds, Duration::ZERO)
+}
+
+/// As [`providers`], the first chat answer starting only after `first_chat_delay`.
+fn providers_with(
+    tts_seconds: f64,
+    first_chat_delay: Duration,
+) -> impl Fn(&FakeRequest) -> FakeReply + Send + Sync + 'static {
     let stt = AtomicUsize::new(0);
     let chat = AtomicUsize::new(0);
     move |req: &FakeRequest| match req.path.as_str() {
@@ -49,8 +57,9 @@ fn providers(tts_seconds: f64) -> impl Fn(&FakeRequest) -> FakeReply + Send + Sy
             FakeReply::json(200, json!({"text": HEARD[i], "language": "english", "duration": 1.0}))
         }
         "/v1/chat/completions" => {
-            let i = chat.fetch_add(1, Ordering::SeqCst).min(1);
-            FakeReply::raw(200, "text/event-stream", sse(REPLIES[i]))
+            let n = chat.fetch_add(1, Ordering::SeqCst);
+            let reply = FakeReply::raw(200, "text/event-stream", sse(REPLIES[n.min(1)]));
+            if n == 0 { reply.after(first_chat_delay) } else { reply }
         }
         "/v1/audio/speech" => FakeReply::raw(200, "application/octet-stream", speech_pcm(tts_seconds)),
         _ => FakeReply::json(404, json!({"error": {"message": "no such route"}})),
@@ -72,7 +81,10 @@ struct Stack {
 }
 
 async fn live_stack(backend: Backend, tts_seconds: f64) -> Option<Stack> {
-    let fake = FakeHttp::start(providers(tts_seconds)).await;
+    live_stack_with(backend, FakeHttp::start(providers(tts_seconds)).await).await
+}
+
+async fn live_stack_with(backend: Backend, fake: FakeHttp) -> Option<Stack> {
     let db = TestDb::new(backend).await?;
     let audio = stack::start_audio(None).await;
     let gateway = stack::start_gateway(Some(&fake), &[("LLM_PROVIDERS", "openai"), ("TTS_PROVIDERS", "openai")]).await;
@@ -477,4 +489,38 @@ async fn keypad_digits_reach_the_conversation() {
     let turns = get(app, &format!("/v1/calls/{}/turns", carrier.id)).await;
     assert_eq!(turns["turns"][0]["text"], "(The caller pressed the keys 42# on the keypad.)");
     assert_eq!(turns["turns"][1]["role"], "agent");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn talking_while_the_agent_thinks_cancels_the_provider_stream() {
+    // The first chat answer takes 6 s to start: the caller speaks again meanwhile.
+    let fake = FakeHttp::start(providers_with(0.5, Duration::from_secs(6))).await;
+    let Some(s) = live_stack_with(Backend::Sqlite, fake).await else { return };
+    let app = &s.app;
+    let mut carrier = Carrier::connect(app).await;
+    let caller = caller_audio();
+    let utterance = &caller[(4.0 * 8000.0) as usize..(9.0 * 8000.0) as usize];
+    carrier.speak(utterance).await;
+    carrier.speak(&silence(0.8)).await;
+    wait_until(
+        async || s.fake.requests().iter().any(|r| r.path == "/v1/chat/completions"),
+        Duration::from_secs(10),
+        "the first chat request",
+    )
+    .await;
+    carrier.speak(utterance).await;
+    carrier.speak(&silence(1.0)).await;
+    carrier.wait_for_mark("turn-4-2", Duration::from_secs(20)).await;
+    // The first chat request was abandoned by the gateway: never answered in full.
+    let chats_answered = s.fake.answered().iter().filter(|p| *p == "/v1/chat/completions").count();
+    let chats_sent = s.fake.requests().iter().filter(|r| r.path == "/v1/chat/completions").count();
+    assert_eq!((chats_sent, chats_answered), (2, 1), "the first provider stream was cancelled");
+    assert!(!carrier.events("clear").is_empty());
+    let turns = get(app, &format!("/v1/calls/{}/turns", carrier.id)).await;
+    let agent_turns: Vec<&Value> = turns["turns"].as_array().unwrap().iter().filter(|t| t["role"] == "agent").collect();
+    assert_eq!(agent_turns[0]["interrupted"], true, "{turns:#}");
+    assert_eq!(agent_turns[0]["text"], "");
+    assert_eq!(agent_turns.last().unwrap()["interrupted"], false);
+    let m = metrics(app).await;
+    assert_eq!(metric(&m, "voice_barge_ins_total"), Some(1.0));
 }

@@ -305,6 +305,9 @@ type Responder = Arc<dyn Fn(&FakeRequest) -> FakeReply + Send + Sync>;
 pub struct FakeHttp {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<FakeRequest>>>,
+    /// Paths of the requests answered in full (a request whose client went away during the
+    /// reply's delay is missing here).
+    answered: Arc<Mutex<Vec<String>>>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -313,12 +316,18 @@ impl FakeHttp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake provider");
         let addr = listener.local_addr().expect("local addr");
         let requests: Arc<Mutex<Vec<FakeRequest>>> = Arc::default();
-        let state = (requests.clone(), Arc::new(respond) as Responder);
+        let answered: Arc<Mutex<Vec<String>>> = Arc::default();
+        let state = (requests.clone(), Arc::new(respond) as Responder, answered.clone());
         let app = Router::new().fallback(fake_handler).with_state(state);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { addr, requests, _task: task }
+        Self { addr, requests, answered, _task: task }
+    }
+
+    /// Paths of the requests answered in full, in order.
+    pub fn answered(&self) -> Vec<String> {
+        self.answered.lock().expect("fake lock").clone()
     }
 
     /// `http://127.0.0.1:port/v1`, the form of an OpenAI-compatible base URL.
@@ -332,7 +341,7 @@ impl FakeHttp {
 }
 
 async fn fake_handler(
-    State((requests, respond)): State<(Arc<Mutex<Vec<FakeRequest>>>, Responder)>,
+    State((requests, respond, answered)): State<(Arc<Mutex<Vec<FakeRequest>>>, Responder, Arc<Mutex<Vec<String>>>)>,
     request: axum::extract::Request,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
@@ -353,6 +362,7 @@ async fn fake_handler(
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
+    answered.lock().expect("fake lock").push(recorded.path.clone());
     let status =
         axum::http::StatusCode::from_u16(reply.status).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
     match reply.raw {
