@@ -33,6 +33,7 @@ fmt: ## format the code
 bench: ## run the benchmarks (release build) and print their figures
 	$(CARGO) bench --workspace
 	bash scripts/bench-telemetry.sh release
+	bash scripts/bench-live.sh release
 
 check-deploy: ## validate k8s, Prometheus rules and dashboards with the real tools
 	bash scripts/check-deploy/run.sh
