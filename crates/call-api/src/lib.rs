@@ -15,6 +15,8 @@
 //! pipeline.rs        upload → audio-processor → transcription → sentiment
 //! db/analysis.rs     claiming, releasing and storing a call's analysis
 //! routes/            one router per resource (calls.rs, recording.rs, providers.rs)
+//! twilio.rs          Twilio carrier: X-Twilio-Signature, TwiML, outbound dialling (REST API)
+//! routes/twilio.rs   the Twilio webhooks (inbound voice, status callbacks), outside bearer auth
 //! ```
 
 pub mod analysis;
@@ -29,6 +31,7 @@ pub mod openapi;
 pub mod peers;
 pub mod pipeline;
 pub mod routes;
+pub mod twilio;
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
@@ -77,6 +80,8 @@ pub struct AppState {
     pub db: db::Database,
     pub media: MediaUrls,
     pub recording: config::RecordingConfig,
+    /// The Twilio carrier; `None` when `TWILIO_ACCOUNT_SID`/`TWILIO_AUTH_TOKEN` are not set.
+    pub twilio: Option<twilio::Twilio>,
 }
 
 /// The whole HTTP application: API, OpenAPI document, health, readiness and metrics.
@@ -110,6 +115,10 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
         db: db.clone(),
         media: MediaUrls::new(&config.public_base_url, config.media_token_ttl),
         recording: config.recording.clone(),
+        twilio: match config.twilio.clone() {
+            Some(t) => Some(twilio::Twilio::new(t, &config.public_base_url)?),
+            None => None,
+        },
     };
     let router = app(state, &ctx);
     ctx.health.set_started().await;

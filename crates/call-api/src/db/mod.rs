@@ -123,15 +123,17 @@ pub fn check_url(url: &str) -> Result<(), String> {
 }
 
 fn migrations(postgres: bool) -> Migrator {
-    let files: [(i64, &str, &'static str); 2] = if postgres {
+    let files: [(i64, &str, &'static str); 3] = if postgres {
         [
             (1, "calls", include_str!("migrations/postgres/0001_calls.sql")),
             (2, "analysis attempts", include_str!("migrations/postgres/0002_analysis_attempts.sql")),
+            (3, "carrier call id", include_str!("migrations/postgres/0003_carrier_call_id.sql")),
         ]
     } else {
         [
             (1, "calls", include_str!("migrations/sqlite/0001_calls.sql")),
             (2, "analysis attempts", include_str!("migrations/sqlite/0002_analysis_attempts.sql")),
+            (3, "carrier call id", include_str!("migrations/sqlite/0003_carrier_call_id.sql")),
         ]
     };
     Migrator::with_migrations(
