@@ -120,6 +120,9 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
             None => None,
         },
     };
+    if state.twilio.is_none() {
+        tracing::info!("Twilio is not configured: no outbound dialling, the Twilio webhooks answer 503");
+    }
     let router = app(state, &ctx);
     ctx.health.set_started().await;
     tracing::info!(addr = %listener.local_addr()?, database = db.system(), "serving");
