@@ -202,12 +202,12 @@ pub fn xml_escape(s: &str) -> String {
 
 /// The base64 `X-Twilio-Signature` of a POST to `url` with form `params`.
 pub fn signature(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
-    STANDARD.encode(mac(auth_token, url, params).finalize().into_bytes())
+    mac(auth_token, url, params).map(|m| STANDARD.encode(m.finalize().into_bytes())).unwrap_or_default()
 }
 
-fn mac(auth_token: &str, url: &str, params: &[(String, String)]) -> Hmac<Sha1> {
-    // HMAC accepts keys of any length: this cannot fail.
-    let mut mac = <Hmac<Sha1>>::new_from_slice(auth_token.as_bytes()).unwrap_or_else(|_| unreachable!());
+fn mac(auth_token: &str, url: &str, params: &[(String, String)]) -> Option<Hmac<Sha1>> {
+    // HMAC accepts keys of any length, so this is always `Some`.
+    let mut mac = <Hmac<Sha1>>::new_from_slice(auth_token.as_bytes()).ok()?;
     mac.update(url.as_bytes());
     let mut sorted: Vec<&(String, String)> = params.iter().collect();
     // By name (byte order, case-sensitive), then by value for repeated names.
@@ -216,13 +216,13 @@ fn mac(auth_token: &str, url: &str, params: &[(String, String)]) -> Hmac<Sha1> {
         mac.update(name.as_bytes());
         mac.update(value.as_bytes());
     }
-    mac
+    Some(mac)
 }
 
 /// Checks `signature` in constant time; a header that is not base64 never matches.
 pub fn verify_signature(auth_token: &str, url: &str, params: &[(String, String)], signature: &str) -> bool {
     let Ok(presented) = STANDARD.decode(signature.trim()) else { return false };
-    mac(auth_token, url, params).verify_slice(&presented).is_ok()
+    mac(auth_token, url, params).is_some_and(|m| m.verify_slice(&presented).is_ok())
 }
 
 /// The URL as given and with its default port added or removed: Twilio signs the URL as it was
