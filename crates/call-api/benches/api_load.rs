@@ -154,7 +154,7 @@ async fn bench(
             async move {
                 let provider = ["twilio", "telnyx", "sip"][i % 3];
                 let body = json!({"provider": provider, "from": "+14155550100",
-                                  "to": "+420123456789", "direction": "outbound", "metadata": {"n": i}});
+                                  "to": "+420123456789", "direction": "inbound", "metadata": {"n": i}});
                 let r =
                     client.post(format!("{base}/v1/calls")).bearer_auth(KEY).json(&body).send().await.map_err(drop)?;
                 if r.status() != 201 {

@@ -24,6 +24,8 @@ pub struct Config {
     pub media_token_ttl: Duration,
     pub recording: RecordingConfig,
     pub live: LiveConfig,
+    /// `TWILIO_*`: the Twilio carrier integration; `None` when no credentials are set.
+    pub twilio: Option<TwilioConfig>,
     pub telemetry: TelemetryConfig,
 }
 
@@ -183,6 +185,7 @@ impl Config {
         }
         let recording = RecordingConfig::read(&mut r);
         let live = LiveConfig::read(&mut r);
+        let twilio = TwilioConfig::read(&mut r);
         r.errors.into_result(Self {
             addr,
             audio_processor_url,
@@ -193,8 +196,70 @@ impl Config {
             media_token_ttl,
             recording,
             live,
+            twilio,
             telemetry,
         })
+    }
+}
+
+// ---- Twilio (carrier) -----------------------------------------------------------------------
+
+/// The Twilio carrier integration: outbound dialling through the Calls REST API and the
+/// `/v1/twilio/*` webhooks. Present only when both credentials are set.
+#[derive(Debug, Clone)]
+pub struct TwilioConfig {
+    /// `TWILIO_ACCOUNT_SID`: `AC` followed by 32 hexadecimal characters.
+    pub account_sid: String,
+    /// `TWILIO_AUTH_TOKEN`: signs the webhooks (`X-Twilio-Signature`) and authenticates calls to
+    /// the REST API.
+    pub auth_token: Secret,
+    /// `TWILIO_API_BASE_URL`: the REST API, default `https://api.twilio.com`.
+    pub api_base_url: String,
+    /// `TWILIO_TENANT`: the tenant that calls created by Twilio's inbound webhook belong to,
+    /// default `default` (the tenant of API keys configured without one).
+    pub tenant: String,
+}
+
+impl TwilioConfig {
+    pub const DEFAULT_API_BASE_URL: &'static str = "https://api.twilio.com";
+
+    /// Whether `sid` is a Twilio account SID: `AC` and 32 hexadecimal characters.
+    pub fn is_account_sid(sid: &str) -> bool {
+        sid.len() == 34 && sid.starts_with("AC") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit())
+    }
+
+    fn read(r: &mut Reader<'_>) -> Option<Self> {
+        // Every name is read even when Twilio is off, so deployments may set them all.
+        let sid = r.string("TWILIO_ACCOUNT_SID");
+        let token = r.secret("TWILIO_AUTH_TOKEN");
+        let api_base_url = r.url_or("TWILIO_API_BASE_URL", Self::DEFAULT_API_BASE_URL, &["http", "https"]);
+        let tenant = r.string_or("TWILIO_TENANT", crate::auth::DEFAULT_TENANT);
+        if tenant.is_empty() || !tenant.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            r.error("TWILIO_TENANT", "must be letters, digits, - and _ only");
+        }
+        // The SID is not echoed: a token pasted into the wrong variable must not reach the log.
+        if let Some(sid) = &sid
+            && !Self::is_account_sid(sid)
+        {
+            r.error("TWILIO_ACCOUNT_SID", "must be AC followed by 32 hexadecimal characters (an account SID)");
+        }
+        match (sid, token) {
+            (None, None) => None,
+            (Some(_), None) => {
+                r.error("TWILIO_AUTH_TOKEN", "must be set when TWILIO_ACCOUNT_SID is set");
+                None
+            }
+            (None, Some(_)) => {
+                r.error("TWILIO_ACCOUNT_SID", "must be set when TWILIO_AUTH_TOKEN is set");
+                None
+            }
+            (Some(account_sid), Some(auth_token)) => {
+                if auth_token.expose().chars().any(char::is_whitespace) {
+                    r.error("TWILIO_AUTH_TOKEN", "must not contain whitespace");
+                }
+                Some(Self { account_sid, auth_token, api_base_url, tenant })
+            }
+        }
     }
 }
 
@@ -242,5 +307,51 @@ mod tests {
         assert_eq!(bad_variables(&[("RECORDING_TRANSCRIBE_CONCURRENCY", "65")]), ["RECORDING_TRANSCRIBE_CONCURRENCY"]);
         let errors = Config::from_env(&Env::from_pairs([("DATABASE_URL", "mysql://u:hunter2@db/vk")])).unwrap_err();
         assert!(!format!("{errors:?}").contains("hunter2"), "the password must not be echoed");
+    }
+
+    const SID: &str = "AC0123456789abcdef0123456789ABCDEF";
+
+    #[test]
+    fn twilio_is_off_without_credentials_and_on_with_both() {
+        let c = Config::from_env(&Env::default()).unwrap();
+        assert!(c.twilio.is_none());
+        let c =
+            Config::from_env(&Env::from_pairs([("TWILIO_ACCOUNT_SID", SID), ("TWILIO_AUTH_TOKEN", "s3cret")])).unwrap();
+        let t = c.twilio.expect("configured");
+        assert_eq!(t.account_sid, SID);
+        assert_eq!(t.auth_token.expose(), "s3cret");
+        assert_eq!(t.api_base_url, "https://api.twilio.com");
+        assert_eq!(t.tenant, "default");
+        let c = Config::from_env(&Env::from_pairs([
+            ("TWILIO_ACCOUNT_SID", SID),
+            ("TWILIO_AUTH_TOKEN", "s3cret"),
+            ("TWILIO_API_BASE_URL", "http://127.0.0.1:9999/"),
+            ("TWILIO_TENANT", "acme"),
+        ]))
+        .unwrap();
+        let t = c.twilio.expect("configured");
+        assert_eq!(t.api_base_url, "http://127.0.0.1:9999");
+        assert_eq!(t.tenant, "acme");
+    }
+
+    #[test]
+    fn each_bad_twilio_variable_is_named_once() {
+        assert_eq!(bad_variables(&[("TWILIO_ACCOUNT_SID", SID)]), ["TWILIO_AUTH_TOKEN"]);
+        assert_eq!(bad_variables(&[("TWILIO_AUTH_TOKEN", "s3cret")]), ["TWILIO_ACCOUNT_SID"]);
+        for bad in ["AC123", "XX0123456789abcdef0123456789abcdef", "AC0123456789abcdef0123456789abcdeg"] {
+            assert_eq!(
+                bad_variables(&[("TWILIO_ACCOUNT_SID", bad), ("TWILIO_AUTH_TOKEN", "s3cret")]),
+                ["TWILIO_ACCOUNT_SID"],
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            bad_variables(&[("TWILIO_ACCOUNT_SID", SID), ("TWILIO_AUTH_TOKEN", "two words")]),
+            ["TWILIO_AUTH_TOKEN"]
+        );
+        assert_eq!(bad_variables(&[("TWILIO_API_BASE_URL", "ftp://api.twilio.com")]), ["TWILIO_API_BASE_URL"]);
+        assert_eq!(bad_variables(&[("TWILIO_TENANT", "a b")]), ["TWILIO_TENANT"]);
+        let errors = Config::from_env(&Env::from_pairs([("TWILIO_ACCOUNT_SID", "ACsecret-token-here")])).unwrap_err();
+        assert!(!format!("{errors}").contains("secret-token-here"), "the value is not echoed: {errors}");
     }
 }

@@ -17,7 +17,7 @@ pub struct ErrorBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable machine-readable code: `bad_request`, `unauthorized`, `not_found`, `conflict`,
+    /// Stable machine-readable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
     /// `payload_too_large`, `unsupported_media_type`, `validation_failed`, `rate_limited`,
     /// `unavailable`, `internal`.
     #[schema(example = "not_found")]
@@ -33,6 +33,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("missing or invalid API key")]
     Unauthorized,
+    /// The request carries its own proof (a carrier's signature) and the proof is missing or wrong.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -48,6 +51,9 @@ pub enum ApiError {
     /// A dependency (database, peer service) is unavailable; the message names it, not why.
     #[error("{0} is unavailable, retry later")]
     Unavailable(&'static str),
+    /// Unavailable, with a message of its own (a feature not configured, a carrier that failed).
+    #[error("{0}")]
+    UnavailableWith(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -57,13 +63,14 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::UnavailableWith(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -73,13 +80,14 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Unprocessable(_) => "validation_failed",
             Self::TooManyRequests { .. } => "rate_limited",
-            Self::Unavailable(_) => "unavailable",
+            Self::Unavailable(_) | Self::UnavailableWith(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
     }

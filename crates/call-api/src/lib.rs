@@ -15,6 +15,8 @@
 //! pipeline.rs        upload → audio-processor → transcription → sentiment
 //! db/analysis.rs     claiming, releasing and storing a call's analysis
 //! routes/            one router per resource (calls.rs, recording.rs, providers.rs)
+//! twilio.rs          Twilio carrier: X-Twilio-Signature, TwiML, outbound dialling (REST API)
+//! routes/twilio.rs   the Twilio webhooks (inbound voice, status callbacks), outside bearer auth
 //! ```
 
 pub mod analysis;
@@ -30,6 +32,7 @@ pub mod openapi;
 pub mod peers;
 pub mod pipeline;
 pub mod routes;
+pub mod twilio;
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
@@ -84,6 +87,8 @@ pub struct AppState {
     pub live: media::LiveCalls,
     /// Cancelled when shutdown begins: no new live call is accepted.
     pub shutting_down: tokio_util::sync::CancellationToken,
+    /// The Twilio carrier; `None` when `TWILIO_ACCOUNT_SID`/`TWILIO_AUTH_TOKEN` are not set.
+    pub twilio: Option<twilio::Twilio>,
 }
 
 /// The whole HTTP application: API, OpenAPI document, health, readiness and metrics.
@@ -120,6 +125,10 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
         live_config: config.live.clone(),
         live: media::LiveCalls::default(),
         shutting_down: tokio_util::sync::CancellationToken::new(),
+        twilio: match config.twilio.clone() {
+            Some(t) => Some(twilio::Twilio::new(t, &config.public_base_url)?),
+            None => None,
+        },
     };
     let (live, shutting_down) = (state.live.clone(), state.shutting_down.clone());
     let draining = ctx.shutdown.clone();
@@ -127,6 +136,9 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
         draining.draining().await;
         shutting_down.cancel();
     });
+    if state.twilio.is_none() {
+        tracing::info!("Twilio is not configured: no outbound dialling, the Twilio webhooks answer 503");
+    }
     let router = app(state, &ctx);
     ctx.health.set_started().await;
     tracing::info!(addr = %listener.local_addr()?, database = db.system(), "serving");

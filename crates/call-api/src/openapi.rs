@@ -8,7 +8,7 @@ use utoipa::{
     openapi::{
         ContentBuilder, HttpMethod, ObjectBuilder, RefOr, ResponseBuilder, Schema, Type,
         path::OperationBuilder,
-        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+        security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
     },
 };
 
@@ -19,13 +19,14 @@ use crate::error::{ErrorBody, ErrorDetail};
     info(
         title = "Voice Kraliki call API",
         description = "Call lifecycle, providers and recordings. Requests need `Authorization: Bearer <api key>` \
-                       except health, readiness, metrics and this document.",
+                       except health, readiness, metrics, this document and the Twilio webhooks (signed by Twilio).",
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&Operational),
     tags(
         (name = "calls", description = "Call lifecycle"),
         (name = "providers", description = "AI providers configured in provider-gateway"),
+        (name = "twilio", description = "Twilio webhooks, authenticated by X-Twilio-Signature instead of an API key"),
         (name = "operations", description = "Health, readiness, metrics, API description"),
     )
 )]
@@ -45,6 +46,13 @@ impl Modify for Operational {
                     .description(Some("An API key from API_KEYS (optionally tenant-scoped)"))
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            "twilio_signature",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Twilio-Signature",
+                "Twilio's HMAC-SHA1 request signature (auth token TWILIO_AUTH_TOKEN, URL under PUBLIC_BASE_URL)",
+            ))),
         );
         let json = |schema: RefOr<Schema>| ContentBuilder::new().schema(Some(schema)).build();
         let object = || -> RefOr<Schema> { ObjectBuilder::new().schema_type(Type::Object).build().into() };

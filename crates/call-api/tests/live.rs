@@ -411,7 +411,7 @@ async fn bad_streams_are_refused_and_a_lost_connection_ends_the_call() {
     let (mut second, _) = tokio_tungstenite::connect_async(ws_url(&id)).await.unwrap();
     second.send(start_message(&token)).await.unwrap();
     let m = tokio::time::timeout(Duration::from_secs(5), second.next()).await.unwrap();
-    assert!(matches!(m, Some(Ok(Message::Close(Some(f)))) if u16::from(f.code) == 1008));
+    assert!(matches!(&m, Some(Ok(Message::Close(Some(f)))) if u16::from(f.code) == 1008), "{m:?}");
     ws.send(Message::text(json!({"event": "dtmf", "dtmf": {"digit": "55"}}).to_string())).await.unwrap();
     wait_until(async || status(id.clone()).await == "ended", Duration::from_secs(5), "the call to end").await;
     let call = get(app, &format!("/v1/calls/{id}")).await;

@@ -359,6 +359,118 @@ impl Database {
     }
 }
 
+// ---- Carrier call ids (Twilio's CallSid) -------------------------------------------------------
+
+const INSERT_CARRIER: &str = "INSERT INTO calls (id, tenant, provider, direction, from_number, to_number, status, \
+     metadata, created_at, media_token_hash, media_token_expires_at, updated_at, carrier_call_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12) \
+     ON CONFLICT (provider, carrier_call_id) DO NOTHING";
+const BY_CARRIER_ID: &str =
+    concat!("SELECT ", call_columns!(), " FROM calls WHERE provider = $1 AND carrier_call_id = $2");
+const SET_CARRIER_ID: &str = "UPDATE calls SET carrier_call_id = $1, updated_at = $2 WHERE id = $3";
+const RENEW_MEDIA_TOKEN: &str =
+    "UPDATE calls SET media_token_hash = $1, media_token_expires_at = $2, updated_at = $3 WHERE id = $4";
+
+impl Database {
+    /// Stores a new `queued` call that a carrier reported with its own id, unless a call with
+    /// that carrier id exists already (a retried webhook): then that call is returned and
+    /// `created` is false. Concurrent retries create one call.
+    pub async fn insert_carrier_call(&self, new: NewCall, carrier_call_id: &str) -> Result<(Call, bool), DbError> {
+        let (token_hash, token_expires_at) = (new.media_token_hash, new.media_token_expires_at);
+        let call = Call {
+            id: Uuid::now_v7(),
+            tenant: new.tenant,
+            provider: new.provider,
+            direction: new.direction,
+            from: new.from,
+            to: new.to,
+            status: Status::Queued,
+            outcome: None,
+            metadata: new.metadata,
+            created_at: model::now(),
+            started_at: None,
+            ended_at: None,
+            duration_seconds: None,
+            analysis_status: None,
+            end_reason: None,
+        };
+        let c = &call;
+        let inserted = self
+            .observe("insert_carrier_call", INSERT_CARRIER, async {
+                with_pool!(self, pool => sqlx::query(INSERT_CARRIER)
+                    .bind(c.id)
+                    .bind(c.tenant.as_str())
+                    .bind(c.provider.as_str())
+                    .bind(c.direction.as_str())
+                    .bind(c.from.as_str())
+                    .bind(c.to.as_str())
+                    .bind(Json(&c.metadata))
+                    .bind(c.created_at)
+                    .bind(token_hash.as_str())
+                    .bind(token_expires_at)
+                    .bind(c.created_at)
+                    .bind(carrier_call_id)
+                    .execute(pool)
+                    .await
+                    .map(|r| r.rows_affected()))
+            })
+            .await?;
+        if inserted == 1 {
+            return Ok((call, true));
+        }
+        match self.call_by_carrier_id(call.provider, carrier_call_id).await? {
+            Some(existing) => Ok((existing, false)),
+            None => Err(DbError::Query(sqlx::Error::RowNotFound)),
+        }
+    }
+
+    /// The call a carrier knows as `carrier_call_id`, whatever its tenant (carrier webhooks are
+    /// authenticated by the carrier's signature, not by a tenant's key).
+    pub async fn call_by_carrier_id(&self, provider: Provider, carrier_call_id: &str) -> Result<Option<Call>, DbError> {
+        self.observe("call_by_carrier_id", BY_CARRIER_ID, async {
+            with_pool!(self, pool => {
+                match sqlx::query(BY_CARRIER_ID).bind(provider.as_str()).bind(carrier_call_id).fetch_optional(pool).await? {
+                    Some(row) => decode_call!(&row).map(Some),
+                    None => Ok(None),
+                }
+            })
+        })
+        .await
+    }
+
+    /// Records the carrier's id of call `id` (after the carrier accepted an outbound call).
+    pub async fn set_carrier_call_id(&self, id: Uuid, carrier_call_id: &str) -> Result<(), DbError> {
+        let now = model::now();
+        self.observe("set_carrier_call_id", SET_CARRIER_ID, async {
+            with_pool!(self, pool => sqlx::query(SET_CARRIER_ID)
+                .bind(carrier_call_id)
+                .bind(now)
+                .bind(id)
+                .execute(pool)
+                .await
+                .map(drop))
+        })
+        .await
+    }
+
+    /// Replaces the media token of call `id` (a retried webhook gets a fresh media URL; the
+    /// previous token stops working).
+    pub async fn renew_media_token(&self, id: Uuid, hash: &str, expires_at: DateTime<Utc>) -> Result<(), DbError> {
+        let now = model::now();
+        self.observe("renew_media_token", RENEW_MEDIA_TOKEN, async {
+            with_pool!(self, pool => sqlx::query(RENEW_MEDIA_TOKEN)
+                .bind(hash)
+                .bind(expires_at)
+                .bind(now)
+                .bind(id)
+                .execute(pool)
+                .await
+                .map(drop))
+        })
+        .await
+    }
+}
+
 /// A fresh media URL token (256 random bits, base64url) and the hash stored for it.
 pub fn new_media_token() -> (String, String) {
     let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());

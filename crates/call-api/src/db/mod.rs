@@ -128,12 +128,14 @@ fn migrations(postgres: bool) -> Migrator {
         vec![
             (1, "calls", include_str!("migrations/postgres/0001_calls.sql")),
             (2, "analysis attempts", include_str!("migrations/postgres/0002_analysis_attempts.sql")),
+            (3, "carrier call id", include_str!("migrations/postgres/0003_carrier_call_id.sql")),
             (4, "live calls", include_str!("migrations/postgres/0004_live_calls.sql")),
         ]
     } else {
         vec![
             (1, "calls", include_str!("migrations/sqlite/0001_calls.sql")),
             (2, "analysis attempts", include_str!("migrations/sqlite/0002_analysis_attempts.sql")),
+            (3, "carrier call id", include_str!("migrations/sqlite/0003_carrier_call_id.sql")),
             (4, "live calls", include_str!("migrations/sqlite/0004_live_calls.sql")),
         ]
     };

@@ -71,19 +71,19 @@ pub async fn run(state: AppState, id: Uuid, call: Option<Call>, socket: WebSocke
     let (close_tx, close_rx) = tokio::sync::oneshot::channel::<(u16, String)>();
     let writer = tokio::spawn(async move {
         let mut close_rx = close_rx;
-        loop {
+        let close = loop {
             tokio::select! {
+                biased;
+                close = &mut close_rx => break close.ok(),
                 text = out_rx.recv() => match text {
                     Some(text) => if sink.send(Message::Text(text.into())).await.is_err() { return },
-                    None => break,
+                    // The session is over; its close code follows.
+                    None => break tokio::time::timeout(Duration::from_secs(1), close_rx).await.ok().and_then(Result::ok),
                 },
-                close = &mut close_rx => {
-                    if let Ok((code, reason)) = close {
-                        let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-                    }
-                    break;
-                }
             }
+        };
+        if let Some((code, reason)) = close {
+            let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
         }
         let _ = sink.close().await;
     });

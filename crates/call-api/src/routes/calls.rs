@@ -110,8 +110,11 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 422, description = "Invalid field, unknown field or unknown provider", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 422, description = "Invalid field, unknown field or unknown provider; an outbound twilio call when \
+                                      Twilio is not configured, or that Twilio refused (the call is then ended as failed)",
+         body = ErrorBody),
+        (status = 503, description = "Database unavailable; or Twilio unreachable for an outbound twilio call (the call \
+                                      is then ended as failed)", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all)]
@@ -129,6 +132,8 @@ async fn create(
     }
     let metadata = body.metadata.unwrap_or_else(|| serde_json::json!({}));
     model::check_metadata(&metadata).map_err(ApiError::Unprocessable)?;
+    // Outbound Twilio calls are dialled through Twilio (refused here when it is not configured).
+    let dialler = super::twilio::dialler(&state, body.provider, body.direction)?;
     let (token, media_token_hash) = new_media_token();
     let expires = chrono::Duration::from_std(state.media.token_ttl).unwrap_or(chrono::Duration::hours(1));
     let call = state
@@ -146,6 +151,9 @@ async fn create(
         .await?;
     let media_url = format!("{}/v1/calls/{}/media?token={token}", state.media.ws_base, call.id);
     tracing::info!(call_id = %call.id, "call created");
+    if let Some(twilio) = dialler {
+        super::twilio::dial(&state, &twilio, &call, token).await?;
+    }
     Ok((StatusCode::CREATED, Json(CreatedCall { call, media_url })))
 }
 

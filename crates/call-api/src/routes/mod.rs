@@ -3,6 +3,7 @@
 pub mod calls;
 pub mod providers;
 pub mod recording;
+pub mod twilio;
 
 use std::sync::Arc;
 
@@ -27,6 +28,8 @@ pub fn api(state: AppState) -> Router {
         .merge(recording::router())
         .merge(providers::router())
         .route_layer(middleware::from_fn_with_state(state.api_keys.clone(), auth::require_api_key))
+        // Carrier webhooks carry their own proof (a signature), not an API key.
+        .merge(twilio::router())
         .layer(DefaultBodyLimit::max(calls::BODY_LIMIT))
         .split_for_parts();
     let doc = Arc::new(openapi_json(&doc));
@@ -44,6 +47,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .merge(calls::router())
         .merge(recording::router())
         .merge(providers::router())
+        .merge(twilio::router())
         .into_openapi()
 }
 

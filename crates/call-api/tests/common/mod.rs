@@ -202,9 +202,10 @@ impl Drop for TestApp {
     }
 }
 
-/// A valid create body.
+/// A valid create body (inbound: an outbound `twilio` call would be dialled through Twilio,
+/// which these apps do not configure).
 pub fn new_call(provider: &str) -> Value {
-    json!({"provider": provider, "from": "+14155550100", "to": "+420123456789", "direction": "outbound"})
+    json!({"provider": provider, "from": "+14155550100", "to": "+420123456789", "direction": "inbound"})
 }
 
 impl TestApp {
