@@ -300,6 +300,7 @@ impl FakeReply {
 }
 
 type Responder = Arc<dyn Fn(&FakeRequest) -> FakeReply + Send + Sync>;
+type FakeState = (Arc<Mutex<Vec<FakeRequest>>>, Responder, Arc<Mutex<Vec<String>>>);
 
 /// A fake HTTP provider on loopback: records every request and answers each with `respond`.
 pub struct FakeHttp {
@@ -341,7 +342,7 @@ impl FakeHttp {
 }
 
 async fn fake_handler(
-    State((requests, respond, answered)): State<(Arc<Mutex<Vec<FakeRequest>>>, Responder, Arc<Mutex<Vec<String>>>)>,
+    State((requests, respond, answered)): State<FakeState>,
     request: axum::extract::Request,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
