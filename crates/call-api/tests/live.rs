@@ -431,6 +431,35 @@ async fn bad_streams_are_refused_and_a_lost_connection_ends_the_call() {
     let m = metrics(app).await;
     assert_eq!(metric(&m, "active_calls{provider=\"websocket\"}"), Some(0.0));
     assert_eq!(metric(&m, "voice_calls_total{provider=\"websocket\",status=\"failed\"}"), Some(2.0));
+    // audio-processor runs in this process and records into the same registry: its live
+    // streams were all closed too.
+    wait_until(
+        async || metric(&metrics(app).await, "audio_active_streams").is_some_and(|v| v == 0.0),
+        Duration::from_secs(5),
+        "audio-processor streams to close",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_sound_during_the_reply_does_not_interrupt() {
+    let Some(s) = live_stack(Backend::Sqlite, 3.0).await else { return };
+    let app = &s.app;
+    let mut carrier = Carrier::connect(app).await;
+    let caller = caller_audio();
+    carrier.speak(&caller[(4.0 * 8000.0) as usize..(9.0 * 8000.0) as usize]).await;
+    carrier.speak(&silence(1.0)).await;
+    wait_until(async || carrier.events("media").len() >= 10, Duration::from_secs(20), "the reply to start").await;
+    // "Mm-hm": 0.3 s of the caller's voice, then silence.
+    carrier.speak(&caller[(5.0 * 8000.0) as usize..(5.3 * 8000.0) as usize]).await;
+    carrier.speak(&silence(1.5)).await;
+    carrier.wait_for_mark("turn-2-2", Duration::from_secs(20)).await;
+    assert!(carrier.events("clear").is_empty(), "a short sound is not a barge-in");
+    let m = metrics(app).await;
+    assert_eq!(metric(&m, "voice_barge_ins_total"), Some(0.0));
+    let turns = get(app, &format!("/v1/calls/{}/turns", carrier.id)).await;
+    assert_eq!(turns["turns"].as_array().unwrap().len(), 2, "the sound did not become a turn: {turns:#}");
+    assert_eq!(turns["turns"][1]["interrupted"], false);
 }
 
 #[tokio::test(flavor = "multi_thread")]

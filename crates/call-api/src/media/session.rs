@@ -212,6 +212,12 @@ struct Live {
     /// The agent's last reply (its seq) while it may still be playing.
     last_agent_seq: Option<i64>,
     in_speech: bool,
+    /// When recent inbound frames carried sound (the last second), to tell a caller who keeps
+    /// talking from a short sound: the detector reports the end of speech only after the
+    /// end-of-turn silence.
+    loud: VecDeque<Instant>,
+    /// Speech that began during the reply and was judged a short sound: not a turn.
+    filler: bool,
     barge_deadline: Option<Instant>,
     barge_in: Duration,
     dtmf: String,
@@ -285,6 +291,8 @@ impl Live {
             current: None,
             last_agent_seq: None,
             in_speech: false,
+            loud: VecDeque::new(),
+            filler: false,
             barge_deadline: None,
             barge_in: state.live_config.barge_in,
             dtmf: String::new(),
@@ -341,7 +349,11 @@ impl Live {
                 () = sleep_until(barge), if barge.is_some() => {
                     self.barge_deadline = None;
                     if self.in_speech && self.agent_active() {
-                        self.interrupt().await;
+                        if self.still_talking() {
+                            self.interrupt().await;
+                        } else {
+                            self.filler = true;
+                        }
                     }
                 }
                 () = sleep_until(dtmf), if dtmf.is_some() => {
@@ -354,8 +366,21 @@ impl Live {
         }
     }
 
+    /// At least 3 of the last 10 frames (200 ms) carried sound.
+    fn still_talking(&self) -> bool {
+        let since = Instant::now() - Duration::from_millis(200);
+        self.loud.iter().filter(|t| **t >= since).count() >= 3
+    }
+
     /// One inbound frame: to audio-processor, never blocking the reader (a full buffer drops).
     fn frame(&mut self, sequence_number: u64, timestamp_ms: u64, payload: Vec<u8>) -> Option<End> {
+        if is_loud(&payload) {
+            let now = Instant::now();
+            while self.loud.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(1)) {
+                self.loud.pop_front();
+            }
+            self.loud.push_back(now);
+        }
         if self.arrivals.len() == ARRIVALS {
             self.arrivals.pop_front();
         }
@@ -386,7 +411,7 @@ impl Live {
             }
             Some(AudioEvent::SpeechEnded(ended)) => {
                 self.in_speech = false;
-                if self.barge_deadline.take().is_some() {
+                if self.barge_deadline.take().is_some() || std::mem::take(&mut self.filler) {
                     // Short speech while the agent talks ("uh-huh", a cough): not a turn.
                     tracing::debug!("short speech during the reply ignored");
                     return;
@@ -470,6 +495,23 @@ impl Live {
     }
 }
 
+/// Whether a μ-law frame carries sound: mean magnitude above about -40 dBFS.
+fn is_loud(mulaw: &[u8]) -> bool {
+    if mulaw.is_empty() {
+        return false;
+    }
+    let sum: u64 = mulaw.iter().map(|&b| u64::from(mulaw_magnitude(b))).sum();
+    sum / mulaw.len() as u64 > 300
+}
+
+/// The magnitude of a G.711 μ-law sample (0..=32124).
+fn mulaw_magnitude(byte: u8) -> u16 {
+    let b = !byte;
+    let exponent = (b >> 4) & 0x07;
+    let mantissa = u16::from(b & 0x0F);
+    (((mantissa << 3) + 0x84) << exponent) - 0x84
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -483,4 +525,20 @@ fn duration_ms(d: prost_types::Duration) -> u64 {
 
 fn prost_types_duration(ms: u64) -> prost_types::Duration {
     prost_types::Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mulaw_magnitudes_and_loudness() {
+        assert_eq!(mulaw_magnitude(0xFF), 0);
+        assert_eq!(mulaw_magnitude(0x7F), 0);
+        assert_eq!(mulaw_magnitude(0x80), 32124);
+        assert_eq!(mulaw_magnitude(0x00), 32124);
+        assert!(!is_loud(&[0xFF; 160]));
+        assert!(!is_loud(&[]));
+        assert!(is_loud(&[0x90; 160]));
+    }
 }
