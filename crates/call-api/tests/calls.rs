@@ -414,6 +414,13 @@ async fn openapi_lists_every_route(app: TestApp) {
         doc["paths"]["/v1/calls"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/CreateCall"
     );
+    let limit = doc["paths"]["/v1/calls"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .expect("limit parameter");
+    assert_eq!((limit["schema"]["minimum"].as_f64(), limit["schema"]["maximum"].as_f64()), (Some(1.0), Some(200.0)));
     let upload = &doc["paths"]["/v1/calls/{id}/recording"]["post"];
     for content_type in ["audio/wav", "audio/basic"] {
         assert!(upload["requestBody"]["content"][content_type].is_object(), "{content_type} upload documented");
