@@ -1,10 +1,11 @@
 # Voice Kraliki — common tasks. `make` alone prints this help.
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= /var/tmp/vk-target
+FUZZ_EXAMPLES ?= 100
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help run demo test lint fmt bench build check-deploy clean
+.PHONY: help run demo test lint fmt bench build check-deploy fuzz-api clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -34,6 +35,9 @@ bench: ## run the benchmarks (release build) and print their figures
 	$(CARGO) bench --workspace
 	bash scripts/bench-telemetry.sh release
 	bash scripts/bench-live.sh release
+
+fuzz-api: ## schemathesis against the served OpenAPI document, whole stack on loopback (FUZZ_EXAMPLES=100)
+	bash scripts/fuzz-api.sh $(FUZZ_EXAMPLES)
 
 check-deploy: ## validate k8s, Prometheus rules and dashboards with the real tools
 	bash scripts/check-deploy/run.sh
