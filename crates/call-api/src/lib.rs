@@ -85,8 +85,8 @@ pub struct AppState {
     pub live_config: config::LiveConfig,
     /// The live calls of this replica.
     pub live: media::LiveCalls,
-    /// Cancelled when shutdown begins: no new live call is accepted.
-    pub shutting_down: tokio_util::sync::CancellationToken,
+    /// The service's shutdown: once it drains, no new live call is accepted.
+    pub shutdown: telemetry::Shutdown,
     /// The Twilio carrier; `None` when `TWILIO_ACCOUNT_SID`/`TWILIO_AUTH_TOKEN` are not set.
     pub twilio: Option<twilio::Twilio>,
 }
@@ -124,18 +124,13 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
         recording: config.recording.clone(),
         live_config: config.live.clone(),
         live: media::LiveCalls::default(),
-        shutting_down: tokio_util::sync::CancellationToken::new(),
+        shutdown: ctx.shutdown.clone(),
         twilio: match config.twilio.clone() {
             Some(t) => Some(twilio::Twilio::new(t, &config.public_base_url)?),
             None => None,
         },
     };
-    let (live, shutting_down) = (state.live.clone(), state.shutting_down.clone());
-    let draining = ctx.shutdown.clone();
-    tokio::spawn(async move {
-        draining.draining().await;
-        shutting_down.cancel();
-    });
+    let live = state.live.clone();
     if state.twilio.is_none() {
         tracing::info!("Twilio is not configured: no outbound dialling, the Twilio webhooks answer 503");
     }

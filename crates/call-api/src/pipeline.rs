@@ -316,8 +316,9 @@ fn audio_error(status: &tonic::Status) -> UploadError {
         Code::ResourceExhausted if status.message().contains("exceeds the limit") => {
             UploadError::InvalidAudio(status.message().to_string())
         }
-        Code::Unavailable | Code::ResourceExhausted | Code::Cancelled | Code::Unknown => UploadError::AudioUnavailable,
-        Code::DeadlineExceeded => UploadError::AudioUnavailable,
+        Code::Unavailable | Code::ResourceExhausted | Code::Cancelled | Code::Unknown | Code::DeadlineExceeded => {
+            UploadError::AudioUnavailable
+        }
         _ => UploadError::AudioFailed(anyhow::anyhow!(
             "audio-processor answered {:?}: {}",
             status.code(),

@@ -61,17 +61,7 @@ async fn every_metric_used_by_rules_and_dashboards_is_exported() {
     // Ordinary traffic through every service.
     let c = client();
     for outcome in ["completed", "failed"] {
-        let created: serde_json::Value = c
-            .post(format!("{api}/v1/calls"))
-            .bearer_auth(API_KEY)
-            .json(&serde_json::json!({"provider": "twilio", "from": "+14155550100", "to": "+14155550101", "direction": "inbound"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = created["id"].as_str().expect("call created");
+        let id = create_call(&api, "twilio").await;
         let r = c
             .post(format!("{api}/v1/calls/{id}/end"))
             .bearer_auth(API_KEY)
@@ -86,17 +76,7 @@ async fn every_metric_used_by_rules_and_dashboards_is_exported() {
 
     let wav = std::fs::read(root.join("crates/audio-dsp/fixtures/call-stereo.wav")).unwrap();
     // A recording through the whole pipeline (call-api → audio-processor → provider-gateway).
-    let created: serde_json::Value = c
-        .post(format!("{api}/v1/calls"))
-        .bearer_auth(API_KEY)
-        .json(&serde_json::json!({"provider": "sip", "from": "+14155550100", "to": "+14155550101", "direction": "inbound"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().expect("call created");
+    let id = create_call(&api, "sip").await;
     let r = c
         .post(format!("{api}/v1/calls/{id}/recording"))
         .bearer_auth(API_KEY)

@@ -127,17 +127,7 @@ async fn recording_analysis_is_one_call_analysis_trace_across_three_services_and
     wait_ready(&format!("http://127.0.0.1:{}/ready", ports.audio_admin), Duration::from_secs(20)).await;
     wait_ready(&format!("http://127.0.0.1:{}/ready", ports.gateway_admin), Duration::from_secs(20)).await;
 
-    let call: serde_json::Value = client()
-        .post(format!("{base}/v1/calls"))
-        .bearer_auth(API_KEY)
-        .json(&serde_json::json!({"provider": "twilio", "from": "+14155550100", "to": "+420123456789", "direction": "inbound"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = call["id"].as_str().unwrap();
+    let id = create_call(&base, "twilio").await;
     let wav = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../audio-dsp/fixtures/call-stereo.wav")).unwrap();
     let r = client()
         .post(format!("{base}/v1/calls/{id}/recording"))

@@ -66,6 +66,29 @@ pub struct NewCall {
     pub media_token_expires_at: DateTime<Utc>,
 }
 
+impl NewCall {
+    /// The `queued` call this creates (its token stays out of the record).
+    fn into_record(self) -> Call {
+        Call {
+            id: Uuid::now_v7(),
+            tenant: self.tenant,
+            provider: self.provider,
+            direction: self.direction,
+            from: self.from,
+            to: self.to,
+            status: Status::Queued,
+            outcome: None,
+            metadata: self.metadata,
+            created_at: model::now(),
+            started_at: None,
+            ended_at: None,
+            duration_seconds: None,
+            analysis_status: None,
+            end_reason: None,
+        }
+    }
+}
+
 /// Filters and page of `GET /v1/calls`.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -171,24 +194,8 @@ const LIST: &str = "SELECT ... FROM calls WHERE tenant = $1 [filters] ORDER BY c
 impl Database {
     /// Stores a new `queued` call (one statement: it is there whole or not at all).
     pub async fn insert_call(&self, new: NewCall) -> Result<Call, DbError> {
-        let (token_hash, token_expires_at) = (new.media_token_hash, new.media_token_expires_at);
-        let call = Call {
-            id: Uuid::now_v7(),
-            tenant: new.tenant,
-            provider: new.provider,
-            direction: new.direction,
-            from: new.from,
-            to: new.to,
-            status: Status::Queued,
-            outcome: None,
-            metadata: new.metadata,
-            created_at: model::now(),
-            started_at: None,
-            ended_at: None,
-            duration_seconds: None,
-            analysis_status: None,
-            end_reason: None,
-        };
+        let (token_hash, token_expires_at) = (new.media_token_hash.clone(), new.media_token_expires_at);
+        let call = new.into_record();
         let c = &call;
         self.observe("insert_call", INSERT, async {
             with_pool!(self, pool => sqlx::query(INSERT)
@@ -376,24 +383,8 @@ impl Database {
     /// that carrier id exists already (a retried webhook): then that call is returned and
     /// `created` is false. Concurrent retries create one call.
     pub async fn insert_carrier_call(&self, new: NewCall, carrier_call_id: &str) -> Result<(Call, bool), DbError> {
-        let (token_hash, token_expires_at) = (new.media_token_hash, new.media_token_expires_at);
-        let call = Call {
-            id: Uuid::now_v7(),
-            tenant: new.tenant,
-            provider: new.provider,
-            direction: new.direction,
-            from: new.from,
-            to: new.to,
-            status: Status::Queued,
-            outcome: None,
-            metadata: new.metadata,
-            created_at: model::now(),
-            started_at: None,
-            ended_at: None,
-            duration_seconds: None,
-            analysis_status: None,
-            end_reason: None,
-        };
+        let (token_hash, token_expires_at) = (new.media_token_hash.clone(), new.media_token_expires_at);
+        let call = new.into_record();
         let c = &call;
         let inserted = self
             .observe("insert_carrier_call", INSERT_CARRIER, async {

@@ -64,7 +64,7 @@ pub async fn media(
     Query(query): Query<HashMap<String, String>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if state.live.end_all.is_cancelled() || state.shutting_down.is_cancelled() {
+    if state.live.end_all.is_cancelled() || state.shutdown.is_draining() {
         return ApiError::Unavailable("call-api (shutting down)").into_response();
     }
     let Ok(id) = Uuid::try_parse(&id) else { return ApiError::NotFound("call").into_response() };

@@ -80,12 +80,13 @@ async fn run(stream_sid: String, mut rx: mpsc::Receiver<Command>, out: mpsc::Sen
                             queue.push_back(Item::Frame(std::mem::take(&mut partial), partial_first.take()));
                         }
                     }
+                    // Not handed to a frame above (no bytes, or a frame already waiting with its
+                    // own report): wait for the partial frame, or report at once rather than never.
                     if let Some(tx) = first_sent {
-                        if bytes_were_empty(&partial, &partial_first) {
-                            // Nothing queued for it: report at once rather than never.
-                            let _ = tx.send(Instant::now());
-                        } else {
+                        if partial_first.is_none() && !partial.is_empty() {
                             partial_first = Some(tx);
+                        } else {
+                            let _ = tx.send(Instant::now());
                         }
                     }
                 }
@@ -112,10 +113,6 @@ async fn run(stream_sid: String, mut rx: mpsc::Receiver<Command>, out: mpsc::Sen
         }
         queued.store(queue.iter().filter(|i| matches!(i, Item::Frame(..))).count(), Ordering::Relaxed);
     }
-}
-
-fn bytes_were_empty(partial: &[u8], partial_first: &Option<oneshot::Sender<Instant>>) -> bool {
-    partial.is_empty() && partial_first.is_none()
 }
 
 /// Sends the marks at the head of the queue and then one frame.

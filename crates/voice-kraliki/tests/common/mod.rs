@@ -158,6 +158,21 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
+/// Creates a call on call-api at `api` (carrier `provider`, inbound) and returns its id.
+pub async fn create_call(api: &str, provider: &str) -> String {
+    let created: serde_json::Value = client()
+        .post(format!("{api}/v1/calls"))
+        .bearer_auth(API_KEY)
+        .json(&serde_json::json!({"provider": provider, "from": "+14155550100", "to": "+420123456789", "direction": "inbound"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    created["id"].as_str().expect("call created").to_string()
+}
+
 /// Polls `url` until it answers 200 (or panics after `timeout`).
 pub async fn wait_ready(url: &str, timeout: Duration) {
     let client = client();
