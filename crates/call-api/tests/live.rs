@@ -475,10 +475,10 @@ async fn shutdown_waits_for_live_calls_then_ends_them_with_the_reason() {
         "media start",
     )
     .await;
+    let (other, _) = create_call(app).await;
     let started = Instant::now();
     app.trigger_shutdown();
     // New live calls are refused while draining.
-    let (other, _) = create_call(app).await;
     let refused = tokio_tungstenite::connect_async(format!("ws://{}/v1/calls/{other}/media", app.addr)).await;
     assert!(refused.is_err(), "no new live call during shutdown");
     // The live call keeps going for the drain bound (5 s here), then is ended by the service.
