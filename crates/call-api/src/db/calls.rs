@@ -175,8 +175,8 @@ const INSERT: &str = "INSERT INTO calls (id, tenant, provider, direction, from_n
      VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11)";
 const GET: &str = concat!("SELECT ", call_columns!(), " FROM calls WHERE id = $1 AND tenant = $2");
 const END: &str = concat!(
-    "UPDATE calls SET status = 'ended', outcome = $1, ended_at = $2, duration_seconds = $3, updated_at = $4 \
-     WHERE id = $5 AND tenant = $6 AND status <> 'ended' AND started_at IS NOT DISTINCT FROM $7 RETURNING ",
+    "UPDATE calls SET status = 'ended', outcome = $1, ended_at = $2, duration_seconds = $3, updated_at = $4, \
+     end_reason = $8 WHERE id = $5 AND tenant = $6 AND status <> 'ended' AND started_at IS NOT DISTINCT FROM $7 RETURNING ",
     call_columns!()
 );
 const START: &str = concat!(
@@ -284,6 +284,22 @@ impl Database {
     /// Ends the call with `outcome`; the duration runs from media start, else from creation.
     /// Exactly one of any number of concurrent ends succeeds; the others see `AlreadyEnded`.
     pub async fn end_call(&self, tenant: &str, id: Uuid, outcome: Outcome) -> Result<Call, EndError> {
+        self.end(tenant, id, outcome, None).await
+    }
+
+    /// Ends a live call with `outcome` and why (media connection lost, shutdown…), in the same
+    /// statement. `AlreadyEnded` when something else ended it first.
+    pub async fn end_call_with_reason(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        outcome: Outcome,
+        reason: &str,
+    ) -> Result<Call, EndError> {
+        self.end(tenant, id, outcome, Some(reason)).await
+    }
+
+    async fn end(&self, tenant: &str, id: Uuid, outcome: Outcome, reason: Option<&str>) -> Result<Call, EndError> {
         // The update is conditional on the state read here; if media starts in between, read
         // again (a bounded number of times: a call starts at most once).
         for _ in 0..3 {
@@ -304,6 +320,7 @@ impl Database {
                             .bind(id)
                             .bind(tenant)
                             .bind(current.started_at)
+                            .bind(reason)
                             .fetch_optional(pool)
                             .await?;
                         row.as_ref().map(|row| decode_call!(row)).transpose()
@@ -315,25 +332,6 @@ impl Database {
             }
         }
         Err(EndError::AlreadyEnded)
-    }
-
-    /// Ends a live call with `outcome` and why (media connection lost, shutdown…); the reason
-    /// is kept only by the first end. `AlreadyEnded` when something else ended it first.
-    pub async fn end_call_with_reason(
-        &self,
-        tenant: &str,
-        id: Uuid,
-        outcome: Outcome,
-        reason: &str,
-    ) -> Result<Call, EndError> {
-        const REASON: &str = "UPDATE calls SET end_reason = $1 WHERE id = $2 AND end_reason IS NULL";
-        let mut call = self.end_call(tenant, id, outcome).await?;
-        self.observe("end_reason", REASON, async {
-            with_pool!(self, pool => sqlx::query(REASON).bind(reason).bind(id).execute(pool).await.map(drop))
-        })
-        .await?;
-        call.end_reason = Some(reason.to_string());
-        Ok(call)
     }
 
     /// Media started: `queued → in_progress`, recording the start time. `None` when the call
