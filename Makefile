@@ -5,7 +5,7 @@ FUZZ_EXAMPLES ?= 100
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help run demo test lint fmt bench build check-deploy fuzz-api clean
+.PHONY: help run demo test lint fmt bench build check-deploy fuzz-api deny clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,6 +38,10 @@ bench: ## run the benchmarks (release build) and print their figures
 
 fuzz-api: ## schemathesis against the served OpenAPI document, whole stack on loopback (FUZZ_EXAMPLES=100)
 	bash scripts/fuzz-api.sh $(FUZZ_EXAMPLES)
+
+deny: ## cargo deny: licences, banned crates and sources (deny.toml; advisories need network access to RustSec)
+	command -v cargo-deny >/dev/null || $(CARGO) install --locked cargo-deny
+	$(CARGO) deny check licenses bans sources
 
 check-deploy: ## validate k8s, Prometheus rules and dashboards with the real tools
 	bash scripts/check-deploy/run.sh

@@ -30,6 +30,8 @@ export AUDIO_PROCESSOR_URL=http://127.0.0.1:15051 PROVIDER_GATEWAY_URL=http://12
 export STT_PROVIDERS=simulated LLM_PROVIDERS=simulated TTS_PROVIDERS=simulated
 export SIMULATED_LATENCY=fixed:0 SIMULATED_TTFB_MS=0 SIMULATED_TOKENS_PER_SECOND=0
 export DATABASE_MAX_CONNECTIONS=20
+# The load is the point: no cap on live calls, no per-key rate limit.
+export LIVE_MAX_CALLS=10000 API_RATE_LIMIT_PER_SECOND=0
 for svc in audio-processor provider-gateway call-api; do
   "$bin" serve "$svc" >"$work/$svc.log" 2>&1 &
   pids+=($!)

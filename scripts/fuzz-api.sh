@@ -44,6 +44,8 @@ for _ in $(seq 50); do [[ -s "$work/twilio.port" ]] && break; sleep 0.1; done
 
 key="fuzz-key-$(date +%s)-0123456789"
 export API_KEYS="$key" LOG_LEVEL=warn APM_ENABLED=false DATABASE_URL="sqlite://$work/fuzz.db"
+# Schemathesis sends as fast as it can: no per-key rate limit, so that every example reaches a handler.
+export API_RATE_LIMIT_PER_SECOND=0
 export CALL_API_ADDR=127.0.0.1:18200 AUDIO_PROCESSOR_GRPC_ADDR=127.0.0.1:15251 AUDIO_PROCESSOR_ADMIN_ADDR=127.0.0.1:19291
 export PROVIDER_GATEWAY_GRPC_ADDR=127.0.0.1:15252 PROVIDER_GATEWAY_ADMIN_ADDR=127.0.0.1:19292
 export AUDIO_PROCESSOR_URL=http://127.0.0.1:15251 PROVIDER_GATEWAY_URL=http://127.0.0.1:15252

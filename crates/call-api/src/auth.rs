@@ -12,7 +12,7 @@ use axum::{
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
+use crate::{error::ApiError, limits::RateLimiter};
 
 /// The tenant a request acts for; calls are visible only within their tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,21 +60,45 @@ impl ApiKeys {
         self.keys.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
     /// The tenant of `presented`, checking every key so timing does not reveal which matched.
     pub fn authenticate(&self, presented: &str) -> Option<Tenant> {
+        self.authenticate_key(presented).map(|(_, tenant)| tenant)
+    }
+
+    /// The position of the matching key among the configured ones, and its tenant.
+    pub fn authenticate_key(&self, presented: &str) -> Option<(usize, Tenant)> {
         let d = digest(presented);
-        let mut found: Option<&String> = None;
-        for (stored, tenant) in self.keys.iter() {
+        let mut found: Option<(usize, &String)> = None;
+        for (i, (stored, tenant)) in self.keys.iter().enumerate() {
             if bool::from(stored.ct_eq(&d)) {
-                found = Some(tenant);
+                found = Some((i, tenant));
             }
         }
-        found.map(|t| Tenant(t.clone()))
+        found.map(|(i, t)| (i, Tenant(t.clone())))
     }
 }
 
-/// Middleware: requires `Authorization: Bearer <key>` and adds the [`Tenant`] to the request.
-pub async fn require_api_key(State(keys): State<ApiKeys>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+/// What the API-key middleware checks: the key, then the key's rate.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    pub keys: ApiKeys,
+    pub limiter: Option<Arc<RateLimiter>>,
+}
+
+impl Gate {
+    pub fn new(keys: ApiKeys, limits: &crate::config::LimitsConfig) -> Self {
+        let limiter = RateLimiter::new(limits.rate_per_second, limits.rate_burst, keys.len()).map(Arc::new);
+        Self { keys, limiter }
+    }
+}
+
+/// Middleware: requires `Authorization: Bearer <key>`, applies the key's rate limit and adds the
+/// [`Tenant`] to the request.
+pub async fn require_api_key(State(gate): State<Gate>, mut req: Request, next: Next) -> Result<Response, ApiError> {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -82,7 +106,12 @@ pub async fn require_api_key(State(keys): State<ApiKeys>, mut req: Request, next
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .ok_or(ApiError::Unauthorized)?;
-    let tenant = keys.authenticate(presented).ok_or(ApiError::Unauthorized)?;
+    let (index, tenant) = gate.keys.authenticate_key(presented).ok_or(ApiError::Unauthorized)?;
+    if let Some(limiter) = &gate.limiter {
+        limiter
+            .check(index, tokio::time::Instant::now())
+            .map_err(|retry_after_seconds| ApiError::TooManyRequests { retry_after_seconds })?;
+    }
     req.extensions_mut().insert(tenant);
     Ok(next.run(req).await)
 }

@@ -18,8 +18,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code: `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
-    /// `payload_too_large`, `unsupported_media_type`, `validation_failed`, `rate_limited`,
-    /// `unavailable`, `internal`.
+    /// `payload_too_large`, `unsupported_media_type`, `validation_failed`, `request_timeout`,
+    /// `headers_too_large`, `rate_limited`, `unavailable`, `internal`.
     #[schema(example = "not_found")]
     pub code: &'static str,
     /// What went wrong, for a person; never internal or provider detail.
@@ -46,8 +46,17 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unprocessable(String),
-    #[error("too many requests")]
+    /// The client did not send its request body in time (`HTTP_BODY_TIMEOUT_SECONDS`).
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
+    /// The request line and headers are larger than `HTTP_HEADER_MAX_BYTES`.
+    #[error("the request headers are larger than {0} bytes")]
+    HeadersTooLarge(usize),
+    #[error("too many requests for this API key; retry after {retry_after_seconds} s")]
     TooManyRequests { retry_after_seconds: u64 },
+    /// This replica is at a capacity limit; another replica, or this one later, can serve.
+    #[error("{message}")]
+    Busy { message: String, retry_after_seconds: u64 },
     /// A dependency (database, peer service) is unavailable; the message names it, not why.
     #[error("{0} is unavailable, retry later")]
     Unavailable(&'static str),
@@ -69,8 +78,10 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) | Self::UnavailableWith(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::UnavailableWith(_) | Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -86,8 +97,10 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Unprocessable(_) => "validation_failed",
+            Self::RequestTimeout => "request_timeout",
+            Self::HeadersTooLarge(_) => "headers_too_large",
             Self::TooManyRequests { .. } => "rate_limited",
-            Self::Unavailable(_) | Self::UnavailableWith(_) => "unavailable",
+            Self::Unavailable(_) | Self::UnavailableWith(_) | Self::Busy { .. } => "unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -113,7 +126,7 @@ impl IntoResponse for ApiError {
         }
         let body = Json(ErrorBody { error: ErrorDetail { code: self.code(), message: self.to_string() } });
         let mut response = (self.status(), body).into_response();
-        if let Self::TooManyRequests { retry_after_seconds } = self
+        if let Self::TooManyRequests { retry_after_seconds } | Self::Busy { retry_after_seconds, .. } = self
             && let Ok(v) = HeaderValue::from_str(&retry_after_seconds.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, v);

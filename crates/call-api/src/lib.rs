@@ -5,6 +5,7 @@
 //! auth.rs            bearer API keys (hashed, constant-time) and tenants
 //! error.rs           the error type and the SPEC error body
 //! extract.rs         JSON/query extractors whose rejections use that body
+//! limits.rs          header size, body deadlines, per-key rate limits, CORS
 //! model.rs           the call record, its states and outcomes, input validation
 //! db/                the pool (SQLite or PostgreSQL), migrations, instrumentation
 //! db/calls.rs        the call repository: create, get, list, end, media start
@@ -25,6 +26,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod media;
 pub mod metrics;
 pub mod model;
@@ -77,7 +79,9 @@ impl MediaUrls {
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    pub api_keys: auth::ApiKeys,
+    /// API keys and their rate limits.
+    pub gate: auth::Gate,
+    pub limits: config::LimitsConfig,
     pub peers: peers::Peers,
     pub db: db::Database,
     pub media: MediaUrls,
@@ -117,13 +121,14 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
     let peers = peers::Peers::new(&config.audio_processor_url, &config.provider_gateway_url)?;
     peers.spawn_probes(&config.audio_processor_url, &config.provider_gateway_url, &ctx.shutdown);
     let state = AppState {
-        api_keys: config.api_keys.clone(),
+        gate: auth::Gate::new(config.api_keys.clone(), &config.limits),
+        limits: config.limits.clone(),
         peers,
         db: db.clone(),
         media: MediaUrls::new(&config.public_base_url, config.media_token_ttl),
         recording: config.recording.clone(),
         live_config: config.live.clone(),
-        live: media::LiveCalls::default(),
+        live: media::LiveCalls::new(config.limits.live_max_calls),
         shutdown: ctx.shutdown.clone(),
         twilio: match config.twilio.clone() {
             Some(t) => Some(twilio::Twilio::new(t, &config.public_base_url)?),
@@ -137,7 +142,13 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
     let router = app(state, &ctx);
     ctx.health.set_started().await;
     tracing::info!(addr = %listener.local_addr()?, database = db.system(), "serving");
-    let served = telemetry::serve_http(listener, router, &ctx.shutdown).await;
+    let server_limits = telemetry::HttpServerLimits {
+        header_read_timeout: config.limits.header_timeout,
+        // The server's own hard bound; the API answers over HTTP_HEADER_MAX_BYTES itself (431,
+        // counted) below this.
+        max_header_bytes: config.limits.header_max_bytes.saturating_mul(2).max(8192),
+    };
+    let served = telemetry::serve_http_with(listener, router, &ctx.shutdown, server_limits).await;
     // Upgraded WebSockets outlive the HTTP drain: wait for the live calls, then end the rest.
     live.drain(ctx.shutdown.timeout()).await;
     db.close().await;

@@ -47,6 +47,13 @@ pub const CALL_ANALYSIS_BUCKETS: &[f64] =
 
 /// Phone calls last seconds to an hour; alert thresholds sit on these boundaries.
 pub const CALL_DURATION_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0];
+/// Requests refused by a limit, by limit.
+pub const API_REQUESTS_LIMITED_TOTAL: &str = "api_requests_limited_total";
+/// The limits counted in [`API_REQUESTS_LIMITED_TOTAL`].
+pub const LIMITS: &[&str] = &["header_size", "body_size", "body_timeout", "rate", "live_calls", "ws_message"];
+/// Live calls this replica accepts at once (`LIVE_MAX_CALLS`).
+pub const VOICE_LIVE_CALLS_MAX: &str = "voice_live_calls_max";
+
 /// Statement latency, from an in-process SQLite read to a slow network round trip.
 pub const DB_QUERY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
@@ -71,6 +78,14 @@ pub fn init() {
         VOICE_MEDIA_FRAMES_DROPPED_TOTAL,
         "Inbound media frames dropped because audio-processor fell behind"
     );
+    describe_counter!(
+        API_REQUESTS_LIMITED_TOTAL,
+        "Requests refused by a limit: header_size, body_size, body_timeout, rate, live_calls, ws_message"
+    );
+    describe_gauge!(VOICE_LIVE_CALLS_MAX, "Live calls this replica accepts at once (LIVE_MAX_CALLS)");
+    for limit in LIMITS {
+        counter!(API_REQUESTS_LIMITED_TOTAL, "limit" => *limit).absolute(0);
+    }
     counter!(VOICE_BARGE_INS_TOTAL).absolute(0);
     counter!(VOICE_MEDIA_FRAMES_DROPPED_TOTAL).absolute(0);
     for result in ["done", "failed", "rejected", "replayed"] {
@@ -79,6 +94,16 @@ pub fn init() {
     for provider in Provider::ALL {
         gauge!(ACTIVE_CALLS, "provider" => provider.as_str()).set(0.0);
     }
+}
+
+/// Counts a request refused by `limit` (one of [`LIMITS`]).
+pub fn request_limited(limit: &'static str) {
+    counter!(API_REQUESTS_LIMITED_TOTAL, "limit" => limit).increment(1);
+}
+
+/// Publishes the live-call cap.
+pub fn live_calls_max(max: usize) {
+    gauge!(VOICE_LIVE_CALLS_MAX).set(max as f64);
 }
 
 /// Records one stage of a turn's latency.

@@ -184,6 +184,11 @@ pub fn hangup() -> String {
     r#"<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>"#.to_string()
 }
 
+/// TwiML that refuses the call with a busy signal (this replica is at `LIVE_MAX_CALLS`).
+pub fn reject_busy() -> String {
+    r#"<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>"#.to_string()
+}
+
 /// Escapes text for an XML attribute or element.
 pub fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -281,6 +281,36 @@ impl ProviderError {
 
 /// Keep at most `max` characters of a provider's body and blank anything that looks like a
 /// credential, so the result may be logged.
+/// A provider's error body reduced to what cannot carry personal data: the machine-readable
+/// `type`/`code` fields (OpenAI `error.type`/`error.code`, Deepgram `err_code`, …) when they are
+/// short identifiers, and the body's size. Provider messages may quote what they were sent (a
+/// prompt, a transcript), so their text is logged only with `PROVIDER_CAPTURE_CONTENT=true`.
+pub(crate) fn error_summary(body: &str) -> String {
+    let identifier = |v: &serde_json::Value| {
+        v.as_str()
+            .filter(|s| !s.is_empty() && s.len() <= 64)
+            .filter(|s| s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
+            .map(str::to_string)
+            .or_else(|| v.as_i64().map(|n| n.to_string()))
+    };
+    let mut fields = Vec::new();
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(body) {
+        for (path, value) in [
+            ("error.type", &json["error"]["type"]),
+            ("error.code", &json["error"]["code"]),
+            ("type", &json["type"]),
+            ("code", &json["code"]),
+            ("err_code", &json["err_code"]),
+        ] {
+            if let Some(v) = identifier(value) {
+                fields.push(format!("{path}={v}"));
+            }
+        }
+    }
+    fields.push(format!("{} bytes (text logged with PROVIDER_CAPTURE_CONTENT=true)", body.len()));
+    fields.join(" ")
+}
+
 pub(crate) fn scrub_body(body: &str, secrets: &[&str], max: usize) -> String {
     let mut text: String = body.chars().take(max).collect();
     if body.chars().count() > max {
@@ -326,6 +356,27 @@ fn looks_like_key(word: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_summaries_keep_codes_and_drop_text() {
+        let openai = r#"{"error": {"message": "Incorrect API key provided: sk-abc. Caller said: my PIN is 1234",
+                          "type": "invalid_request_error", "code": "invalid_api_key"}}"#;
+        let s = error_summary(openai);
+        assert!(s.starts_with("error.type=invalid_request_error error.code=invalid_api_key "), "{s}");
+        assert!(!s.contains("PIN") && !s.contains("sk-abc"), "{s}");
+        let deepgram = r#"{"err_code": "INVALID_AUTH", "err_msg": "Invalid credentials.", "request_id": "x"}"#;
+        assert!(error_summary(deepgram).starts_with("err_code=INVALID_AUTH "));
+        // Free text where a code should be is not a code.
+        let sneaky = r#"{"error": {"type": "the caller said hello", "code": 429}}"#;
+        assert_eq!(
+            error_summary(sneaky),
+            format!("error.code=429 {} bytes (text logged with PROVIDER_CAPTURE_CONTENT=true)", sneaky.len())
+        );
+        assert_eq!(
+            error_summary("<html>Bad Gateway</html>"),
+            "24 bytes (text logged with PROVIDER_CAPTURE_CONTENT=true)"
+        );
+    }
 
     #[test]
     fn codes_map_to_grpc_names() {

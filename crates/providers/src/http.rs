@@ -9,7 +9,7 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use tokio::time::Instant;
 
 use crate::config::Timeouts;
-use crate::error::{ProviderError, scrub_body};
+use crate::error::{ProviderError, error_summary, scrub_body};
 use crate::providers::CallCtx;
 use crate::resilience::retry::parse_retry_after;
 
@@ -80,7 +80,7 @@ async fn status_error(ctx: &CallCtx, response: Response, secrets: &[&str]) -> Pr
         provider,
         operation = ctx.operation,
         status = status.as_u16(),
-        body = %scrub_body(&body, secrets, ERROR_LOG_CHARS),
+        body = %if ctx.capture_content { scrub_body(&body, secrets, ERROR_LOG_CHARS) } else { error_summary(&body) },
         "provider returned an error status"
     );
     let code = status.as_u16();

@@ -108,20 +108,34 @@ async fn content_is_captured_only_when_enabled() {
 }
 
 #[tokio::test]
-async fn provider_error_body_is_logged_scrubbed() {
+async fn provider_error_body_is_logged_as_codes_and_as_scrubbed_text_only_with_capture() {
+    let body = json!({"error": {"message": "Incorrect API key provided: sk-test-0123456789abcdef. You said: my PIN is 4321",
+                                "code": "invalid_api_key"}});
+    // Default: the codes and the size, no provider text (it may quote what it was sent).
+    {
+        let (seen, _guard) = capture();
+        let fake = Fake::start().await;
+        fake.on("/v1/chat/completions", vec![Reply::json(401, body.clone())]);
+        let gateway = Gateway::new(config(Some(&fake), None, &[])).unwrap();
+        assert!(gateway.chat(request(), None).await.is_err());
+        let all = seen.lock().unwrap().clone();
+        let logged = all.iter().find(|(owner, name, _)| owner == "event" && name == "body").expect("error body logged");
+        assert!(logged.2.starts_with("error.code=invalid_api_key "), "{}", logged.2);
+        assert!(all.iter().all(|(_, _, v)| !v.contains("sk-test-0123456789abcdef") && !v.contains("PIN")));
+        assert_eq!(field(&seen, "error.type").as_deref(), Some("unauthorized"));
+        assert_eq!(field(&seen, "otel.status_code").as_deref(), Some("ERROR"));
+    }
+    // With PROVIDER_CAPTURE_CONTENT: the text, with the key still scrubbed.
     let (seen, _guard) = capture();
     let fake = Fake::start().await;
-    let body = json!({"error": {"message": "Incorrect API key provided: sk-test-0123456789abcdef.", "code": "invalid_api_key"}});
     fake.on("/v1/chat/completions", vec![Reply::json(401, body)]);
-    let gateway = Gateway::new(config(Some(&fake), None, &[])).unwrap();
+    let gateway = Gateway::new(config(Some(&fake), None, &[("PROVIDER_CAPTURE_CONTENT", "true")])).unwrap();
     assert!(gateway.chat(request(), None).await.is_err());
     let all = seen.lock().unwrap().clone();
     let logged = all
         .iter()
         .find(|(owner, name, value)| owner == "event" && name == "body" && value.contains("Incorrect API key"))
-        .expect("error body logged");
-    assert!(logged.2.contains("[redacted]"), "{}", logged.2);
+        .expect("error text logged");
+    assert!(logged.2.contains("[redacted]") && logged.2.contains("PIN"), "{}", logged.2);
     assert!(all.iter().all(|(_, _, v)| !v.contains("sk-test-0123456789abcdef")));
-    assert_eq!(field(&seen, "error.type").as_deref(), Some("unauthorized"));
-    assert_eq!(field(&seen, "otel.status_code").as_deref(), Some("ERROR"));
 }

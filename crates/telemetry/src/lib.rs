@@ -50,7 +50,7 @@ pub use config::{ConfigErrors, Env, Reader, Secret, TelemetryConfig};
 pub use health::Health;
 pub use metrics::MetricsHandle;
 pub use sentry_support::{ErrorContext, capture_exception};
-pub use serve::{ServiceContext, serve_grpc_service, serve_http};
+pub use serve::{HttpServerLimits, ServiceContext, serve_grpc_service, serve_http, serve_http_with};
 pub use shutdown::Shutdown;
 
 /// A `TcpListener` as the connection stream tonic's `serve_with_incoming` takes.

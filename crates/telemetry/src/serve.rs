@@ -2,7 +2,14 @@
 //! phase, drains bounded by `SHUTDOWN_TIMEOUT_SECONDS`, and — for gRPC services — the standard
 //! health and reflection services next to the service's own.
 
-use tokio::net::TcpListener;
+use std::time::Duration;
+
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::{net::TcpListener, sync::watch};
+use tower::ServiceExt as _;
 
 use crate::{Health, MetricsHandle, ServiceInfo, Shutdown, Telemetry};
 
@@ -31,12 +38,108 @@ impl ServiceContext {
     }
 }
 
+/// Limits the HTTP server enforces before any handler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpServerLimits {
+    /// Time a client has to send a request's line and headers (HTTP/1); an idle keep-alive
+    /// connection is closed after it too. Slow-header clients cannot hold a connection open.
+    pub header_read_timeout: Duration,
+    /// Request line plus headers, in bytes: HTTP/1's read buffer (at least 8 KiB) and HTTP/2's
+    /// header list. Larger requests are answered `431` by the server itself.
+    pub max_header_bytes: usize,
+}
+
+impl Default for HttpServerLimits {
+    fn default() -> Self {
+        Self { header_read_timeout: Duration::from_secs(10), max_header_bytes: 64 * 1024 }
+    }
+}
+
 /// Serves an axum router until shutdown stops listeners, then drains within the bound.
 pub async fn serve_http(listener: TcpListener, router: axum::Router, shutdown: &Shutdown) -> std::io::Result<()> {
+    serve_http_with(listener, router, shutdown, HttpServerLimits::default()).await
+}
+
+/// [`serve_http`] with explicit server limits. Each connection is served by hyper (HTTP/1 with
+/// upgrades for WebSockets, or HTTP/2), with a timer so that the header read timeout applies.
+/// Handlers see the peer address as `ConnectInfo<SocketAddr>`.
+pub async fn serve_http_with(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: &Shutdown,
+    limits: HttpServerLimits,
+) -> std::io::Result<()> {
+    // Each connection holds a sender clone and waits for it to close (all receivers gone) to
+    // start its graceful shutdown; the server waits for every connection's receiver clone.
+    let (signal_tx, signal_rx) = watch::channel(());
+    let (close_tx, close_rx) = watch::channel(());
     let stop = shutdown.clone();
-    let server = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(async move { stop.stopping().await });
-    shutdown.run_bounded(async { server.await }).await.unwrap_or(Ok(()))
+    let serve = async move {
+        loop {
+            let (stream, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Per-connection errors (reset before accept) are not the listener's;
+                        // others (out of file descriptors) get a pause instead of a busy loop.
+                        if !is_connection_error(&e) {
+                            tracing::error!(error = %e, "accepting an HTTP connection failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        continue;
+                    }
+                },
+                () = stop.stopping() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let router = router.clone();
+            let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(remote));
+                router.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            let signal_tx = signal_tx.clone();
+            let close_rx = close_rx.clone();
+            tokio::spawn(async move {
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout)
+                    .max_buf_size(limits.max_header_bytes.max(8192));
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+                    .enable_connect_protocol();
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let mut conn = std::pin::pin!(conn);
+                // Fused: after it fired, the loop polls it again until the connection has closed.
+                let mut signalled = std::pin::pin!(futures_util::FutureExt::fuse(signal_tx.closed()));
+                loop {
+                    tokio::select! {
+                        result = conn.as_mut() => {
+                            if let Err(e) = result {
+                                tracing::trace!(error = %e, "HTTP connection ended with an error");
+                            }
+                            break;
+                        }
+                        () = &mut signalled => conn.as_mut().graceful_shutdown(),
+                    }
+                }
+                drop(close_rx);
+            });
+        }
+        drop(signal_rx);
+        drop(close_rx);
+        close_tx.closed().await;
+        Ok(())
+    };
+    shutdown.run_bounded(serve).await.unwrap_or(Ok(()))
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
 }
 
 /// Serves gRPC `routes` plus `grpc.health.v1` (for `""` and each of `service_names`) and server

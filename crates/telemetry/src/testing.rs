@@ -31,6 +31,8 @@ pub struct ReceivedSpan {
 #[derive(Clone, Default)]
 struct Collector {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    /// Every export request, whole (`Debug`), for scans of everything that was sent.
+    raw: Arc<Mutex<Vec<String>>>,
 }
 
 #[tonic::async_trait]
@@ -39,8 +41,10 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let request = request.into_inner();
+        self.raw.lock().expect("collector lock").push(format!("{request:?}"));
         let mut spans = self.spans.lock().expect("collector lock");
-        for rs in request.into_inner().resource_spans {
+        for rs in request.resource_spans {
             let service_name = rs
                 .resource
                 .as_ref()
@@ -110,6 +114,11 @@ impl OtlpReceiver {
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.collector.spans.lock().expect("collector lock").clone()
+    }
+
+    /// Every export request received, whole: resources, spans, attributes and events.
+    pub fn raw(&self) -> Vec<String> {
+        self.collector.raw.lock().expect("collector lock").clone()
     }
 
     /// Waits (up to `timeout`) until `pred` holds for the received spans; returns them.

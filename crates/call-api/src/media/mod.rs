@@ -14,31 +14,62 @@ pub mod protocol;
 pub mod session;
 pub mod turn;
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::{
     extract::{Path, Query, State, WebSocketUpgrade},
     response::{IntoResponse, Response},
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
 use crate::{AppState, error::ApiError};
 
-/// Largest WebSocket message accepted from a carrier (a `media` message is about 300 bytes).
-pub const MAX_WS_MESSAGE: usize = 64 * 1024;
+/// How long a carrier refused for capacity is asked to wait before trying again.
+const BUSY_RETRY_AFTER_SECONDS: u64 = 5;
 
-/// The live calls of this replica: tracked so that shutdown can wait for them, then end them.
-#[derive(Clone, Default)]
+/// The live calls of this replica: tracked so that shutdown can wait for them, then end them,
+/// and capped (`LIVE_MAX_CALLS`) so that one call too many is refused instead of slowing all.
+#[derive(Clone)]
 pub struct LiveCalls {
     tracker: TaskTracker,
     /// Cancelled when the drain bound has passed: every session ends its call as `failed`.
     end_all: CancellationToken,
+    slots: Arc<Semaphore>,
+    max: usize,
 }
 
 impl LiveCalls {
+    pub fn new(max: usize) -> Self {
+        crate::metrics::live_calls_max(max);
+        Self {
+            tracker: TaskTracker::new(),
+            end_all: CancellationToken::new(),
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
     pub fn count(&self) -> usize {
         self.tracker.len()
+    }
+
+    /// Whether another call would be refused right now.
+    pub fn is_full(&self) -> bool {
+        self.slots.available_permits() == 0
+    }
+
+    /// A slot for one live call, held for as long as the call runs; refused at the cap.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            crate::metrics::request_limited("live_calls");
+            tracing::warn!(max = self.max, "live call refused: this replica is at LIVE_MAX_CALLS");
+            ApiError::Busy {
+                message: format!("this replica carries its maximum of {} live calls; retry later", self.max),
+                retry_after_seconds: BUSY_RETRY_AFTER_SECONDS,
+            }
+        })
     }
 
     /// At shutdown: waits up to `bound` for live calls to end by themselves, then ends the rest
@@ -76,13 +107,21 @@ pub async fn media(
             Err(e) => return ApiError::from(e).into_response(),
         },
     };
+    let slot = match state.live.admit() {
+        Ok(slot) => slot,
+        Err(busy) => return busy.into_response(),
+    };
     let live = state.live.clone();
+    let max_message = state.limits.ws_max_message_bytes;
     upgrade
-        .max_message_size(MAX_WS_MESSAGE)
-        .max_frame_size(MAX_WS_MESSAGE)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
         .on_upgrade(move |socket| {
             let end_all = live.end_all.clone();
-            live.tracker.track_future(session::run(state, id, call, socket, end_all))
+            live.tracker.track_future(async move {
+                session::run(state, id, call, socket, end_all).await;
+                drop(slot);
+            })
         })
         .into_response()
 }

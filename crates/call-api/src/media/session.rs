@@ -147,6 +147,10 @@ async fn handshake(
 ) -> Result<(String, std::collections::BTreeMap<String, String>), String> {
     loop {
         match stream.next().await {
+            Some(Err(e)) if is_too_long(&e) => {
+                crate::metrics::request_limited("ws_message");
+                return Err("a message is larger than MEDIA_WS_MAX_MESSAGE_BYTES".into());
+            }
             None | Some(Err(_)) => return Err("connection closed before start".into()),
             Some(Ok(Message::Text(text))) => match protocol::parse(&text)? {
                 Inbound::Connected => continue,
@@ -317,6 +321,10 @@ impl Live {
                 () = end_all.cancelled() => return End::Shutdown,
                 message = stream.next() => {
                     let text = match message {
+                        Some(Err(e)) if is_too_long(&e) => {
+                            crate::metrics::request_limited("ws_message");
+                            return End::Protocol("a message is larger than MEDIA_WS_MAX_MESSAGE_BYTES".into());
+                        }
                         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return End::Lost,
                         Some(Ok(Message::Text(text))) => text,
                         Some(Ok(Message::Binary(_))) => return End::Protocol("binary frames are not part of the protocol".into()),
@@ -525,6 +533,13 @@ fn duration_ms(d: prost_types::Duration) -> u64 {
 
 fn prost_types_duration(ms: u64) -> prost_types::Duration {
     prost_types::Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
+}
+
+/// Whether a WebSocket read failed on the message size limit (the error's own wording is all
+/// axum exposes).
+fn is_too_long(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Message too long") || text.contains("Frame too long") || text.contains("Space limit exceeded")
 }
 
 #[cfg(test)]

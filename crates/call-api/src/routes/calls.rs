@@ -22,8 +22,6 @@ use crate::{
     model::{self, Call, Direction, Outcome, Provider, Status},
 };
 
-/// Largest request body accepted by these routes.
-pub const BODY_LIMIT: usize = 64 * 1024;
 pub const DEFAULT_PAGE: u32 = 50;
 pub const MAX_PAGE: u32 = 200;
 

@@ -141,7 +141,8 @@ pub struct StatusCallback {
     request_body(content = VoiceWebhook, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 200, description = "TwiML `<Connect><Stream>` to the call's media WebSocket (the media token is the \
-                                      stream's `token` parameter); `<Hangup/>` when the call has already ended",
+                                      stream's `token` parameter); `<Hangup/>` when the call has already ended; `<Reject reason=\"busy\"/>` when \
+                                      this replica is at LIVE_MAX_CALLS",
          content_type = "text/xml", body = String),
         (status = 400, description = "CallSid missing or malformed", body = ErrorBody),
         (status = 403, description = "X-Twilio-Signature missing or wrong", body = ErrorBody),
@@ -153,6 +154,12 @@ pub struct StatusCallback {
 #[tracing::instrument(skip_all)]
 async fn voice(State(state): State<AppState>, form: SignedForm) -> Result<Response, ApiError> {
     let call_sid = form.call_sid()?.to_string();
+    if state.live.is_full() {
+        // Refused before anything is stored: the caller hears busy, not a call that degrades.
+        crate::metrics::request_limited("live_calls");
+        tracing::warn!(carrier_call_id = %call_sid, "inbound Twilio call refused: this replica is at LIVE_MAX_CALLS");
+        return Ok(twiml(twilio::reject_busy()));
+    }
     // Numbers are personal data: a value that is not E.164 is dropped, not stored or logged.
     let number = |name: &str| form.get(name).filter(|n| model::is_e164(n)).unwrap_or_default().to_string();
     let (token, media_token_hash) = new_media_token();

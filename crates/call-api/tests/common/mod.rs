@@ -158,6 +158,8 @@ pub async fn spawn_app_with(db: TestDb, database_url: &str, extra: &[(&str, &str
         ("PUBLIC_BASE_URL", "https://calls.example.test"),
         ("LOG_LEVEL", "warn"),
         ("APM_ENABLED", "false"),
+        // Tests make many requests at once; tests/limits.rs turns rate limiting on.
+        ("API_RATE_LIMIT_PER_SECOND", "0"),
     ]);
     for (k, v) in extra {
         env.set(*k, *v);
