@@ -98,6 +98,10 @@ pub struct LimitsConfig {
     /// beyond),
     /// default 64 KiB; a carrier's `media` message is about 300 bytes.
     pub ws_max_message_bytes: usize,
+    /// `MEDIA_IDLE_TIMEOUT_SECONDS`: a live call whose carrier sends nothing for this long ends
+    /// (`failed`, reason `media idle`), freeing its slot, default 30 (carriers send a frame
+    /// every 20 ms).
+    pub media_idle_timeout: Duration,
     /// `CORS_ALLOWED_ORIGINS`: comma-separated origins browsers may call the API from (exact
     /// `scheme://host[:port]`); unset, no CORS headers are sent and browsers refuse cross-origin
     /// calls.
@@ -115,6 +119,7 @@ impl Default for LimitsConfig {
             rate_burst: 100,
             live_max_calls: 100,
             ws_max_message_bytes: 64 * 1024,
+            media_idle_timeout: Duration::from_secs(30),
             cors_allowed_origins: Vec::new(),
         }
     }
@@ -144,6 +149,10 @@ impl LimitsConfig {
         if ws_max_message_bytes < 1024 {
             r.error("MEDIA_WS_MAX_MESSAGE_BYTES", "must be at least 1024");
         }
+        let media_idle_timeout = r.seconds_or("MEDIA_IDLE_TIMEOUT_SECONDS", d.media_idle_timeout, 3600.0);
+        if media_idle_timeout < Duration::from_secs(1) {
+            r.error("MEDIA_IDLE_TIMEOUT_SECONDS", "must be at least 1 second");
+        }
         let mut cors_allowed_origins = Vec::new();
         for origin in r.string("CORS_ALLOWED_ORIGINS").unwrap_or_default().split(',').map(str::trim) {
             if origin.is_empty() {
@@ -167,6 +176,7 @@ impl LimitsConfig {
             rate_burst,
             live_max_calls,
             ws_max_message_bytes,
+            media_idle_timeout,
             cors_allowed_origins,
         }
     }

@@ -319,3 +319,39 @@ fn each_bad_limit_variable_is_named() {
     assert_eq!(c.limits.live_max_calls, 100);
     assert!(c.limits.cors_allowed_origins.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_call_whose_carrier_goes_quiet_ends_and_frees_its_slot() {
+    let audio = stack::start_audio(None).await;
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let extra = [("MEDIA_IDLE_TIMEOUT_SECONDS", "1"), ("LIVE_MAX_CALLS", "1")];
+    let app = stack::start_api(db, &audio.url(), "http://127.0.0.1:9", &extra).await;
+    let (id, token) = create_with_token(&app).await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/v1/calls/{id}/media?token={token}", app.addr)).await.unwrap();
+    let start = json!({"event": "start", "sequenceNumber": "1", "start": {"streamSid": "MZ1", "callSid": "CA1",
+        "accountSid": "AC1", "tracks": ["inbound"],
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}, "customParameters": {}},
+        "streamSid": "MZ1"});
+    ws.send(Message::text(start.to_string())).await.unwrap();
+    // Then silence on the wire: the server closes with a policy code (bound generous).
+    let code = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Close(frame) = m {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed");
+    assert_eq!(code, Some(1008));
+    let (_, call) = app.get(&format!("/v1/calls/{id}"), KEY).await;
+    assert_eq!(call["status"], "ended", "{call}");
+    assert_eq!(call["outcome"], "failed");
+    assert_eq!(call["end_reason"], "media idle: nothing received for 1 s");
+    // Its slot is free again.
+    let (other, t2) = create_with_token(&app).await;
+    let url = format!("ws://{}/v1/calls/{other}/media?token={t2}", app.addr);
+    assert!(tokio_tungstenite::connect_async(url).await.is_ok());
+}

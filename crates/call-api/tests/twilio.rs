@@ -611,3 +611,19 @@ async fn unreachable_twilio_is_503_and_the_call_ends_as_failed() {
     assert_eq!(app.db.count_calls("status = 'ended' AND outcome = 'failed'").await, 1);
     assert_eq!(app.db.count_calls("1 = 1").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_live_max_calls_an_inbound_call_gets_a_busy_signal_and_nothing_is_stored() {
+    let Some(app) = spawn_twilio(Backend::Sqlite, None, &[("LIVE_MAX_CALLS", "1")]).await else { return };
+    // One live call holds the only slot.
+    let (id, token) = stream_target(&post_signed(&app, "/v1/twilio/voice", &voice_params(&call_sid(7))).await);
+    let url = format!("ws://{}/v1/calls/{id}/media?token={token}", app.addr);
+    let (_held, _) = tokio_tungstenite::connect_async(url).await.expect("first call admitted");
+    let sid = call_sid(8);
+    let answer = post_signed(&app, "/v1/twilio/voice", &voice_params(&sid)).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.content_type, "text/xml");
+    assert_eq!(answer.text, r#"<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>"#);
+    assert_eq!(app.db.count_calls(&format!("carrier_call_id = '{sid}'")).await, 0);
+    assert_eq!(app.metrics().await.value("api_requests_limited_total", &[("limit", "live_calls")]), 1.0);
+}

@@ -50,6 +50,8 @@ enum End {
     Protocol(String),
     AudioLost,
     Shutdown,
+    /// Nothing arrived from the carrier for `MEDIA_IDLE_TIMEOUT_SECONDS`.
+    Idle(Duration),
 }
 
 impl End {
@@ -60,6 +62,9 @@ impl End {
             Self::Protocol(e) => (Outcome::Failed, Some(format!("media protocol error: {e}"))),
             Self::AudioLost => (Outcome::Failed, Some("audio-processor unavailable".into())),
             Self::Shutdown => (Outcome::Failed, Some("service shutting down".into())),
+            Self::Idle(after) => {
+                (Outcome::Failed, Some(format!("media idle: nothing received for {} s", after.as_secs_f64())))
+            }
         }
     }
 }
@@ -196,6 +201,7 @@ async fn finish(state: &AppState, call: &Call, end: End) -> (u16, String) {
         End::Protocol(e) => (1008, e.chars().take(120).collect()),
         End::AudioLost => (1011, "audio-processor unavailable".into()),
         End::Shutdown => (1001, "service shutting down".into()),
+        End::Idle(_) => (1008, "no media received in time".into()),
     }
 }
 
@@ -224,6 +230,9 @@ struct Live {
     filler: bool,
     barge_deadline: Option<Instant>,
     barge_in: Duration,
+    /// The carrier's last message; a call with none for `idle` ends.
+    last_inbound: Instant,
+    idle: Duration,
     dtmf: String,
     dtmf_deadline: Option<Instant>,
 }
@@ -299,6 +308,8 @@ impl Live {
             filler: false,
             barge_deadline: None,
             barge_in: state.live_config.barge_in,
+            last_inbound: Instant::now(),
+            idle: state.limits.media_idle_timeout,
             dtmf: String::new(),
             dtmf_deadline: None,
         })
@@ -317,9 +328,15 @@ impl Live {
         loop {
             let barge = self.barge_deadline;
             let dtmf = self.dtmf_deadline;
+            let idle = self.last_inbound + self.idle;
             tokio::select! {
                 () = end_all.cancelled() => return End::Shutdown,
+                () = tokio::time::sleep_until(idle) => {
+                    tracing::warn!(idle_seconds = self.idle.as_secs_f64(), "live call ended: the carrier sent nothing");
+                    return End::Idle(self.idle);
+                }
                 message = stream.next() => {
+                    self.last_inbound = Instant::now();
                     let text = match message {
                         Some(Err(e)) if is_too_long(&e) => {
                             crate::metrics::request_limited("ws_message");
