@@ -47,11 +47,7 @@ impl Cluster {
     }
 
     fn run(&self, program: &str, args: &[&str]) -> Result<String, String> {
-        let out = self
-            .command(program)
-            .args(args)
-            .output()
-            .map_err(|e| format!("{program}: {e} (is it on PATH?)"))?;
+        let out = self.command(program).args(args).output().map_err(|e| format!("{program}: {e} (is it on PATH?)"))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -82,7 +78,10 @@ impl Cluster {
             }
             let log = root.join("postgres.log");
             std::fs::write(&log, "").map_err(|e| e.to_string())?;
-            Command::new("chown").args([&format!("{user}:"), &log.display().to_string()]).status().map_err(|e| e.to_string())?;
+            Command::new("chown")
+                .args([&format!("{user}:"), &log.display().to_string()])
+                .status()
+                .map_err(|e| e.to_string())?;
             let _ = Command::new("chown").args([&format!("{user}:"), &root.display().to_string()]).status();
         }
         let cluster = Self { data: data.clone(), log: root.join("postgres.log"), port, user };
@@ -120,7 +119,19 @@ impl Cluster {
     /// One query through `psql` over TCP (rows, `|`-separated).
     fn psql(&self, sql: &str) -> Result<String, String> {
         let out = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-AtX", "-c", sql])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-AtX",
+                "-c",
+                sql,
+            ])
             .env("PGCONNECT_TIMEOUT", "5")
             .output()
             .map_err(|e| format!("psql: {e}"))?;
@@ -197,7 +208,12 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     let t_stop = traffic.elapsed();
     let stop_took = Instant::now();
     cluster.stop("fast")?;
-    r.say(format!("pg_ctl stop -m fast (took {:.2} s); outage of {} s begins", stop_took.elapsed().as_secs_f64(), OUTAGE.as_secs()));
+    let stopped_at = chrono_now();
+    r.say(format!(
+        "pg_ctl stop -m fast (took {:.2} s, returned at {stopped_at}); outage of {} s begins",
+        stop_took.elapsed().as_secs_f64(),
+        OUTAGE.as_secs()
+    ));
     tokio::time::sleep(OUTAGE).await;
     let t_start = traffic.elapsed();
     cluster.start()?;
@@ -228,17 +244,26 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     r.say(format!("creates during the outage ({} s): {outage:?}", (t_start - t_stop).as_secs()));
     r.say(format!("creates from restart until ready + 2 s: {recovering:?}"));
     r.say(format!("creates after recovery: {recovered:?}"));
-    let mut unavailable_ms: Vec<f64> = ledger
-        .creates
-        .iter()
-        .filter(|c| c.status == Some(503))
-        .map(|c| c.took.as_secs_f64() * 1e3)
-        .collect();
+    let mut unavailable_ms: Vec<f64> =
+        ledger.creates.iter().filter(|c| c.status == Some(503)).map(|c| c.took.as_secs_f64() * 1e3).collect();
     unavailable_ms.sort_by(f64::total_cmp);
     if let (Some(first), Some(last)) = (unavailable_ms.first(), unavailable_ms.last()) {
         r.say(format!(
             "503 answers took {first:.0}…{last:.0} ms (median {:.0} ms; DATABASE_ACQUIRE_TIMEOUT_SECONDS=2)",
             unavailable_ms[unavailable_ms.len() / 2]
+        ));
+    }
+    let outage_201: Vec<Duration> = ledger
+        .creates
+        .iter()
+        .filter(|c| c.status == Some(201) && c.at >= t_stop && c.at < t_start)
+        .map(|c| c.at)
+        .collect();
+    if let Some(earliest) = outage_201.iter().min() {
+        r.say(format!(
+            "the {} creates sent during the outage that got 201 were sent in its last {:.2} s: they waited for a pool connection and PostgreSQL came back",
+            outage_201.len(),
+            (t_start - *earliest).as_secs_f64()
         ));
     }
     let first_503 = ready.iter().find(|(t, c)| *t >= t_stop && *c == 503).map(|(t, _)| *t);
@@ -302,7 +327,11 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     r.check(
         extra.is_empty(),
         "no row for a create the client was told failed",
-        format!("{} rows without a 201{}", extra.len(), extra.iter().take(5).map(|e| format!("\n      {e}")).collect::<String>()),
+        format!(
+            "{} rows without a 201{}",
+            extra.len(),
+            extra.iter().take(5).map(|e| format!("\n      {e}")).collect::<String>()
+        ),
     );
     let http = stack::client();
     let metrics = stack::scrape(&http, &ports.api_url()).await;
@@ -322,6 +351,13 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     drop(cluster);
     o.keep_if_failed(dir, r);
     Ok(())
+}
+
+/// Wall-clock time, UTC, to line the drill up with the logs.
+fn chrono_now() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let s = d.as_secs();
+    format!("{:02}:{:02}:{:02}.{:03} UTC", (s / 3600) % 24, (s / 60) % 60, s % 60, d.subsec_millis())
 }
 
 fn traffic_end(ledger: &super::traffic::Ledger) -> Duration {

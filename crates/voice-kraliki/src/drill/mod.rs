@@ -53,14 +53,21 @@ impl Options {
         let mut it = args.iter();
         while let Some(flag) = it.next() {
             let mut value = |name: &str| it.next().copied().ok_or_else(|| format!("{name} needs a value"));
-            let number = |v: &str, name: &str| v.parse::<f64>().ok().filter(|n| *n > 0.0 && n.is_finite()).ok_or(format!("{name}: `{v}` is not a positive number"));
+            let number = |v: &str, name: &str| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|n| *n > 0.0 && n.is_finite())
+                    .ok_or(format!("{name}: `{v}` is not a positive number"))
+            };
             match *flag {
                 "--keep" => o.keep = true,
                 "--pg-port" => {
                     let v = value("--pg-port")?;
                     o.pg_port = v.parse().map_err(|_| format!("--pg-port: `{v}` is not a port"))?;
                     if o.pg_port == 5432 || o.pg_port < 1024 {
-                        return Err("--pg-port: the drill never uses 5432 (the shared server) or a port below 1024".into());
+                        return Err(
+                            "--pg-port: the drill never uses 5432 (the shared server) or a port below 1024".into()
+                        );
                     }
                 }
                 "--minutes" => o.soak = Duration::from_secs_f64(number(value("--minutes")?, "--minutes")? * 60.0),

@@ -23,7 +23,8 @@ const PHASE: Duration = Duration::from_secs(30);
 
 /// Counter deltas between two scrapes, by label values (only non-zero ones).
 pub fn deltas(before: &[Sample], after: &[Sample], name: &str, labels: &[&str]) -> BTreeMap<String, f64> {
-    let key = |s: &Sample| labels.iter().map(|l| s.labels.get(*l).map_or("", String::as_str)).collect::<Vec<_>>().join(" ");
+    let key =
+        |s: &Sample| labels.iter().map(|l| s.labels.get(*l).map_or("", String::as_str)).collect::<Vec<_>>().join(" ");
     let mut out = BTreeMap::new();
     for s in after.iter().filter(|s| s.name == name) {
         *out.entry(key(s)).or_insert(0.0) += s.value;
@@ -112,7 +113,8 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
             let (circuit, http, gateway) = (circuit.clone(), http.clone(), gateway.clone());
             tokio::spawn(async move {
                 loop {
-                    for s in stack::scrape(&http, &gateway).await.iter().filter(|s| s.name == "provider_circuit_state") {
+                    for s in stack::scrape(&http, &gateway).await.iter().filter(|s| s.name == "provider_circuit_state")
+                    {
                         let k = format!(
                             "{} {}",
                             s.labels.get("provider").map_or("", String::as_str),
@@ -126,7 +128,8 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
                 }
             })
         };
-        let plan = Plan { live_calls: 4, turns: 2, creates_per_second: 0.0, upload_every: Some(Duration::from_secs(3)) };
+        let plan =
+            Plan { live_calls: 4, turns: 2, creates_per_second: 0.0, upload_every: Some(Duration::from_secs(3)) };
         r.say(format!(
             "traffic for {} s: {} live calls at a time ({} turns each), a recording upload every 3 s",
             PHASE.as_secs(),
@@ -152,10 +155,7 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
             let now = prom::max(
                 &after,
                 "provider_circuit_state",
-                &[
-                    ("provider", k.split(' ').next().unwrap_or("")),
-                    ("operation", k.split(' ').nth(1).unwrap_or("")),
-                ],
+                &[("provider", k.split(' ').next().unwrap_or("")), ("operation", k.split(' ').nth(1).unwrap_or(""))],
             )
             .unwrap_or(f64::NAN);
             r.raw(format!("      {k:<58} {v:>8.0} → {now:.0}"));
@@ -169,9 +169,13 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
             .map(|(_, v)| v)
             .sum();
         let moved: f64 = failovers.iter().filter(|(k, _)| k.ends_with("simulated openai")).map(|(_, v)| v).sum();
-        let short_circuited: f64 =
-            requests.iter().filter(|(k, _)| k.starts_with("simulated ") && k.ends_with("circuit_open")).map(|(_, v)| v).sum();
-        let opened: Vec<&String> = circuit.iter().filter(|(k, v)| k.starts_with("simulated") && **v >= 2.0).map(|(k, _)| k).collect();
+        let short_circuited: f64 = requests
+            .iter()
+            .filter(|(k, _)| k.starts_with("simulated ") && k.ends_with("circuit_open"))
+            .map(|(_, v)| v)
+            .sum();
+        let opened: Vec<&String> =
+            circuit.iter().filter(|(k, v)| k.starts_with("simulated") && **v >= 2.0).map(|(k, _)| k).collect();
         let label = format!("phase {}", i + 1);
         r.check(
             faults > 0.0,
@@ -186,7 +190,9 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         r.check(
             !opened.is_empty() && short_circuited > 0.0,
             format!("{label}: circuit breaker opens"),
-            format!("simulated circuit seen open for {opened:?}; {short_circuited} attempts refused by the open circuit"),
+            format!(
+                "simulated circuit seen open for {opened:?}; {short_circuited} attempts refused by the open circuit"
+            ),
         );
         let live_failed = ledger.live.iter().filter(|l| l.error.is_some()).count();
         let silent: usize = ledger.live.iter().map(|l| l.without_reply).sum();
@@ -197,13 +203,23 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
             format!(
                 "{} calls, {live_failed} failed, {answered} turns answered, {silent} without reply{}",
                 ledger.live.len(),
-                ledger.live.iter().filter_map(|l| l.error.as_deref()).take(3).map(|e| format!("\n      {e}")).collect::<String>()
+                ledger
+                    .live
+                    .iter()
+                    .filter_map(|l| l.error.as_deref())
+                    .take(3)
+                    .map(|e| format!("\n      {e}"))
+                    .collect::<String>()
             ),
         );
         let good = ledger
             .uploads
             .iter()
-            .filter(|u| u.status == Some(200) && u.analysis_status.as_deref() == Some("done") && u.transcript_status.as_deref() == Some("done"))
+            .filter(|u| {
+                u.status == Some(200)
+                    && u.analysis_status.as_deref() == Some("done")
+                    && u.transcript_status.as_deref() == Some("done")
+            })
             .count();
         r.check(
             !ledger.uploads.is_empty() && good == ledger.uploads.len(),
@@ -216,7 +232,10 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         r.check(
             panics == 0,
             format!("{}: no panic", s.name()),
-            format!("panics {panics}, ERROR lines {errors}{}", lines.iter().map(|l| format!("\n      {l}")).collect::<String>()),
+            format!(
+                "panics {panics}, ERROR lines {errors}{}",
+                lines.iter().map(|l| format!("\n      {l}")).collect::<String>()
+            ),
         );
     }
     stack.stop_all().await;

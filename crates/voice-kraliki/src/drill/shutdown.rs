@@ -41,10 +41,7 @@ impl ReadyTrace {
     /// Readiness failed first: the first answer that is not 200 is a 503, and it came before
     /// the first refused connection.
     pub fn failed_first(&self) -> bool {
-        match self.polls.iter().find(|(_, s)| *s != 200) {
-            Some((_, 503)) => true,
-            _ => false,
-        }
+        matches!(self.polls.iter().find(|(_, s)| *s != 200), Some((_, 503)))
     }
 }
 
@@ -119,8 +116,7 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         let spans_before = receivers[&s].total();
         let stop = tokio_util::sync::CancellationToken::new();
         let t0 = Instant::now();
-        let poller =
-            tokio::spawn(poll_ready(format!("{}/ready", ports.admin_base(s)), t0, stop.clone()));
+        let poller = tokio::spawn(poll_ready(format!("{}/ready", ports.admin_base(s)), t0, stop.clone()));
         tokio::time::sleep(Duration::from_millis(60)).await; // a few 200s first
         let sent = Instant::now();
         let at = traffic.elapsed();

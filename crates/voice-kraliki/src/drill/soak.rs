@@ -102,6 +102,8 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         ("STT_PROVIDERS", "simulated".into()),
         ("LLM_PROVIDERS", "simulated".into()),
         ("TTS_PROVIDERS", "simulated".into()),
+        // Unpaced simulated output: shorter turns, more calls through the soak.
+        ("SIMULATED_TOKENS_PER_SECOND", "0".into()),
     ];
     let mut stack = Stack::new(dir.path(), ports, &env).map_err(|e| e.to_string())?;
     stack.start_all().await?;
@@ -109,7 +111,7 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     let warmup = warmup.min(o.soak / 2);
     let plan = Plan { live_calls: 8, turns: 2, creates_per_second: 5.0, upload_every: Some(Duration::from_secs(5)) };
     r.say(format!(
-        "soak {:.1} min (warm-up {} s, a sample every {} s): {} live calls at a time ({} turns each), {} REST creates/s, a recording upload every 5 s; simulated providers at their default latency",
+        "soak {:.1} min (warm-up {} s, a sample every {} s): {} live calls at a time ({} turns each), {} REST creates/s, a recording upload every 5 s; simulated providers (50 ms latency, 100 ms to first byte, unpaced tokens)",
         o.soak.as_secs_f64() / 60.0,
         warmup.as_secs(),
         o.sample.as_secs_f64(),
@@ -117,8 +119,13 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         plan.turns,
         plan.creates_per_second
     ));
-    r.say(format!("limits after warm-up: RSS end ≤ {}× baseline + {} MiB; fds end ≤ baseline + {}; threads end ≤ baseline + {}",
-        LIMITS.rss_factor, LIMITS.rss_slack_bytes >> 20, LIMITS.fds_slack, LIMITS.threads_slack));
+    r.say(format!(
+        "limits after warm-up: RSS end ≤ {}× baseline + {} MiB; fds end ≤ baseline + {}; threads end ≤ baseline + {}",
+        LIMITS.rss_factor,
+        LIMITS.rss_slack_bytes >> 20,
+        LIMITS.fds_slack,
+        LIMITS.threads_slack
+    ));
     let http = stack::client();
     let pids: BTreeMap<Service, u32> = Service::ALL.iter().filter_map(|s| Some((*s, stack.pid(*s)?))).collect();
     let read = |http: reqwest::Client, pids: BTreeMap<Service, u32>, at: Duration| async move {
@@ -133,15 +140,18 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     };
     let idle = read(http.clone(), pids.clone(), Duration::ZERO).await;
     for (s, p) in &idle {
-        r.say(format!("{:<17} idle before load: RSS {:.1} MiB, fds {}, threads {}", s.name(), mib(p.proc.rss_bytes), p.proc.fds, p.proc.threads));
+        r.say(format!(
+            "{:<17} idle before load: RSS {:.1} MiB, fds {}, threads {}",
+            s.name(),
+            mib(p.proc.rss_bytes),
+            p.proc.fds,
+            p.proc.threads
+        ));
     }
     let traffic = Traffic::start(&ports.api_url(), &key, &plan);
     let started = Instant::now();
     let mut series: BTreeMap<Service, Vec<Point>> = BTreeMap::new();
-    r.raw(format!(
-        "{:>7}  {:<17} {:>9} {:>5} {:>7}  in flight",
-        "t", "service", "RSS MiB", "fds", "threads"
-    ));
+    r.raw(format!("{:>7}  {:<17} {:>9} {:>5} {:>7}  in flight", "t", "service", "RSS MiB", "fds", "threads"));
     while started.elapsed() < o.soak {
         let next = (o.sample).min(o.soak.saturating_sub(started.elapsed()));
         tokio::time::sleep(next).await;
@@ -154,14 +164,18 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
                 mib(p.proc.rss_bytes),
                 p.proc.fds,
                 p.proc.threads,
-                p.gauges.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+                p.gauges.iter().map(|(k, v)| format!("{k}={}", v.abs())).collect::<Vec<_>>().join(" "),
                 if at < warmup { "  (warm-up)" } else { "" }
             ));
             series.entry(s).or_default().push(p);
         }
         for s in Service::ALL {
             if !stack.is_running(s) {
-                return Err(format!("{} exited during the soak; see {}", s.name(), stack.log_path(s).unwrap_or_default().display()));
+                return Err(format!(
+                    "{} exited during the soak; see {}",
+                    s.name(),
+                    stack.log_path(s).unwrap_or_default().display()
+                ));
             }
         }
     }
@@ -175,17 +189,28 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
 
     r.raw(format!(
         "{:<17} {:>26} {:>26} {:>26} {:>20} {:>12}",
-        "service", "baseline RSS/fds/threads", "end RSS/fds/threads", "peak RSS/fds/threads", "idle after load", "RSS slope"
+        "service",
+        "baseline RSS/fds/threads",
+        "end RSS/fds/threads",
+        "peak RSS/fds/threads",
+        "idle after load",
+        "RSS slope"
     ));
+    // Checks are printed after the table.
+    let mut verdicts: Vec<(bool, String, String)> = Vec::new();
     let fmt = |p: &ProcSample| format!("{:.1} MiB/{}/{}", mib(p.rss_bytes), p.fds, p.threads);
     for s in Service::ALL {
         let Some(points) = series.get(&s) else {
-            r.check(false, format!("{}: sampled", s.name()), "no sample");
+            verdicts.push((false, format!("{}: sampled", s.name()), "no sample".into()));
             continue;
         };
         let steady: Vec<&Point> = points.iter().filter(|p| p.at >= warmup).collect();
         let (Some(base), Some(end)) = (steady.first(), steady.last()) else {
-            r.check(false, format!("{}: sampled after the warm-up", s.name()), "no sample after the warm-up");
+            verdicts.push((
+                false,
+                format!("{}: sampled after the warm-up", s.name()),
+                "no sample after the warm-up".into(),
+            ));
             continue;
         };
         let peak = ProcSample {
@@ -193,7 +218,8 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
             fds: points.iter().map(|p| p.proc.fds).max().unwrap_or(0),
             threads: points.iter().map(|p| p.proc.threads).max().unwrap_or(0),
         };
-        let rss_slope = slope(&steady.iter().map(|p| (p.at.as_secs_f64() / 60.0, mib(p.proc.rss_bytes))).collect::<Vec<_>>());
+        let rss_slope =
+            slope(&steady.iter().map(|p| (p.at.as_secs_f64() / 60.0, mib(p.proc.rss_bytes))).collect::<Vec<_>>());
         let idle_after = after.get(&s).map_or("—".to_string(), |p| fmt(&p.proc));
         r.raw(format!(
             "{:<17} {:>26} {:>26} {:>26} {:>20} {:>8.2} MiB/min",
@@ -205,7 +231,7 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
             rss_slope
         ));
         let breaches = LIMITS.breaches(base.proc, end.proc);
-        r.check(
+        verdicts.push((
             breaches.is_empty(),
             format!("{}: flat under steady load", s.name()),
             if breaches.is_empty() {
@@ -223,15 +249,19 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
             } else {
                 breaches.join("; ")
             },
-        );
+        ));
         if let Some(p) = after.get(&s) {
-            let left: Vec<String> = p.gauges.iter().filter(|(_, v)| **v != 0.0).map(|(k, v)| format!("{k}={v}")).collect();
-            r.check(
+            let left: Vec<String> =
+                p.gauges.iter().filter(|(_, v)| **v != 0.0).map(|(k, v)| format!("{k}={v}")).collect();
+            verdicts.push((
                 left.is_empty(),
                 format!("{}: nothing left in flight after the load", s.name()),
                 if left.is_empty() { "every in-flight gauge back to 0".to_string() } else { left.join(", ") },
-            );
+            ));
         }
+    }
+    for (ok, what, detail) in verdicts {
+        r.check(ok, what, detail);
     }
     let live_failed = ledger.live.iter().filter(|l| l.error.is_some()).count();
     let silent: usize = ledger.live.iter().map(|l| l.without_reply).sum();
@@ -251,7 +281,10 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         r.check(
             panics == 0 && errors == 0,
             format!("{}: no panic or ERROR in the log", s.name()),
-            format!("panics {panics}, ERROR lines {errors}{}", lines.iter().map(|l| format!("\n      {l}")).collect::<String>()),
+            format!(
+                "panics {panics}, ERROR lines {errors}{}",
+                lines.iter().map(|l| format!("\n      {l}")).collect::<String>()
+            ),
         );
     }
     stack.stop_all().await;

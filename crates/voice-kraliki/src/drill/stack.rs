@@ -263,11 +263,7 @@ impl Stack {
 
 /// A plain HTTP client with a short timeout (probes, scrapes).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("HTTP client")
+    reqwest::Client::builder().timeout(Duration::from_secs(5)).pool_max_idle_per_host(0).build().expect("HTTP client")
 }
 
 /// `/metrics` of a service, parsed; empty when it cannot be read.

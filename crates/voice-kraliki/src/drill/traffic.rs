@@ -57,10 +57,12 @@ fn short_error(e: &str) -> String {
     let lower = e.to_ascii_lowercase();
     if lower.contains("timed out") || lower.contains("timeout") {
         "timeout".into()
-    } else if lower.contains("connect") {
-        "connect".into()
+    } else if lower.contains("refused") {
+        "connection refused".into()
     } else if lower.contains("closed") || lower.contains("reset") || lower.contains("incomplete") {
         "connection closed".into()
+    } else if lower.contains("connect") {
+        "connect".into()
     } else {
         "transport".into()
     }
@@ -148,7 +150,8 @@ impl Ledger {
         for e in self.live.iter().filter_map(|l| l.error.as_deref()) {
             *errors.entry(error_kind(e)).or_insert(0) += 1;
         }
-        let mut lat: Vec<f64> = self.live.iter().flat_map(|l| l.latencies.iter().map(|d| d.as_secs_f64() * 1e3)).collect();
+        let mut lat: Vec<f64> =
+            self.live.iter().flat_map(|l| l.latencies.iter().map(|d| d.as_secs_f64() * 1e3)).collect();
         lat.sort_by(f64::total_cmp);
         let p = |q: f64| if lat.is_empty() { f64::NAN } else { lat[((lat.len() - 1) as f64 * q).round() as usize] };
         format!(
@@ -194,6 +197,18 @@ pub fn api_client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder().timeout(timeout).build().expect("HTTP client")
 }
 
+/// A transport error with its causes (reqwest's own text names only the URL).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// `POST /v1/calls` with a sequence number in the metadata.
 pub async fn create_call(http: &reqwest::Client, url: &str, key: &str, seq: u64, started: Instant) -> Create {
     let at = started.elapsed();
@@ -207,7 +222,7 @@ pub async fn create_call(http: &reqwest::Client, url: &str, key: &str, seq: u64,
         .await;
     let mut c = Create { id: None, status: None, code: None, error: None, at, took: Duration::ZERO };
     match sent {
-        Err(e) => c.error = Some(e.to_string()),
+        Err(e) => c.error = Some(error_chain(&e)),
         Ok(r) => {
             c.status = Some(r.status().as_u16());
             match r.json::<Value>().await {
@@ -236,7 +251,7 @@ async fn upload(http: &reqwest::Client, url: &str, key: &str, seq: u64, started:
         .send()
         .await;
     match sent {
-        Err(e) => u.error = Some(e.to_string()),
+        Err(e) => u.error = Some(error_chain(&e)),
         Ok(r) => {
             u.status = Some(r.status().as_u16());
             match r.json::<Value>().await {
@@ -411,7 +426,7 @@ mod tests {
         let outcomes = ledger.create_outcomes(Duration::ZERO, Duration::from_secs(10));
         assert_eq!(outcomes["201"], 2);
         assert_eq!(outcomes["503 unavailable"], 1);
-        assert_eq!(outcomes["no answer (connect)"], 1);
+        assert_eq!(outcomes["no answer (connection refused)"], 1);
         assert!(ledger.create_outcomes(Duration::from_secs(5), Duration::from_secs(10)).is_empty());
     }
 }
