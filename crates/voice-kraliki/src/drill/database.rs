@@ -286,7 +286,10 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     r.check(
         first_503.is_some_and(|t| t - t_stop <= Duration::from_secs(5)) && outage_polls.iter().all(|c| *c == 503),
         "/ready turns 503 during the outage (within 5 s) and stays 503",
-        format!("first 503 {:?} after the stop", first_503.map(|t| t - t_stop)),
+        format!(
+            "first 503 {} after the stop",
+            first_503.map_or("never".into(), |t| format!("{:.2} s", (t - t_stop).as_secs_f64()))
+        ),
     );
     let bad: Vec<String> =
         outage.keys().chain(recovering.keys()).filter(|k| *k != "201" && *k != "503 unavailable").cloned().collect();

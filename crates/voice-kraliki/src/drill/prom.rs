@@ -75,7 +75,8 @@ pub fn sum(samples: &[Sample], name: &str, filter: &[(&str, &str)]) -> f64 {
         .iter()
         .filter(|s| s.name == name && filter.iter().all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v)))
         .map(|s| s.value)
-        .sum()
+        .sum::<f64>()
+        + 0.0 // an empty sum is -0.0
 }
 
 /// The largest value of `name` among samples matching `filter` (None when there is none).
@@ -112,6 +113,7 @@ broken{label="unterminated} 3
         assert_eq!(max(&s, "provider_circuit_state", &[("operation", "chat")]), Some(2.0));
         assert_eq!(max(&s, "provider_circuit_state", &[("operation", "tts")]), None);
         assert_eq!(sum(&s, "process_open_fds", &[]), 23.0);
+        assert_eq!(format!("{}", sum(&s, "absent", &[])), "0");
         let w = s.iter().find(|x| x.name == "weird").unwrap();
         assert_eq!(w.labels["label"], "a \"quoted\", comma");
         assert_eq!(w.labels["other"], "x");
