@@ -2,10 +2,11 @@
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= /var/tmp/vk-target
 FUZZ_EXAMPLES ?= 100
+SOAK_MINUTES ?= 10
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help run demo test lint fmt bench build check-deploy fuzz-api deny clean
+.PHONY: help run demo test lint fmt bench build check-deploy fuzz-api deny drill-shutdown drill-database drill-provider drill-soak clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -42,6 +43,22 @@ fuzz-api: ## schemathesis against the served OpenAPI document, whole stack on lo
 deny: ## cargo deny: licences, banned crates and sources (deny.toml; advisories need network access to RustSec)
 	command -v cargo-deny >/dev/null || $(CARGO) install --locked cargo-deny
 	$(CARGO) deny check licenses bans sources
+
+drill-shutdown: ## drill: SIGTERM each service in turn under load; readiness first, bounded exit, spans flushed, nothing lost
+	$(CARGO) build -q -p voice-kraliki
+	$(CARGO_TARGET_DIR)/debug/voice-kraliki drill shutdown
+
+drill-database: ## drill: a throwaway PostgreSQL (initdb, port 55432) stopped 30 s under load; 503s, recovery, no lost call
+	$(CARGO) build -q -p voice-kraliki
+	$(CARGO_TARGET_DIR)/debug/voice-kraliki drill database
+
+drill-provider: ## drill: simulated provider failing, then stalling; failover and circuit breaker in /metrics, calls complete
+	$(CARGO) build -q -p voice-kraliki
+	$(CARGO_TARGET_DIR)/debug/voice-kraliki drill provider
+
+drill-soak: ## drill: steady load for SOAK_MINUTES (10); RSS, fds, threads per service must stay flat
+	$(CARGO) build -q -p voice-kraliki
+	$(CARGO_TARGET_DIR)/debug/voice-kraliki drill soak --minutes $(SOAK_MINUTES)
 
 check-deploy: ## validate k8s, Prometheus rules and dashboards with the real tools
 	bash scripts/check-deploy/run.sh

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::Message;
 
-const RECORDING: &[u8] = include_bytes!("../../audio-dsp/fixtures/call-stereo.wav");
+pub(crate) const RECORDING: &[u8] = include_bytes!("../../audio-dsp/fixtures/call-stereo.wav");
 /// A turn without a first reply frame within this is an error.
 const TURN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reply audio is over when no frame came for this long.
@@ -84,7 +84,7 @@ fn mulaw_wav(wav: &[u8]) -> Result<(Vec<u8>, usize), String> {
 }
 
 /// The caller's channel, trimmed to its speech plus a little air.
-fn utterance(wav: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn utterance(wav: &[u8]) -> Result<Vec<u8>, String> {
     let (data, channels) = mulaw_wav(wav)?;
     let caller: Vec<u8> = data.iter().skip(channels - 1).step_by(channels).copied().collect();
     // Speech is what is not near-silent μ-law (0x7F/0xFF are zero).
@@ -167,17 +167,17 @@ pub fn run(args: &[&str]) -> ExitCode {
 
 /// What one call saw.
 #[derive(Debug, Default)]
-struct CallResult {
-    id: Option<String>,
-    error: Option<String>,
+pub(crate) struct CallResult {
+    pub(crate) id: Option<String>,
+    pub(crate) error: Option<String>,
     /// Caller-side latency per turn.
-    latencies: Vec<Duration>,
+    pub(crate) latencies: Vec<Duration>,
     /// Gaps between consecutive reply frames within a reply.
     gaps: Vec<Duration>,
-    frames: usize,
+    pub(crate) frames: usize,
     /// How late our own frames went out (load generator health).
     send_lateness: Vec<Duration>,
-    turns_without_reply: usize,
+    pub(crate) turns_without_reply: usize,
 }
 
 pub struct Report {
@@ -192,7 +192,7 @@ struct Inbox {
     closed: bool,
 }
 
-async fn one_call(o: Options, http: reqwest::Client) -> CallResult {
+pub(crate) async fn one_call(o: Options, http: reqwest::Client) -> CallResult {
     let mut result = CallResult::default();
     if let Err(e) = talk(&o, &http, &mut result).await {
         result.error = Some(e);

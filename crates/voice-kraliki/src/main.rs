@@ -8,15 +8,18 @@
 //!                                  recording, print its analysis
 //! voice-kraliki loadgen [...]      simulated carriers: concurrent live calls, latency table
 //! voice-kraliki sentry-test        send a test event to SENTRY_DSN
+//! voice-kraliki drill <name>       reliability drills on loopback: shutdown, database,
+//!                                  provider, soak (docs/DRILLS.md)
 //! ```
 
 mod demo;
+mod drill;
 mod loadgen;
 mod supervisor;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: voice-kraliki [run | serve <call-api|audio-processor|provider-gateway> | demo | loadgen [options] | sentry-test | help]";
+const USAGE: &str = "usage: voice-kraliki [run | serve <call-api|audio-processor|provider-gateway> | demo | loadgen [options] | drill <shutdown|database|provider|soak> [options] | sentry-test | help]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,6 +30,7 @@ fn main() -> ExitCode {
         ["serve", "provider-gateway"] => provider_gateway::main(),
         ["demo"] => demo::run(),
         ["loadgen", rest @ ..] => loadgen::run(rest),
+        ["drill", rest @ ..] => drill::run(rest),
         ["sentry-test"] => sentry_test(),
         ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
