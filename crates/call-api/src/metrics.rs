@@ -51,6 +51,8 @@ pub const CALL_DURATION_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 3
 pub const API_REQUESTS_LIMITED_TOTAL: &str = "api_requests_limited_total";
 /// The limits counted in [`API_REQUESTS_LIMITED_TOTAL`].
 pub const LIMITS: &[&str] = &["header_size", "body_size", "body_timeout", "rate", "live_calls", "ws_message"];
+/// Live calls whose audio stream was reopened after audio-processor went away.
+pub const VOICE_AUDIO_RECONNECTS_TOTAL: &str = "voice_audio_reconnects_total";
 /// Live calls this replica accepts at once (`LIVE_MAX_CALLS`).
 pub const VOICE_LIVE_CALLS_MAX: &str = "voice_live_calls_max";
 
@@ -83,6 +85,11 @@ pub fn init() {
         "Requests refused by a limit: header_size, body_size, body_timeout, rate, live_calls, ws_message"
     );
     describe_gauge!(VOICE_LIVE_CALLS_MAX, "Live calls this replica accepts at once (LIVE_MAX_CALLS)");
+    describe_counter!(
+        VOICE_AUDIO_RECONNECTS_TOTAL,
+        "Live calls whose audio-processor stream ended mid-call and was reopened"
+    );
+    counter!(VOICE_AUDIO_RECONNECTS_TOTAL).absolute(0);
     for limit in LIMITS {
         counter!(API_REQUESTS_LIMITED_TOTAL, "limit" => *limit).absolute(0);
     }
@@ -99,6 +106,11 @@ pub fn init() {
 /// Counts a request refused by `limit` (one of [`LIMITS`]).
 pub fn request_limited(limit: &'static str) {
     counter!(API_REQUESTS_LIMITED_TOTAL, "limit" => limit).increment(1);
+}
+
+/// Counts a reopened audio stream.
+pub fn audio_reconnected() {
+    counter!(VOICE_AUDIO_RECONNECTS_TOTAL).increment(1);
 }
 
 /// Publishes the live-call cap.

@@ -553,3 +553,52 @@ async fn talking_while_the_agent_thinks_cancels_the_provider_stream() {
     let m = metrics(app).await;
     assert_eq!(metric(&m, "voice_barge_ins_total"), Some(1.0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_audio_processor_does_not_end_the_call() {
+    let fake = FakeHttp::start(providers(0.5)).await;
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let audio_addr = listener.local_addr().unwrap();
+    let audio = stack::start_audio(Some(listener)).await;
+    let gateway = stack::start_gateway(Some(&fake), &[("LLM_PROVIDERS", "openai"), ("TTS_PROVIDERS", "openai")]).await;
+    let app =
+        stack::start_api(db, &audio.url(), &gateway.url(), &[("LIVE_SYSTEM_PROMPT", "You are a test agent.")]).await;
+    let mut carrier = Carrier::connect(&app).await;
+    let caller = caller_audio();
+    let utterance = &caller[(4.0 * 8000.0) as usize..(9.0 * 8000.0) as usize];
+    carrier.speak(utterance).await;
+    carrier.speak(&silence(1.0)).await;
+    carrier.wait_for_mark("turn-2-2", Duration::from_secs(20)).await;
+
+    // audio-processor shuts down (its live streams end: "reconnect to another replica") and a
+    // new one comes up on the same address while the caller is silent.
+    drop(audio);
+    let speaking = tokio::spawn(async move {
+        carrier.speak(&silence(1.5)).await;
+        carrier
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listener = loop {
+        match tokio::net::TcpListener::bind(audio_addr).await {
+            Ok(l) => break l,
+            Err(e) => assert!(Instant::now() < deadline, "cannot rebind {audio_addr}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _audio = stack::start_audio(Some(listener)).await;
+    let mut carrier = speaking.await.unwrap();
+
+    // The call goes on: the next utterance is heard and answered.
+    carrier.speak(utterance).await;
+    carrier.speak(&silence(1.0)).await;
+    carrier.wait_for_mark("turn-4-2", Duration::from_secs(20)).await;
+    carrier
+        .send(json!({"event": "stop", "sequenceNumber": "999", "streamSid": "MZtest", "stop": {"callSid": "CA1"}}))
+        .await;
+    let close = tokio::time::timeout(Duration::from_secs(10), carrier.reader).await.expect("server closes").unwrap();
+    assert_eq!(close, Some(1000));
+    let call = get(&app, &format!("/v1/calls/{}", carrier.id)).await;
+    assert_eq!(call["outcome"], "completed", "{call}");
+    assert!(metrics(&app).await.contains("voice_audio_reconnects_total 1"), "one reconnect counted");
+}

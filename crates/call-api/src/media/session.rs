@@ -38,6 +38,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const DTMF_GAP: Duration = Duration::from_millis(1200);
 /// Frames buffered towards audio-processor before new ones are dropped (2 s).
 const AUDIO_BUFFER: usize = 100;
+/// How long a live call tries to reopen its audio stream before it ends as `audio-processor
+/// unavailable`.
+const AUDIO_RECONNECT_WINDOW: Duration = Duration::from_secs(10);
 /// Arrival times kept to map media time to wall time (20 s of frames).
 const ARRIVALS: usize = 1000;
 
@@ -208,6 +211,7 @@ async fn finish(state: &AppState, call: &Call, end: End) -> (u16, String) {
 /// A started live call.
 struct Live {
     call_id: Uuid,
+    peers: crate::peers::Peers,
     audio: mpsc::Sender<StreamAudioRequest>,
     audio_events: mpsc::Receiver<Option<StreamAudioResponse>>,
     turn_events: mpsc::Receiver<TurnEvent>,
@@ -239,42 +243,10 @@ struct Live {
 
 impl Live {
     async fn start(state: &AppState, call: &Call, stream_sid: String, out: mpsc::Sender<String>) -> Result<Self, End> {
-        let (audio_tx, audio_rx) = mpsc::channel(AUDIO_BUFFER);
-        let config = StreamConfig {
-            call_id: call.id.to_string(),
-            format: Some(AudioFormat { encoding: AudioEncoding::Mulaw as i32, sample_rate_hz: 8000, channels: 1 }),
-            vad: None,
-            max_utterance: None,
-        };
-        audio_tx
-            .send(StreamAudioRequest { payload: Some(Payload::Config(config)) })
-            .await
-            .map_err(|_| End::AudioLost)?;
-        let response = state.peers.audio.clone().stream_audio(ReceiverStream::new(audio_rx)).await;
-        let mut inbound = match response {
-            Ok(r) => r.into_inner(),
-            Err(s) => {
-                tracing::warn!(code = ?s.code(), "audio-processor refused the stream");
-                return Err(End::AudioLost);
-            }
-        };
-        let (events_tx, audio_events) = mpsc::channel(64);
-        tokio::spawn(async move {
-            while let Some(message) = inbound.next().await {
-                match message {
-                    Ok(m) => {
-                        if events_tx.send(Some(m)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(s) => {
-                        tracing::warn!(code = ?s.code(), "audio stream failed");
-                        break;
-                    }
-                }
-            }
-            let _ = events_tx.send(None).await;
-        });
+        let (audio_tx, audio_events) = open_audio(&state.peers, call.id).await.map_err(|s| {
+            tracing::warn!(code = ?s.code(), "audio-processor refused the stream");
+            End::AudioLost
+        })?;
         let playback = Playback::start(stream_sid, out);
         let (turn_tx, turn_events) = mpsc::channel(16);
         let system_prompt = call
@@ -293,6 +265,7 @@ impl Live {
         };
         Ok(Self {
             call_id: call.id,
+            peers: state.peers.clone(),
             audio: audio_tx,
             audio_events,
             turn_events,
@@ -367,7 +340,11 @@ impl Live {
                     }
                 }
                 event = self.audio_events.recv() => match event.flatten() {
-                    None => return End::AudioLost,
+                    None => {
+                        if let Err(end) = self.reconnect_audio().await {
+                            return end;
+                        }
+                    }
                     Some(e) => self.audio_event(e),
                 },
                 Some(event) = self.turn_events.recv() => self.turn_event(event),
@@ -386,6 +363,37 @@ impl Live {
                     let digits = std::mem::take(&mut self.dtmf);
                     let text = format!("(The caller pressed the keys {digits} on the keypad.)");
                     self.start_turn(None, Some(text), Instant::now(), crate::model::now());
+                }
+            }
+        }
+    }
+
+    /// The audio stream ended mid-call (an audio-processor replica shutting down says "reconnect
+    /// to another replica"): opens a new one, retrying for [`AUDIO_RECONNECT_WINDOW`]. Frames
+    /// meanwhile wait in the WebSocket; speech in progress is forgotten.
+    async fn reconnect_audio(&mut self) -> Result<(), End> {
+        let deadline = Instant::now() + AUDIO_RECONNECT_WINDOW;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match open_audio(&self.peers, self.call_id).await {
+                Ok((audio, events)) => {
+                    self.audio = audio;
+                    self.audio_events = events;
+                    self.in_speech = false;
+                    self.barge_deadline = None;
+                    self.filler = false;
+                    metrics::audio_reconnected();
+                    tracing::info!("audio stream reconnected");
+                    return Ok(());
+                }
+                Err(s) if Instant::now() + pause < deadline => {
+                    tracing::debug!(code = ?s.code(), "audio stream reconnect failed, retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(s) => {
+                    tracing::warn!(code = ?s.code(), "audio-processor unavailable: could not reconnect the audio stream");
+                    return Err(End::AudioLost);
                 }
             }
         }
@@ -535,6 +543,43 @@ fn mulaw_magnitude(byte: u8) -> u16 {
     let exponent = (b >> 4) & 0x07;
     let mantissa = u16::from(b & 0x0F);
     (((mantissa << 3) + 0x84) << exponent) - 0x84
+}
+
+type AudioStream = (mpsc::Sender<StreamAudioRequest>, mpsc::Receiver<Option<StreamAudioResponse>>);
+
+/// Opens the call's `StreamAudio` stream (config sent first). Events arrive on the receiver;
+/// `None` when the stream ended, whether cleanly or with an error.
+async fn open_audio(peers: &crate::peers::Peers, call_id: Uuid) -> Result<AudioStream, tonic::Status> {
+    let (audio_tx, audio_rx) = mpsc::channel(AUDIO_BUFFER);
+    let config = StreamConfig {
+        call_id: call_id.to_string(),
+        format: Some(AudioFormat { encoding: AudioEncoding::Mulaw as i32, sample_rate_hz: 8000, channels: 1 }),
+        vad: None,
+        max_utterance: None,
+    };
+    audio_tx
+        .send(StreamAudioRequest { payload: Some(Payload::Config(config)) })
+        .await
+        .map_err(|_| tonic::Status::internal("audio channel closed"))?;
+    let mut inbound = peers.audio.clone().stream_audio(ReceiverStream::new(audio_rx)).await?.into_inner();
+    let (events_tx, audio_events) = mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(message) = inbound.next().await {
+            match message {
+                Ok(m) => {
+                    if events_tx.send(Some(m)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(s) => {
+                    tracing::warn!(code = ?s.code(), message = s.message(), "audio stream failed");
+                    break;
+                }
+            }
+        }
+        let _ = events_tx.send(None).await;
+    });
+    Ok((audio_tx, audio_events))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

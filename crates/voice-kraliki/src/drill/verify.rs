@@ -103,6 +103,21 @@ fn state_key(call: &Value) -> String {
     k
 }
 
+/// A GET that, like a well-behaved client, waits out `429 Retry-After` (the API's per-key rate
+/// limit) up to 20 times.
+async fn get_patiently(http: &reqwest::Client, url: &str, key: &str) -> reqwest::Result<reqwest::Response> {
+    let mut tries = 0;
+    loop {
+        let r = http.get(url).bearer_auth(key).send().await?;
+        if r.status() != 429 || tries == 20 {
+            return Ok(r);
+        }
+        tries += 1;
+        let wait = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).unwrap_or(1);
+        tokio::time::sleep(std::time::Duration::from_secs(wait.min(10))).await;
+    }
+}
+
 /// Reads every accepted call back through the API and lists every stored call.
 pub async fn verify(http: &reqwest::Client, url: &str, key: &str, ledger: &Ledger, settled: bool) -> Verdict {
     let accepted = ledger.accepted();
@@ -111,12 +126,8 @@ pub async fn verify(http: &reqwest::Client, url: &str, key: &str, ledger: &Ledge
         futures_util::stream::iter(accepted.iter().cloned())
             .map(|(id, expect)| async move {
                 let r = async {
-                    let r = http
-                        .get(format!("{url}/v1/calls/{id}"))
-                        .bearer_auth(key)
-                        .send()
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let r =
+                        get_patiently(http, &format!("{url}/v1/calls/{id}"), key).await.map_err(|e| e.to_string())?;
                     match r.status().as_u16() {
                         200 => r.json::<Value>().await.map(Some).map_err(|e| e.to_string()),
                         404 => Ok(None),
@@ -153,8 +164,21 @@ pub async fn verify(http: &reqwest::Client, url: &str, key: &str, ledger: &Ledge
             Some(c) => format!("{url}/v1/calls?limit=200&cursor={c}"),
             None => format!("{url}/v1/calls?limit=200"),
         };
-        let Ok(page) = http.get(page_url).bearer_auth(key).send().await else { break };
-        let Ok(page) = page.json::<Value>().await else { break };
+        let page = match get_patiently(http, &page_url, key).await {
+            Ok(r) if r.status() == 200 => r,
+            Ok(r) => {
+                v.unreadable.push(format!("GET /v1/calls answered {}", r.status()));
+                break;
+            }
+            Err(e) => {
+                v.unreadable.push(format!("GET /v1/calls: {e}"));
+                break;
+            }
+        };
+        let Ok(page) = page.json::<Value>().await else {
+            v.unreadable.push("GET /v1/calls: not JSON".into());
+            break;
+        };
         for call in page["calls"].as_array().into_iter().flatten() {
             v.listed += 1;
             if let Some(id) = call["id"].as_str()
