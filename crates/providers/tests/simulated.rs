@@ -179,3 +179,15 @@ fn futures_and_streams_are_send() {
     }
     let _ = stream_is_send;
 }
+
+#[tokio::test(start_paused = true)]
+async fn chat_answers_come_in_sentences() {
+    let gw = gateway(&[("SIMULATED_SEED", "3")]);
+    let stream = gw.chat(chat(20), None).await.unwrap();
+    let text: String = stream.map(|c| c.unwrap().delta).collect::<Vec<_>>().await.concat();
+    let sentences: Vec<&str> = text.split_inclusive('.').collect();
+    assert_eq!(sentences.len(), 3, "{text}");
+    assert!(text.ends_with('.'), "{text}");
+    assert_eq!(sentences[0].split_whitespace().count(), 8, "{text}");
+    assert_eq!(text.split_whitespace().count(), 20, "{text}");
+}

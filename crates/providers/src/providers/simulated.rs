@@ -32,6 +32,9 @@ const WORDS: &[&str] = &[
     "me", "check", "that", "order", "for", "you", "one", "moment", "please",
 ];
 
+/// Words per sentence of a simulated chat answer.
+const SENTENCE_WORDS: usize = 8;
+
 pub(crate) struct Simulated {
     config: SimulatedConfig,
     calls: AtomicU64,
@@ -171,7 +174,10 @@ impl Simulated {
                 Self::wait(gap).await;
             }
             let word = WORDS[(offset + i) % WORDS.len()];
-            let delta = if i == 0 { word.to_owned() } else { format!(" {word}") };
+            // Sentences of 8 words, the last one ended too: a voice agent speaks each sentence
+            // as it completes, so an answer without any would be held to its end.
+            let stop = if (i + 1) % SENTENCE_WORDS == 0 || i + 1 == count { "." } else { "" };
+            let delta = if i == 0 { format!("{word}{stop}") } else { format!(" {word}{stop}") };
             Ok(ChatChunk { delta, ..ChatChunk::default() })
         });
         Ok(Opened { model: MODEL.to_owned(), stream: Box::pin(stream) })
