@@ -20,7 +20,7 @@ pub struct Config {
     /// `API_KEYS`: comma-separated bearer keys, each optionally `tenant:key`.
     pub api_keys: ApiKeys,
     pub database: DatabaseConfig,
-    /// `MEDIA_TOKEN_TTL_SECONDS`: how long a call's media URL token is accepted, default 3600.
+    /// `MEDIA_TOKEN_TTL_SECONDS`: how long a call's media URL token is accepted, default 300.
     pub media_token_ttl: Duration,
     pub recording: RecordingConfig,
     pub live: LiveConfig,
@@ -292,7 +292,7 @@ impl Config {
             },
         };
         let database = DatabaseConfig::read(&mut r);
-        let media_token_ttl = r.seconds_or("MEDIA_TOKEN_TTL_SECONDS", Duration::from_secs(3600), 86_400.0);
+        let media_token_ttl = r.seconds_or("MEDIA_TOKEN_TTL_SECONDS", Duration::from_secs(300), 86_400.0);
         if media_token_ttl < Duration::from_secs(1) {
             r.error("MEDIA_TOKEN_TTL_SECONDS", "must be at least 1 second");
         }
@@ -396,7 +396,7 @@ mod tests {
         assert!(!c.database.is_postgres());
         assert_eq!(c.database.max_connections, 10);
         assert_eq!(c.database.acquire_timeout, Duration::from_secs(2));
-        assert_eq!(c.media_token_ttl, Duration::from_secs(3600));
+        assert_eq!(c.media_token_ttl, Duration::from_secs(300));
         let c = Config::from_env(&Env::from_pairs([("DATABASE_URL", "postgres://u:pw@db:5432/vk")])).unwrap();
         assert!(c.database.is_postgres());
     }

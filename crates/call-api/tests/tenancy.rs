@@ -99,3 +99,22 @@ async fn isolation_holds_on_every_route_sqlite() {
 async fn isolation_holds_on_every_route_postgres() {
     isolation_holds_on_every_route(Backend::Postgres).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn media_tokens_expire() {
+    let db = common::TestDb::new(Backend::Sqlite).await.unwrap();
+    let url = db.url().to_string();
+    let app = common::spawn_app_with(db, &url, &[("MEDIA_TOKEN_TTL_SECONDS", "1")]).await;
+    let created = app.create("twilio").await;
+    let media_url = created["media_url"].as_str().unwrap();
+    let token = media_url.split("token=").nth(1).unwrap();
+    // 256 random bits, URL-safe base64.
+    assert_eq!(token.len(), 43, "{token}");
+    let id = created["id"].as_str().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/v1/calls/{id}/media?token={token}", app.addr))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("401"), "{refused}");
+    assert_eq!(app.get(&format!("/v1/calls/{id}"), KEY).await.1["status"], "queued");
+}
