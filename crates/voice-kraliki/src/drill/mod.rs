@@ -19,6 +19,7 @@ mod procfs;
 mod prom;
 mod provider;
 mod report;
+mod sentry;
 mod shutdown;
 mod soak;
 mod stack;

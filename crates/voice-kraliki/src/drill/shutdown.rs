@@ -72,8 +72,10 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     let dir = o.workdir("shutdown")?;
     let key = stack::drill_key();
     let mut receivers = BTreeMap::new();
+    let mut sentries = BTreeMap::new();
     for s in Service::ALL {
         receivers.insert(s, Receiver::start().await.map_err(|e| format!("OTLP receiver: {e}"))?);
+        sentries.insert(s, super::sentry::Receiver::start().await.map_err(|e| format!("Sentry receiver: {e}"))?);
     }
     let env = [
         ("API_KEYS", key.clone()),
@@ -86,11 +88,13 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         ("TELEMETRY_FLUSH_TIMEOUT_SECONDS", FLUSH_S.to_string()),
         ("APM_ENABLED", "true".into()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+        ("SENTRY_TRACES_SAMPLE_RATE", "1.0".into()),
     ];
     let mut stack = Stack::new(dir.path(), ports, &env).map_err(|e| e.to_string())?;
-    let otlp = |s: Service| [("OTEL_EXPORTER_OTLP_ENDPOINT", receivers[&s].endpoint())];
+    let otlp =
+        |s: Service| [("OTEL_EXPORTER_OTLP_ENDPOINT", receivers[&s].endpoint()), ("SENTRY_DSN", sentries[&s].dsn())];
     r.say(format!(
-        "stack: SQLite in {}, simulated providers, SHUTDOWN_DELAY_SECONDS={DELAY_S} SHUTDOWN_TIMEOUT_SECONDS={TIMEOUT_S} TELEMETRY_FLUSH_TIMEOUT_SECONDS={FLUSH_S}, OTLP/HTTP to one loopback receiver per service",
+        "stack: SQLite in {}, simulated providers, SHUTDOWN_DELAY_SECONDS={DELAY_S} SHUTDOWN_TIMEOUT_SECONDS={TIMEOUT_S} TELEMETRY_FLUSH_TIMEOUT_SECONDS={FLUSH_S}, OTLP/HTTP and Sentry (every transaction sampled) to loopback receivers, one per service",
         dir.path().display()
     ));
     for s in Service::ALL {
@@ -128,6 +132,8 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         let trace = poller.await.unwrap_or_default();
         let since = |t: Duration| t.saturating_sub(sent - t0);
         let flushed = receivers[&s].since(sent);
+        let sentry_flushed = sentries[&s].since(sent);
+        let sentry_before = sentries[&s].total() - sentry_flushed;
         let during = traffic.snapshot();
         let log = stack.log(s);
         let first_503 = trace.first(|c| c == 503).map(since);
@@ -175,10 +181,10 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         );
         let flush_warned = log.contains("telemetry flush did not finish");
         r.check(
-            flushed > 0 && !flush_warned,
+            flushed > 0 && sentry_flushed > 0 && !flush_warned,
             format!("{name}: telemetry flushed"),
             format!(
-                "{flushed} spans reached the OTLP receiver after SIGTERM{}",
+                "{flushed} spans reached the OTLP receiver and {sentry_flushed} Sentry items (before: {sentry_before}) the Sentry receiver after SIGTERM{}",
                 if flush_warned { "; the log says the flush did not finish" } else { "" }
             ),
         );
