@@ -41,7 +41,14 @@ pub struct LiveConfig {
     /// `LIVE_BARGE_IN_SECONDS`: how long the caller must keep talking over the agent (after the
     /// detector's minimum speech) before the agent stops; shorter sounds are ignored. Default 0.3.
     pub barge_in: Duration,
+    /// `LIVE_GREETING`: what the agent says as soon as a live call's media starts, before the
+    /// caller speaks; unset, the agent waits for the caller. A call's `metadata.greeting` string
+    /// overrides it (an empty one turns it off for that call).
+    pub greeting: Option<String>,
 }
+
+/// Longest greeting, in bytes (a few sentences).
+pub const MAX_GREETING_BYTES: usize = 1024;
 
 /// The agent's default instructions.
 pub const DEFAULT_SYSTEM_PROMPT: &str = "You are the voice agent of a company on a phone call. Answer briefly \
@@ -49,7 +56,12 @@ pub const DEFAULT_SYSTEM_PROMPT: &str = "You are the voice agent of a company on
 
 impl Default for LiveConfig {
     fn default() -> Self {
-        Self { system_prompt: DEFAULT_SYSTEM_PROMPT.into(), language: None, barge_in: Duration::from_millis(300) }
+        Self {
+            system_prompt: DEFAULT_SYSTEM_PROMPT.into(),
+            language: None,
+            barge_in: Duration::from_millis(300),
+            greeting: None,
+        }
     }
 }
 
@@ -66,7 +78,11 @@ impl LiveConfig {
             r.error("LIVE_LANGUAGE", "must be a BCP-47 tag such as en or en-US");
         }
         let barge_in = r.seconds_or("LIVE_BARGE_IN_SECONDS", d.barge_in, 5.0);
-        Self { system_prompt: system_prompt.unwrap_or(d.system_prompt), language, barge_in }
+        let greeting = r.string("LIVE_GREETING").map(|g| g.trim().to_string()).filter(|g| !g.is_empty());
+        if greeting.as_ref().is_some_and(|g| g.len() > MAX_GREETING_BYTES) {
+            r.error("LIVE_GREETING", "must be at most 1 KiB");
+        }
+        Self { system_prompt: system_prompt.unwrap_or(d.system_prompt), language, barge_in, greeting }
     }
 }
 
@@ -447,6 +463,16 @@ mod tests {
         let t = c.twilio.expect("configured");
         assert_eq!(t.api_base_url, "http://127.0.0.1:9999");
         assert_eq!(t.tenant, "acme");
+    }
+
+    #[test]
+    fn greeting_is_optional_trimmed_and_bounded() {
+        assert_eq!(Config::from_env(&Env::default()).unwrap().live.greeting, None);
+        let c = Config::from_env(&Env::from_pairs([("LIVE_GREETING", "  Hello.  ")])).unwrap();
+        assert_eq!(c.live.greeting.as_deref(), Some("Hello."));
+        assert_eq!(Config::from_env(&Env::from_pairs([("LIVE_GREETING", " ")])).unwrap().live.greeting, None);
+        let long = "a".repeat(MAX_GREETING_BYTES + 1);
+        assert_eq!(bad_variables(&[("LIVE_GREETING", long.as_str())]), ["LIVE_GREETING"]);
     }
 
     #[test]

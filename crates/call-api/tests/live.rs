@@ -602,3 +602,46 @@ async fn a_restarted_audio_processor_does_not_end_the_call() {
     assert_eq!(call["outcome"], "completed", "{call}");
     assert!(metrics(&app).await.contains("voice_audio_reconnects_total 1"), "one reconnect counted");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_greets_first_when_a_greeting_is_configured() {
+    let fake = FakeHttp::start(providers(0.5)).await;
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let audio = stack::start_audio(None).await;
+    let gateway = stack::start_gateway(Some(&fake), &[("LLM_PROVIDERS", "openai"), ("TTS_PROVIDERS", "openai")]).await;
+    let greeting = "Hello, thank you for calling. How can I help?";
+    let extra = [("LIVE_SYSTEM_PROMPT", "You are a test agent."), ("LIVE_GREETING", greeting)];
+    let app = stack::start_api(db, &audio.url(), &gateway.url(), &extra).await;
+    let mut carrier = Carrier::connect(&app).await;
+    // Before the caller says anything: both sentences of the greeting, each with its mark.
+    carrier.wait_for_mark("turn-0-2", Duration::from_secs(20)).await;
+    assert!(!carrier.events("media").is_empty(), "greeting audio was played");
+    let spoken = |fake: &FakeHttp| -> Vec<String> {
+        fake.requests()
+            .iter()
+            .filter(|r| r.path == "/v1/audio/speech")
+            .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["input"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(spoken(&fake), ["Hello, thank you for calling.", "How can I help?"]);
+
+    // The caller answers: the model sees the greeting as what the agent already said.
+    let caller = caller_audio();
+    carrier.speak(&caller[(4.0 * 8000.0) as usize..(9.0 * 8000.0) as usize]).await;
+    carrier.speak(&silence(1.0)).await;
+    carrier.wait_for_mark("turn-2-1", Duration::from_secs(20)).await;
+    let chat: Value = fake
+        .requests()
+        .iter()
+        .find(|r| r.path == "/v1/chat/completions")
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .expect("a chat request");
+    let roles: Vec<&str> = chat["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["system", "assistant", "user"]);
+    assert_eq!(chat["messages"][1]["content"], greeting);
+    let turns = get(&app, &format!("/v1/calls/{}/turns", carrier.id)).await;
+    let first = &turns["turns"][0];
+    assert_eq!((first["seq"].as_i64(), first["role"].as_str()), (Some(0), Some("agent")), "{turns}");
+    assert_eq!(first["text"], greeting);
+    assert_eq!(first["interrupted"], false);
+}

@@ -12,13 +12,15 @@ use super::{Database, DbError, with_pool};
 /// One turn as stored and returned by `GET /v1/calls/{id}/turns`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Turn {
+    /// Order in the call: caller turns are odd (1, 3, …), each answered by the agent turn after
+    /// it; `0` is the agent's greeting (`LIVE_GREETING`), when there is one.
     pub seq: i64,
     /// `caller` or `agent`.
     pub role: String,
     pub text: String,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
-    /// Agent turns: latency stages in seconds (`end_of_turn`, `stt`, `llm_first_token`,
+    /// Agent replies: latency stages in seconds (`end_of_turn`, `stt`, `llm_first_token`,
     /// `llm_first_sentence`, `tts_first_byte`, `overhead`, `total`) and `interrupted`.
     #[schema(value_type = Option<Object>)]
     pub latency: Option<serde_json::Value>,

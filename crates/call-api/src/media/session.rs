@@ -145,6 +145,13 @@ async fn session(
         Ok(live) => live,
         Err(end) => return finish(&state, &call, end).await,
     };
+    let greeting = match call.metadata.get("greeting") {
+        Some(serde_json::Value::String(g)) => Some(g.trim().to_string()).filter(|g| !g.is_empty()),
+        _ => state.live_config.greeting.clone(),
+    };
+    if let Some(text) = greeting {
+        live.greet(text);
+    }
     let end = live.serve(stream, &end_all).await;
     live.stop();
     finish(&state, &call, end).await
@@ -506,6 +513,13 @@ impl Live {
     /// Barge-in: the caller talks over the agent. The carrier drops its buffered audio, the
     /// reply in the works is cancelled (its provider streams with it), and the reply is
     /// recorded as interrupted.
+    /// Starts the greeting as the current reply (turn 0), so that barge-in cancels it.
+    fn greet(&mut self, text: String) {
+        let cancel = CancellationToken::new();
+        self.current = Some((cancel.clone(), -1));
+        tokio::spawn(turn::greet(self.ctx.clone(), text, cancel));
+    }
+
     async fn interrupt(&mut self) {
         metrics::barge_in();
         tracing::info!("barge-in");

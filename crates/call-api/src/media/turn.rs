@@ -146,6 +146,79 @@ pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, 
     let _ = events.send(event).await;
 }
 
+/// The agent's greeting, spoken before the caller says anything: each sentence synthesised and
+/// played with a mark (`turn-0-<n>`), then stored as agent turn 0. Barge-in cancels it like any
+/// reply; what was spoken by then is kept.
+pub async fn greet(ctx: TurnContext, text: String, cancel: CancellationToken) {
+    let span = tracing::info_span!("greeting", otel.name = "greeting", call_id = %ctx.call_id);
+    let started_at = model::now();
+    let spoken = Arc::new(Mutex::new(String::new()));
+    let speak = {
+        let (ctx, spoken) = (ctx.clone(), spoken.clone());
+        async move {
+            let mut buffer = text;
+            let mut n = 0usize;
+            while let Some(sentence) = take_sentence(&mut buffer, true) {
+                let mut request = tonic::Request::new(SynthesizeSpeechRequest {
+                    text: sentence.clone(),
+                    encoding: pb::AudioEncoding::Mulaw as i32,
+                    sample_rate_hz: 8000,
+                    call_id: ctx.call_id.to_string(),
+                    ..Default::default()
+                });
+                request.set_timeout(Duration::from_secs(30));
+                let mut audio = match ctx.peers.gateway.clone().synthesize_speech(request).await {
+                    Ok(r) => r.into_inner(),
+                    Err(s) => {
+                        tracing::warn!(code = ?s.code(), "greeting: speech synthesis failed");
+                        return;
+                    }
+                };
+                while let Some(Ok(chunk)) = audio.next().await {
+                    if !chunk.audio.is_empty()
+                        && ctx.playback.send(Command::Audio { bytes: chunk.audio, first_sent: None }).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                n += 1;
+                let _ = ctx.playback.send(Command::Mark(format!("turn-0-{n}"))).await;
+                let mut spoken = spoken.lock().expect("spoken");
+                if !spoken.is_empty() {
+                    spoken.push(' ');
+                }
+                spoken.push_str(&sentence);
+            }
+        }
+    };
+    let interrupted = tokio::select! {
+        biased;
+        () = cancel.cancelled() => true,
+        () = speak.instrument(span) => false,
+    };
+    let text = std::mem::take(&mut *spoken.lock().expect("spoken"));
+    if text.is_empty() {
+        let _ = ctx
+            .events
+            .send(TurnEvent::Nothing { caller_seq: -1, reason: "the greeting produced no audio".into() })
+            .await;
+        return;
+    }
+    let turn = Turn {
+        seq: 0,
+        role: "agent".into(),
+        text: text.clone(),
+        started_at,
+        ended_at: Some(model::now()),
+        latency: None,
+        interrupted,
+    };
+    if let Err(e) = ctx.db.insert_turn(ctx.call_id, &turn).await {
+        tracing::warn!(error = %e, "could not store the greeting");
+    }
+    let _ = ctx.events.send(TurnEvent::Replied { caller_seq: -1, text, interrupted }).await;
+}
+
 /// What a turn has done so far, for when it is interrupted.
 #[derive(Default)]
 struct Progress {
