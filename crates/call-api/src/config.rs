@@ -45,6 +45,9 @@ pub struct LiveConfig {
     /// caller speaks; unset, the agent waits for the caller. A call's `metadata.greeting` string
     /// overrides it (an empty one turns it off for that call).
     pub greeting: Option<String>,
+    /// `LIVE_END_OF_TURN_SECONDS`: silence after the caller's speech that ends their turn,
+    /// default 0.7. Shorter answers sooner but cuts callers who pause mid-sentence.
+    pub end_of_turn: Duration,
 }
 
 /// Longest greeting, in bytes (a few sentences).
@@ -61,6 +64,7 @@ impl Default for LiveConfig {
             language: None,
             barge_in: Duration::from_millis(300),
             greeting: None,
+            end_of_turn: Duration::from_millis(700),
         }
     }
 }
@@ -82,7 +86,11 @@ impl LiveConfig {
         if greeting.as_ref().is_some_and(|g| g.len() > MAX_GREETING_BYTES) {
             r.error("LIVE_GREETING", "must be at most 1 KiB");
         }
-        Self { system_prompt: system_prompt.unwrap_or(d.system_prompt), language, barge_in, greeting }
+        let end_of_turn = r.seconds_or("LIVE_END_OF_TURN_SECONDS", d.end_of_turn, 10.0);
+        if end_of_turn < Duration::from_millis(100) {
+            r.error("LIVE_END_OF_TURN_SECONDS", "must be at least 0.1 seconds");
+        }
+        Self { system_prompt: system_prompt.unwrap_or(d.system_prompt), language, barge_in, greeting, end_of_turn }
     }
 }
 

@@ -645,3 +645,24 @@ async fn the_agent_greets_first_when_a_greeting_is_configured() {
     assert_eq!(first["text"], greeting);
     assert_eq!(first["interrupted"], false);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_end_of_turn_silence_is_configurable() {
+    let fake = FakeHttp::start(providers(0.5)).await;
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let audio = stack::start_audio(None).await;
+    let gateway = stack::start_gateway(Some(&fake), &[("LLM_PROVIDERS", "openai"), ("TTS_PROVIDERS", "openai")]).await;
+    let extra = [("LIVE_SYSTEM_PROMPT", "You are a test agent."), ("LIVE_END_OF_TURN_SECONDS", "2")];
+    let app = stack::start_api(db, &audio.url(), &gateway.url(), &extra).await;
+    let mut carrier = Carrier::connect(&app).await;
+    let caller = caller_audio();
+    carrier.speak(&caller[(4.0 * 8000.0) as usize..(9.0 * 8000.0) as usize]).await;
+    carrier.speak(&silence(2.5)).await;
+    carrier.wait_for_mark("turn-2-1", Duration::from_secs(20)).await;
+    // The turn ended only after 2 s of silence (media time: it cannot be detected sooner; the
+    // default would have been 0.7 s).
+    let turns = get(&app, &format!("/v1/calls/{}/turns", carrier.id)).await;
+    let agent = turns["turns"].as_array().unwrap().iter().find(|t| t["role"] == "agent").cloned().expect("a reply");
+    let end_of_turn = agent["latency"]["end_of_turn"].as_f64().unwrap();
+    assert!(end_of_turn >= 1.9, "end_of_turn {end_of_turn} s: {agent}");
+}

@@ -9,7 +9,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt as _, StreamExt as _, stream::SplitStream};
 use kraliki_proto::{
     audio::v1::{
-        AudioEncoding, AudioFormat, AudioFrame, StreamAudioRequest, StreamAudioResponse, StreamConfig,
+        AudioEncoding, AudioFormat, AudioFrame, StreamAudioRequest, StreamAudioResponse, StreamConfig, VadOptions,
         stream_audio_request::Payload, stream_audio_response::Event as AudioEvent,
     },
     provider::v1::{ChatMessage, Role},
@@ -219,6 +219,8 @@ async fn finish(state: &AppState, call: &Call, end: End) -> (u16, String) {
 struct Live {
     call_id: Uuid,
     peers: crate::peers::Peers,
+    /// `LIVE_END_OF_TURN_SECONDS`, sent with every audio stream this call opens.
+    end_of_turn: Duration,
     audio: mpsc::Sender<StreamAudioRequest>,
     audio_events: mpsc::Receiver<Option<StreamAudioResponse>>,
     turn_events: mpsc::Receiver<TurnEvent>,
@@ -250,7 +252,8 @@ struct Live {
 
 impl Live {
     async fn start(state: &AppState, call: &Call, stream_sid: String, out: mpsc::Sender<String>) -> Result<Self, End> {
-        let (audio_tx, audio_events) = open_audio(&state.peers, call.id).await.map_err(|s| {
+        let end_of_turn = state.live_config.end_of_turn;
+        let (audio_tx, audio_events) = open_audio(&state.peers, call.id, end_of_turn).await.map_err(|s| {
             tracing::warn!(code = ?s.code(), "audio-processor refused the stream");
             End::AudioLost
         })?;
@@ -273,6 +276,7 @@ impl Live {
         Ok(Self {
             call_id: call.id,
             peers: state.peers.clone(),
+            end_of_turn,
             audio: audio_tx,
             audio_events,
             turn_events,
@@ -382,7 +386,7 @@ impl Live {
         let deadline = Instant::now() + AUDIO_RECONNECT_WINDOW;
         let mut pause = Duration::from_millis(100);
         loop {
-            match open_audio(&self.peers, self.call_id).await {
+            match open_audio(&self.peers, self.call_id, self.end_of_turn).await {
                 Ok((audio, events)) => {
                     self.audio = audio;
                     self.audio_events = events;
@@ -563,12 +567,19 @@ type AudioStream = (mpsc::Sender<StreamAudioRequest>, mpsc::Receiver<Option<Stre
 
 /// Opens the call's `StreamAudio` stream (config sent first). Events arrive on the receiver;
 /// `None` when the stream ended, whether cleanly or with an error.
-async fn open_audio(peers: &crate::peers::Peers, call_id: Uuid) -> Result<AudioStream, tonic::Status> {
+async fn open_audio(
+    peers: &crate::peers::Peers,
+    call_id: Uuid,
+    end_of_turn: Duration,
+) -> Result<AudioStream, tonic::Status> {
     let (audio_tx, audio_rx) = mpsc::channel(AUDIO_BUFFER);
     let config = StreamConfig {
         call_id: call_id.to_string(),
         format: Some(AudioFormat { encoding: AudioEncoding::Mulaw as i32, sample_rate_hz: 8000, channels: 1 }),
-        vad: None,
+        vad: Some(VadOptions {
+            end_of_turn_silence: Some(prost_types_duration(end_of_turn.as_millis() as u64)),
+            ..Default::default()
+        }),
         max_utterance: None,
     };
     audio_tx
