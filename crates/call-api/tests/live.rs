@@ -86,11 +86,16 @@ async fn live_stack(backend: Backend, tts_seconds: f64) -> Option<Stack> {
 
 async fn live_stack_with(backend: Backend, fake: FakeHttp) -> Option<Stack> {
     let db = TestDb::new(backend).await?;
-    let audio = stack::start_audio(None).await;
+    Some(live_stack_env(db, fake, stack::start_audio(None).await, &[]).await)
+}
+
+/// The live stack on `db` with `audio` (the test may restart it) and extra call-api variables.
+async fn live_stack_env(db: TestDb, fake: FakeHttp, audio: stack::Peer, extra: &[(&str, &str)]) -> Stack {
     let gateway = stack::start_gateway(Some(&fake), &[("LLM_PROVIDERS", "openai"), ("TTS_PROVIDERS", "openai")]).await;
-    let app =
-        stack::start_api(db, &audio.url(), &gateway.url(), &[("LIVE_SYSTEM_PROMPT", "You are a test agent.")]).await;
-    Some(Stack { app, fake, _audio: audio, _gateway: gateway })
+    let mut env = vec![("LIVE_SYSTEM_PROMPT", "You are a test agent.")];
+    env.extend_from_slice(extra);
+    let app = stack::start_api(db, &audio.url(), &gateway.url(), &env).await;
+    Stack { app, fake, _audio: audio, _gateway: gateway }
 }
 
 type Sink = futures_util::stream::SplitSink<
@@ -556,14 +561,12 @@ async fn talking_while_the_agent_thinks_cancels_the_provider_stream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_audio_processor_does_not_end_the_call() {
-    let fake = FakeHttp::start(providers(0.5)).await;
     let db = TestDb::new(Backend::Sqlite).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let audio_addr = listener.local_addr().unwrap();
     let audio = stack::start_audio(Some(listener)).await;
-    let gateway = stack::start_gateway(Some(&fake), &[("LLM_PROVIDERS", "openai"), ("TTS_PROVIDERS", "openai")]).await;
-    let app =
-        stack::start_api(db, &audio.url(), &gateway.url(), &[("LIVE_SYSTEM_PROMPT", "You are a test agent.")]).await;
+    let Stack { app, fake: _fake, _audio: audio, _gateway } =
+        live_stack_env(db, FakeHttp::start(providers(0.5)).await, audio, &[]).await;
     let mut carrier = Carrier::connect(&app).await;
     let caller = caller_audio();
     let utterance = &caller[(4.0 * 8000.0) as usize..(9.0 * 8000.0) as usize];
@@ -605,14 +608,12 @@ async fn a_restarted_audio_processor_does_not_end_the_call() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_greets_first_when_a_greeting_is_configured() {
-    let fake = FakeHttp::start(providers(0.5)).await;
     let db = TestDb::new(Backend::Sqlite).await.unwrap();
-    let audio = stack::start_audio(None).await;
-    let gateway = stack::start_gateway(Some(&fake), &[("LLM_PROVIDERS", "openai"), ("TTS_PROVIDERS", "openai")]).await;
     let greeting = "Hello, thank you for calling. How can I help?";
-    let extra = [("LIVE_SYSTEM_PROMPT", "You are a test agent."), ("LIVE_GREETING", greeting)];
-    let app = stack::start_api(db, &audio.url(), &gateway.url(), &extra).await;
-    let mut carrier = Carrier::connect(&app).await;
+    let audio = stack::start_audio(None).await;
+    let s = live_stack_env(db, FakeHttp::start(providers(0.5)).await, audio, &[("LIVE_GREETING", greeting)]).await;
+    let (app, fake) = (&s.app, &s.fake);
+    let mut carrier = Carrier::connect(app).await;
     // Before the caller says anything: both sentences of the greeting, each with its mark.
     carrier.wait_for_mark("turn-0-2", Duration::from_secs(20)).await;
     assert!(!carrier.events("media").is_empty(), "greeting audio was played");
@@ -623,7 +624,7 @@ async fn the_agent_greets_first_when_a_greeting_is_configured() {
             .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["input"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(spoken(&fake), ["Hello, thank you for calling.", "How can I help?"]);
+    assert_eq!(spoken(fake), ["Hello, thank you for calling.", "How can I help?"]);
 
     // The caller answers: the model sees the greeting as what the agent already said.
     let caller = caller_audio();
@@ -639,7 +640,7 @@ async fn the_agent_greets_first_when_a_greeting_is_configured() {
     let roles: Vec<&str> = chat["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["system", "assistant", "user"]);
     assert_eq!(chat["messages"][1]["content"], greeting);
-    let turns = get(&app, &format!("/v1/calls/{}/turns", carrier.id)).await;
+    let turns = get(app, &format!("/v1/calls/{}/turns", carrier.id)).await;
     let first = &turns["turns"][0];
     assert_eq!((first["seq"].as_i64(), first["role"].as_str()), (Some(0), Some("agent")), "{turns}");
     assert_eq!(first["text"], greeting);
@@ -648,20 +649,19 @@ async fn the_agent_greets_first_when_a_greeting_is_configured() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_end_of_turn_silence_is_configurable() {
-    let fake = FakeHttp::start(providers(0.5)).await;
     let db = TestDb::new(Backend::Sqlite).await.unwrap();
     let audio = stack::start_audio(None).await;
-    let gateway = stack::start_gateway(Some(&fake), &[("LLM_PROVIDERS", "openai"), ("TTS_PROVIDERS", "openai")]).await;
-    let extra = [("LIVE_SYSTEM_PROMPT", "You are a test agent."), ("LIVE_END_OF_TURN_SECONDS", "2")];
-    let app = stack::start_api(db, &audio.url(), &gateway.url(), &extra).await;
-    let mut carrier = Carrier::connect(&app).await;
+    let s =
+        live_stack_env(db, FakeHttp::start(providers(0.5)).await, audio, &[("LIVE_END_OF_TURN_SECONDS", "2")]).await;
+    let app = &s.app;
+    let mut carrier = Carrier::connect(app).await;
     let caller = caller_audio();
     carrier.speak(&caller[(4.0 * 8000.0) as usize..(9.0 * 8000.0) as usize]).await;
     carrier.speak(&silence(2.5)).await;
     carrier.wait_for_mark("turn-2-1", Duration::from_secs(20)).await;
     // The turn ended only after 2 s of silence (media time: it cannot be detected sooner; the
     // default would have been 0.7 s).
-    let turns = get(&app, &format!("/v1/calls/{}/turns", carrier.id)).await;
+    let turns = get(app, &format!("/v1/calls/{}/turns", carrier.id)).await;
     let agent = turns["turns"].as_array().unwrap().iter().find(|t| t["role"] == "agent").cloned().expect("a reply");
     let end_of_turn = agent["latency"]["end_of_turn"].as_f64().unwrap();
     assert!(end_of_turn >= 1.9, "end_of_turn {end_of_turn} s: {agent}");

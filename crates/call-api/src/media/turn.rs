@@ -146,6 +146,19 @@ pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, 
     let _ = events.send(event).await;
 }
 
+/// Speech for one sentence, as μ-law at 8 kHz (what the carrier plays).
+fn speech_request(ctx: &TurnContext, sentence: &str) -> tonic::Request<SynthesizeSpeechRequest> {
+    let mut request = tonic::Request::new(SynthesizeSpeechRequest {
+        text: sentence.to_string(),
+        encoding: pb::AudioEncoding::Mulaw as i32,
+        sample_rate_hz: 8000,
+        call_id: ctx.call_id.to_string(),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_secs(30));
+    request
+}
+
 /// The agent's greeting, spoken before the caller says anything: each sentence synthesised and
 /// played with a mark (`turn-0-<n>`), then stored as agent turn 0. Barge-in cancels it like any
 /// reply; what was spoken by then is kept.
@@ -159,15 +172,8 @@ pub async fn greet(ctx: TurnContext, text: String, cancel: CancellationToken) {
             let mut buffer = text;
             let mut n = 0usize;
             while let Some(sentence) = take_sentence(&mut buffer, true) {
-                let mut request = tonic::Request::new(SynthesizeSpeechRequest {
-                    text: sentence.clone(),
-                    encoding: pb::AudioEncoding::Mulaw as i32,
-                    sample_rate_hz: 8000,
-                    call_id: ctx.call_id.to_string(),
-                    ..Default::default()
-                });
-                request.set_timeout(Duration::from_secs(30));
-                let mut audio = match ctx.peers.gateway.clone().synthesize_speech(request).await {
+                let mut audio = match ctx.peers.gateway.clone().synthesize_speech(speech_request(&ctx, &sentence)).await
+                {
                     Ok(r) => r.into_inner(),
                     Err(s) => {
                         tracing::warn!(code = ?s.code(), "greeting: speech synthesis failed");
@@ -329,15 +335,7 @@ async fn turn(
             first_sentence.get_or_insert_with(Instant::now);
             tts_started.get_or_insert_with(Instant::now);
             sentences += 1;
-            let mut request = tonic::Request::new(SynthesizeSpeechRequest {
-                text: sentence.clone(),
-                encoding: pb::AudioEncoding::Mulaw as i32,
-                sample_rate_hz: 8000,
-                call_id: ctx.call_id.to_string(),
-                ..Default::default()
-            });
-            request.set_timeout(Duration::from_secs(30));
-            let mut audio = match ctx.peers.gateway.clone().synthesize_speech(request).await {
+            let mut audio = match ctx.peers.gateway.clone().synthesize_speech(speech_request(ctx, &sentence)).await {
                 Ok(r) => r.into_inner(),
                 Err(s) => {
                     tracing::warn!(code = ?s.code(), "speech synthesis failed");
