@@ -185,6 +185,15 @@ impl Carrier {
         }
     }
 
+    /// Sends `stop` and waits for the server to close the stream normally (1000).
+    async fn hang_up(&mut self) {
+        self.send(json!({"event": "stop", "sequenceNumber": "999", "streamSid": "MZtest", "stop": {"callSid": "CA1"}}))
+            .await;
+        let close =
+            tokio::time::timeout(Duration::from_secs(10), &mut self.reader).await.expect("server closes").unwrap();
+        assert_eq!(close, Some(1000));
+    }
+
     async fn send(&mut self, v: Value) {
         self.sink.send(Message::text(v.to_string())).await.unwrap();
     }
@@ -240,11 +249,7 @@ async fn two_turn_conversation(backend: Backend) {
     carrier.speak(utterance).await;
     carrier.speak(&silence(1.0)).await;
     carrier.wait_for_mark("turn-4-2", Duration::from_secs(20)).await;
-    carrier
-        .send(json!({"event": "stop", "sequenceNumber": "999", "streamSid": "MZtest", "stop": {"callSid": "CA1"}}))
-        .await;
-    let close = tokio::time::timeout(Duration::from_secs(10), carrier.reader).await.expect("server closes").unwrap();
-    assert_eq!(close, Some(1000));
+    carrier.hang_up().await;
 
     // What the providers were asked.
     let requests = s.fake.requests();
@@ -596,11 +601,7 @@ async fn a_restarted_audio_processor_does_not_end_the_call() {
     carrier.speak(utterance).await;
     carrier.speak(&silence(1.0)).await;
     carrier.wait_for_mark("turn-4-2", Duration::from_secs(20)).await;
-    carrier
-        .send(json!({"event": "stop", "sequenceNumber": "999", "streamSid": "MZtest", "stop": {"callSid": "CA1"}}))
-        .await;
-    let close = tokio::time::timeout(Duration::from_secs(10), carrier.reader).await.expect("server closes").unwrap();
-    assert_eq!(close, Some(1000));
+    carrier.hang_up().await;
     let call = get(&app, &format!("/v1/calls/{}", carrier.id)).await;
     assert_eq!(call["outcome"], "completed", "{call}");
     assert!(metrics(&app).await.contains("voice_audio_reconnects_total 1"), "one reconnect counted");

@@ -227,17 +227,7 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
             format!("{good} of {} uploads answered 200 with analysis and transcript done", ledger.uploads.len()),
         );
     }
-    for s in Service::ALL {
-        let (panics, errors, lines) = stack::bad_log_lines(&stack.all_logs(s), 5);
-        r.check(
-            panics == 0,
-            format!("{}: no panic", s.name()),
-            format!(
-                "panics {panics}, ERROR lines {errors}{}",
-                lines.iter().map(|l| format!("\n      {l}")).collect::<String>()
-            ),
-        );
-    }
+    stack::check_logs(r, &stack, false);
     stack.stop_all().await;
     o.keep_if_failed(dir, r);
     Ok(())

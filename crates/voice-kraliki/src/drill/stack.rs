@@ -274,6 +274,27 @@ pub async fn scrape(http: &reqwest::Client, base: &str) -> Vec<super::prom::Samp
     }
 }
 
+/// One check per service over everything it logged in the drill (every run): no panic, and
+/// with `errors_too` no ERROR line either.
+pub fn check_logs(r: &mut super::report::Report, stack: &Stack, errors_too: bool) {
+    for s in Service::ALL {
+        let (panics, errors, lines) = bad_log_lines(&stack.all_logs(s), 5);
+        let (ok, what) = if errors_too {
+            (panics == 0 && errors == 0, "no panic or ERROR in the log")
+        } else {
+            (panics == 0, "no panic")
+        };
+        r.check(
+            ok,
+            format!("{}: {what}", s.name()),
+            format!(
+                "panics {panics}, ERROR lines {errors}{}",
+                lines.iter().map(|l| format!("\n      {l}")).collect::<String>()
+            ),
+        );
+    }
+}
+
 /// Lines of a JSON log that show a panic or an ERROR event (at most `max`).
 pub fn bad_log_lines(log: &str, max: usize) -> (usize, usize, Vec<String>) {
     let mut panics = 0;
