@@ -12,14 +12,8 @@ async fn stack(extra: &[(&str, String)]) -> (Ports, Vec<Service>, Vec<(String, S
     let ports = Ports::new();
     let mut env = ports.env();
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    let services = vec![
-        Service::start("audio-processor", &env),
-        Service::start("provider-gateway", &env),
-        Service::start("call-api", &env),
-    ];
-    wait_ready(&format!("http://127.0.0.1:{}/ready", ports.api), Duration::from_secs(20)).await;
-    wait_ready(&format!("http://127.0.0.1:{}/ready", ports.audio_admin), Duration::from_secs(20)).await;
-    wait_ready(&format!("http://127.0.0.1:{}/ready", ports.gateway_admin), Duration::from_secs(20)).await;
+    let services = start_all(&env).into();
+    ports.wait_all_ready().await;
     (ports, services, env)
 }
 

@@ -94,13 +94,9 @@ async fn run(capture: bool) -> Produced {
         ("LOG_LEVEL".to_string(), "debug".to_string()),
         ("PROVIDER_CAPTURE_CONTENT".to_string(), capture.to_string()),
     ]);
-    let audio = Service::start("audio-processor", &env);
-    let gateway = Service::start("provider-gateway", &env);
-    let api = Service::start("call-api", &env);
+    let [audio, gateway, api] = start_all(&env);
     let base = format!("http://127.0.0.1:{}", ports.api);
-    wait_ready(&format!("{base}/ready"), Duration::from_secs(20)).await;
-    wait_ready(&format!("http://127.0.0.1:{}/ready", ports.audio_admin), Duration::from_secs(20)).await;
-    wait_ready(&format!("http://127.0.0.1:{}/ready", ports.gateway_admin), Duration::from_secs(20)).await;
+    ports.wait_all_ready().await;
 
     let c = client();
     let mut error_bodies = Vec::new();

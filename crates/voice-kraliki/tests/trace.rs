@@ -119,13 +119,9 @@ async fn recording_analysis_is_one_call_analysis_trace_across_three_services_and
         ("OPENAI_BASE_URL".to_string(), openai.base_url()),
         ("STT_PROVIDERS".to_string(), "openai".to_string()),
     ]);
-    let _audio = Service::start("audio-processor", &env);
-    let _gateway = Service::start("provider-gateway", &env);
-    let _api = Service::start("call-api", &env);
+    let _services = start_all(&env);
     let base = format!("http://127.0.0.1:{}", ports.api);
-    wait_ready(&format!("{base}/ready"), Duration::from_secs(20)).await;
-    wait_ready(&format!("http://127.0.0.1:{}/ready", ports.audio_admin), Duration::from_secs(20)).await;
-    wait_ready(&format!("http://127.0.0.1:{}/ready", ports.gateway_admin), Duration::from_secs(20)).await;
+    ports.wait_all_ready().await;
 
     let id = create_call(&base, "twilio").await;
     let wav = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../audio-dsp/fixtures/call-stereo.wav")).unwrap();

@@ -170,6 +170,25 @@ macro_rules! bind_all {
     }};
 }
 
+/// Binds a new call's columns in the order of [`INSERT`] (`$1`…`$11`); [`INSERT_CARRIER`] adds
+/// the carrier's call id as `$12`.
+macro_rules! bind_new_call {
+    ($query:expr, $c:expr, $token_hash:expr, $token_expires_at:expr) => {
+        $query
+            .bind($c.id)
+            .bind($c.tenant.as_str())
+            .bind($c.provider.as_str())
+            .bind($c.direction.as_str())
+            .bind($c.from.as_str())
+            .bind($c.to.as_str())
+            .bind(Json(&$c.metadata))
+            .bind($c.created_at)
+            .bind($token_hash)
+            .bind($token_expires_at)
+            .bind($c.created_at)
+    };
+}
+
 const INSERT: &str = "INSERT INTO calls (id, tenant, provider, direction, from_number, to_number, status, metadata, \
      created_at, media_token_hash, media_token_expires_at, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11)";
@@ -198,18 +217,7 @@ impl Database {
         let call = new.into_record();
         let c = &call;
         self.observe("insert_call", INSERT, async {
-            with_pool!(self, pool => sqlx::query(INSERT)
-                .bind(c.id)
-                .bind(c.tenant.as_str())
-                .bind(c.provider.as_str())
-                .bind(c.direction.as_str())
-                .bind(c.from.as_str())
-                .bind(c.to.as_str())
-                .bind(Json(&c.metadata))
-                .bind(c.created_at)
-                .bind(token_hash.as_str())
-                .bind(token_expires_at)
-                .bind(c.created_at)
+            with_pool!(self, pool => bind_new_call!(sqlx::query(INSERT), c, token_hash.as_str(), token_expires_at)
                 .execute(pool)
                 .await
                 .map(drop))
@@ -386,18 +394,7 @@ impl Database {
         let c = &call;
         let inserted = self
             .observe("insert_carrier_call", INSERT_CARRIER, async {
-                with_pool!(self, pool => sqlx::query(INSERT_CARRIER)
-                    .bind(c.id)
-                    .bind(c.tenant.as_str())
-                    .bind(c.provider.as_str())
-                    .bind(c.direction.as_str())
-                    .bind(c.from.as_str())
-                    .bind(c.to.as_str())
-                    .bind(Json(&c.metadata))
-                    .bind(c.created_at)
-                    .bind(token_hash.as_str())
-                    .bind(token_expires_at)
-                    .bind(c.created_at)
+                with_pool!(self, pool => bind_new_call!(sqlx::query(INSERT_CARRIER), c, token_hash.as_str(), token_expires_at)
                     .bind(carrier_call_id)
                     .execute(pool)
                     .await

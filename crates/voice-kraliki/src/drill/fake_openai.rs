@@ -81,18 +81,13 @@ async fn speech(State(hits): State<Hits>, _body: Bytes) -> Response {
 
 impl FakeOpenAi {
     pub async fn start() -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let hits: Hits = Arc::default();
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/audio/transcriptions", post(transcribe))
             .route("/v1/audio/speech", post(speech))
-            .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
             .with_state(hits.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = super::serve_loopback(app).await?;
         Ok(Self { addr, hits, _task: task })
     }
 

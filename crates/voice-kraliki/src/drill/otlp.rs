@@ -31,16 +31,9 @@ async fn traces(State(batches): State<Batches>, body: Bytes) -> (StatusCode, [(&
 
 impl Receiver {
     pub async fn start() -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let batches: Batches = Arc::default();
-        let app = Router::new()
-            .route("/v1/traces", post(traces))
-            .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
-            .with_state(batches.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let app = Router::new().route("/v1/traces", post(traces)).with_state(batches.clone());
+        let (addr, task) = super::serve_loopback(app).await?;
         Ok(Self { addr, batches, _task: task })
     }
 

@@ -51,16 +51,9 @@ pub fn item_types(body: &[u8]) -> Vec<String> {
 
 impl Receiver {
     pub async fn start() -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let items: Items = Arc::default();
-        let app = Router::new()
-            .route("/api/{project}/envelope/", post(envelope))
-            .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
-            .with_state(items.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let app = Router::new().route("/api/{project}/envelope/", post(envelope)).with_state(items.clone());
+        let (addr, task) = super::serve_loopback(app).await?;
         Ok(Self { addr, items, _task: task })
     }
 

@@ -59,6 +59,13 @@ impl Ports {
         }
     }
 
+    /// Waits until call-api, audio-processor and provider-gateway all answer `/ready` with 200.
+    pub async fn wait_all_ready(&self) {
+        for port in [self.api, self.audio_admin, self.gateway_admin] {
+            wait_ready(&format!("http://127.0.0.1:{port}/ready"), Duration::from_secs(20)).await;
+        }
+    }
+
     /// The address variables every service of this stack gets.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
@@ -171,6 +178,11 @@ pub async fn create_call(api: &str, provider: &str) -> String {
         .await
         .unwrap();
     created["id"].as_str().expect("call created").to_string()
+}
+
+/// audio-processor, provider-gateway and call-api, in that order, each with `env`.
+pub fn start_all(env: &[(String, String)]) -> [Service; 3] {
+    [Service::start("audio-processor", env), Service::start("provider-gateway", env), Service::start("call-api", env)]
 }
 
 /// Polls `url` until it answers 200 (or panics after `timeout`).
