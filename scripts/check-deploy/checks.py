@@ -12,6 +12,10 @@ the metric names the PromQL uses.
     checks.py alerts                              alert labels, annotations, runbooks, tests
     checks.py dashboards                          Grafana dashboards and provisioning
     checks.py contract RENDER...                  k8s renders, compose, systemd, prometheus.yml
+    checks.py budget RENDER...                    shutdown budget: grace period >= preStop + drain + flush
+    checks.py replicas RENDER...                  headless gRPC Services, REPLICA_ID, call-api rollout
+    checks.py keda KEDA_RENDER HPA_RENDER         the KEDA ScaledObject replacing call-api's HPA
+    checks.py core RENDER OUT                     RENDER without CRD objects (for kubernetes-validate)
     checks.py operator RENDER                     ServiceMonitor / PrometheusRule structure
     checks.py otel                                collector pipelines reference real components
 """
@@ -30,6 +34,7 @@ MON = ROOT / "monitoring"
 ALERTS = MON / "prometheus-alerts.yml"
 DASHBOARDS = MON / "grafana" / "dashboards"
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
+KEDA_COMPONENT = ROOT / "k8s" / "components" / "keda"
 
 # --- the contract (SPEC §1, §3, §6, §7 and the binaries' defaults) ---------
 
@@ -63,11 +68,33 @@ KNOWN_ENV = set(
     PROVIDER_GATEWAY_ADMIN_ADDR AUDIO_PROCESSOR_URL PROVIDER_GATEWAY_URL DATABASE_URL API_KEYS
     PUBLIC_BASE_URL TWILIO_ACCOUNT_SID TWILIO_AUTH_TOKEN TWILIO_API_BASE_URL
     OPENAI_API_KEY OPENAI_BASE_URL DEEPGRAM_API_KEY DEEPGRAM_BASE_URL
-    SHUTDOWN_DELAY_SECONDS SHUTDOWN_TIMEOUT_SECONDS
+    SHUTDOWN_DELAY_SECONDS SHUTDOWN_TIMEOUT_SECONDS TELEMETRY_FLUSH_TIMEOUT_SECONDS
+    LIVE_DRAIN_TIMEOUT_SECONDS LIVE_LEASE_SECONDS REPLICA_ID PEER_RESOLVE_INTERVAL_SECONDS
     """.split()
 )
-SHUTDOWN_FLUSH_SECONDS = 5  # telemetry flush bound after the drain
+# The shutdown sequence and its bounds, with the binaries' defaults: after the
+# pause (a preStop sleep, or SHUTDOWN_DELAY_SECONDS) HTTP/gRPC requests drain
+# for at most SHUTDOWN_TIMEOUT_SECONDS and, on call-api, live calls at the same
+# time for at most LIVE_DRAIN_TIMEOUT_SECONDS; then telemetry is flushed for at
+# most TELEMETRY_FLUSH_TIMEOUT_SECONDS. The grace period before SIGKILL
+# (terminationGracePeriodSeconds, stop_grace_period, TimeoutStopSec) must
+# cover all of it plus a margin.
+SHUTDOWN_DEFAULTS = {
+    "SHUTDOWN_DELAY_SECONDS": 0.0,
+    "SHUTDOWN_TIMEOUT_SECONDS": 20.0,
+    "LIVE_DRAIN_TIMEOUT_SECONDS": 300.0,
+    "TELEMETRY_FLUSH_TIMEOUT_SECONDS": 5.0,
+}
+LIVE_DRAIN_SERVICES = {"call-api"}  # the services that drain live calls
 SHUTDOWN_MARGIN_SECONDS = 5  # what we want left before SIGKILL
+# Where each render comes from (for messages that name the file to change).
+RENDER_SOURCES = {
+    "top.yaml": "k8s/ (kubectl kustomize k8s)",
+    "base.yaml": "k8s/base",
+    "dev.yaml": "k8s/overlays/dev",
+    "prod.yaml": "k8s/overlays/prod",
+    "prod-keda.yaml": "k8s/overlays/prod-keda (k8s/components/keda)",
+}
 
 # Histogram buckets as the services declare them (thresholds must be one of these).
 BUCKETS = {
@@ -227,6 +254,9 @@ def cmd_promql(out_metrics: str, out_rules: str) -> None:
     import promql_parser as pp
 
     exprs, recorded = rule_exprs()
+    # the KEDA component's query counts as a rule: its names must be exported too
+    keda = keda_queries()
+    exprs += keda
     dash = []
     for f in sorted(DASHBOARDS.glob("*.json")):
         dash += dashboard_queries(f)
@@ -241,14 +271,14 @@ def cmd_promql(out_metrics: str, out_rules: str) -> None:
             continue
         names |= metric_names(ast)
         check_thresholds(where, ast)
-        if i >= len(exprs):
+        if i >= len(exprs) - len(keda):
             promtool_rules.append({"record": f"dashboard_query:{i}", "expr": concrete})
-    # The same dashboard expressions, for the real Prometheus parser (promtool).
+    # The same dashboard (and KEDA) expressions, for the real Prometheus parser (promtool).
     Path(out_rules).write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": promtool_rules}]}, sort_keys=False))
     # What the services must export: minus recording rules and Prometheus' own series.
     used = sorted(names - recorded - PROMETHEUS_SYNTHETIC)
     Path(out_metrics).write_text("".join(f"{n}\n" for n in used))
-    finish(f"{len(exprs)} rule and {len(dash)} dashboard expressions parse; {len(used)} metric names used")
+    finish(f"{len(exprs) - len(keda)} rule, {len(keda)} KEDA and {len(dash)} dashboard expressions parse; {len(used)} metric names used")
 
 
 # --- alerts -----------------------------------------------------------------
@@ -372,9 +402,15 @@ def check_addr_values(where: str, env: dict) -> None:
     for var, port in ADDR_VARS.items():
         if var in env and env[var] is not None and not str(env[var]).endswith(f":{port}"):
             fail(f"{where}: {var}={env[var]} does not use the contract port {port}")
+    # A peer URL may be a comma-separated list; where the peer is a Service or
+    # compose service it must be that name (the headless Service's DNS name,
+    # which call-api re-resolves to every Ready pod), on the contract port.
     for var, (host, port) in PEER_URL_VARS.items():
-        if var in env and env[var] is not None and not re.fullmatch(rf"http://{host}(\.[\w.-]+)?:{port}", str(env[var])):
-            fail(f"{where}: {var}={env[var]} should be http://{host}:{port}")
+        if var not in env or env[var] is None:
+            continue
+        for url in str(env[var]).split(","):
+            if not re.fullmatch(rf"http://{host}(\.[\w.-]+)?:{port}", url.strip()):
+                fail(f"{where}: {var}={env[var]}: {url.strip()!r} should be http://{host}:{port}")
 
 
 def check_render(path: Path) -> None:
@@ -390,8 +426,6 @@ def check_render(path: Path) -> None:
         fail(f"{tag}: ConfigMap voice-kraliki-config missing")
     check_env_names(f"{tag} ConfigMap", cm)
     check_addr_values(f"{tag} ConfigMap", cm)
-    drain = int(cm.get("SHUTDOWN_TIMEOUT_SECONDS", 20))
-    delay = int(cm.get("SHUTDOWN_DELAY_SECONDS", 0))
     if "Secret" in by_kind:
         fail(f"{tag}: a Secret is rendered; only the template outside the kustomization may hold one")
     np = by_kind.get("NetworkPolicy", {})
@@ -470,16 +504,7 @@ def check_render(path: Path) -> None:
             for r in ("cpu", "memory"):
                 if r not in res.get(k, {}):
                     fail(f"{where}: resources.{k}.{r} missing")
-        # shutdown budget
-        pre = c.get("lifecycle", {}).get("preStop", {})
-        pre_s = pre.get("sleep", {}).get("seconds")
-        if not pre_s:
-            fail(f"{where}: preStop sleep missing")
-            pre_s = 0
-        need = pre_s + delay + drain + SHUTDOWN_FLUSH_SECONDS + SHUTDOWN_MARGIN_SECONDS
-        tgps = pod.get("terminationGracePeriodSeconds", 30)
-        if tgps < need:
-            fail(f"{where}: terminationGracePeriodSeconds {tgps} < preStop {pre_s} + delay {delay} + drain {drain} + flush {SHUTDOWN_FLUSH_SECONDS} + margin {SHUTDOWN_MARGIN_SECONDS}")
+        # (the shutdown budget is `checks.py budget`)
         # environment
         env = {e["name"]: e.get("value") for e in c.get("env", [])}
         check_env_names(where, env)
@@ -503,7 +528,12 @@ def check_render(path: Path) -> None:
         if not any(p["spec"].get("selector", {}).get("matchLabels") == sel for p in by_kind.get("PodDisruptionBudget", {}).values()):
             fail(f"{where}: no PodDisruptionBudget selects the Deployment's pods")
         hpa = by_kind.get("HorizontalPodAutoscaler", {}).get(svc)
-        if not hpa or hpa["apiVersion"] != "autoscaling/v2" or hpa["spec"]["scaleTargetRef"].get("name") != svc:
+        scaled = by_kind.get("ScaledObject", {}).get(svc)
+        if scaled:
+            # KEDA owns the count (its own HPA); `checks.py keda` checks the rest
+            if scaled["spec"].get("scaleTargetRef", {}).get("name") != svc:
+                fail(f"{where}: ScaledObject {svc} does not target the Deployment")
+        elif not hpa or hpa["apiVersion"] != "autoscaling/v2" or hpa["spec"]["scaleTargetRef"].get("name") != svc:
             fail(f"{where}: no autoscaling/v2 HorizontalPodAutoscaler targets the Deployment")
         if not by_kind.get("ServiceAccount", {}).get(pod.get("serviceAccountName", "")):
             fail(f"{where}: its ServiceAccount is not rendered")
@@ -565,9 +595,7 @@ def check_systemd() -> None:
         for r in required:
             if not re.search(rf"^{re.escape(r)}", text, re.M):
                 fail(f"systemd {path.name}: hardening option {r} missing")
-        m = re.search(r"^TimeoutStopSec=(\d+)", text, re.M)
-        if not m or int(m.group(1)) < 5 + 20 + SHUTDOWN_FLUSH_SECONDS + SHUTDOWN_MARGIN_SECONDS:
-            fail(f"systemd {path.name}: TimeoutStopSec must cover delay 5 + drain 20 + flush + margin")
+        # (TimeoutStopSec against the shutdown budget: `checks.py budget`)
         check_env_names(f"systemd {path.name}", re.findall(r"^Environment=(\w+)=", text, re.M))
     env_example = (ROOT / "deploy/systemd/voice-kraliki.env.example").read_text()
     check_env_names("voice-kraliki.env.example", re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", env_example, re.M))
@@ -579,7 +607,338 @@ def cmd_contract(renders: list[str]) -> None:
     check_compose()
     check_prometheus_yml()
     check_systemd()
-    finish(f"ports, probes, security, shutdown budget and env names match SPEC §3/§7 in {len(renders)} renders, compose, units and prometheus.yml")
+    finish(f"ports, probes, security and env names match SPEC §3/§7 in {len(renders)} renders, compose, units and prometheus.yml")
+
+
+# --- shutdown budget: k8s renders, compose, systemd -------------------------
+
+
+def parse_seconds(value) -> float:
+    """A duration as k8s, compose (Go: 1m30s) or systemd (40, 5min, 1h 2s) write it."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    v = str(value).strip()
+    if v == "infinity":
+        return float("inf")
+    if re.fullmatch(r"\d+(\.\d+)?", v):
+        return float(v)
+    units = {"h": 3600, "hr": 3600, "hour": 3600, "hours": 3600, "m": 60, "min": 60, "minute": 60, "minutes": 60,
+             "s": 1, "sec": 1, "second": 1, "seconds": 1, "ms": 0.001, "msec": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]+)", v)
+    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([a-z]+)|\s", "", v):
+        raise ValueError(f"not a duration: {value!r}")
+    total = 0.0
+    for num, unit in parts:
+        if unit not in units:
+            raise ValueError(f"not a duration: {value!r}")
+        total += float(num) * units[unit]
+    return total
+
+
+def env_seconds(where: str, env: dict, var: str) -> float:
+    """A *_SECONDS variable from an environment, or the binaries' default when unset."""
+    raw = env.get(var)
+    if raw is None or str(raw).strip() == "":
+        return SHUTDOWN_DEFAULTS[var]
+    # compose interpolation with a default: ${VAR:-60}
+    m = re.fullmatch(r"\$\{\w+:?-([^}]*)\}", str(raw).strip())
+    if m:
+        raw = m.group(1)
+    try:
+        return float(raw)
+    except ValueError:
+        fail(f"{where}: {var}={raw!r} is not a number of seconds")
+        return SHUTDOWN_DEFAULTS[var]
+
+
+def fmt_s(x: float) -> str:
+    return f"{x:g}"
+
+
+def check_budget(where: str, svc: str, grace_name: str, grace: float, pause_name: str, pause: float, env: dict) -> str:
+    """grace >= pause + delay + max(HTTP drain, live drain) + flush + margin; returns a summary."""
+    delay = env_seconds(where, env, "SHUTDOWN_DELAY_SECONDS")
+    http = env_seconds(where, env, "SHUTDOWN_TIMEOUT_SECONDS")
+    flush = env_seconds(where, env, "TELEMETRY_FLUSH_TIMEOUT_SECONDS")
+    terms = []
+    if pause_name:
+        terms.append(f"{pause_name} {fmt_s(pause)}")
+    terms.append(f"SHUTDOWN_DELAY_SECONDS {fmt_s(delay)}")
+    if svc in LIVE_DRAIN_SERVICES:
+        live = env_seconds(where, env, "LIVE_DRAIN_TIMEOUT_SECONDS")
+        drain = max(http, live)
+        terms.append(f"max(SHUTDOWN_TIMEOUT_SECONDS {fmt_s(http)}, LIVE_DRAIN_TIMEOUT_SECONDS {fmt_s(live)})")
+    else:
+        drain = http
+        terms.append(f"SHUTDOWN_TIMEOUT_SECONDS {fmt_s(http)}")
+    terms.append(f"TELEMETRY_FLUSH_TIMEOUT_SECONDS {fmt_s(flush)}")
+    terms.append(f"margin {SHUTDOWN_MARGIN_SECONDS}")
+    need = pause + delay + drain + flush + SHUTDOWN_MARGIN_SECONDS
+    if grace < need:
+        fail(f"{where} {svc}: {grace_name} {fmt_s(grace)} < {fmt_s(need)} = " + " + ".join(terms))
+    return f"{fmt_s(grace)}>={fmt_s(need)}"
+
+
+def budget_render(path: Path) -> list[str]:
+    docs = load_yaml_docs(path)
+    src = RENDER_SOURCES.get(path.name, path.name)
+    by_kind: dict[str, dict[str, dict]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    cm = by_kind.get("ConfigMap", {}).get("voice-kraliki-config", {}).get("data", {}) or {}
+    out = []
+    for svc in SERVICES:
+        dep = by_kind.get("Deployment", {}).get(svc)
+        if not dep:
+            fail(f"{src} {svc}: no Deployment rendered")
+            continue
+        pod = dep["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        env = dict(cm)
+        for ref in c.get("envFrom", []):
+            if ref.get("configMapRef", {}).get("name") not in (None, "voice-kraliki-config"):
+                fail(f"{src} {svc}: envFrom {ref} is not the checked ConfigMap")
+        for e in c.get("env", []):
+            if "value" in e:
+                env[e["name"]] = e["value"]
+        pre = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds")
+        if not pre:
+            fail(f"{src} {svc}: preStop sleep missing (load balancers need time to stop routing here)")
+            pre = 0
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        out.append(f"{svc} " + check_budget(src, svc, "terminationGracePeriodSeconds", grace, "preStop sleep", pre, env))
+    return out
+
+
+def budget_compose() -> list[str]:
+    where = "deploy/docker-compose.yml"
+    services = yaml.safe_load((ROOT / where).read_text()).get("services", {})
+    out = []
+    for svc in SERVICES:
+        s = services.get(svc)
+        if not s:
+            fail(f"{where}: service {svc} missing")
+            continue
+        env = s.get("environment", {}) or {}
+        if isinstance(env, list):
+            env = dict((x.split("=", 1) + [None])[:2] for x in env)
+        try:
+            grace = parse_seconds(s.get("stop_grace_period", "10s"))
+        except ValueError as e:
+            fail(f"{where} {svc}: stop_grace_period: {e}")
+            continue
+        # no preStop here: SHUTDOWN_DELAY_SECONDS is the pause before draining
+        out.append(f"{svc} " + check_budget(where, svc, "stop_grace_period", grace, "", 0, env))
+    return out
+
+
+def env_file(text: str) -> dict:
+    env = {}
+    for line in text.splitlines():
+        m = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$", line)
+        if m:
+            env[m.group(1)] = m.group(2).strip().strip('"').strip("'")
+    return env
+
+
+def budget_systemd() -> list[str]:
+    example = ROOT / "deploy/systemd/voice-kraliki.env.example"
+    common = env_file(example.read_text())
+    out = []
+    for svc in SERVICES:
+        path = ROOT / f"deploy/systemd/voice-kraliki-{svc}.service"
+        where = f"deploy/systemd/{path.name} (with {example.name})"
+        if not path.exists():
+            fail(f"{where}: missing")
+            continue
+        text = path.read_text()
+        # Environment= first; EnvironmentFile= (common.env = the example) overrides it
+        env = {k: v for k, v in re.findall(r"^Environment=\"?([A-Za-z_][A-Za-z0-9_]*)=([^\"\n]*)", text, re.M)}
+        env.update(common)
+        m = re.search(r"^TimeoutStopSec=(.+)$", text, re.M)
+        if not m:
+            fail(f"{where} {svc}: TimeoutStopSec missing (systemd's default 90 s is not the budget)")
+            continue
+        try:
+            grace = parse_seconds(m.group(1))
+        except ValueError as e:
+            fail(f"{where} {svc}: TimeoutStopSec: {e}")
+            continue
+        out.append(f"{svc} " + check_budget(where, svc, "TimeoutStopSec", grace, "", 0, env))
+    return out
+
+
+def cmd_budget(renders: list[str]) -> None:
+    summary = {}
+    for r in renders:
+        summary[Path(r).stem] = budget_render(Path(r))
+    summary["compose"] = budget_compose()
+    summary["systemd"] = budget_systemd()
+    if not errors:
+        for where, items in summary.items():
+            print(f"  {where}: " + ", ".join(items))
+    n = sum(len(v) for v in summary.values())
+    api = " ".join(f"{w} {i.split()[1]}" for w, items in summary.items() for i in items if i.startswith("call-api ") and w in ("base", "prod", "compose", "systemd"))
+    finish(f"{n} grace periods cover the budget; call-api: {api}")
+
+
+# --- replicas: headless peers, replica identity, rollout --------------------
+
+
+def is_zero(v) -> bool:
+    return v in (0, "0", "0%")
+
+
+def at_least_one(v) -> bool:
+    if isinstance(v, int):
+        return v >= 1
+    m = re.fullmatch(r"(\d+)%", str(v))
+    return bool(m) and int(m.group(1)) > 0
+
+
+def cmd_replicas(renders: list[str]) -> None:
+    for r in renders:
+        path = Path(r)
+        src = RENDER_SOURCES.get(path.name, path.name)
+        by_kind: dict[str, dict[str, dict]] = {}
+        for d in load_yaml_docs(path):
+            by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+        # call-api balances over the pods behind the gRPC Services' DNS names
+        for svc in GRPC_HEALTH_SERVICE:
+            service = by_kind.get("Service", {}).get(svc)
+            if not service:
+                fail(f"{src}: Service {svc} missing")
+                continue
+            spec = service["spec"]
+            if spec.get("clusterIP") != "None":
+                fail(f"{src}: Service {svc} must be headless (clusterIP: None) so that DNS returns every Ready pod, is {spec.get('clusterIP')!r}")
+            if spec.get("publishNotReadyAddresses") is not False:
+                fail(f"{src}: Service {svc} must set publishNotReadyAddresses: false (only Ready pods in DNS), is {spec.get('publishNotReadyAddresses')!r}")
+        dep = by_kind.get("Deployment", {}).get("call-api")
+        if not dep:
+            fail(f"{src}: Deployment call-api missing")
+            continue
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        rid = next((e for e in c.get("env", []) if e["name"] == "REPLICA_ID"), None)
+        if not rid or rid.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.name":
+            fail(f"{src} call-api: REPLICA_ID must come from the pod name (valueFrom.fieldRef.fieldPath: metadata.name), is {rid}")
+        strat = dep["spec"].get("strategy", {})
+        ru = strat.get("rollingUpdate", {})
+        if strat.get("type", "RollingUpdate") != "RollingUpdate" or not is_zero(ru.get("maxUnavailable")) or not at_least_one(ru.get("maxSurge")):
+            fail(f"{src} call-api: rollout must start new pods before stopping old ones (RollingUpdate, maxUnavailable 0, maxSurge >= 1), is {strat}")
+    finish(f"gRPC Services headless (Ready pods only), REPLICA_ID = pod name, surge-first call-api rollout: {len(renders)} renders")
+
+
+# --- KEDA (optional component; no schema in kubernetes-validate) ------------
+
+KEDA_TRIGGER_METRIC_TYPES = {"Value"}  # fleet-wide ratio: AverageValue would divide it by the replicas
+
+
+def keda_queries() -> list[tuple[str, str]]:
+    """(where, query) of every prometheus trigger in the component (for `promql`)."""
+    out = []
+    for f in sorted(KEDA_COMPONENT.glob("*.yaml")):
+        for d in load_yaml_docs(f):
+            if d.get("kind") != "ScaledObject":
+                continue
+            for i, t in enumerate(d.get("spec", {}).get("triggers", [])):
+                if t.get("type") == "prometheus" and t.get("metadata", {}).get("query"):
+                    out.append((f"k8s/components/keda/{f.name} {d['metadata'].get('name')} trigger {i}", t["metadata"]["query"]))
+    return out
+
+
+def cmd_keda(render: str, hpa_render: str) -> None:
+    import promql_parser as pp
+
+    src = RENDER_SOURCES.get(Path(render).name, render)
+    docs = load_yaml_docs(Path(render))
+    by_kind: dict[str, dict[str, dict]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    keda = [d for d in docs if str(d.get("apiVersion", "")).startswith("keda.sh/")]
+    for d in keda:
+        if d["kind"] != "ScaledObject":
+            fail(f"{src}: unexpected KEDA object {d['kind']}/{d['metadata'].get('name')}")
+    scaled = [d for d in keda if d["kind"] == "ScaledObject"]
+    if len(scaled) != 1:
+        fail(f"{src}: expected one ScaledObject (call-api), found {len(scaled)}")
+    hpas = {d["metadata"]["name"]: d for d in load_yaml_docs(Path(hpa_render)) if d["kind"] == "HorizontalPodAutoscaler"}
+    exported = set((MON / "metric-names.txt").read_text().split())
+    for so in scaled:
+        name = so["metadata"].get("name")
+        where = f"{src} ScaledObject/{name}"
+        if so.get("apiVersion") != "keda.sh/v1alpha1":
+            fail(f"{where}: apiVersion should be keda.sh/v1alpha1, is {so.get('apiVersion')!r}")
+        if so["metadata"].get("namespace") != "voice-kraliki":
+            fail(f"{where}: not in namespace voice-kraliki")
+        spec = so.get("spec", {})
+        ref = spec.get("scaleTargetRef", {})
+        target = ref.get("name")
+        if ref.get("kind", "Deployment") != "Deployment" or ref.get("apiVersion", "apps/v1") != "apps/v1":
+            fail(f"{where}: scaleTargetRef should be an apps/v1 Deployment, is {ref}")
+        if target not in by_kind.get("Deployment", {}):
+            fail(f"{where}: scaleTargetRef names Deployment {target!r}, which is not rendered")
+        if target != "call-api":
+            fail(f"{where}: should scale call-api, scales {target!r}")
+        # two autoscalers must not fight over one Deployment
+        for h in by_kind.get("HorizontalPodAutoscaler", {}).values():
+            if h["spec"]["scaleTargetRef"].get("name") in (target, "call-api"):
+                fail(f"{where}: HorizontalPodAutoscaler/{h['metadata']['name']} still targets {h['spec']['scaleTargetRef'].get('name')}: the component must delete it")
+        # KEDA's HPA takes the place of the plain one: same floor and ceiling
+        plain = next((h for h in hpas.values() if h["spec"]["scaleTargetRef"].get("name") == target), None) or hpas.get("call-api")
+        if not plain:
+            fail(f"{where}: {RENDER_SOURCES.get(Path(hpa_render).name, hpa_render)} has no HorizontalPodAutoscaler for {target} to compare with")
+        else:
+            for so_key, hpa_key in (("minReplicaCount", "minReplicas"), ("maxReplicaCount", "maxReplicas")):
+                if spec.get(so_key) != plain["spec"].get(hpa_key):
+                    fail(f"{where}: {so_key} {spec.get(so_key)} differs from the replaced HPA's {hpa_key} {plain['spec'].get(hpa_key)} ({RENDER_SOURCES.get(Path(hpa_render).name, hpa_render)})")
+        if not isinstance(spec.get("minReplicaCount"), int) or spec.get("minReplicaCount", 0) < 1:
+            fail(f"{where}: minReplicaCount must be >= 1 (a live-call edge never scales to zero)")
+        triggers = spec.get("triggers", [])
+        prom = [t for t in triggers if t.get("type") == "prometheus"]
+        if not prom:
+            fail(f"{where}: no prometheus trigger")
+        for i, t in enumerate(prom):
+            tw = f"{where} prometheus trigger {i}"
+            md = t.get("metadata", {})
+            if t.get("metricType") not in KEDA_TRIGGER_METRIC_TYPES:
+                fail(f"{tw}: metricType should be Value (the query is already fleet-wide), is {t.get('metricType')!r}")
+            if not re.fullmatch(r"https?://[\w.-]+(:\d+)?(/\S*)?", str(md.get("serverAddress", ""))):
+                fail(f"{tw}: serverAddress {md.get('serverAddress')!r} is not an http(s) URL")
+            try:
+                if float(md.get("threshold")) <= 0:
+                    raise ValueError
+            except (TypeError, ValueError):
+                fail(f"{tw}: threshold {md.get('threshold')!r} should be a positive number (a string)")
+            if not isinstance(md.get("threshold"), str):
+                fail(f"{tw}: threshold must be a string (KEDA trigger metadata is map[string]string)")
+            query = md.get("query")
+            if not query:
+                fail(f"{tw}: query missing")
+                continue
+            try:
+                ast = pp.parse(query)
+            except Exception as e:
+                fail(f"{tw}: query does not parse: {e}")
+                continue
+            names = metric_names(ast)
+            for n in sorted(names - exported):
+                fail(f"{tw}: query uses {n}, which is not in monitoring/metric-names.txt (the names the services are tested to export)")
+            for n in walk_selectors(ast):
+                if isinstance(n, pp.VectorSelector):
+                    jobs = [m.value for m in n.matchers.matchers if m.name == "job" and str(m.op).endswith("Equal")]
+                    if jobs != ["call-api"]:
+                        fail(f"{tw}: selector {n} should match job=\"call-api\" only")
+    floors = ", ".join(f"{so['metadata'].get('name')} {so['spec'].get('minReplicaCount')}-{so['spec'].get('maxReplicaCount')} replicas" for so in scaled)
+    finish(f"ScaledObject {floors}, prometheus trigger on exported metrics, plain HPA gone (prod-keda)")
+
+
+def cmd_core(render: str, out: str) -> None:
+    """Writes RENDER without the objects of CRDs (KEDA) that kubernetes-validate has no schema for."""
+    docs = load_yaml_docs(Path(render))
+    core = [d for d in docs if not str(d.get("apiVersion", "")).startswith("keda.sh/")]
+    Path(out).write_text(yaml.safe_dump_all(core, sort_keys=False))
+    print(f"{len(core)} of {len(docs)} objects")
 
 
 # --- Prometheus Operator objects (CRDs: no schema in kubernetes-validate) ---
@@ -779,6 +1138,10 @@ def main() -> None:
         "alerts": cmd_alerts,
         "dashboards": cmd_dashboards,
         "contract": lambda: cmd_contract(args),
+        "budget": lambda: cmd_budget(args),
+        "replicas": lambda: cmd_replicas(args),
+        "keda": lambda: cmd_keda(*args),
+        "core": lambda: cmd_core(*args),
         "operator": lambda: cmd_operator(*args),
         "otel": cmd_otel,
     }[cmd]()

@@ -5,9 +5,9 @@
 #
 # usage: scripts/check-deploy/run.sh [METRIC_NAMES_FILE]
 #   METRIC_NAMES_FILE  where to write the sorted metric names that the alert
-#                      rules and dashboards use (one per line, recording rules
-#                      and Prometheus' own `up` excluded), for a test that
-#                      compares them with what the services export.
+#                      rules, dashboards and the KEDA query use (one per line,
+#                      recording rules and Prometheus' own `up` excluded), for
+#                      a test that compares them with what the services export.
 #                      Default: printed to stdout after the checks.
 #
 # environment:
@@ -22,10 +22,16 @@
 #   alert conventions: severity, summary, description, runbook anchor, tests
 #   Grafana dashboards and provisioning
 #   PrometheusRule == monitoring/prometheus-alerts.yml (regenerated and diffed)
-#   kustomize renders of k8s/, base, dev, prod and prometheus-operator
+#   kustomize renders of k8s/, base, dev, prod, prod-keda (prod + the KEDA
+#     component) and prometheus-operator
 #   kubernetes-validate --strict on every rendered object and the plain files
 #   Prometheus Operator objects (CRDs): structural schema of the fields we use
-#   contract of SPEC §3/§7: ports, probes, security, shutdown, env names
+#   KEDA ScaledObject (CRD): target, prometheus trigger, exported metric names,
+#     floor/ceiling of the HPA it replaces, that HPA gone
+#   contract of SPEC §3/§7: ports, probes, security, env names
+#   shutdown budget: grace period >= pause + max(HTTP, live drain) + flush in
+#     every render, compose and the systemd units
+#   replicas: headless gRPC Services, REPLICA_ID, surge-first call-api rollout
 #   checkov on the renders and the Dockerfile; checkov secrets on the sources
 #   docker compose config; systemd-analyze verify; collector pipelines
 set -euo pipefail
@@ -148,19 +154,28 @@ render() {
   kubectl kustomize k8s/overlays/dev >"$WORK/render/dev.yaml"
   kubectl kustomize k8s/overlays/prod >"$WORK/render/prod.yaml"
   kubectl kustomize k8s/prometheus-operator >"$WORK/render/operator.yaml"
+  # the optional KEDA component on top of prod (k8s/overlays/prod-keda)
+  kubectl kustomize k8s/overlays/prod-keda >"$WORK/render/prod-keda.yaml"
+  # kubernetes-validate has no schema for KEDA's ScaledObject (checks.py keda
+  # checks it): validate the rest of that render
+  "$PY" "$HERE/checks.py" core "$WORK/render/prod-keda.yaml" "$WORK/render/prod-keda-core.yaml" >/dev/null
   if ! cmp -s "$WORK/render/top.yaml" "$WORK/render/base.yaml"; then
     echo "k8s/ (kubectl apply -k k8s/) does not render the base"
     return 1
   fi
-  echo "rendered k8s/, base, dev, prod, prometheus-operator ($(grep -c '^kind:' "$WORK/render/base.yaml") objects in the base)"
+  echo "rendered k8s/, base, dev, prod, prod-keda, prometheus-operator ($(grep -c '^kind:' "$WORK/render/base.yaml") objects in the base)"
 }
 
 kubernetes_validate() {
   # Every rendered object, plus the plain files for `kubectl apply -f`.
   "$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" \
     "$WORK/render/base.yaml" "$WORK/render/dev.yaml" "$WORK/render/prod.yaml" \
-    k8s/base/*.yaml k8s/secret.template.yaml
+    "$WORK/render/prod-keda-core.yaml" k8s/base/*.yaml k8s/secret.template.yaml
   echo "all objects valid against Kubernetes $K8S_VERSION (strict)"
+}
+
+keda_object() {
+  "$PY" "$HERE/checks.py" keda "$WORK/render/prod-keda.yaml" "$WORK/render/prod.yaml"
 }
 
 operator_objects() {
@@ -170,13 +185,25 @@ operator_objects() {
 }
 
 contract() {
-  "$PY" "$HERE/checks.py" contract "$WORK/render/base.yaml" "$WORK/render/dev.yaml" "$WORK/render/prod.yaml"
+  "$PY" "$HERE/checks.py" contract "$WORK/render/base.yaml" "$WORK/render/dev.yaml" "$WORK/render/prod.yaml" \
+    "$WORK/render/prod-keda.yaml"
+}
+
+shutdown_budget() {
+  # k8s renders, deploy/docker-compose.yml and deploy/systemd (read by checks.py)
+  "$PY" "$HERE/checks.py" budget "$WORK/render/base.yaml" "$WORK/render/dev.yaml" "$WORK/render/prod.yaml" \
+    "$WORK/render/prod-keda.yaml"
+}
+
+replicas() {
+  "$PY" "$HERE/checks.py" replicas "$WORK/render/base.yaml" "$WORK/render/dev.yaml" "$WORK/render/prod.yaml" \
+    "$WORK/render/prod-keda.yaml"
 }
 
 checkov_scan() {
   mkdir -p "$WORK/checkov"
   cp "$WORK/render/base.yaml" "$WORK/render/dev.yaml" "$WORK/render/prod.yaml" \
-    "$WORK/render/operator.yaml" k8s/secret.template.yaml "$WORK/checkov/"
+    "$WORK/render/prod-keda.yaml" "$WORK/render/operator.yaml" k8s/secret.template.yaml "$WORK/checkov/"
   cp deploy/Dockerfile "$WORK/checkov/Dockerfile"
   # skipped checks and why: scripts/check-deploy/checkov.yaml
   "$VENV/bin/checkov" --config-file "$HERE/checkov.yaml" -d "$WORK/checkov" \
@@ -221,21 +248,25 @@ check "PromQL parses, metric names" promql
 check "Grafana dashboards" "$PY" "$HERE/checks.py" dashboards
 check "PrometheusRule in sync" prometheusrule_in_sync
 check "kustomize render" render
-if [[ -s "$WORK/render/prod.yaml" && -s "$WORK/render/operator.yaml" ]]; then
+if [[ -s "$WORK/render/prod-keda-core.yaml" && -s "$WORK/render/operator.yaml" ]]; then
   check "kubernetes-validate $K8S_VERSION" kubernetes_validate
   check "Prometheus Operator objects" operator_objects
+  check "KEDA ScaledObject" keda_object
   check "contract (SPEC 3, 7)" contract
+  check "shutdown budget" shutdown_budget
+  check "replicas: peers, identity, rollout" replicas
   check "checkov" checkov_scan
 else
-  failed=$((failed + 4))
-  echo "FAIL  kubernetes-validate, operator objects, contract, checkov: nothing rendered"
+  failed=$((failed + 7))
+  echo "FAIL  kubernetes-validate, operator objects, KEDA, contract, shutdown budget, replicas, checkov: nothing rendered"
 fi
 check "docker compose config" compose_config
 check "systemd-analyze verify" systemd_verify
 check "OpenTelemetry Collector config" "$PY" "$HERE/checks.py" otel
 
 # monitoring/metric-names.txt is what the Rust test `voice-kraliki::monitoring` compares with
-# the metrics the running services export; it must list exactly what rules and dashboards use.
+# the metrics the running services export; it must list exactly what rules, dashboards and the
+# KEDA query use.
 metric_names_in_sync() {
   [[ -s "$WORK/metric-names.txt" ]] || { echo "no metric names extracted"; return 1; }
   diff -u "$ROOT/monitoring/metric-names.txt" "$WORK/metric-names.txt" ||

@@ -11,10 +11,8 @@ use crate::auth::ApiKeys;
 pub struct Config {
     /// `CALL_API_ADDR`: API, health, readiness and metrics; default `0.0.0.0:8000`.
     pub addr: SocketAddr,
-    /// `AUDIO_PROCESSOR_URL`, default `http://127.0.0.1:50051`.
-    pub audio_processor_url: String,
-    /// `PROVIDER_GATEWAY_URL`, default `http://127.0.0.1:50052`.
-    pub provider_gateway_url: String,
+    /// `AUDIO_PROCESSOR_URL`, `PROVIDER_GATEWAY_URL` (lists) and `PEER_RESOLVE_INTERVAL_SECONDS`.
+    pub peers: crate::peers::PeersConfig,
     /// `PUBLIC_BASE_URL`: how carriers reach this service, default `http://127.0.0.1:8000`.
     pub public_base_url: String,
     /// `API_KEYS`: comma-separated bearer keys, each optionally `tenant:key`.
@@ -24,6 +22,8 @@ pub struct Config {
     pub media_token_ttl: Duration,
     pub recording: RecordingConfig,
     pub live: LiveConfig,
+    /// `REPLICA_ID`, `LIVE_LEASE_SECONDS`, `LIVE_DRAIN_TIMEOUT_SECONDS`.
+    pub replica: crate::media::replicas::ReplicaConfig,
     pub limits: LimitsConfig,
     /// `TWILIO_*`: the Twilio carrier integration; `None` when no credentials are set.
     pub twilio: Option<TwilioConfig>,
@@ -302,8 +302,7 @@ impl Config {
         let mut r = Reader::new(env);
         let telemetry = TelemetryConfig::read(&mut r);
         let addr = r.addr_or("CALL_API_ADDR", "0.0.0.0:8000");
-        let audio_processor_url = r.url_or("AUDIO_PROCESSOR_URL", "http://127.0.0.1:50051", &["http", "https"]);
-        let provider_gateway_url = r.url_or("PROVIDER_GATEWAY_URL", "http://127.0.0.1:50052", &["http", "https"]);
+        let peers = crate::peers::PeersConfig::read(&mut r);
         let public_base_url = r.url_or("PUBLIC_BASE_URL", "http://127.0.0.1:8000", &["http", "https"]);
         let api_keys = match r.secret("API_KEYS") {
             None => ApiKeys::default(),
@@ -322,18 +321,19 @@ impl Config {
         }
         let recording = RecordingConfig::read(&mut r);
         let live = LiveConfig::read(&mut r);
+        let replica = crate::media::replicas::ReplicaConfig::read(&mut r);
         let limits = LimitsConfig::read(&mut r);
         let twilio = TwilioConfig::read(&mut r);
         r.errors.into_result(Self {
             addr,
-            audio_processor_url,
-            provider_gateway_url,
+            peers,
             public_base_url,
             api_keys,
             database,
             media_token_ttl,
             recording,
             live,
+            replica,
             limits,
             twilio,
             telemetry,

@@ -89,6 +89,8 @@ pub struct AppState {
     pub live_config: config::LiveConfig,
     /// The live calls of this replica.
     pub live: media::LiveCalls,
+    /// This replica among the others: leases of its live calls, hang-up anywhere.
+    pub replica: media::replicas::Replica,
     /// The service's shutdown: once it drains, no new live call is accepted.
     pub shutdown: telemetry::Shutdown,
     /// The Twilio carrier; `None` when `TWILIO_ACCOUNT_SID`/`TWILIO_AUTH_TOKEN` are not set.
@@ -118,8 +120,11 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
         let db = check_db.clone();
         async move { db.check().await }
     });
-    let peers = peers::Peers::new(&config.audio_processor_url, &config.provider_gateway_url)?;
-    peers.spawn_probes(&config.audio_processor_url, &config.provider_gateway_url, &ctx.shutdown);
+    let peers = peers::Peers::start(&config.peers).await;
+    let live = media::LiveCalls::new(config.limits.live_max_calls);
+    let replica = media::replicas::Replica::new(&config.replica, db.clone(), live.clone());
+    let background = tokio_util::sync::CancellationToken::new();
+    replica.spawn(background.clone());
     let state = AppState {
         gate: auth::Gate::new(config.api_keys.clone(), &config.limits),
         limits: config.limits.clone(),
@@ -128,14 +133,15 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
         media: MediaUrls::new(&config.public_base_url, config.media_token_ttl),
         recording: config.recording.clone(),
         live_config: config.live.clone(),
-        live: media::LiveCalls::new(config.limits.live_max_calls),
+        live: live.clone(),
+        replica,
         shutdown: ctx.shutdown.clone(),
         twilio: match config.twilio.clone() {
             Some(t) => Some(twilio::Twilio::new(t, &config.public_base_url)?),
             None => None,
         },
     };
-    let live = state.live.clone();
+    let peers = state.peers.clone();
     if state.twilio.is_none() {
         tracing::info!("Twilio is not configured: no outbound dialling, the Twilio webhooks answer 503");
     }
@@ -148,9 +154,23 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
         // counted) below this.
         max_header_bytes: config.limits.header_max_bytes.saturating_mul(2).max(8192),
     };
-    let served = telemetry::serve_http_with(listener, router, &ctx.shutdown, server_limits).await;
-    // Upgraded WebSockets outlive the HTTP drain: wait for the live calls, then end the rest.
-    live.drain(ctx.shutdown.timeout()).await;
+    // On SIGTERM, HTTP requests (SHUTDOWN_TIMEOUT_SECONDS) and live calls, whose upgraded
+    // WebSockets the HTTP drain does not wait for (LIVE_DRAIN_TIMEOUT_SECONDS), drain at the same
+    // time; leases, the reaper and the peers keep working until both are done.
+    let serve = async {
+        let served = telemetry::serve_http_with(listener, router, &ctx.shutdown, server_limits).await;
+        if served.is_err() {
+            ctx.shutdown.trigger();
+        }
+        served
+    };
+    let drain_live = async {
+        ctx.shutdown.draining().await;
+        live.drain(config.replica.drain_timeout, ctx.shutdown.forced()).await;
+    };
+    let (served, ()) = tokio::join!(serve, drain_live);
+    background.cancel();
+    peers.close();
     db.close().await;
     served?;
     Ok(())

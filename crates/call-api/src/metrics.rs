@@ -56,6 +56,21 @@ pub const VOICE_AUDIO_RECONNECTS_TOTAL: &str = "voice_audio_reconnects_total";
 /// Live calls this replica accepts at once (`LIVE_MAX_CALLS`).
 pub const VOICE_LIVE_CALLS_MAX: &str = "voice_live_calls_max";
 
+/// Gauge of live calls still running while this replica drains (0 otherwise).
+pub const VOICE_LIVE_CALLS_DRAINING: &str = "voice_live_calls_draining";
+/// Counter of live calls ended because the drain bound passed or a second signal came.
+pub const VOICE_CALLS_CUT_BY_SHUTDOWN_TOTAL: &str = "voice_calls_cut_by_shutdown_total";
+/// Gauge of how long this replica has been draining, in seconds (0 when it is not).
+pub const SHUTDOWN_DRAIN_SECONDS: &str = "shutdown_drain_seconds";
+/// Counter of calls ended by the reaper: `reason` (`replica_lost`, `media_never_connected`).
+pub const VOICE_CALLS_REAPED_TOTAL: &str = "voice_calls_reaped_total";
+/// Gauge of a peer's endpoints in rotation (serving): `peer`.
+pub const PEER_ENDPOINTS: &str = "peer_endpoints";
+/// Gauge, 1 when at least one of a peer's endpoints serves: `peer`.
+pub const PEER_UP: &str = "peer_up";
+/// Counter of gRPC calls sent to another endpoint because the first could not be reached: `peer`.
+pub const PEER_RETRIES_TOTAL: &str = "peer_retries_total";
+
 /// Statement latency, from an in-process SQLite read to a slow network round trip.
 pub const DB_QUERY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
@@ -90,6 +105,28 @@ pub fn init() {
         "Live calls whose audio-processor stream ended mid-call and was reopened"
     );
     counter!(VOICE_AUDIO_RECONNECTS_TOTAL).absolute(0);
+    describe_gauge!(VOICE_LIVE_CALLS_DRAINING, "Live calls still running while this replica drains (0 otherwise)");
+    describe_counter!(
+        VOICE_CALLS_CUT_BY_SHUTDOWN_TOTAL,
+        "Live calls ended by shutdown: the drain bound passed or a second signal came"
+    );
+    describe_gauge!(SHUTDOWN_DRAIN_SECONDS, Unit::Seconds, "How long this replica has been draining (0 when not)");
+    describe_counter!(
+        VOICE_CALLS_REAPED_TOTAL,
+        "Calls ended by the reaper: replica_lost (lease expired), media_never_connected (token expired unused)"
+    );
+    describe_gauge!(PEER_ENDPOINTS, "Endpoints of a gRPC peer in rotation (serving), by peer");
+    describe_gauge!(PEER_UP, "1 when at least one endpoint of a gRPC peer serves, else 0, by peer");
+    describe_counter!(PEER_RETRIES_TOTAL, "gRPC calls sent to another endpoint because the first was unreachable");
+    gauge!(VOICE_LIVE_CALLS_DRAINING).set(0.0);
+    gauge!(SHUTDOWN_DRAIN_SECONDS).set(0.0);
+    counter!(VOICE_CALLS_CUT_BY_SHUTDOWN_TOTAL).absolute(0);
+    for reason in ["replica_lost", "media_never_connected"] {
+        counter!(VOICE_CALLS_REAPED_TOTAL, "reason" => reason).absolute(0);
+    }
+    for peer in [crate::peers::AUDIO_PROCESSOR, crate::peers::PROVIDER_GATEWAY] {
+        counter!(PEER_RETRIES_TOTAL, "peer" => peer).absolute(0);
+    }
     for limit in LIMITS {
         counter!(API_REQUESTS_LIMITED_TOTAL, "limit" => *limit).absolute(0);
     }
@@ -116,6 +153,22 @@ pub fn audio_reconnected() {
 /// Publishes the live-call cap.
 pub fn live_calls_max(max: usize) {
     gauge!(VOICE_LIVE_CALLS_MAX).set(max as f64);
+}
+
+/// While draining: live calls still running and seconds spent.
+pub fn drain_progress(live_calls: usize, elapsed: Duration) {
+    gauge!(VOICE_LIVE_CALLS_DRAINING).set(live_calls as f64);
+    gauge!(SHUTDOWN_DRAIN_SECONDS).set(elapsed.as_secs_f64());
+}
+
+/// Counts a live call ended by shutdown.
+pub fn call_cut_by_shutdown() {
+    counter!(VOICE_CALLS_CUT_BY_SHUTDOWN_TOTAL).increment(1);
+}
+
+/// Counts a call ended by the reaper.
+pub fn call_reaped(reason: &'static str) {
+    counter!(VOICE_CALLS_REAPED_TOTAL, "reason" => reason).increment(1);
 }
 
 /// Records one stage of a turn's latency.

@@ -117,6 +117,41 @@ impl Twilio {
     }
 }
 
+impl Twilio {
+    /// Hangs up call `call_sid` through the Calls API (`Status=completed`): the phone line of a
+    /// call ended through our API drops too. A call Twilio already ended is not an error.
+    pub async fn hang_up(&self, call_sid: &str) -> Result<(), DialError> {
+        if !is_call_sid(call_sid) {
+            return Err(DialError::BadAnswer);
+        }
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/Calls/{call_sid}.json",
+            self.config.api_base_url, self.config.account_sid
+        );
+        let response = self
+            .http
+            .post(url)
+            .basic_auth(&self.config.account_sid, Some(self.config.auth_token.expose()))
+            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(reqwest::header::ACCEPT, "application/json")
+            .body("Status=completed")
+            .send()
+            .await
+            .map_err(|e| DialError::Unreachable(if e.is_timeout() { "timed out" } else { "connection failed" }))?;
+        let status = response.status();
+        let body = read_limited(response, 64 * 1024).await.map_err(|_| DialError::Unreachable("answer cut off"))?;
+        if status.is_success() {
+            return Ok(());
+        }
+        let code = serde_json::from_slice::<ApiErrorDoc>(&body).ok().and_then(|d| d.code);
+        // 21220: the call is not in progress (it ended already): nothing left to hang up.
+        if code == Some(21220) {
+            return Ok(());
+        }
+        Err(DialError::Rejected { status: status.as_u16(), code })
+    }
+}
+
 async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, ()> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(drop)? {

@@ -293,10 +293,20 @@ async fn media_start_moves_to_in_progress_and_times_the_call_from_it(app: TestAp
     let call_id = uuid::Uuid::parse_str(&id(&call)).unwrap();
     let repo = app.repository().await;
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-    let started = repo.mark_in_progress(call_id).await.unwrap().expect("queued call starts");
+    let started = repo
+        .mark_in_progress(call_id, "test-replica#1", chrono::Utc::now() + chrono::Duration::seconds(15))
+        .await
+        .unwrap()
+        .expect("queued call starts");
     assert_eq!(started.status, call_api::model::Status::InProgress);
-    assert!(repo.mark_in_progress(call_id).await.unwrap().is_none(), "a call starts once");
-    assert!(repo.mark_in_progress(uuid::Uuid::new_v4()).await.unwrap().is_none());
+    assert!(
+        repo.mark_in_progress(call_id, "test-replica#1", chrono::Utc::now() + chrono::Duration::seconds(15))
+            .await
+            .unwrap()
+            .is_none(),
+        "a call starts once"
+    );
+    assert!(repo.mark_in_progress(uuid::Uuid::new_v4(), "test-replica#1", chrono::Utc::now()).await.unwrap().is_none());
 
     let (_, got) = app.get(&format!("/v1/calls/{call_id}"), KEY).await;
     assert_eq!(got["status"], "in_progress");
@@ -310,7 +320,13 @@ async fn media_start_moves_to_in_progress_and_times_the_call_from_it(app: TestAp
     let expected = (time(&ended["ended_at"]) - started_at).num_microseconds().unwrap() as f64 / 1e6;
     let duration = ended["duration_seconds"].as_f64().unwrap();
     assert!((duration - expected).abs() < 1e-6, "from media start: {duration} vs {expected}");
-    assert!(repo.mark_in_progress(call_id).await.unwrap().is_none(), "an ended call does not restart");
+    assert!(
+        repo.mark_in_progress(call_id, "test-replica#1", chrono::Utc::now() + chrono::Duration::seconds(15))
+            .await
+            .unwrap()
+            .is_none(),
+        "an ended call does not restart"
+    );
 }
 
 async fn auth_is_required_and_tenants_are_isolated(app: TestApp) {

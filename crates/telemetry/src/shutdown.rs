@@ -1,6 +1,8 @@
 //! Graceful shutdown: SIGTERM/SIGINT → readiness fails (HTTP 503, gRPC NOT_SERVING) → after
 //! `SHUTDOWN_DELAY_SECONDS` listeners close and in-flight work drains for at most
-//! `SHUTDOWN_TIMEOUT_SECONDS` → the caller flushes telemetry (bounded as well).
+//! `SHUTDOWN_TIMEOUT_SECONDS` → the caller flushes telemetry (bounded as well). A second signal
+//! while draining asks for the rest to end at once ([`Shutdown::forced`]): long-lived work such as
+//! live calls, which may drain for much longer than requests, listens to it.
 
 use std::{future::Future, time::Duration};
 
@@ -13,13 +15,20 @@ use crate::health::Health;
 pub struct Shutdown {
     draining: CancellationToken,
     stopping: CancellationToken,
+    forced: CancellationToken,
     delay: Duration,
     timeout: Duration,
 }
 
 impl Shutdown {
     pub fn new(delay: Duration, timeout: Duration) -> Self {
-        Self { draining: CancellationToken::new(), stopping: CancellationToken::new(), delay, timeout }
+        Self {
+            draining: CancellationToken::new(),
+            stopping: CancellationToken::new(),
+            forced: CancellationToken::new(),
+            delay,
+            timeout,
+        }
     }
 
     /// Starts the sequence: readiness fails now; listeners stop after the delay.
@@ -34,6 +43,22 @@ impl Shutdown {
             tokio::time::sleep(delay).await;
             stopping.cancel();
         });
+    }
+
+    /// Asks whatever still drains to end now (a second SIGTERM or SIGINT); starts the sequence
+    /// too if it had not begun.
+    pub fn force(&self) {
+        self.trigger();
+        self.forced.cancel();
+    }
+
+    /// Resolves when a second signal asked for the drain to end at once.
+    pub async fn forced(&self) {
+        self.forced.cancelled().await
+    }
+
+    pub fn is_forced(&self) -> bool {
+        self.forced.is_cancelled()
     }
 
     /// Resolves once shutdown has begun.
@@ -72,13 +97,17 @@ impl Shutdown {
         });
     }
 
-    /// Triggers the sequence on SIGTERM or SIGINT (Ctrl-C).
+    /// Triggers the sequence on SIGTERM or SIGINT (Ctrl-C); a second one forces it.
     pub fn listen_for_signals(&self) {
         let this = self.clone();
+        let mut signals = Signals::new();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signals.next().await;
             tracing::info!("shutdown signal received, draining");
             this.trigger();
+            signals.next().await;
+            tracing::warn!("second shutdown signal received, ending what still drains now");
+            this.force();
         });
     }
 
@@ -99,22 +128,46 @@ impl Shutdown {
     }
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, listened to once for the life of the process (so that none is missed
+/// between the first and the second).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self { term: signal(SignalKind::terminate()).ok() }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            let term = async {
+                match self.term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = term => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -131,6 +184,24 @@ mod tests {
         let start = tokio::time::Instant::now();
         s.stopping().await;
         assert_eq!(start.elapsed().as_secs(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn force_starts_the_sequence_and_resolves_forced() {
+        let s = Shutdown::new(Duration::ZERO, Duration::from_secs(1));
+        assert!(!s.is_forced());
+        s.trigger();
+        assert!(!s.is_forced());
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { s.forced().await }
+        });
+        s.force();
+        assert!(s.is_forced() && s.is_draining());
+        tokio::time::timeout(Duration::from_secs(1), waiter).await.unwrap().unwrap();
+        let fresh = Shutdown::new(Duration::ZERO, Duration::from_secs(1));
+        fresh.force();
+        assert!(fresh.is_draining(), "a forced shutdown has begun too");
     }
 
     #[tokio::test(start_paused = true)]

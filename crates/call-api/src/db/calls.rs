@@ -4,11 +4,11 @@
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
-use sqlx::{AssertSqlSafe, Row as _, types::Json};
+use sqlx::{AssertSqlSafe, types::Json};
 use uuid::Uuid;
 
 use super::{Database, DbError, with_pool};
-use crate::model::{self, AnalysisStatus, Call, Direction, Outcome, Provider, Status};
+use crate::model::{self, Call, Direction, Outcome, Provider, Status};
 
 /// The columns of a [`Call`], in the order [`decode_call!`] reads them.
 macro_rules! call_columns {
@@ -21,9 +21,12 @@ macro_rules! call_columns {
 /// Reads a [`Call`] from a row of either engine.
 macro_rules! decode_call {
     ($row:expr) => {{
+        use sqlx::Row as _;
+        use $crate::db::calls::name;
+        use $crate::model::{AnalysisStatus, Call, Direction, Outcome, Provider, Status};
         let row = $row;
         (|| -> Result<Call, sqlx::Error> {
-            let Json(metadata): Json<serde_json::Value> = row.try_get("metadata")?;
+            let sqlx::types::Json(metadata): sqlx::types::Json<serde_json::Value> = row.try_get("metadata")?;
             Ok(Call {
                 id: row.try_get("id")?,
                 tenant: row.try_get("tenant")?,
@@ -47,8 +50,9 @@ macro_rules! decode_call {
         })()
     }};
 }
+pub(crate) use {call_columns, decode_call};
 
-fn name<T>(value: String, parse: fn(&str) -> Option<T>) -> Result<T, sqlx::Error> {
+pub(crate) fn name<T>(value: String, parse: fn(&str) -> Option<T>) -> Result<T, sqlx::Error> {
     parse(&value).ok_or_else(|| sqlx::Error::Decode(format!("unexpected value {value:?} in calls").into()))
 }
 
@@ -199,8 +203,8 @@ const END: &str = concat!(
     call_columns!()
 );
 const START: &str = concat!(
-    "UPDATE calls SET status = 'in_progress', started_at = $1, updated_at = $2 \
-     WHERE id = $3 AND status = 'queued' RETURNING ",
+    "UPDATE calls SET status = 'in_progress', started_at = $1, updated_at = $2, lease_owner = $4, \
+     lease_expires_at = $5 WHERE id = $3 AND status = 'queued' RETURNING ",
     call_columns!()
 );
 const BY_MEDIA_TOKEN: &str = concat!(
@@ -342,13 +346,27 @@ impl Database {
         Err(EndError::AlreadyEnded)
     }
 
-    /// Media started: `queued → in_progress`, recording the start time. `None` when the call
-    /// does not exist or is not queued (already started or ended). Used by the media stream.
-    pub async fn mark_in_progress(&self, id: Uuid) -> Result<Option<Call>, DbError> {
+    /// Media started: `queued → in_progress`, recording the start time and the replica that
+    /// carries the call (`lease_owner`, with its first lease until `lease_expires_at`). `None`
+    /// when the call does not exist or is not queued (already started or ended). Used by the
+    /// media stream.
+    pub async fn mark_in_progress(
+        &self,
+        id: Uuid,
+        lease_owner: &str,
+        lease_expires_at: DateTime<Utc>,
+    ) -> Result<Option<Call>, DbError> {
         let started_at = model::now();
         self.observe("mark_in_progress", START, async {
             with_pool!(self, pool => {
-                let row = sqlx::query(START).bind(started_at).bind(started_at).bind(id).fetch_optional(pool).await?;
+                let row = sqlx::query(START)
+                    .bind(started_at)
+                    .bind(started_at)
+                    .bind(id)
+                    .bind(lease_owner)
+                    .bind(lease_expires_at)
+                    .fetch_optional(pool)
+                    .await?;
                 row.as_ref().map(|row| decode_call!(row)).transpose()
             })
         })

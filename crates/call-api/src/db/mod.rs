@@ -13,6 +13,7 @@
 
 pub mod analysis;
 pub mod calls;
+pub mod leases;
 pub mod turns;
 
 use std::{borrow::Cow, future::Future, str::FromStr, time::Instant};
@@ -130,6 +131,7 @@ fn migrations(postgres: bool) -> Migrator {
             (2, "analysis attempts", include_str!("migrations/postgres/0002_analysis_attempts.sql")),
             (3, "carrier call id", include_str!("migrations/postgres/0003_carrier_call_id.sql")),
             (4, "live calls", include_str!("migrations/postgres/0004_live_calls.sql")),
+            (5, "leases", include_str!("migrations/postgres/0005_leases.sql")),
         ]
     } else {
         vec![
@@ -137,6 +139,7 @@ fn migrations(postgres: bool) -> Migrator {
             (2, "analysis attempts", include_str!("migrations/sqlite/0002_analysis_attempts.sql")),
             (3, "carrier call id", include_str!("migrations/sqlite/0003_carrier_call_id.sql")),
             (4, "live calls", include_str!("migrations/sqlite/0004_live_calls.sql")),
+            (5, "leases", include_str!("migrations/sqlite/0005_leases.sql")),
         ]
     };
     Migrator::with_migrations(

@@ -7,20 +7,30 @@
 //! session.rs    one call: WebSocket reader, audio-processor stream, events, ending the call
 //! turn.rs       one caller turn → one agent reply, its latency stages, storing both turns
 //! playback.rs   paces synthesised audio out in 20 ms frames with marks; `clear` on barge-in
+//! replicas.rs   many replicas: owner and lease of each live call, the reaper, hang-up anywhere
 //! ```
 
 pub mod playback;
 pub mod protocol;
+pub mod replicas;
 pub mod session;
 pub mod turn;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::{
     extract::{Path, Query, State, WebSocketUpgrade},
     response::{IntoResponse, Response},
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
@@ -29,8 +39,12 @@ use crate::{AppState, error::ApiError};
 /// How long a carrier refused for capacity is asked to wait before trying again.
 const BUSY_RETRY_AFTER_SECONDS: u64 = 5;
 
-/// The live calls of this replica: tracked so that shutdown can wait for them, then end them,
-/// and capped (`LIVE_MAX_CALLS`) so that one call too many is refused instead of slowing all.
+/// How often a drain reports its progress in the log.
+const DRAIN_PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+/// The live calls of this replica: tracked so that shutdown can wait for them, then end them;
+/// capped (`LIVE_MAX_CALLS`) so that one call too many is refused instead of slowing all; and
+/// registered by call id, so that a hang-up from anywhere reaches the session.
 #[derive(Clone)]
 pub struct LiveCalls {
     tracker: TaskTracker,
@@ -38,6 +52,22 @@ pub struct LiveCalls {
     end_all: CancellationToken,
     slots: Arc<Semaphore>,
     max: usize,
+    /// Running sessions: their hang-up token and when they registered.
+    sessions: Arc<Mutex<HashMap<Uuid, (CancellationToken, Instant)>>>,
+}
+
+/// A session's registration; removed when dropped.
+pub struct Registration {
+    calls: LiveCalls,
+    id: Uuid,
+    /// Cancelled when the call is hung up from anywhere.
+    pub hang_up: CancellationToken,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.calls.sessions().remove(&self.id);
+    }
 }
 
 impl LiveCalls {
@@ -48,7 +78,12 @@ impl LiveCalls {
             end_all: CancellationToken::new(),
             slots: Arc::new(Semaphore::new(max)),
             max,
+            sessions: Arc::default(),
         }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (CancellationToken, Instant)>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn count(&self) -> usize {
@@ -65,26 +100,96 @@ impl LiveCalls {
         self.slots.clone().try_acquire_owned().map_err(|_| {
             crate::metrics::request_limited("live_calls");
             tracing::warn!(max = self.max, "live call refused: this replica is at LIVE_MAX_CALLS");
-            ApiError::Busy {
-                message: format!("this replica carries its maximum of {} live calls; retry later", self.max),
-                retry_after_seconds: BUSY_RETRY_AFTER_SECONDS,
-            }
+            busy(format!("this replica carries its maximum of {} live calls; retry later", self.max))
         })
     }
 
-    /// At shutdown: waits up to `bound` for live calls to end by themselves, then ends the rest
-    /// (as `failed`, reason `service shutting down`) and waits for them to be stored.
-    pub async fn drain(&self, bound: Duration) {
-        self.tracker.close();
-        if !self.tracker.is_empty() {
-            tracing::info!(live_calls = self.tracker.len(), "waiting for live calls to end");
+    /// Registers a started session (its call is `in_progress`, owned by this replica).
+    pub fn register(&self, id: Uuid) -> Registration {
+        let hang_up = CancellationToken::new();
+        self.sessions().insert(id, (hang_up.clone(), Instant::now()));
+        Registration { calls: self.clone(), id, hang_up }
+    }
+
+    /// Stops call `id`'s session if it runs here; whether it did.
+    pub fn hang_up(&self, id: Uuid, why: &str) -> bool {
+        let token = self.sessions().get(&id).map(|(t, _)| t.clone());
+        match token {
+            Some(t) if !t.is_cancelled() => {
+                tracing::info!(call_id = %id, why, "hanging up a live call");
+                t.cancel();
+                true
+            }
+            _ => false,
         }
-        if tokio::time::timeout(bound, self.tracker.wait()).await.is_err() {
-            tracing::warn!(live_calls = self.tracker.len(), "ending the live calls still running");
+    }
+
+    /// After a lease renewal that started at `checked_at` and found this replica owning `owned`:
+    /// sessions registered before it whose call is not among them were ended elsewhere (a
+    /// hang-up notice that never arrived) or reaped, and stop.
+    pub fn keep_only(&self, owned: &[Uuid], checked_at: Instant) {
+        let stale: Vec<(Uuid, CancellationToken)> = self
+            .sessions()
+            .iter()
+            .filter(|(id, (t, since))| *since < checked_at && !t.is_cancelled() && !owned.contains(id))
+            .map(|(id, (t, _))| (*id, t.clone()))
+            .collect();
+        for (id, token) in stale {
+            tracing::info!(call_id = %id, "live call no longer owned by this replica (ended elsewhere); hanging up");
+            token.cancel();
+        }
+    }
+
+    /// At shutdown: live calls go on for up to `bound` (or until `force` resolves: a second
+    /// signal), reporting progress every 30 s; then the rest are ended (as `failed`, reason
+    /// `service shutting down`) and stored.
+    pub async fn drain(&self, bound: Duration, force: impl Future<Output = ()>) {
+        self.tracker.close();
+        let started = Instant::now();
+        crate::metrics::drain_progress(self.tracker.len(), Duration::ZERO);
+        if !self.tracker.is_empty() {
+            tracing::info!(
+                live_calls = self.tracker.len(),
+                bound_seconds = bound.as_secs_f64(),
+                "draining: waiting for the live calls to end (a second signal ends them now)"
+            );
+        }
+        let deadline = started + bound;
+        let mut progress = tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
+        let mut next_report = started + DRAIN_PROGRESS_EVERY;
+        tokio::pin!(force);
+        let cut = loop {
+            tokio::select! {
+                () = self.tracker.wait() => break None,
+                () = tokio::time::sleep_until(deadline) => break Some("the drain bound (LIVE_DRAIN_TIMEOUT_SECONDS) passed"),
+                () = &mut force => break Some("a second shutdown signal"),
+                _ = progress.tick() => {
+                    crate::metrics::drain_progress(self.tracker.len(), started.elapsed());
+                    if Instant::now() >= next_report {
+                        next_report += DRAIN_PROGRESS_EVERY;
+                        tracing::info!(
+                            live_calls = self.tracker.len(),
+                            draining_seconds = started.elapsed().as_secs(),
+                            remaining_seconds = deadline.saturating_duration_since(Instant::now()).as_secs(),
+                            "draining: live calls still running"
+                        );
+                    }
+                }
+            }
+        };
+        if let Some(why) = cut {
+            tracing::warn!(live_calls = self.tracker.len(), why, "ending the live calls still running");
             self.end_all.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
         }
+        crate::metrics::drain_progress(self.tracker.len(), started.elapsed());
+        tracing::info!(drain_seconds = started.elapsed().as_secs_f64(), "live calls drained");
     }
+}
+
+/// The busy answer of the media WebSocket: 503 with `Retry-After`.
+fn busy(message: String) -> ApiError {
+    ApiError::Busy { message, retry_after_seconds: BUSY_RETRY_AFTER_SECONDS }
 }
 
 /// `GET /v1/calls/{id}/media`: the WebSocket a carrier streams the call to. The token travels in
@@ -96,7 +201,9 @@ pub async fn media(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if state.live.end_all.is_cancelled() || state.shutdown.is_draining() {
-        return ApiError::Unavailable("call-api (shutting down)").into_response();
+        // Kubernetes stops routing here once readiness fails; a carrier that still comes is
+        // asked to try again (on another replica).
+        return busy("this replica is shutting down; retry on another".into()).into_response();
     }
     let Ok(id) = Uuid::try_parse(&id) else { return ApiError::NotFound("call").into_response() };
     let call = match query.get("token") {

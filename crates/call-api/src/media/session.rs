@@ -53,6 +53,9 @@ enum End {
     Protocol(String),
     AudioLost,
     Shutdown,
+    /// The call was ended elsewhere (the API on any replica, the carrier's status callback, the
+    /// reaper): the session stops and the call stays as that end left it.
+    HungUp,
     /// Nothing arrived from the carrier for `MEDIA_IDLE_TIMEOUT_SECONDS`.
     Idle(Duration),
 }
@@ -60,7 +63,7 @@ enum End {
 impl End {
     fn outcome(&self) -> (Outcome, Option<String>) {
         match self {
-            Self::Stopped => (Outcome::Completed, None),
+            Self::Stopped | Self::HungUp => (Outcome::Completed, None),
             Self::Lost => (Outcome::Failed, Some("media connection lost".into())),
             Self::Protocol(e) => (Outcome::Failed, Some(format!("media protocol error: {e}"))),
             Self::AudioLost => (Outcome::Failed, Some("audio-processor unavailable".into())),
@@ -133,13 +136,14 @@ async fn session(
         }
     };
     // queued → in_progress, once: a second stream for the same call is refused.
-    let call = match state.db.mark_in_progress(id).await {
+    let call = match state.db.mark_in_progress(id, &state.replica.lease_owner, state.replica.lease_expiry()).await {
         Ok(Some(started)) => started,
         Ok(None) => return (1008, "the call already has media or has ended".into()),
         Err(_) => return (1011, "database unavailable".into()),
     };
     let _active = metrics::ActiveCall::start(call.provider);
-    tracing::info!("live call started");
+    let registration = state.live.register(id);
+    tracing::info!(replica = %state.replica.id, "live call started");
 
     let mut live = match Live::start(&state, &call, stream_sid, out).await {
         Ok(live) => live,
@@ -152,7 +156,7 @@ async fn session(
     if let Some(text) = greeting {
         live.greet(text);
     }
-    let end = live.serve(stream, &end_all).await;
+    let end = live.serve(stream, &end_all, &registration.hang_up).await;
     live.stop();
     finish(&state, &call, end).await
 }
@@ -200,6 +204,9 @@ async fn finish(state: &AppState, call: &Call, end: End) -> (u16, String) {
     };
     match result {
         Ok(ended) => {
+            if matches!(end, End::Shutdown) {
+                metrics::call_cut_by_shutdown();
+            }
             metrics::call_ended(ended.provider, outcome, ended.duration_seconds.unwrap_or_default());
             tracing::info!(outcome = %outcome, reason = reason.as_deref().unwrap_or(""), "live call ended");
         }
@@ -207,7 +214,7 @@ async fn finish(state: &AppState, call: &Call, end: End) -> (u16, String) {
         Err(e) => tracing::warn!(error = %e, "could not end the live call"),
     }
     match end {
-        End::Stopped | End::Lost => (1000, "call ended".into()),
+        End::Stopped | End::Lost | End::HungUp => (1000, "call ended".into()),
         End::Protocol(e) => (1008, e.chars().take(120).collect()),
         End::AudioLost => (1011, "audio-processor unavailable".into()),
         End::Shutdown => (1001, "service shutting down".into()),
@@ -308,13 +315,19 @@ impl Live {
         self.current.is_some() || self.playback.queued_frames() > 0
     }
 
-    async fn serve(&mut self, stream: &mut SplitStream<WebSocket>, end_all: &CancellationToken) -> End {
+    async fn serve(
+        &mut self,
+        stream: &mut SplitStream<WebSocket>,
+        end_all: &CancellationToken,
+        hang_up: &CancellationToken,
+    ) -> End {
         loop {
             let barge = self.barge_deadline;
             let dtmf = self.dtmf_deadline;
             let idle = self.last_inbound + self.idle;
             tokio::select! {
                 () = end_all.cancelled() => return End::Shutdown,
+                () = hang_up.cancelled() => return End::HungUp,
                 () = tokio::time::sleep_until(idle) => {
                     tracing::warn!(idle_seconds = self.idle.as_secs_f64(), "live call ended: the carrier sent nothing");
                     return End::Idle(self.idle);

@@ -247,6 +247,11 @@ async fn end(
     let duration = call.duration_seconds.unwrap_or_default();
     metrics::call_ended(call.provider, body.outcome, duration);
     tracing::info!(call_id = %call.id, outcome = %body.outcome, duration_seconds = duration, "call ended");
+    // A live call stops wherever its media session runs, and its phone line drops.
+    state.replica.hang_up(call.id).await;
+    if call.provider == Provider::Twilio {
+        super::twilio::hang_up_line(&state, call.id).await;
+    }
     Ok(Json(call))
 }
 

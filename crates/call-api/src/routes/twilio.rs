@@ -222,18 +222,39 @@ async fn status(State(state): State<AppState>, form: SignedForm) -> Result<Statu
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Ends `call` with `outcome` unless something ended it first; counts it once.
+/// Ends `call` with `outcome` unless something ended it first; counts it once, and stops its
+/// media session wherever it runs.
 async fn end_once(state: &AppState, call: &Call, outcome: Outcome) -> Result<(), ApiError> {
     match state.db.end_call(&call.tenant, call.id, outcome).await {
         Ok(ended) => {
             let duration = ended.duration_seconds.unwrap_or_default();
             metrics::call_ended(ended.provider, outcome, duration);
             tracing::info!(call_id = %ended.id, outcome = %outcome, duration_seconds = duration, "call ended");
+            state.replica.hang_up(ended.id).await;
             Ok(())
         }
         // Already ended (by the media session, the API or an earlier callback): nothing to do.
         Err(EndError::AlreadyEnded | EndError::NotFound) => Ok(()),
         Err(EndError::Db(e)) => Err(e.into()),
+    }
+}
+
+/// Hangs up the phone line of Twilio call `id` (ended through the API) through Twilio's Calls API,
+/// when Twilio is configured and knows the call. The call is already ended here: a failure is
+/// logged, not answered (the line then ends when the caller hangs up or Twilio's stream stops).
+pub(crate) async fn hang_up_line(state: &AppState, id: uuid::Uuid) {
+    let Some(twilio) = &state.twilio else { return };
+    let sid = match state.db.carrier_call_id(id).await {
+        Ok(Some(sid)) => sid,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(call_id = %id, error = %e, "could not read Twilio's call id to hang up the line");
+            return;
+        }
+    };
+    match twilio.hang_up(&sid).await {
+        Ok(()) => tracing::info!(call_id = %id, carrier_call_id = %sid, "phone line hung up through Twilio"),
+        Err(e) => tracing::warn!(call_id = %id, carrier_call_id = %sid, error = %e, "Twilio did not hang up the line"),
     }
 }
 

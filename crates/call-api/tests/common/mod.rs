@@ -2,6 +2,7 @@
 //! a fresh schema in the shared PostgreSQL), and helpers to talk to it like a client.
 #![allow(dead_code)]
 
+pub mod carrier;
 pub mod proxy;
 pub mod stack;
 
@@ -29,8 +30,19 @@ pub enum Backend {
 
 /// A fresh database for one test, removed when dropped.
 pub enum TestDb {
-    Sqlite { dir: tempfile::TempDir, url: String },
-    Postgres { schema: String, url: String },
+    Sqlite {
+        dir: tempfile::TempDir,
+        url: String,
+    },
+    Postgres {
+        schema: String,
+        url: String,
+    },
+    /// Another handle on a database some other `TestDb` owns (a second replica on it).
+    Shared {
+        backend: Backend,
+        url: String,
+    },
 }
 
 impl TestDb {
@@ -59,7 +71,7 @@ impl TestDb {
 
     pub fn url(&self) -> &str {
         match self {
-            Self::Sqlite { url, .. } | Self::Postgres { url, .. } => url,
+            Self::Sqlite { url, .. } | Self::Postgres { url, .. } | Self::Shared { url, .. } => url,
         }
     }
 
@@ -67,18 +79,25 @@ impl TestDb {
         match self {
             Self::Sqlite { .. } => Backend::Sqlite,
             Self::Postgres { .. } => Backend::Postgres,
+            Self::Shared { backend, .. } => *backend,
         }
+    }
+
+    /// A handle on the same database for a second replica (the original owns it).
+    pub fn share(&self) -> Self {
+        Self::Shared { backend: self.backend(), url: self.url().to_string() }
     }
 
     /// The number of rows in `calls` (read directly, not through the API).
     pub async fn count_calls(&self, condition: &str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM calls WHERE {condition}");
-        match self {
-            Self::Sqlite { url, .. } => {
+        let url = self.url();
+        match self.backend() {
+            Backend::Sqlite => {
                 let mut c = sqlx::SqliteConnection::connect(url).await.expect("open sqlite");
                 sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).fetch_one(&mut c).await.expect("count")
             }
-            Self::Postgres { url, .. } => {
+            Backend::Postgres => {
                 let mut c = PgConnection::connect(url).await.expect("open postgres");
                 sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).fetch_one(&mut c).await.expect("count")
             }
@@ -139,7 +158,9 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub db: TestDb,
     shutdown: Shutdown,
-    _telemetry: telemetry::Telemetry,
+    /// `call_api::run`: finishes when the service has shut down.
+    pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub telemetry: telemetry::Telemetry,
 }
 
 /// Starts call-api over a fresh database of `backend`; `None` when PostgreSQL is skipped.
@@ -167,7 +188,15 @@ pub async fn spawn_app_with(db: TestDb, database_url: &str, extra: &[(&str, &str
     let config = call_api::Config::from_env(&env).expect("valid test config");
     let telemetry_config = TelemetryConfig::from_env(&env).expect("valid telemetry config");
     let telemetry = telemetry::init(&call_api::service_info(), &telemetry_config).expect("telemetry");
-    let shutdown = Shutdown::new(Duration::ZERO, Duration::from_secs(5));
+    // Tests drain in 5 s unless they set SHUTDOWN_DELAY_SECONDS / SHUTDOWN_TIMEOUT_SECONDS.
+    let delay =
+        if env.get("SHUTDOWN_DELAY_SECONDS").is_some() { telemetry_config.shutdown_delay } else { Duration::ZERO };
+    let timeout = if env.get("SHUTDOWN_TIMEOUT_SECONDS").is_some() {
+        telemetry_config.shutdown_timeout
+    } else {
+        Duration::from_secs(5)
+    };
+    let shutdown = Shutdown::new(delay, timeout);
     let ctx = ServiceContext::new(call_api::service_info(), "test", telemetry.metrics(), shutdown.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -188,13 +217,18 @@ pub async fn spawn_app_with(db: TestDb, database_url: &str, extra: &[(&str, &str
         assert!(tokio::time::Instant::now() < deadline, "call-api did not become ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    TestApp { addr, base, client, db, shutdown, _telemetry: telemetry }
+    TestApp { addr, base, client, db, shutdown, server, telemetry }
 }
 
 impl TestApp {
     /// Starts the shutdown sequence (as SIGTERM would).
     pub fn trigger_shutdown(&self) {
         self.shutdown.trigger();
+    }
+
+    /// A second signal: what still drains ends now.
+    pub fn force_shutdown(&self) {
+        self.shutdown.force();
     }
 }
 
