@@ -448,6 +448,39 @@ mod tests {
         assert!(!format!("{errors:?}").contains("hunter2"), "the password must not be echoed");
     }
 
+    #[test]
+    fn replicas_and_peer_lists() {
+        let c = Config::from_env(&Env::default()).unwrap();
+        assert_eq!(c.peers.audio, crate::peers::PeerTarget::parse_list("http://127.0.0.1:50051").unwrap());
+        assert_eq!(c.peers.resolve_interval, Duration::from_secs(5));
+        assert_eq!(c.replica.lease, Duration::from_secs(15));
+        assert_eq!(c.replica.drain_timeout, Duration::from_secs(300));
+        assert!(c.replica.id.ends_with(&format!("-{}", std::process::id())), "{}", c.replica.id);
+        let c = Config::from_env(&Env::from_pairs([
+            ("AUDIO_PROCESSOR_URL", "http://audio-processor:50051,http://10.0.0.7:50051"),
+            ("PEER_RESOLVE_INTERVAL_SECONDS", "0.5"),
+            ("REPLICA_ID", "call-api-7d9f-x2"),
+            ("LIVE_LEASE_SECONDS", "30"),
+            ("LIVE_DRAIN_TIMEOUT_SECONDS", "3300"),
+        ]))
+        .unwrap();
+        assert_eq!(c.peers.audio.len(), 2);
+        assert_eq!(c.peers.resolve_interval, Duration::from_millis(500));
+        assert_eq!(c.replica.id, "call-api-7d9f-x2");
+        assert_eq!(c.replica.lease, Duration::from_secs(30));
+        assert_eq!(c.replica.drain_timeout, Duration::from_secs(3300));
+        for (name, bad) in [
+            ("AUDIO_PROCESSOR_URL", "http://a:1,"),
+            ("PROVIDER_GATEWAY_URL", "https://gateway:50052"),
+            ("PEER_RESOLVE_INTERVAL_SECONDS", "0.01"),
+            ("REPLICA_ID", "two words"),
+            ("LIVE_LEASE_SECONDS", "0.2"),
+            ("LIVE_DRAIN_TIMEOUT_SECONDS", "soon"),
+        ] {
+            assert_eq!(bad_variables(&[(name, bad)]), [name], "{name}={bad}");
+        }
+    }
+
     const SID: &str = "AC0123456789abcdef0123456789ABCDEF";
 
     #[test]

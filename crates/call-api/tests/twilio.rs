@@ -627,3 +627,57 @@ async fn at_live_max_calls_an_inbound_call_gets_a_busy_signal_and_nothing_is_sto
     assert_eq!(app.db.count_calls(&format!("carrier_call_id = '{sid}'")).await, 0);
     assert_eq!(app.metrics().await.value("api_requests_limited_total", &[("limit", "live_calls")]), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_ended_through_the_api_is_hung_up_through_twilio() {
+    let fake = FakeTwilio::start().await;
+    let Some(app) = spawn_twilio(Backend::Sqlite, Some(&fake.base()), &[]).await else { return };
+    let basic = format!("Basic {}", STANDARD.encode(format!("{SID}:{TOKEN}")));
+    // Outbound: dialled through Twilio, which answered with its call sid.
+    let (status, call) = app.post_json("/v1/calls", KEY, &outbound_body()).await;
+    assert_eq!(status, 201, "{call}");
+    let id = call["id"].as_str().unwrap();
+    assert_eq!(app.end(id, "completed").await.0, 200);
+    let requests = fake.http.requests();
+    assert_eq!(requests.len(), 2, "dial, then hang up: {requests:?}");
+    let hang_up = &requests[1];
+    assert_eq!(hang_up.method, "POST");
+    assert_eq!(hang_up.path, format!("/2010-04-01/Accounts/{SID}/Calls/CA00000000000000000000000000000001.json"));
+    assert_eq!(hang_up.header("authorization"), Some(basic.as_str()));
+    assert_eq!(hang_up.header("content-type"), Some("application/x-www-form-urlencoded"));
+    assert_eq!(form_fields(&hang_up.body), [("Status".to_string(), "completed".to_string())]);
+
+    // Inbound: the call Twilio reported with its CallSid.
+    let sid = call_sid(21);
+    let (inbound, _) = stream_target(&post_signed(&app, "/v1/twilio/voice", &voice_params(&sid)).await);
+    // Twilio says the call already ended (error 21220): not an error for us.
+    fake.answer(FakeReply::json(400, json!({"code": 21220, "message": "Call is not in-progress", "status": 400})));
+    let (status, ended) =
+        app.post_json(&format!("/v1/calls/{inbound}/end"), KEY, &json!({"outcome": "completed"})).await;
+    assert_eq!(status, 200, "{ended}");
+    let requests = fake.http.requests();
+    assert_eq!(requests.len(), 3);
+    assert_eq!(requests[2].path, format!("/2010-04-01/Accounts/{SID}/Calls/{sid}.json"));
+
+    // A call Twilio itself reported over is not hung up again, nor is another carrier's call.
+    let sid = call_sid(22);
+    let (_, _) = stream_target(&post_signed(&app, "/v1/twilio/voice", &voice_params(&sid)).await);
+    let params = [("CallSid", sid.as_str()), ("CallStatus", "completed")];
+    assert_eq!(post_signed(&app, "/v1/twilio/status", &params).await.status, 204);
+    let mut sip = outbound_body();
+    sip["provider"] = json!("sip");
+    let (_, sip) = app.post_json("/v1/calls", KEY, &sip).await;
+    assert_eq!(app.end(sip["id"].as_str().unwrap(), "completed").await.0, 200);
+    assert_eq!(fake.http.requests().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_shutting_down_answers_inbound_calls_busy() {
+    let Some(app) = spawn_twilio(Backend::Sqlite, None, &[("SHUTDOWN_DELAY_SECONDS", "5")]).await else { return };
+    app.trigger_shutdown();
+    let sid = call_sid(31);
+    let answer = post_signed(&app, "/v1/twilio/voice", &voice_params(&sid)).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text, r#"<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>"#);
+    assert_eq!(app.db.count_calls("1 = 1").await, 0, "nothing stored");
+}

@@ -32,6 +32,9 @@ fn bad_configuration_exits_non_zero_naming_the_variable() {
     exits_with_config_error("provider-gateway", "PROVIDER_GATEWAY_GRPC_ADDR", "localhost:port");
     exits_with_config_error("call-api", "CALL_API_ADDR", "0.0.0.0");
     exits_with_config_error("call-api", "API_KEYS", "short");
+    exits_with_config_error("call-api", "AUDIO_PROCESSOR_URL", "http://audio-a:50051,,http://audio-b:50051");
+    exits_with_config_error("call-api", "PROVIDER_GATEWAY_URL", "grpc://gateway:50052");
+    exits_with_config_error("call-api", "LIVE_LEASE_SECONDS", "0.1");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -142,7 +142,7 @@ pub struct StatusCallback {
     responses(
         (status = 200, description = "TwiML `<Connect><Stream>` to the call's media WebSocket (the media token is the \
                                       stream's `token` parameter); `<Hangup/>` when the call has already ended; `<Reject reason=\"busy\"/>` when \
-                                      this replica is at LIVE_MAX_CALLS",
+                                      this replica is at LIVE_MAX_CALLS or shutting down",
          content_type = "text/xml", body = String),
         (status = 400, description = "CallSid missing or malformed", body = ErrorBody),
         (status = 403, description = "X-Twilio-Signature missing or wrong", body = ErrorBody),
@@ -154,6 +154,11 @@ pub struct StatusCallback {
 #[tracing::instrument(skip_all)]
 async fn voice(State(state): State<AppState>, form: SignedForm) -> Result<Response, ApiError> {
     let call_sid = form.call_sid()?.to_string();
+    if state.shutdown.is_draining() {
+        // Readiness has failed and Kubernetes stops routing here; Twilio tries again elsewhere.
+        tracing::info!(carrier_call_id = %call_sid, "inbound Twilio call refused: this replica is shutting down");
+        return Ok(twiml(twilio::reject_busy()));
+    }
     if state.live.is_full() {
         // Refused before anything is stored: the caller hears busy, not a call that degrades.
         crate::metrics::request_limited("live_calls");
