@@ -6,7 +6,7 @@ SOAK_MINUTES ?= 10
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help run demo test lint fmt bench build check-deploy fuzz-api deny drill-shutdown drill-database drill-provider drill-soak clean
+.PHONY: help run demo test lint fmt bench build check-deploy fuzz-api deny drill-shutdown drill-database drill-provider drill-soak drill-scale clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -59,6 +59,10 @@ drill-provider: ## drill: simulated provider failing, then stalling; failover an
 drill-soak: ## drill: steady load for SOAK_MINUTES (10); RSS, fds, threads per service must stay flat
 	$(CARGO) build -q -p voice-kraliki
 	$(CARGO_TARGET_DIR)/debug/voice-kraliki drill soak --minutes $(SOAK_MINUTES)
+
+drill-scale: ## drill: two replicas of each service behind a balancer on a throwaway PostgreSQL (55433); spread, rolling restart, a replica killed, cross-replica hang-up
+	$(CARGO) build -q -p voice-kraliki
+	$(CARGO_TARGET_DIR)/debug/voice-kraliki drill scale
 
 check-deploy: ## validate k8s, Prometheus rules and dashboards with the real tools
 	bash scripts/check-deploy/run.sh

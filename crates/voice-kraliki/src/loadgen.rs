@@ -44,6 +44,9 @@ pub struct Options {
     pub ramp: Duration,
     pub utterance: Arc<Vec<u8>>,
     pub metrics: Vec<String>,
+    /// Times a media connection refused with 503 (a replica draining, or at capacity) is tried
+    /// again after its `Retry-After` (at most 2 s), as a carrier would; 0 = never.
+    pub media_retries: u32,
 }
 
 fn usage() -> ExitCode {
@@ -105,6 +108,7 @@ pub fn run(args: &[&str]) -> ExitCode {
         ramp: Duration::from_secs(2),
         utterance: Arc::new(Vec::new()),
         metrics: Vec::new(),
+        media_retries: 0,
     };
     let mut audio_path = None;
     let mut it = args.iter();
@@ -178,6 +182,10 @@ pub(crate) struct CallResult {
     /// How late our own frames went out (load generator health).
     send_lateness: Vec<Duration>,
     pub(crate) turns_without_reply: usize,
+    /// The close code of the server's close frame (None: the connection ended without one).
+    pub(crate) close_code: Option<u16>,
+    /// Media connections refused with 503 and tried again.
+    pub(crate) media_refusals: u32,
 }
 
 pub struct Report {
@@ -190,6 +198,8 @@ pub struct Report {
 struct Inbox {
     frames: Vec<Instant>,
     closed: bool,
+    /// The code of the server's close frame, once one came.
+    close_code: Option<u16>,
 }
 
 pub(crate) async fn one_call(o: Options, http: reqwest::Client) -> CallResult {
@@ -218,85 +228,112 @@ async fn talk(o: &Options, http: &reqwest::Client, r: &mut CallResult) -> Result
     // The media URL names the public host; a load test talks to the URL it was given.
     let path = media_url.split_once("/v1/").map(|(_, p)| p).ok_or("bad media_url")?;
     let ws_base = o.url.replacen("http", "ws", 1);
-    let (ws, _) = tokio_tungstenite::connect_async(format!("{ws_base}/v1/{path}"))
-        .await
-        .map_err(|e| format!("media websocket: {e}"))?;
+    let ws = loop {
+        match tokio_tungstenite::connect_async(format!("{ws_base}/v1/{path}")).await {
+            Ok((ws, _)) => break ws,
+            Err(tokio_tungstenite::tungstenite::Error::Http(refused))
+                if refused.status() == 503 && r.media_refusals < o.media_retries =>
+            {
+                r.media_refusals += 1;
+                let wait = refused
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.trim().parse::<f64>().ok())
+                    .unwrap_or(1.0)
+                    .clamp(0.05, 2.0);
+                tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            }
+            Err(e) => return Err(format!("media websocket: {e}")),
+        }
+    };
     let (mut sink, mut stream) = ws.split();
     let inbox: Arc<Mutex<Inbox>> = Arc::default();
     let reader_inbox = inbox.clone();
     let reader = tokio::spawn(async move {
         while let Some(Ok(message)) = stream.next().await {
-            if let Message::Text(text) = message
-                && text.contains("\"media\"")
-            {
-                reader_inbox.lock().expect("inbox").frames.push(Instant::now());
-            }
-        }
-        reader_inbox.lock().expect("inbox").closed = true;
-    });
-    let send = |v: Value| Message::text(v.to_string());
-    sink.send(send(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"})))
-        .await
-        .map_err(|e| e.to_string())?;
-    sink.send(send(json!({"event": "start", "sequenceNumber": "1", "streamSid": format!("MZ{id}"),
-        "start": {"streamSid": format!("MZ{id}"), "callSid": format!("CA{id}"), "tracks": ["inbound"],
-                  "customParameters": {}, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})))
-        .await
-        .map_err(|e| e.to_string())?;
-    let silence = [0xFFu8; 160];
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    let (mut seq, mut media_ms) = (1u64, 0u64);
-    let mut frame =
-        async |sink: &mut futures_util::stream::SplitSink<_, Message>, payload: &[u8], r: &mut CallResult| {
-            let scheduled = tick.tick().await;
-            r.send_lateness.push(tokio::time::Instant::now().saturating_duration_since(scheduled));
-            seq += 1;
-            let m = json!({"event": "media", "sequenceNumber": seq.to_string(), "streamSid": "MZ",
-                       "media": {"track": "inbound", "chunk": seq.to_string(), "timestamp": media_ms.to_string(),
-                                 "payload": STANDARD.encode(payload)}});
-            media_ms += 20;
-            sink.send(Message::text(m.to_string())).await.map_err(|e| format!("send: {e}"))
-        };
-    for _turn in 0..o.turns {
-        let before = inbox.lock().expect("inbox").frames.len();
-        for chunk in o.utterance.chunks(160) {
-            frame(&mut sink, chunk, r).await?;
-        }
-        let speech_end = Instant::now();
-        // Silence while the agent answers, as a phone line would carry.
-        loop {
-            frame(&mut sink, &silence, r).await?;
-            let (first, last, count, closed) = {
-                let inbox = inbox.lock().expect("inbox");
-                let reply = &inbox.frames[before.min(inbox.frames.len())..];
-                (reply.first().copied(), reply.last().copied(), reply.len(), inbox.closed)
-            };
-            if closed {
-                return Err("the server closed the media connection".into());
-            }
-            match (first, last) {
-                (None, _) if speech_end.elapsed() > TURN_TIMEOUT => {
-                    r.turns_without_reply += 1;
-                    break;
+            match message {
+                Message::Text(text) if text.contains("\"media\"") => {
+                    reader_inbox.lock().expect("inbox").frames.push(Instant::now());
                 }
-                (Some(first), Some(last)) if last.elapsed() > REPLY_QUIET || first.elapsed() > LISTEN_MAX => {
-                    r.latencies.push(first.saturating_duration_since(speech_end));
-                    let inbox = inbox.lock().expect("inbox");
-                    let reply = &inbox.frames[before..before + count];
-                    r.gaps.extend(reply.windows(2).map(|w| w[1] - w[0]));
-                    r.frames += count;
-                    break;
+                Message::Close(frame) => {
+                    reader_inbox.lock().expect("inbox").close_code = Some(frame.map_or(1005, |f| u16::from(f.code)));
                 }
                 _ => {}
             }
         }
+        reader_inbox.lock().expect("inbox").closed = true;
+    });
+    let result: Result<(), String> = async {
+        let send = |v: Value| Message::text(v.to_string());
+        sink.send(send(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"})))
+            .await
+            .map_err(|e| e.to_string())?;
+        sink.send(send(json!({"event": "start", "sequenceNumber": "1", "streamSid": format!("MZ{id}"),
+            "start": {"streamSid": format!("MZ{id}"), "callSid": format!("CA{id}"), "tracks": ["inbound"],
+                      "customParameters": {}, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})))
+            .await
+            .map_err(|e| e.to_string())?;
+        let silence = [0xFFu8; 160];
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let (mut seq, mut media_ms) = (1u64, 0u64);
+        let mut frame =
+            async |sink: &mut futures_util::stream::SplitSink<_, Message>, payload: &[u8], r: &mut CallResult| {
+                let scheduled = tick.tick().await;
+                r.send_lateness.push(tokio::time::Instant::now().saturating_duration_since(scheduled));
+                seq += 1;
+                let m = json!({"event": "media", "sequenceNumber": seq.to_string(), "streamSid": "MZ",
+                           "media": {"track": "inbound", "chunk": seq.to_string(), "timestamp": media_ms.to_string(),
+                                     "payload": STANDARD.encode(payload)}});
+                media_ms += 20;
+                sink.send(Message::text(m.to_string())).await.map_err(|e| format!("send: {e}"))
+            };
+        for _turn in 0..o.turns {
+            let before = inbox.lock().expect("inbox").frames.len();
+            for chunk in o.utterance.chunks(160) {
+                frame(&mut sink, chunk, r).await?;
+            }
+            let speech_end = Instant::now();
+            // Silence while the agent answers, as a phone line would carry.
+            loop {
+                frame(&mut sink, &silence, r).await?;
+                let (first, last, count, closed) = {
+                    let inbox = inbox.lock().expect("inbox");
+                    let reply = &inbox.frames[before.min(inbox.frames.len())..];
+                    (reply.first().copied(), reply.last().copied(), reply.len(), inbox.closed)
+                };
+                if closed {
+                    return Err("the server closed the media connection".into());
+                }
+                match (first, last) {
+                    (None, _) if speech_end.elapsed() > TURN_TIMEOUT => {
+                        r.turns_without_reply += 1;
+                        break;
+                    }
+                    (Some(first), Some(last)) if last.elapsed() > REPLY_QUIET || first.elapsed() > LISTEN_MAX => {
+                        r.latencies.push(first.saturating_duration_since(speech_end));
+                        let inbox = inbox.lock().expect("inbox");
+                        let reply = &inbox.frames[before..before + count];
+                        r.gaps.extend(reply.windows(2).map(|w| w[1] - w[0]));
+                        r.frames += count;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        sink.send(send(json!({"event": "stop", "sequenceNumber": (seq + 1).to_string(), "streamSid": "MZ", "stop": {}})))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
     }
-    sink.send(send(json!({"event": "stop", "sequenceNumber": (seq + 1).to_string(), "streamSid": "MZ", "stop": {}})))
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
-    Ok(())
+    .await;
+    // The reader ends with the connection: after `stop` the server closes it; after an error it
+    // is closing or gone already.
+    let wait = if result.is_ok() { Duration::from_secs(5) } else { Duration::from_secs(1) };
+    let _ = tokio::time::timeout(wait, reader).await;
+    r.close_code = inbox.lock().expect("inbox").close_code;
+    result
 }
 
 async fn rss(http: &reqwest::Client, url: &str) -> Option<f64> {
@@ -453,6 +490,73 @@ pub async fn load(o: Options) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A call-api stand-in: creates answer a media URL whose WebSocket is refused (503,
+    /// `Retry-After: 0`) `refusals` times, then accepted and closed with 1001 after `start`.
+    async fn refusing_server(refusals: usize) -> String {
+        use axum::{
+            Json, Router,
+            extract::ws::{CloseFrame, Message as WsMessage, WebSocketUpgrade},
+            http::StatusCode,
+            response::IntoResponse,
+            routing::{get, post},
+        };
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let app = Router::new()
+            .route(
+                "/v1/calls",
+                post(|| async {
+                    Json(json!({"id": "c1", "media_url": "wss://public.example/v1/calls/c1/media?token=t"}))
+                }),
+            )
+            .route(
+                "/v1/calls/c1/media",
+                get(move |ws: WebSocketUpgrade| async move {
+                    if refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < refusals {
+                        return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "0")], "draining").into_response();
+                    }
+                    ws.on_upgrade(|mut socket| async move {
+                        // `connected` and `start`, then the server goes away.
+                        for _ in 0..2 {
+                            let _ = socket.recv().await;
+                        }
+                        let frame = CloseFrame { code: 1001, reason: "going away".into() };
+                        let _ = socket.send(WsMessage::Close(Some(frame))).await;
+                    })
+                    .into_response()
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+
+    fn options(url: String, media_retries: u32) -> Options {
+        Options {
+            url,
+            key: "k".into(),
+            calls: 1,
+            turns: 1,
+            ramp: Duration::ZERO,
+            utterance: Arc::new(vec![0xFF; 1600]),
+            metrics: Vec::new(),
+            media_retries,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_media_connection_is_tried_again_and_the_close_code_kept() {
+        telemetry::install_crypto_provider();
+        let http = reqwest::Client::new();
+        let r = one_call(options(refusing_server(2).await, 3), http.clone()).await;
+        assert_eq!(r.media_refusals, 2);
+        assert!(r.error.is_some(), "the call was cut");
+        assert_eq!(r.close_code, Some(1001), "{r:?}");
+        let r = one_call(options(refusing_server(2).await, 1), http).await;
+        assert_eq!(r.media_refusals, 1);
+        assert!(r.error.as_deref().is_some_and(|e| e.starts_with("media websocket:") && e.contains("503")), "{r:?}");
+    }
 
     #[test]
     fn the_shipped_recording_gives_the_callers_words() {

@@ -24,14 +24,17 @@ const BASELINE: Duration = Duration::from_secs(10);
 const OUTAGE: Duration = Duration::from_secs(30);
 const AFTER: Duration = Duration::from_secs(15);
 const RATE: f64 = 10.0;
+/// The throwaway cluster's port unless `--pg-port` says otherwise.
+const PG_PORT: u16 = 55432;
 
-/// A PostgreSQL cluster in a temporary folder; stopped (immediate) when dropped.
-struct Cluster {
-    data: PathBuf,
+/// A PostgreSQL cluster in a temporary folder; stopped (immediate) when dropped. Also the
+/// `scale` drill's database.
+pub(super) struct Cluster {
+    pub(super) data: PathBuf,
     log: PathBuf,
-    port: u16,
+    pub(super) port: u16,
     /// `runuser -u <user> --` when running as root (PostgreSQL refuses to run as root).
-    user: Option<String>,
+    pub(super) user: Option<String>,
 }
 
 impl Cluster {
@@ -60,7 +63,7 @@ impl Cluster {
         }
     }
 
-    fn create(root: &Path, port: u16) -> Result<Self, String> {
+    pub(super) fn create(root: &Path, port: u16) -> Result<Self, String> {
         let data = root.join("pgdata");
         let sock = root.join("pgsock");
         let user = is_root().then(|| std::env::var("DRILL_PG_USER").unwrap_or_else(|_| "postgres".into()));
@@ -100,7 +103,7 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn start(&self) -> Result<(), String> {
+    pub(super) fn start(&self) -> Result<(), String> {
         self.run(
             "pg_ctl",
             &["-D", &self.data.display().to_string(), "-l", &self.log.display().to_string(), "-w", "-t", "60", "start"],
@@ -108,16 +111,16 @@ impl Cluster {
         .map(drop)
     }
 
-    fn stop(&self, mode: &str) -> Result<(), String> {
+    pub(super) fn stop(&self, mode: &str) -> Result<(), String> {
         self.run("pg_ctl", &["-D", &self.data.display().to_string(), "-m", mode, "-w", "-t", "60", "stop"]).map(drop)
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
     /// One query through `psql` over TCP (rows, `|`-separated).
-    fn psql(&self, sql: &str) -> Result<String, String> {
+    pub(super) fn psql(&self, sql: &str) -> Result<String, String> {
         let out = Command::new("psql")
             .args([
                 "-h",
@@ -164,9 +167,10 @@ type ReadyLog = Arc<Mutex<Vec<(Duration, u16)>>>;
 pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     let ports = Ports::block(10);
     stack::ports_free(&ports.all())?;
-    stack::ports_free(&[o.pg_port]).map_err(|e| format!("PostgreSQL port: {e}"))?;
+    let pg_port = o.pg_port.unwrap_or(PG_PORT);
+    stack::ports_free(&[pg_port]).map_err(|e| format!("PostgreSQL port: {e}"))?;
     let dir = o.workdir("database")?;
-    let cluster = Cluster::create(dir.path(), o.pg_port)?;
+    let cluster = Cluster::create(dir.path(), pg_port)?;
     cluster.start()?;
     r.say(format!(
         "throwaway PostgreSQL: initdb in {} on 127.0.0.1:{}{}",

@@ -8,10 +8,13 @@
 //! voice-kraliki drill provider              the simulated provider failing, then stalling
 //! voice-kraliki drill soak [--minutes N] [--sample-seconds S] [--warmup-seconds W]
 //!                                           steady load; memory, descriptors, threads over time
+//! voice-kraliki drill scale [--pg-port P]    two replicas of each service behind a balancer:
+//!                                           spread, rolling restart, a replica killed, hang-ups
 //! common: --keep (keep the temporary folder with the services' logs; kept anyway on failure)
 //! ```
 //! `docs/DRILLS.md` describes each drill, its checks and its thresholds.
 
+mod balancer;
 mod database;
 mod fake_openai;
 mod otlp;
@@ -19,6 +22,7 @@ mod procfs;
 mod prom;
 mod provider;
 mod report;
+mod scale;
 mod sentry;
 mod shutdown;
 mod soak;
@@ -42,13 +46,14 @@ use std::{process::ExitCode, time::Duration};
 
 use report::Report;
 
-const USAGE: &str = "usage: voice-kraliki drill <shutdown | database [--pg-port P] | provider | soak [--minutes N] [--sample-seconds S] [--warmup-seconds W]> [--keep]";
+const USAGE: &str = "usage: voice-kraliki drill <shutdown | database [--pg-port P] | provider | soak [--minutes N] [--sample-seconds S] [--warmup-seconds W] | scale [--pg-port P]> [--keep]";
 
 /// Options of every drill.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub keep: bool,
-    pub pg_port: u16,
+    /// The throwaway PostgreSQL's port (`database`: 55432, `scale`: 55433 unless given).
+    pub pg_port: Option<u16>,
     pub soak: Duration,
     pub sample: Duration,
     pub warmup: Option<Duration>,
@@ -58,7 +63,7 @@ impl Options {
     fn parse(args: &[&str]) -> Result<Self, String> {
         let mut o = Options {
             keep: false,
-            pg_port: 55432,
+            pg_port: None,
             soak: Duration::from_secs(600),
             sample: Duration::from_secs(15),
             warmup: None,
@@ -76,8 +81,9 @@ impl Options {
                 "--keep" => o.keep = true,
                 "--pg-port" => {
                     let v = value("--pg-port")?;
-                    o.pg_port = v.parse().map_err(|_| format!("--pg-port: `{v}` is not a port"))?;
-                    if o.pg_port == 5432 || o.pg_port < 1024 {
+                    let port: u16 = v.parse().map_err(|_| format!("--pg-port: `{v}` is not a port"))?;
+                    o.pg_port = Some(port);
+                    if port == 5432 || port < 1024 {
                         return Err(
                             "--pg-port: the drill never uses 5432 (the shared server) or a port below 1024".into()
                         );
@@ -125,7 +131,7 @@ pub fn run(args: &[&str]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !matches!(*name, "shutdown" | "database" | "provider" | "soak") {
+    if !matches!(*name, "shutdown" | "database" | "provider" | "soak" | "scale") {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     }
@@ -140,6 +146,7 @@ pub fn run(args: &[&str]) -> ExitCode {
                 "shutdown" => shutdown::run(&options, &mut report).await,
                 "database" => database::run(&options, &mut report).await,
                 "provider" => provider::run(&options, &mut report).await,
+                "scale" => scale::run(&options, &mut report).await,
                 _ => soak::run(&options, &mut report).await,
             }
         };
@@ -168,7 +175,7 @@ mod tests {
         assert!(Options::parse(&["--bogus"]).is_err());
         let o = Options::parse(&["--minutes", "1.5", "--pg-port", "55999", "--keep"]).unwrap();
         assert_eq!(o.soak, Duration::from_secs(90));
-        assert_eq!(o.pg_port, 55999);
+        assert_eq!(o.pg_port, Some(55999));
         assert!(o.keep);
         assert_eq!(Options::parse(&[]).unwrap().soak, Duration::from_secs(600));
     }

@@ -77,6 +77,13 @@ pub struct Live {
     pub without_reply: usize,
     pub latencies: Vec<Duration>,
     pub frames: usize,
+    /// When the call started (since the traffic started) and how long it ran.
+    pub at: Duration,
+    pub took: Duration,
+    /// The code of the server's close frame (None: the connection ended without one).
+    pub close_code: Option<u16>,
+    /// Media connections refused with 503 and tried again.
+    pub media_refusals: u32,
 }
 
 /// One recording upload.
@@ -269,13 +276,18 @@ async fn upload(http: &reqwest::Client, url: &str, key: &str, seq: u64, started:
 
 impl Traffic {
     pub fn start(url: &str, key: &str, plan: &Plan) -> Self {
+        Self::start_with(url, key, plan, |_| {})
+    }
+
+    /// [`Traffic::start`], with the live calls' load generator options adjusted by `tune`.
+    pub fn start_with(url: &str, key: &str, plan: &Plan, tune: impl FnOnce(&mut loadgen::Options)) -> Self {
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let ledger: Arc<Mutex<Ledger>> = Arc::default();
         let started = Instant::now();
         let http = api_client(Duration::from_secs(30));
         if plan.live_calls > 0 {
-            let options = loadgen::Options {
+            let mut options = loadgen::Options {
                 url: url.to_string(),
                 key: key.to_string(),
                 calls: 1,
@@ -283,12 +295,15 @@ impl Traffic {
                 ramp: Duration::ZERO,
                 utterance: Arc::new(loadgen::utterance(loadgen::RECORDING).expect("shipped recording")),
                 metrics: Vec::new(),
+                media_retries: 0,
             };
+            tune(&mut options);
             for worker in 0..plan.live_calls {
                 let (o, http, stop, ledger) = (options.clone(), http.clone(), stop.clone(), ledger.clone());
                 tracker.spawn(async move {
                     tokio::time::sleep(Duration::from_millis(300 * worker as u64)).await;
                     while !stop.is_cancelled() {
+                        let at = started.elapsed();
                         let r = loadgen::one_call(o.clone(), http.clone()).await;
                         let failed = r.error.is_some();
                         ledger.lock().expect("ledger").live.push(Live {
@@ -298,6 +313,10 @@ impl Traffic {
                             without_reply: r.turns_without_reply,
                             latencies: r.latencies,
                             frames: r.frames,
+                            at,
+                            took: started.elapsed() - at,
+                            close_code: r.close_code,
+                            media_refusals: r.media_refusals,
                         });
                         if failed {
                             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -404,6 +423,10 @@ mod tests {
                 without_reply: 0,
                 latencies: vec![],
                 frames: 0,
+                at: Duration::ZERO,
+                took: Duration::from_secs(1),
+                close_code: None,
+                media_refusals: 0,
             }],
             uploads: vec![Upload {
                 call: create(Some("c"), Some(201), None),
