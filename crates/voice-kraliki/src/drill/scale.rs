@@ -99,9 +99,6 @@ struct Drill {
     stacks: Vec<Stack>,
     balancer: Balancer,
     key: String,
-    /// Whether call-api took the lists of peer URLs (false: it refused them at start, and runs
-    /// with the first URL of each so that the rest of the drill can go on).
-    lists: bool,
     audio_list: String,
     gateway_list: String,
     rows: Vec<Row>,
@@ -117,12 +114,7 @@ impl Drill {
     }
 
     fn call_api_env(&self, i: usize) -> Vec<(&'static str, String)> {
-        let first = |list: &str| list.split(',').next().unwrap_or("").to_string();
-        let (audio, gateway) = if self.lists {
-            (self.audio_list.clone(), self.gateway_list.clone())
-        } else {
-            (first(&self.audio_list), first(&self.gateway_list))
-        };
+        let (audio, gateway) = (self.audio_list.clone(), self.gateway_list.clone());
         vec![
             ("REPLICA_ID", format!("api-{}", NAMES[i])),
             ("PUBLIC_BASE_URL", self.balancer.url()),
@@ -304,7 +296,6 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         stacks,
         balancer,
         key: key.clone(),
-        lists: true,
         audio_list: list(|p| p.audio_grpc),
         gateway_list: list(|p| p.gateway_grpc),
         rows: Vec::new(),
@@ -384,38 +375,25 @@ async fn phases(r: &mut Report, d: &mut Drill) -> Result<(), String> {
     }
     for (i, name) in NAMES.iter().enumerate() {
         d.start(i, Service::CallApi)?;
-        match d.stacks[i].wait_ready(Service::CallApi, Duration::from_secs(60)).await {
-            Ok(_) => {}
-            Err(e) if d.lists && d.stacks[i].log(Service::CallApi).contains("AUDIO_PROCESSOR_URL") => {
-                let said: String = d.stacks[i]
-                    .log(Service::CallApi)
-                    .lines()
-                    .find(|l| l.contains("AUDIO_PROCESSOR_URL"))
-                    .unwrap_or("")
-                    .chars()
-                    .take(300)
-                    .collect();
-                r.say(format!("call-api {name} refused the peer lists ({e}): {said}"));
-                r.say("going on with the first URL of each list, so that the rest of the drill runs");
-                d.lists = false;
-                d.start(i, Service::CallApi)?;
-                d.stacks[i].wait_ready(Service::CallApi, Duration::from_secs(60)).await?;
-            }
-            Err(e) => return Err(e),
+        if let Err(e) = d.stacks[i].wait_ready(Service::CallApi, Duration::from_secs(60)).await {
+            let said: String = d.stacks[i]
+                .log(Service::CallApi)
+                .lines()
+                .rev()
+                .find(|l| l.contains("URL"))
+                .unwrap_or("")
+                .chars()
+                .take(300)
+                .collect();
+            return Err(format!("call-api {name} did not start: {e} {said}"));
         }
     }
-    let lists = d.lists;
     d.check(
         r,
         "setup",
-        lists,
+        true,
         "call-api starts with both replicas of each peer listed",
-        format!(
-            "AUDIO_PROCESSOR_URL={} PROVIDER_GATEWAY_URL={}{}",
-            d.audio_list,
-            d.gateway_list,
-            if lists { "" } else { " refused; running on the first of each" }
-        ),
+        format!("AUDIO_PROCESSOR_URL={} PROVIDER_GATEWAY_URL={}", d.audio_list, d.gateway_list),
     );
     let deadline = Instant::now() + Duration::from_secs(5);
     while !(d.balancer.is_ready(0) && d.balancer.is_ready(1)) && Instant::now() < deadline {
