@@ -221,8 +221,8 @@ impl EndpointSet {
         self.members().iter().filter(|m| m.health.load(Ordering::Relaxed) == SERVING).count()
     }
 
-    /// The next endpoint in turn among those serving (or, before any health answer, those not
-    /// known to be down), skipping `tried`.
+    /// The next endpoint in turn among those serving (else those not yet watched, else those
+    /// last seen down), skipping `tried`.
     fn pick(&self, tried: &[SocketAddr]) -> Option<Member> {
         let members = self.members.read().unwrap_or_else(|e| e.into_inner());
         let eligible = |state: u8| {
@@ -234,6 +234,11 @@ impl EndpointSet {
         let mut pool = eligible(SERVING);
         if pool.is_empty() {
             pool = eligible(UNKNOWN);
+        }
+        // None known to serve (all restarting, or not yet watched again since they came up):
+        // try them anyway rather than fail without trying, as a single connection would.
+        if pool.is_empty() {
+            pool = eligible(DOWN);
         }
         if pool.is_empty() {
             return None;

@@ -681,3 +681,41 @@ async fn a_replica_shutting_down_answers_inbound_calls_busy() {
     assert_eq!(answer.text, r#"<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>"#);
     assert_eq!(app.db.count_calls("1 = 1").await, 0, "nothing stored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_status_callback_stops_the_live_media_session() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let audio = common::stack::start_audio(None).await;
+    let audio_url = audio.url();
+    let Some(app) = spawn_twilio(Backend::Sqlite, None, &[("AUDIO_PROCESSOR_URL", &audio_url)]).await else { return };
+    let sid = call_sid(41);
+    let (id, token) = stream_target(&post_signed(&app, "/v1/twilio/voice", &voice_params(&sid)).await);
+    let url = format!("ws://{}/v1/calls/{id}/media", app.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("media stream");
+    let start = json!({"event": "start", "sequenceNumber": "1", "streamSid": "MZ1", "start": {"streamSid": "MZ1",
+        "callSid": sid, "tracks": ["inbound"], "customParameters": {"token": token},
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}});
+    ws.send(Message::text(start.to_string())).await.unwrap();
+    for _ in 0..100 {
+        if app.get(&format!("/v1/calls/{id}"), KEY).await.1["status"] == "in_progress" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let params = [("CallSid", sid.as_str()), ("CallStatus", "completed")];
+    assert_eq!(post_signed(&app, "/v1/twilio/status", &params).await.status, 204);
+    let close = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(m) = ws.next().await {
+            if let Ok(Message::Close(frame)) = m {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("the session stops when Twilio says the call is over");
+    assert_eq!(close, Some(1000));
+    let call = app.get(&format!("/v1/calls/{id}"), KEY).await.1;
+    assert_eq!((call["status"].as_str(), call["outcome"].as_str()), (Some("ended"), Some("completed")));
+}

@@ -51,6 +51,9 @@ pub(crate) use with_pool;
 pub struct Database {
     pub(crate) pool: Pool,
     max_connections: u32,
+    /// PostgreSQL: how to open a connection outside the pool (the call-command listener holds
+    /// one for as long as it runs, which must not cost the requests a pooled connection).
+    pub(crate) dedicated: Option<PgConnectOptions>,
 }
 
 /// A failed database operation, classified for the client: the database being unreachable
@@ -157,11 +160,13 @@ impl Database {
     /// migrations.
     pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbError> {
         let url = config.url.expose();
+        let mut dedicated = None;
         let pool = if config.is_postgres() {
             let timeout_ms = config.statement_timeout.as_millis().to_string();
             let options = PgConnectOptions::from_str(url)?
                 .application_name("call-api")
                 .options([("statement_timeout", timeout_ms.as_str())]);
+            dedicated = Some(options.clone().application_name("call-api-listener"));
             Pool::Postgres(
                 pool_options()
                     .max_connections(config.max_connections)
@@ -184,7 +189,7 @@ impl Database {
                     .await?,
             )
         };
-        let db = Self { pool, max_connections: config.max_connections };
+        let db = Self { pool, max_connections: config.max_connections, dedicated };
         db.migrate().await?;
         db.record_pool();
         Ok(db)

@@ -121,8 +121,14 @@ impl Replica {
     /// stop with `stop`.
     pub fn spawn(&self, stop: CancellationToken) {
         tokio::spawn(self.clone().leases(stop.clone()));
-        if let crate::db::Pool::Postgres(pool) = &self.db.pool {
-            tokio::spawn(self.clone().listen(pool.clone(), stop));
+        if let Some(options) = self.db.dedicated.clone() {
+            // Its own one-connection pool: the listener never takes a connection from requests.
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .min_connections(0)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy_with(options);
+            tokio::spawn(self.clone().listen(pool, stop));
         }
     }
 
