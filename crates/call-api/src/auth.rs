@@ -37,21 +37,41 @@ fn digest(key: &str) -> [u8; 32] {
 }
 
 impl ApiKeys {
-    /// Parses `key1,tenant:key2,…`. Keys must be at least 16 characters.
+    /// Longest key: a key the server's header limits would cut could never authenticate.
+    pub const MAX_KEY_LEN: usize = 512;
+
+    /// Parses `key1,tenant:key2,…`. Keys are 16–512 printable ASCII characters without `:` or
+    /// `,`; each is listed once. Errors name the entry's position, never its value.
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let mut keys = Vec::new();
+        let mut keys: Vec<([u8; 32], String)> = Vec::new();
         for (i, entry) in raw.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
-            let (tenant, key) = match entry.split_once(':') {
-                Some((t, k)) => (t.trim(), k.trim()),
-                None => (DEFAULT_TENANT, entry),
+            let n = i + 1;
+            let mut parts = entry.split(':');
+            let (tenant, key) = match (parts.next(), parts.next(), parts.next()) {
+                (Some(key), None, _) => (DEFAULT_TENANT, key),
+                (Some(t), Some(k), None) => (t.trim(), k.trim()),
+                _ => return Err(format!("entry {n} has more than one ':' (write tenant:key)")),
             };
             if tenant.is_empty() || !tenant.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(format!("entry {} has an invalid tenant (letters, digits, - and _ only)", i + 1));
+                return Err(format!("entry {n} has an invalid tenant (letters, digits, - and _ only)"));
+            }
+            if !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!("entry {n} has characters a bearer header cannot carry (printable ASCII only)"));
             }
             if key.len() < 16 {
-                return Err(format!("entry {} is shorter than 16 characters", i + 1));
+                return Err(format!("entry {n} is shorter than 16 characters"));
             }
-            keys.push((digest(key), tenant.to_string()));
+            if key.len() > Self::MAX_KEY_LEN {
+                return Err(format!("entry {n} is longer than {} characters", Self::MAX_KEY_LEN));
+            }
+            let d = digest(key);
+            if let Some(first) = keys.iter().position(|(k, _)| *k == d) {
+                return Err(format!(
+                    "entry {n} repeats the key of entry {} (each key belongs to one tenant)",
+                    first + 1
+                ));
+            }
+            keys.push((d, tenant.to_string()));
         }
         Ok(Self { keys: Arc::new(keys) })
     }
@@ -103,8 +123,7 @@ pub async fn require_api_key(State(gate): State<Gate>, mut req: Request, next: N
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
+        .and_then(bearer_token)
         .ok_or(ApiError::Unauthorized)?;
     let (index, tenant) = gate.keys.authenticate_key(presented).ok_or(ApiError::Unauthorized)?;
     if let Some(limiter) = &gate.limiter {
@@ -116,9 +135,42 @@ pub async fn require_api_key(State(gate): State<Gate>, mut req: Request, next: N
     Ok(next.run(req).await)
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_token("bEaReR  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
+
+    #[test]
+    fn api_key_mistakes_are_refused_by_position_without_the_value() {
+        let err = |raw: &str| ApiKeys::parse(raw).unwrap_err();
+        let key = "k-aaaaaaaaaaaaaaaa";
+        let e = err(&format!("{key},acme:{key}"));
+        assert!(e.contains("entry 2 repeats the key of entry 1") && !e.contains(key), "{e}");
+        let e = err(&format!("{key},acme:k-bbbbbbbb:bbbbbbbb"));
+        assert!(e.contains("entry 2 has more than one ':'") && !e.contains("bbbb"), "{e}");
+        let e = err("k-aaaaaaaaaaaaaaaé");
+        assert!(e.contains("entry 1") && e.contains("printable ASCII"), "{e}");
+        let e = err(&format!("{key},{}", "k".repeat(513)));
+        assert!(e.contains("entry 2 is longer than 512"), "{e}");
+        let e = err("k-aaaa aaaaaaaaaaaaaaaaa");
+        assert!(e.contains("entry 1"), "{e}");
+    }
 
     #[test]
     fn keys_scope_tenants_and_reject_others() {

@@ -94,7 +94,7 @@ pub fn now() -> DateTime<Utc> {
 /// `+` then 2 to 15 digits, the first not zero (ITU-T E.164).
 pub fn is_e164(s: &str) -> bool {
     let Some(digits) = s.strip_prefix('+') else { return false };
-    (2..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
+    (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
 }
 
 /// Limits on client `metadata`.
@@ -144,10 +144,12 @@ mod tests {
 
     #[test]
     fn e164() {
-        for ok in ["+14155550100", "+420123456789", "+12", "+123456789012345"] {
+        for ok in ["+14155550100", "+420123456789", "+12345678", "+123456789012345"] {
             assert!(is_e164(ok), "{ok}");
         }
-        for bad in ["14155550100", "+0123", "+1", "+1234567890123456", "+1 415", "+1-415", "", "+", "+١٢٣"] {
+        for bad in
+            ["14155550100", "+0123", "+1", "+12", "+1234567", "+1234567890123456", "+1 415", "+1-415", "", "+", "+١٢٣"]
+        {
             assert!(!is_e164(bad), "{bad}");
         }
     }

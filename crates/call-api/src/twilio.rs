@@ -184,10 +184,19 @@ pub enum DialError {
     BadAnswer,
 }
 
-/// A call SID as stored: `CA` then letters and digits, at most 64 characters in all (real ones
-/// are `CA` and 32 hexadecimal characters; Twilio's documentation uses shorter examples).
+/// A Twilio call SID: `CA` and 32 lowercase hexadecimal characters, exactly (a looser rule lets
+/// a signed form be re-split into other parameters).
 pub fn is_call_sid(sid: &str) -> bool {
-    (3..=64).contains(&sid.len()) && sid.starts_with("CA") && sid.bytes().all(|b| b.is_ascii_alphanumeric())
+    is_sid(sid, "CA")
+}
+
+/// A Twilio account SID as Twilio sends it: `AC` and 32 lowercase hexadecimal characters.
+pub fn is_account_sid(sid: &str) -> bool {
+    is_sid(sid, "AC")
+}
+
+fn is_sid(sid: &str, prefix: &str) -> bool {
+    sid.len() == 34 && sid.starts_with(prefix) && sid[2..].bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Where a call's media stream goes: the call's media WebSocket and the token it accepts.
@@ -360,8 +369,19 @@ mod tests {
     #[test]
     fn call_sids() {
         assert!(is_call_sid("CA0123456789abcdef0123456789abcdef"));
-        assert!(is_call_sid("CA1234567890ABCDE"));
-        for bad in ["AC0123456789abcdef0123456789abcdef", "CA", "CAé", "CA-1", "", &format!("CA{}", "0".repeat(63))] {
+        assert!(is_account_sid("AC0123456789abcdef0123456789abcdef"));
+        for bad in [
+            "AC0123456789abcdef0123456789abcdef",
+            "CA",
+            "CAé",
+            "CA-1",
+            "",
+            "CA1234567890ABCDE",
+            "CA0123456789ABCDEF0123456789ABCDEF",
+            // A signed form re-split into another CallSid (the probe's case).
+            "CA0123456789abcdef0123456789abcdefCallStatusringing",
+            &format!("CA{}", "0".repeat(63)),
+        ] {
             assert!(!is_call_sid(bad), "{bad}");
         }
     }

@@ -54,6 +54,8 @@ pub struct LiveCalls {
     max: usize,
     /// Running sessions: their hang-up token and when they registered.
     sessions: Arc<Mutex<HashMap<Uuid, (CancellationToken, Instant)>>>,
+    /// Media sockets without a URL token that have not proven one yet, per client address.
+    unproven: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
 }
 
 /// A session's registration; removed when dropped.
@@ -79,6 +81,7 @@ impl LiveCalls {
             slots: Arc::new(Semaphore::new(max)),
             max,
             sessions: Arc::default(),
+            unproven: Arc::default(),
         }
     }
 
@@ -192,12 +195,67 @@ fn busy(message: String) -> ApiError {
     ApiError::Busy { message, retry_after_seconds: BUSY_RETRY_AFTER_SECONDS }
 }
 
+/// Pending media sockets without a URL token one client address may hold at once.
+pub const UNAUTHENTICATED_PER_IP: usize = 8;
+
+/// The peer address of the connection, when the server recorded it.
+pub struct PeerIp(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let info = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+        Ok(Self(info.map(|c| c.0.ip())))
+    }
+}
+
+/// A media socket still proving its token (in `start`); counted per client address.
+pub struct Unproven {
+    pending: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl Drop for Unproven {
+    fn drop(&mut self) {
+        let Some(ip) = self.ip else { return };
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = pending.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                pending.remove(&ip);
+            }
+        }
+    }
+}
+
+impl LiveCalls {
+    /// Room for one more socket without a URL token from `ip`: it holds no live-call slot
+    /// until its `start` proves the token, and one address may hold only a few at once.
+    pub fn unproven(&self, ip: Option<std::net::IpAddr>) -> Result<Unproven, ApiError> {
+        if let Some(ip) = ip {
+            let mut pending = self.unproven.lock().unwrap_or_else(|e| e.into_inner());
+            let n = pending.entry(ip).or_default();
+            if *n >= UNAUTHENTICATED_PER_IP {
+                drop(pending);
+                crate::metrics::request_limited("media_unauthenticated");
+                tracing::warn!("media socket refused: too many unauthenticated media sockets from one address");
+                return Err(ApiError::TooManyRequests { retry_after_seconds: 5 });
+            }
+            *n += 1;
+        }
+        Ok(Unproven { pending: self.unproven.clone(), ip })
+    }
+}
+
 /// `GET /v1/calls/{id}/media`: the WebSocket a carrier streams the call to. The token travels in
-/// the URL (`?token=`) or as the `token` custom parameter of the `start` message.
+/// the URL (`?token=`) or as the `token` custom parameter of the `start` message. A live-call
+/// slot is taken only once the token is proven: here for a URL token, after `start` otherwise.
 pub async fn media(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    PeerIp(ip): PeerIp,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if state.live.end_all.is_cancelled() || state.shutdown.is_draining() {
@@ -206,17 +264,22 @@ pub async fn media(
         return busy("this replica is shutting down; retry on another".into()).into_response();
     }
     let Ok(id) = Uuid::try_parse(&id) else { return ApiError::NotFound("call").into_response() };
-    let call = match query.get("token") {
-        None => None,
-        Some(token) => match state.db.call_for_media_token(id, token).await {
-            Ok(Some(call)) => Some(call),
-            Ok(None) => return ApiError::Unauthorized.into_response(),
-            Err(e) => return ApiError::from(e).into_response(),
+    let admission = match query.get("token") {
+        None => match state.live.unproven(ip) {
+            Ok(unproven) => session::Admission::Unproven(unproven),
+            Err(refused) => return refused.into_response(),
         },
-    };
-    let slot = match state.live.admit() {
-        Ok(slot) => slot,
-        Err(busy) => return busy.into_response(),
+        Some(token) => {
+            let call = match state.db.call_for_media_token(id, token).await {
+                Ok(Some(call)) => call,
+                Ok(None) => return ApiError::Unauthorized.into_response(),
+                Err(e) => return ApiError::from(e).into_response(),
+            };
+            match state.live.admit() {
+                Ok(slot) => session::Admission::Proven(call, slot),
+                Err(busy) => return busy.into_response(),
+            }
+        }
     };
     let live = state.live.clone();
     let max_message = state.limits.ws_max_message_bytes;
@@ -225,10 +288,7 @@ pub async fn media(
         .max_frame_size(max_message)
         .on_upgrade(move |socket| {
             let end_all = live.end_all.clone();
-            live.tracker.track_future(async move {
-                session::run(state, id, call, socket, end_all).await;
-                drop(slot);
-            })
+            live.tracker.track_future(session::run(state, id, admission, socket, end_all))
         })
         .into_response()
 }

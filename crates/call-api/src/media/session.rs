@@ -32,8 +32,19 @@ use crate::{
     model::{Call, Outcome},
 };
 
-/// Time allowed between the upgrade and the `start` message.
+/// Time allowed between the upgrade and the `start` message, when the URL carried the token.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a socket without a URL token has to prove one in `start` (it holds no live-call slot
+/// meanwhile).
+pub const UNPROVEN_START_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a media socket was let in.
+pub enum Admission {
+    /// The URL's token matched this call, and a live-call slot is held.
+    Proven(Call, tokio::sync::OwnedSemaphorePermit),
+    /// No token in the URL: `start` must bring it; no slot yet.
+    Unproven(super::Unproven),
+}
 /// Digits pressed within this of each other form one input.
 const DTMF_GAP: Duration = Duration::from_millis(1200);
 /// Frames buffered towards audio-processor before new ones are dropped (2 s).
@@ -76,7 +87,7 @@ impl End {
 }
 
 /// Serves one media WebSocket until the call ends.
-pub async fn run(state: AppState, id: Uuid, call: Option<Call>, socket: WebSocket, end_all: CancellationToken) {
+pub async fn run(state: AppState, id: Uuid, admission: Admission, socket: WebSocket, end_all: CancellationToken) {
     let (mut sink, mut stream) = socket.split();
     let (out_tx, mut out_rx) = mpsc::channel::<String>(512);
     let (close_tx, close_rx) = tokio::sync::oneshot::channel::<(u16, String)>();
@@ -99,7 +110,7 @@ pub async fn run(state: AppState, id: Uuid, call: Option<Call>, socket: WebSocke
         let _ = sink.close().await;
     });
     let span = tracing::info_span!("media_session", call_id = %id, stream_sid = tracing::field::Empty);
-    let close = session(state, id, call, &mut stream, out_tx, end_all).instrument(span).await;
+    let close = session(state, id, admission, &mut stream, out_tx, end_all).instrument(span).await;
     let _ = close_tx.send(close);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
 }
@@ -108,14 +119,23 @@ pub async fn run(state: AppState, id: Uuid, call: Option<Call>, socket: WebSocke
 async fn session(
     state: AppState,
     id: Uuid,
-    call: Option<Call>,
+    admission: Admission,
     stream: &mut SplitStream<WebSocket>,
     out: mpsc::Sender<String>,
     end_all: CancellationToken,
 ) -> (u16, String) {
     // Handshake: `connected` (optional), then `start`.
-    let (stream_sid, custom) = match tokio::time::timeout(START_TIMEOUT, handshake(stream)).await {
-        Err(_) => return (1008, "no start message in time".into()),
+    let limit = match admission {
+        Admission::Proven(..) => START_TIMEOUT,
+        Admission::Unproven(_) => UNPROVEN_START_TIMEOUT,
+    };
+    let (stream_sid, custom) = match tokio::time::timeout(limit, handshake(stream)).await {
+        Err(_) => {
+            if matches!(admission, Admission::Unproven(_)) {
+                crate::metrics::request_limited("media_unauthenticated");
+            }
+            return (1008, "no start message in time".into());
+        }
         Ok(Err(e)) => {
             tracing::info!(error = %e, "media handshake refused");
             return (1008, e);
@@ -123,15 +143,28 @@ async fn session(
         Ok(Ok(started)) => started,
     };
     tracing::Span::current().record("stream_sid", stream_sid.as_str());
-    // The token proves the stream belongs to this call (checked before anything changes).
-    let _authorised = match call {
-        Some(call) => call,
-        None => {
-            let Some(token) = custom.get("token") else { return (1008, "missing media token".into()) };
+    // The token proves the stream belongs to this call (checked before anything changes), and
+    // only then does the call take a live-call slot.
+    let _slot = match admission {
+        Admission::Proven(_, slot) => slot,
+        Admission::Unproven(unproven) => {
+            let Some(token) = custom.get("token") else {
+                crate::metrics::request_limited("media_unauthenticated");
+                return (1008, "missing media token".into());
+            };
             match state.db.call_for_media_token(id, token).await {
-                Ok(Some(call)) => call,
-                Ok(None) => return (1008, "invalid or expired media token".into()),
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    crate::metrics::request_limited("media_unauthenticated");
+                    return (1008, "invalid or expired media token".into());
+                }
                 Err(_) => return (1011, "database unavailable".into()),
+            }
+            drop(unproven);
+            match state.live.admit() {
+                Ok(slot) => slot,
+                // 1013: try again later (RFC 6455 registry).
+                Err(_) => return (1013, "this replica carries its maximum of live calls".into()),
             }
         }
     };

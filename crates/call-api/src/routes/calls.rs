@@ -124,10 +124,10 @@ async fn create(
 ) -> Result<(StatusCode, Json<CreatedCall>), ApiError> {
     // Numbers are personal data: the message names the field, never the value.
     if !model::is_e164(&body.from) {
-        return Err(ApiError::Unprocessable("from must be an E.164 number: + and up to 15 digits".into()));
+        return Err(ApiError::Unprocessable("from must be an E.164 number: + and 8 to 15 digits".into()));
     }
     if !model::is_e164(&body.to) {
-        return Err(ApiError::Unprocessable("to must be an E.164 number: + and up to 15 digits".into()));
+        return Err(ApiError::Unprocessable("to must be an E.164 number: + and 8 to 15 digits".into()));
     }
     let metadata = body.metadata.unwrap_or_else(|| serde_json::json!({}));
     model::check_metadata(&metadata).map_err(ApiError::Unprocessable)?;

@@ -47,9 +47,12 @@ impl SignedForm {
     }
 
     fn call_sid(&self) -> Result<&str, ApiError> {
-        self.get("CallSid")
-            .filter(|s| twilio::is_call_sid(s))
-            .ok_or_else(|| ApiError::BadRequest("CallSid is missing or not a call SID".into()))
+        if self.get("AccountSid").is_some_and(|a| !twilio::is_account_sid(a)) {
+            return Err(ApiError::BadRequest("AccountSid is not an account SID (AC and 32 lowercase hex)".into()));
+        }
+        self.get("CallSid").filter(|s| twilio::is_call_sid(s)).ok_or_else(|| {
+            ApiError::BadRequest("CallSid is missing or not a call SID (CA and 32 lowercase hex)".into())
+        })
     }
 }
 

@@ -1,0 +1,153 @@
+//! The adversarial probe's findings, each as it was reproduced from outside: tokenless media
+//! sockets squatting live-call slots, a signed Twilio form re-split into another CallSid, the
+//! bearer scheme's case, and too-short E.164 numbers.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use common::{Backend, KEY, TestDb, assert_error, new_call, spawn_app_with, stack};
+use futures_util::{SinkExt as _, StreamExt as _};
+use hmac::{Hmac, KeyInit as _, Mac as _};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+const SID: &str = "AC0123456789abcdef0123456789abcdef";
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+fn sign(path: &str, params: &[(&str, &str)]) -> String {
+    let mut sorted = params.to_vec();
+    sorted.sort();
+    let mut data = format!("https://calls.example.test{path}");
+    for (k, v) in sorted {
+        data.push_str(k);
+        data.push_str(v);
+    }
+    let mut mac = <Hmac<sha1::Sha1>>::new_from_slice(TOKEN.as_bytes()).unwrap();
+    mac.update(data.as_bytes());
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+fn encode(params: &[(&str, &str)]) -> String {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        form.append_pair(k, v);
+    }
+    form.finish()
+}
+
+async fn voice(app: &common::TestApp, params: &[(&str, &str)], signature: &str) -> (u16, String) {
+    let r = app
+        .client
+        .post(format!("{}/v1/twilio/voice", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", signature)
+        .body(encode(params))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokenless_squatters_take_no_live_call_slot() {
+    let audio = stack::start_audio(None).await;
+    let audio_url = audio.url();
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let url = db.url().to_string();
+    let env = [
+        ("TWILIO_ACCOUNT_SID", SID),
+        ("TWILIO_AUTH_TOKEN", TOKEN),
+        ("LIVE_MAX_CALLS", "3"),
+        ("AUDIO_PROCESSOR_URL", audio_url.as_str()),
+    ];
+    let app = spawn_app_with(db, &url, &env).await;
+    // Ten sockets to random call ids, no token, saying nothing.
+    let mut squatters = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        let target = format!("ws://{}/v1/calls/{}/media", app.addr, uuid::Uuid::new_v4());
+        match tokio_tungstenite::connect_async(target).await {
+            Ok((ws, _)) => squatters.push(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status(), 429, "one address holds at most a few unproven sockets");
+                refused += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((squatters.len(), refused), (8, 2));
+    // The Twilio voice webhook still connects a call…
+    let params = [("AccountSid", SID), ("CallSid", "CA00000000000000000000000000000abc"), ("From", "+14155550100")];
+    let (status, twiml) = voice(&app, &params, &sign("/v1/twilio/voice", &params)).await;
+    assert_eq!(status, 200);
+    assert!(twiml.contains("<Connect><Stream"), "not busy: {twiml}");
+    // …and a real call's media (token in the URL) is admitted and starts.
+    let (_, created) = app.post_json("/v1/calls", KEY, &new_call("websocket")).await;
+    let media_url =
+        created["media_url"].as_str().unwrap().replace("wss://calls.example.test", &format!("ws://{}", app.addr));
+    let (mut ws, _) = tokio_tungstenite::connect_async(media_url).await.expect("a real call is admitted");
+    let start = json!({"event": "start", "sequenceNumber": "1", "streamSid": "MZ1", "start": {"streamSid": "MZ1",
+        "callSid": "CA1", "tracks": ["inbound"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}});
+    ws.send(Message::text(start.to_string())).await.unwrap();
+    let id = created["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.get(&format!("/v1/calls/{id}"), KEY).await.1["status"] != "in_progress" {
+        assert!(Instant::now() < deadline, "the real call never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The squatters are cut after their short window (5 s), and counted.
+    let started = Instant::now();
+    for mut s in squatters {
+        let close = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(m) = s.next().await {
+                if let Ok(Message::Close(frame)) = m {
+                    return frame.map(|f| u16::from(f.code));
+                }
+            }
+            None
+        })
+        .await
+        .expect("closed");
+        assert_eq!(close, Some(1008));
+    }
+    assert!(started.elapsed() < Duration::from_secs(8), "held {:?}", started.elapsed());
+    let m = app.metrics().await;
+    assert_eq!(m.value("api_requests_limited_total", &[("limit", "media_unauthenticated")]), 10.0);
+    assert_eq!(m.value("api_requests_limited_total", &[("limit", "live_calls")]), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_voice_form_cannot_be_re_split_into_another_call_sid() {
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let url = db.url().to_string();
+    let app = spawn_app_with(db, &url, &[("TWILIO_ACCOUNT_SID", SID), ("TWILIO_AUTH_TOKEN", TOKEN)]).await;
+    let sid = "CA0123456789abcdef0123456789abcdef";
+    let params = [("CallSid", sid), ("CallStatus", "ringing")];
+    let signature = sign("/v1/twilio/voice", &params);
+    assert_eq!(voice(&app, &params, &signature).await.0, 200);
+    // The same signed bytes, split differently: name+value pairs concatenate to the same text.
+    let resplit_sid = format!("{sid}CallStatusringing");
+    let resplit = [("CallSid", resplit_sid.as_str())];
+    assert_eq!(sign("/v1/twilio/voice", &resplit), signature, "the probe's forgery verifies");
+    let (status, body) = voice(&app, &resplit, &signature).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(app.db.count_calls("1 = 1").await, 1, "no second call");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bearer_scheme_is_case_insensitive_and_numbers_need_8_digits() {
+    let Some(app) = common::spawn_app(Backend::Sqlite).await else { return };
+    let r = app
+        .client
+        .get(format!("{}/v1/calls", app.base))
+        .header("authorization", format!("BEARER {KEY}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = new_call("sip");
+    body["from"] = json!("+12");
+    assert_error(app.post_json("/v1/calls", KEY, &body).await, 422, "validation_failed");
+}
