@@ -126,6 +126,10 @@ pub struct LimitsConfig {
     /// (`failed`, reason `media idle`), freeing its slot, default 30 (carriers send a frame
     /// every 20 ms).
     pub media_idle_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS`: connections this replica serves at once; one more is closed at
+    /// accept (counted as `connections`), default 10000. Upgraded media WebSockets are not
+    /// counted (`LIVE_MAX_CALLS` bounds them).
+    pub max_connections: usize,
     /// `CORS_ALLOWED_ORIGINS`: comma-separated origins browsers may call the API from (exact
     /// `scheme://host[:port]`); unset, no CORS headers are sent and browsers refuse cross-origin
     /// calls.
@@ -144,6 +148,7 @@ impl Default for LimitsConfig {
             live_max_calls: 100,
             ws_max_message_bytes: 64 * 1024,
             media_idle_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
             cors_allowed_origins: Vec::new(),
         }
     }
@@ -177,6 +182,7 @@ impl LimitsConfig {
         if media_idle_timeout < Duration::from_secs(1) {
             r.error("MEDIA_IDLE_TIMEOUT_SECONDS", "must be at least 1 second");
         }
+        let max_connections = r.positive_or("HTTP_MAX_CONNECTIONS", d.max_connections, 1_000_000);
         let mut cors_allowed_origins = Vec::new();
         for origin in r.string("CORS_ALLOWED_ORIGINS").unwrap_or_default().split(',').map(str::trim) {
             if origin.is_empty() {
@@ -201,6 +207,7 @@ impl LimitsConfig {
             live_max_calls,
             ws_max_message_bytes,
             media_idle_timeout,
+            max_connections,
             cors_allowed_origins,
         }
     }

@@ -153,6 +153,10 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
         // The server's own hard bound; the API answers over HTTP_HEADER_MAX_BYTES itself (431,
         // counted) below this.
         max_header_bytes: config.limits.header_max_bytes.saturating_mul(2).max(8192),
+        max_connections: config.limits.max_connections,
+        on_refused: Some(std::sync::Arc::new(|| {
+            metrics::request_limited("connections");
+        })),
     };
     // On SIGTERM, HTTP requests (SHUTDOWN_TIMEOUT_SECONDS) and live calls, whose upgraded
     // WebSockets the HTTP drain does not wait for (LIVE_DRAIN_TIMEOUT_SECONDS), drain at the same

@@ -50,8 +50,16 @@ pub const CALL_DURATION_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 3
 /// Requests refused by a limit, by limit.
 pub const API_REQUESTS_LIMITED_TOTAL: &str = "api_requests_limited_total";
 /// The limits counted in [`API_REQUESTS_LIMITED_TOTAL`].
-pub const LIMITS: &[&str] =
-    &["header_size", "body_size", "body_timeout", "rate", "live_calls", "ws_message", "media_unauthenticated"];
+pub const LIMITS: &[&str] = &[
+    "header_size",
+    "body_size",
+    "body_timeout",
+    "rate",
+    "live_calls",
+    "ws_message",
+    "media_unauthenticated",
+    "connections",
+];
 /// Live calls whose audio stream was reopened after audio-processor went away.
 pub const VOICE_AUDIO_RECONNECTS_TOTAL: &str = "voice_audio_reconnects_total";
 /// Live calls this replica accepts at once (`LIVE_MAX_CALLS`).
@@ -98,7 +106,7 @@ pub fn init() {
     );
     describe_counter!(
         API_REQUESTS_LIMITED_TOTAL,
-        "Requests refused by a limit: header_size, body_size, body_timeout, rate, live_calls, ws_message, media_unauthenticated"
+        "Requests refused by a limit: header_size, body_size, body_timeout, rate, live_calls, ws_message, media_unauthenticated, connections"
     );
     describe_gauge!(VOICE_LIVE_CALLS_MAX, "Live calls this replica accepts at once (LIVE_MAX_CALLS)");
     describe_counter!(
