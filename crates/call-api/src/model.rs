@@ -117,11 +117,31 @@ pub fn check_metadata(value: &serde_json::Value) -> Result<(), String> {
     if depth(value) > METADATA_MAX_DEPTH {
         return Err(format!("metadata is nested deeper than {METADATA_MAX_DEPTH} levels"));
     }
+    // PostgreSQL's JSONB cannot hold U+0000; SQLite could: refused on both, the same way.
+    if has_nul(value) {
+        return Err("metadata must not contain the NUL character (\\u0000)".into());
+    }
     let size = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > METADATA_MAX_BYTES {
         return Err(format!("metadata is larger than {METADATA_MAX_BYTES} bytes"));
     }
     Ok(())
+}
+
+fn has_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        serde_json::Value::Array(a) => a.iter().any(has_nul),
+        _ => false,
+    }
+}
+
+/// Whether `t` lies in the years 1–9999: what both databases store and compare alike
+/// (PostgreSQL refuses instants far outside it).
+pub fn is_storable_instant(t: &DateTime<Utc>) -> bool {
+    use chrono::Datelike as _;
+    (1..=9999).contains(&t.year())
 }
 
 fn depth(value: &serde_json::Value) -> usize {

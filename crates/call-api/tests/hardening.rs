@@ -2,12 +2,13 @@
 //! sockets squatting live-call slots, a signed Twilio form re-split into another CallSid, the
 //! bearer scheme's case, and too-short E.164 numbers.
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use common::{Backend, KEY, TestDb, assert_error, new_call, spawn_app_with, stack};
+use common::{Backend, KEY, TestApp, TestDb, assert_error, new_call, spawn_app_with, stack};
 use futures_util::{SinkExt as _, StreamExt as _};
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use serde_json::json;
@@ -150,4 +151,25 @@ async fn the_bearer_scheme_is_case_insensitive_and_numbers_need_8_digits() {
     let mut body = new_call("sip");
     body["from"] = json!("+12");
     assert_error(app.post_json("/v1/calls", KEY, &body).await, 422, "validation_failed");
+}
+
+on_both_databases!(nul_characters_and_far_away_times_are_refused_alike);
+
+/// PostgreSQL answered 500 (and logged an ERROR) where SQLite stored the value.
+async fn nul_characters_and_far_away_times_are_refused_alike(app: TestApp) {
+    let mut body = new_call("sip");
+    body["metadata"] = json!({"note": "a\u{0}b"});
+    assert_error(app.post_json("/v1/calls", KEY, &body).await, 422, "validation_failed");
+    body["metadata"] = json!({"a\u{0}": 1});
+    assert_error(app.post_json("/v1/calls", KEY, &body).await, 422, "validation_failed");
+    assert_eq!(app.db.count_calls("1 = 1").await, 0, "nothing stored");
+    for query in ["created_after=-262143-01-01T00:00:00Z", "created_before=%2B262142-12-31T23:59:59Z"] {
+        assert_error(app.get(&format!("/v1/calls?{query}"), KEY).await, 422, "validation_failed");
+    }
+    // A cursor carrying an instant far outside the years 1–9999.
+    let cursor = STANDARD.encode("v1:-8210298412800000000:00000000000000000000000000000000");
+    let cursor = cursor.trim_end_matches('=').replace('+', "-").replace('/', "_");
+    assert_error(app.get(&format!("/v1/calls?cursor={cursor}"), KEY).await, 400, "bad_request");
+    // Ordinary values still work.
+    assert_eq!(app.get("/v1/calls?created_after=2020-01-01T00:00:00Z", KEY).await.0, 200);
 }

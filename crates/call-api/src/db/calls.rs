@@ -126,6 +126,9 @@ impl Cursor {
             return None;
         }
         let created_at = DateTime::from_timestamp_micros(parts.next()?.parse().ok()?)?;
+        if !model::is_storable_instant(&created_at) {
+            return None;
+        }
         let id = Uuid::try_parse(parts.next()?).ok()?;
         parts.next().is_none().then_some(Self { created_at, id })
     }

@@ -184,7 +184,7 @@ async fn get_call(
         (status = 200, body = CallList),
         (status = 400, description = "Unknown parameter, bad value or bad cursor", body = ErrorBody),
         (status = 401, body = ErrorBody),
-        (status = 422, description = "limit out of range", body = ErrorBody),
+        (status = 422, description = "limit out of range, or a time outside the years 1–9999", body = ErrorBody),
         (status = 503, body = ErrorBody),
     )
 )]
@@ -196,6 +196,11 @@ async fn list(
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::Unprocessable(format!("limit must be between 1 and {MAX_PAGE}")));
+    }
+    for (name, t) in [("created_after", params.created_after), ("created_before", params.created_before)] {
+        if t.is_some_and(|t| !model::is_storable_instant(&t)) {
+            return Err(ApiError::Unprocessable(format!("{name} must be between the years 1 and 9999")));
+        }
     }
     let after = match params.cursor.as_deref() {
         None => None,
