@@ -223,6 +223,15 @@ pub fn connect_stream(target: &StreamTarget) -> String {
     )
 }
 
+/// `<Response><Connect><Stream url="…"/></Connect></Response>`: the call's stream without a token
+/// (a replayed webhook of a call whose media already connected: nothing new is handed out).
+pub fn connect_stream_without_token(url: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="{}"/></Connect></Response>"#,
+        xml_escape(url)
+    )
+}
+
 /// TwiML that ends the call (for a call that has already ended here).
 pub fn hangup() -> String {
     r#"<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>"#.to_string()

@@ -719,3 +719,38 @@ async fn a_completed_status_callback_stops_the_live_media_session() {
     let call = app.get(&format!("/v1/calls/{id}"), KEY).await.1;
     assert_eq!((call["status"].as_str(), call["outcome"].as_str()), (Some("ended"), Some("completed")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voice_webhook_replayed_after_media_connected_mints_no_token() {
+    let audio = common::stack::start_audio(None).await;
+    let audio_url = audio.url();
+    let Some(app) = spawn_twilio(Backend::Sqlite, None, &[("AUDIO_PROCESSOR_URL", &audio_url)]).await else { return };
+    let sid = call_sid(51);
+    let (id, token) = stream_target(&post_signed(&app, "/v1/twilio/voice", &voice_params(&sid)).await);
+    let url = format!("ws://{}/v1/calls/{id}/media?token={token}", app.addr);
+    let (mut live, _) = tokio_tungstenite::connect_async(url).await.expect("media stream");
+    let start = json!({"event": "start", "sequenceNumber": "1", "streamSid": "MZ1", "start": {"streamSid": "MZ1",
+        "callSid": sid, "tracks": ["inbound"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}});
+    futures_util::SinkExt::send(&mut live, tokio_tungstenite::tungstenite::Message::text(start.to_string()))
+        .await
+        .unwrap();
+    let mut started = false;
+    for _ in 0..250 {
+        if app.get(&format!("/v1/calls/{id}"), KEY).await.1["status"] == "in_progress" {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(started, "media connected");
+    let replay = post_signed(&app, "/v1/twilio/voice", &voice_params(&sid)).await;
+    assert_eq!(replay.status, 200);
+    assert!(replay.text.contains(&format!("/v1/calls/{id}/media")), "the same call: {}", replay.text);
+    assert!(!replay.text.contains("Parameter"), "no token handed out: {}", replay.text);
+    // The token the carrier holds was not replaced.
+    assert_eq!(
+        app.db.count_calls(&format!("media_token_hash = '{}'", call_api::db::calls::media_token_hash(&token))).await,
+        1
+    );
+    assert_eq!(app.db.count_calls("1 = 1").await, 1);
+}

@@ -191,7 +191,17 @@ async fn voice(State(state): State<AppState>, form: SignedForm) -> Result<Respon
             tracing::info!(call_id = %call.id, carrier_call_id = %call_sid, "Twilio retried the voice webhook of an ended call");
             return Ok(twiml(twilio::hangup()));
         }
-        // A retry: Twilio did not use the first answer; this one carries a fresh token.
+        if call.status == Status::InProgress {
+            // Media connected already: Twilio used the first answer, so this is a replay. It gets
+            // the same call's stream and no token (one stream per call; the live one is kept).
+            tracing::warn!(call_id = %call.id, carrier_call_id = %call_sid, "voice webhook replayed after media connected; no new token");
+            let target = StreamTarget::new(&state.media.ws_base, call.id, String::new());
+            return Ok(twiml(twilio::connect_stream_without_token(&target.url)));
+        }
+        // A retry before media connected: Twilio did not use the first answer; this one carries
+        // a fresh token and the previous one stops working. (A replay of a captured, signed
+        // request in that window can do the same; the stream it gets is the call's own, and
+        // the carrier's retry then gets a fresh token in turn.)
         state.db.renew_media_token(call.id, &media_token_hash, expires).await?;
         tracing::info!(call_id = %call.id, carrier_call_id = %call_sid, "Twilio retried the voice webhook");
     }
