@@ -46,6 +46,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unprocessable(String),
+    /// An `Idempotency-Key` sent again with a different body.
+    #[error("this Idempotency-Key was used with a different body; use a new key for a new recording")]
+    IdempotencyKeyReused,
     /// The client did not send its request body in time (`HTTP_BODY_TIMEOUT_SECONDS`).
     #[error("the request body did not arrive in time")]
     RequestTimeout,
@@ -77,7 +80,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unprocessable(_) | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -97,6 +100,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Unprocessable(_) => "validation_failed",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::RequestTimeout => "request_timeout",
             Self::HeadersTooLarge(_) => "headers_too_large",
             Self::TooManyRequests { .. } => "rate_limited",

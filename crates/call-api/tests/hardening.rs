@@ -173,3 +173,39 @@ async fn nul_characters_and_far_away_times_are_refused_alike(app: TestApp) {
     // Ordinary values still work.
     assert_eq!(app.get("/v1/calls?created_after=2020-01-01T00:00:00Z", KEY).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotency_key_is_bound_to_its_body() {
+    let audio = stack::start_audio(None).await;
+    let gateway = stack::start_gateway(None, &[]).await;
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let app = stack::start_api(db, &audio.url(), &gateway.url(), &[]).await;
+    let (_, call) = app.post_json("/v1/calls", KEY, &new_call("sip")).await;
+    let id = call["id"].as_str().unwrap();
+    let wav = stack::call_stereo();
+    let upload = |body: Vec<u8>| {
+        app.client
+            .post(format!("{}/v1/calls/{id}/recording", app.base))
+            .bearer_auth(KEY)
+            .header("content-type", "audio/wav")
+            .header("idempotency-key", "upload-1")
+            .body(body)
+            .send()
+    };
+    let first = upload(wav.clone()).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first: serde_json::Value = first.json().await.unwrap();
+    // The same key and body: answered from storage.
+    let again = upload(wav.clone()).await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap()), Some("true"));
+    // The same key with another body (even one that is not audio): refused, nothing changes.
+    for other in [wav[..wav.len() / 2].to_vec(), b"not audio".to_vec()] {
+        let r = upload(other).await.unwrap();
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_error((status, body), 422, "idempotency_key_reused");
+    }
+    let (_, stored) = app.get(&format!("/v1/calls/{id}/analysis"), KEY).await;
+    assert_eq!(stored["completed_at"], first["completed_at"], "the stored analysis is the first one");
+}

@@ -26,6 +26,8 @@ pub struct AnalysisRow {
     pub completed_at: Option<DateTime<Utc>>,
     pub results: Option<AnalysisResults>,
     pub transcript: Option<Transcript>,
+    /// SHA-256 (hex) of the recording a finished analysis was made from.
+    pub body_sha256: Option<String>,
 }
 
 /// What a finished attempt stores.
@@ -38,13 +40,15 @@ pub struct Finished {
 }
 
 const GET: &str = "SELECT analysis_status, analysis_error, analysis_attempt, analysis_idempotency_key, \
-     analysis_started_at, analysis_completed_at, analysis, transcript FROM calls WHERE id = $1 AND tenant = $2";
+     analysis_started_at, analysis_completed_at, analysis, transcript, analysis_body_sha256 FROM calls \
+     WHERE id = $1 AND tenant = $2";
 const CLAIM: &str = "UPDATE calls SET analysis_status = 'pending', analysis_error = NULL, analysis_attempt = $1, \
-     analysis_idempotency_key = $2, analysis_started_at = $3, analysis_completed_at = NULL, updated_at = $3 \
-     WHERE id = $4 AND tenant = $5 AND analysis_attempt IS NOT DISTINCT FROM $6";
+     analysis_idempotency_key = $2, analysis_started_at = $3, analysis_completed_at = NULL, updated_at = $3, \
+     analysis_body_sha256 = NULL WHERE id = $4 AND tenant = $5 AND analysis_attempt IS NOT DISTINCT FROM $6";
 const RELEASE: &str = "UPDATE calls SET analysis_status = $1, analysis_error = $2, analysis_attempt = $3, \
-     analysis_idempotency_key = $4, analysis_started_at = $5, analysis_completed_at = $6, updated_at = $7 \
-     WHERE id = $8 AND analysis_attempt = $9";
+     analysis_idempotency_key = $4, analysis_started_at = $5, analysis_completed_at = $6, updated_at = $7, \
+     analysis_body_sha256 = $10 WHERE id = $8 AND analysis_attempt = $9";
+const BODY_DIGEST: &str = "UPDATE calls SET analysis_body_sha256 = $1 WHERE id = $2 AND analysis_attempt = $3";
 const FINISH: &str = "UPDATE calls SET analysis_status = $1, analysis_error = $2, analysis = $3, transcript = $4, \
      analysis_completed_at = $5, updated_at = $5 WHERE id = $6 AND analysis_attempt = $7";
 
@@ -74,6 +78,7 @@ impl Database {
                     completed_at: row.try_get("analysis_completed_at")?,
                     results: results.map(|j| j.0),
                     transcript: transcript.map(|j| j.0),
+                    body_sha256: row.try_get("analysis_body_sha256")?,
                 }))
             })
         })
@@ -124,9 +129,18 @@ impl Database {
                 .bind(now)
                 .bind(id)
                 .bind(attempt)
+                .bind(before.body_sha256.as_deref())
                 .execute(pool)
                 .await
                 .map(|r| r.rows_affected() == 1))
+        })
+        .await
+    }
+
+    /// Records the digest of the recording `attempt` analysed (while it still owns the analysis).
+    pub async fn set_analysis_body_digest(&self, id: Uuid, attempt: &str, sha256: &str) -> Result<(), DbError> {
+        self.observe("set_analysis_body_digest", BODY_DIGEST, async {
+            with_pool!(self, pool => sqlx::query(BODY_DIGEST).bind(sha256).bind(id).bind(attempt).execute(pool).await.map(drop))
         })
         .await
     }

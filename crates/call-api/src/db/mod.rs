@@ -135,6 +135,7 @@ fn migrations(postgres: bool) -> Migrator {
             (3, "carrier call id", include_str!("migrations/postgres/0003_carrier_call_id.sql")),
             (4, "live calls", include_str!("migrations/postgres/0004_live_calls.sql")),
             (5, "leases", include_str!("migrations/postgres/0005_leases.sql")),
+            (6, "analysis body", include_str!("migrations/postgres/0006_analysis_body.sql")),
         ]
     } else {
         vec![
@@ -143,6 +144,7 @@ fn migrations(postgres: bool) -> Migrator {
             (3, "carrier call id", include_str!("migrations/sqlite/0003_carrier_call_id.sql")),
             (4, "live calls", include_str!("migrations/sqlite/0004_live_calls.sql")),
             (5, "leases", include_str!("migrations/sqlite/0005_leases.sql")),
+            (6, "analysis body", include_str!("migrations/sqlite/0006_analysis_body.sql")),
         ]
     };
     Migrator::with_migrations(

@@ -8,7 +8,10 @@
 //! of its own, so a client that disconnects after sending everything still gets its analysis
 //! stored.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::{
     Extension, Json,
@@ -20,6 +23,7 @@ use axum::{
 use chrono::Utc;
 use futures_util::StreamExt as _;
 use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 use tracing::Instrument as _;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -138,6 +142,21 @@ async fn drain(body: Body, limit: u64) {
 }
 
 /// Reads until at least 12 bytes (a WAV header's `RIFF....WAVE`) or the end of the body.
+/// SHA-256 (hex) of a whole body, refused beyond `limit` bytes.
+async fn body_digest(body: Body, limit: u64) -> Result<String, ApiError> {
+    let mut stream = body.into_data_stream();
+    let (mut hasher, mut size) = (Sha256::new(), 0u64);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ApiError::BadRequest("could not read the request body".into()))?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(ApiError::PayloadTooLarge(format!("the recording is larger than {limit} bytes")));
+        }
+        hasher.update(&chunk);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
 async fn read_head(body: Body, limit: u64) -> Result<(Bytes, Body), ApiError> {
     let mut stream = body.into_data_stream();
     let mut head = Vec::new();
@@ -174,7 +193,7 @@ async fn read_head(body: Body, limit: u64) -> Result<(Bytes, Body), ApiError> {
         (status = 409, description = "A recording of this call is being analysed", body = ErrorBody),
         (status = 413, description = "Larger than RECORDING_MAX_BYTES", body = ErrorBody),
         (status = 415, description = "Not audio/wav or audio/basic, or not a WAV file", body = ErrorBody),
-        (status = 422, description = "Empty, undecodable or unsupported audio; bad parameter", body = ErrorBody),
+        (status = 422, description = "Empty, undecodable or unsupported audio; bad parameter; an Idempotency-Key already used with a different body (`idempotency_key_reused`)", body = ErrorBody),
         (status = 503, description = "audio-processor or a provider failed; the analysis is `failed` and may be retried", body = ErrorBody),
     )
 )]
@@ -239,6 +258,13 @@ async fn upload_inner(
         }));
     }
     if key.is_some() && before.idempotency_key == key && before.status == Some(AnalysisStatus::Done) {
+        // The key names one recording: the same key with another body is a client's mistake.
+        if let Some(stored) = &before.body_sha256 {
+            let presented = body_digest(body.take().unwrap_or_default(), limit).await?;
+            if &presented != stored {
+                return Err(ApiError::IdempotencyKeyReused);
+            }
+        }
         let doc = document(id, before, timeout).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no document")))?;
         metrics::analysis_result("replayed");
         let mut response = Json(doc).into_response();
@@ -260,6 +286,16 @@ async fn upload_inner(
         .claim_analysis(&tenant.0, id, before.attempt.as_deref(), key.as_deref())
         .await?
         .ok_or_else(|| ApiError::Conflict("a recording of this call is being analysed".into()))?;
+    // The body's digest, taken as it streams through, binds the Idempotency-Key to it.
+    let hasher = Arc::new(Mutex::new(Sha256::new_with_prefix(&head)));
+    let rest = {
+        let hasher = hasher.clone();
+        Body::from_stream(rest.into_data_stream().inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                hasher.lock().unwrap_or_else(|e| e.into_inner()).update(chunk);
+            }
+        }))
+    };
     let upload = Upload { call_id: id, kind, channel_labels, language, head, rest, max_bytes: limit };
     let span = telemetry::sentry_support::transaction_span(|sentry_trace| {
         tracing::info_span!(
@@ -277,7 +313,16 @@ async fn upload_inner(
         analyse_and_store(state.clone(), tenant.0.clone(), id, attempt.clone(), before, upload).instrument(span),
     );
     match task.await {
-        Ok(result) => result.map(|doc| Json(doc).into_response()),
+        Ok(Ok(doc)) => {
+            if key.is_some() {
+                let digest = hex::encode(hasher.lock().unwrap_or_else(|e| e.into_inner()).clone().finalize());
+                if let Err(e) = state.db.set_analysis_body_digest(id, &attempt, &digest).await {
+                    tracing::warn!(error = %e, "could not record the recording's digest for its Idempotency-Key");
+                }
+            }
+            Ok(Json(doc).into_response())
+        }
+        Ok(Err(e)) => Err(e),
         Err(join) => {
             let finished = Finished {
                 status: AnalysisStatus::Failed,
