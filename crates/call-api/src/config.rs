@@ -224,11 +224,28 @@ pub struct RecordingConfig {
     /// `RECORDING_TRANSCRIBE_CONCURRENCY`: transcription requests of one recording in flight at
     /// once, default 4.
     pub transcribe_concurrency: usize,
+    /// `RECORDING_SPOOL_DIR`: where an upload is received whole before it is analysed (so that a
+    /// slow client holds no analysis capacity), default the system's temporary directory. Needs
+    /// `RECORDING_MAX_BYTES` × `RECORDING_MAX_UPLOADS` of space.
+    pub spool_dir: std::path::PathBuf,
+    /// `RECORDING_MAX_UPLOADS`: uploads this replica receives at once, default 16 (one more: 503
+    /// with `Retry-After`).
+    pub max_uploads: usize,
+    /// `RECORDING_MAX_UPLOADS_PER_TENANT`: uploads one tenant may have in progress on this
+    /// replica at once, default 4 (one more: 429 with `Retry-After`).
+    pub max_uploads_per_tenant: usize,
 }
 
 impl Default for RecordingConfig {
     fn default() -> Self {
-        Self { max_bytes: 64 << 20, analysis_timeout: Duration::from_secs(600), transcribe_concurrency: 4 }
+        Self {
+            max_bytes: 64 << 20,
+            analysis_timeout: Duration::from_secs(600),
+            transcribe_concurrency: 4,
+            spool_dir: std::env::temp_dir(),
+            max_uploads: 16,
+            max_uploads_per_tenant: 4,
+        }
     }
 }
 
@@ -241,7 +258,14 @@ impl RecordingConfig {
             r.error("RECORDING_ANALYSIS_TIMEOUT_SECONDS", "must be at least 1 second");
         }
         let transcribe_concurrency = r.positive_or("RECORDING_TRANSCRIBE_CONCURRENCY", d.transcribe_concurrency, 64);
-        Self { max_bytes, analysis_timeout, transcribe_concurrency }
+        let spool_dir = r.string("RECORDING_SPOOL_DIR").map(std::path::PathBuf::from).unwrap_or(d.spool_dir);
+        if !spool_dir.is_dir() {
+            r.error("RECORDING_SPOOL_DIR", "must be an existing directory");
+        }
+        let max_uploads = r.positive_or("RECORDING_MAX_UPLOADS", d.max_uploads, 10_000);
+        let max_uploads_per_tenant =
+            r.positive_or("RECORDING_MAX_UPLOADS_PER_TENANT", d.max_uploads_per_tenant, 10_000);
+        Self { max_bytes, analysis_timeout, transcribe_concurrency, spool_dir, max_uploads, max_uploads_per_tenant }
     }
 }
 

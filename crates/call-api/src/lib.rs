@@ -91,6 +91,8 @@ pub struct AppState {
     pub live: media::LiveCalls,
     /// This replica among the others: leases of its live calls, hang-up anywhere.
     pub replica: media::replicas::Replica,
+    /// Recording uploads being received, per replica and per tenant.
+    pub uploads: routes::recording::Uploads,
     /// The service's shutdown: once it drains, no new live call is accepted.
     pub shutdown: telemetry::Shutdown,
     /// The Twilio carrier; `None` when `TWILIO_ACCOUNT_SID`/`TWILIO_AUTH_TOKEN` are not set.
@@ -135,6 +137,7 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
         live_config: config.live.clone(),
         live: live.clone(),
         replica,
+        uploads: routes::recording::Uploads::new(config.recording.max_uploads, config.recording.max_uploads_per_tenant),
         shutdown: ctx.shutdown.clone(),
         twilio: match config.twilio.clone() {
             Some(t) => Some(twilio::Twilio::new(t, &config.public_base_url)?),

@@ -106,7 +106,7 @@ pub fn init() {
     );
     describe_counter!(
         API_REQUESTS_LIMITED_TOTAL,
-        "Requests refused by a limit: header_size, body_size, body_timeout, rate, live_calls, ws_message, media_unauthenticated, connections"
+        "Requests refused by a limit: header_size, body_size, body_timeout, rate, live_calls, ws_message, media_unauthenticated, connections, uploads"
     );
     describe_gauge!(VOICE_LIVE_CALLS_MAX, "Live calls this replica accepts at once (LIVE_MAX_CALLS)");
     describe_counter!(

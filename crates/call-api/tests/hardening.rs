@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use common::{Backend, KEY, TestApp, TestDb, assert_error, new_call, spawn_app_with, stack};
+use common::{ACME_KEY, Backend, KEY, TestApp, TestDb, assert_error, new_call, spawn_app_with, stack};
 use futures_util::{SinkExt as _, StreamExt as _};
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use serde_json::json;
@@ -208,4 +208,79 @@ async fn an_idempotency_key_is_bound_to_its_body() {
     }
     let (_, stored) = app.get(&format!("/v1/calls/{id}/analysis"), KEY).await;
     assert_eq!(stored["completed_at"], first["completed_at"], "the stored analysis is the first one");
+}
+
+/// A chunked upload that sends 2 bytes of a WAV file every 300 ms and never finishes.
+fn trickle(app: &TestApp, key: &str, id: &str) -> tokio::task::JoinHandle<()> {
+    let (addr, key, id) = (app.addr, key.to_string(), id.to_string());
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /v1/calls/{id}/recording HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: audio/wav\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let wav = stack::call_stereo();
+        for pair in wav.chunks(2) {
+            let chunk = format!("{:x}\r\n", pair.len());
+            if s.write_all(chunk.as_bytes()).await.is_err()
+                || s.write_all(pair).await.is_err()
+                || s.write_all(b"\r\n").await.is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_tenants_trickling_uploads_leave_anothers_recording_alone() {
+    // Two analyses at once in audio-processor: what two slow uploads took before.
+    let audio = stack::start_audio_with(None, &[("AUDIO_MAX_CONCURRENT_ANALYSES", "2")]).await;
+    let gateway = stack::start_gateway(None, &[]).await;
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let app = stack::start_api(db, &audio.url(), &gateway.url(), &[]).await;
+    let mut trickles = Vec::new();
+    for _ in 0..2 {
+        let (_, call) = app.post_json("/v1/calls", ACME_KEY, &new_call("sip")).await;
+        trickles.push(trickle(&app, ACME_KEY, call["id"].as_str().unwrap()));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, call) = app.post_json("/v1/calls", KEY, &new_call("sip")).await;
+    let id = call["id"].as_str().unwrap();
+    let r = app
+        .client
+        .post(format!("{}/v1/calls/{id}/recording", app.base))
+        .bearer_auth(KEY)
+        .header("content-type", "audio/wav")
+        .body(stack::call_stereo())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert!(trickles.iter().all(|t| !t.is_finished()), "tenant A is still sending");
+    // A tenant may have only so many uploads in progress on a replica.
+    let mut more = Vec::new();
+    for _ in 0..2 {
+        let (_, call) = app.post_json("/v1/calls", ACME_KEY, &new_call("sip")).await;
+        more.push(trickle(&app, ACME_KEY, call["id"].as_str().unwrap()));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, call) = app.post_json("/v1/calls", ACME_KEY, &new_call("sip")).await;
+    let id = call["id"].as_str().unwrap();
+    let r = app
+        .client
+        .post(format!("{}/v1/calls/{id}/recording", app.base))
+        .bearer_auth(ACME_KEY)
+        .header("content-type", "audio/wav")
+        .body(stack::call_stereo())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429, "a fifth upload of one tenant waits its turn");
+    assert!(r.headers().get("retry-after").is_some());
+    for t in trickles.into_iter().chain(more) {
+        t.abort();
+    }
 }

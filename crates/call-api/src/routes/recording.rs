@@ -142,6 +142,85 @@ async fn drain(body: Body, limit: u64) {
 }
 
 /// Reads until at least 12 bytes (a WAV header's `RIFF....WAVE`) or the end of the body.
+/// Recording uploads being received on this replica: at most `max` at once, and `per_tenant` of
+/// one tenant, so that one tenant's slow uploads cannot take every place.
+#[derive(Clone)]
+pub struct Uploads {
+    total: Arc<tokio::sync::Semaphore>,
+    per_tenant: usize,
+    max: usize,
+    by_tenant: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// One upload's place; given back when dropped.
+pub struct UploadPlace {
+    _total: tokio::sync::OwnedSemaphorePermit,
+    tenant: String,
+    by_tenant: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl Drop for UploadPlace {
+    fn drop(&mut self) {
+        let mut by = self.by_tenant.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = by.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                by.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+impl Uploads {
+    pub fn new(max: usize, per_tenant: usize) -> Self {
+        Self { total: Arc::new(tokio::sync::Semaphore::new(max)), per_tenant, max, by_tenant: Arc::default() }
+    }
+
+    /// A place for one more upload of `tenant`, or the refusal.
+    pub fn admit(&self, tenant: &str) -> Result<UploadPlace, ApiError> {
+        let mut by = self.by_tenant.lock().unwrap_or_else(|e| e.into_inner());
+        let n = by.get(tenant).copied().unwrap_or(0);
+        if n >= self.per_tenant {
+            metrics::request_limited("uploads");
+            return Err(ApiError::TooManyRequests { retry_after_seconds: 5 });
+        }
+        let Ok(total) = self.total.clone().try_acquire_owned() else {
+            metrics::request_limited("uploads");
+            return Err(ApiError::Busy {
+                message: format!("this replica receives its maximum of {} recordings at once; retry later", self.max),
+                retry_after_seconds: 5,
+            });
+        };
+        by.insert(tenant.to_string(), n + 1);
+        Ok(UploadPlace { _total: total, tenant: tenant.to_string(), by_tenant: self.by_tenant.clone() })
+    }
+}
+
+/// Receives the rest of an upload into an unnamed temporary file (gone when closed) and gives it
+/// back as a body that reads at disk speed: a client that sends slowly holds a connection and a
+/// file here, never one of audio-processor's analysis permits.
+async fn spool(rest: Body, already: u64, limit: u64, dir: &std::path::Path) -> Result<Body, ApiError> {
+    use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
+    let file = tempfile::tempfile_in(dir).map_err(|e| ApiError::Internal(anyhow::anyhow!("open a spool file: {e}")))?;
+    let mut file = tokio::io::BufWriter::with_capacity(256 << 10, tokio::fs::File::from_std(file));
+    let mut size = already;
+    let mut stream = rest.into_data_stream();
+    let io = |e: std::io::Error| ApiError::Internal(anyhow::anyhow!("write the spool file: {e}"));
+    while let Some(chunk) = stream.next().await {
+        // A body that stopped in time answers 408 (the limits layer), else the client went away.
+        let chunk = chunk.map_err(|_| ApiError::BadRequest("the upload was interrupted".into()))?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(ApiError::PayloadTooLarge(format!("the recording is larger than {limit} bytes")));
+        }
+        file.write_all(&chunk).await.map_err(io)?;
+    }
+    file.flush().await.map_err(io)?;
+    let mut file = file.into_inner();
+    file.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
+    Ok(Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10)))
+}
+
 /// SHA-256 (hex) of a whole body, refused beyond `limit` bytes.
 async fn body_digest(body: Body, limit: u64) -> Result<String, ApiError> {
     let mut stream = body.into_data_stream();
@@ -272,6 +351,8 @@ async fn upload_inner(
         return Ok(response);
     }
 
+    // A place among the uploads this replica receives (and this tenant's share of them).
+    let _place = state.uploads.admit(&tenant.0)?;
     // Tell audio from not-audio before anything changes.
     let (head, rest) = read_head(body.take().unwrap_or_default(), limit).await?;
     if head.is_empty() {
@@ -295,6 +376,15 @@ async fn upload_inner(
                 hasher.lock().unwrap_or_else(|e| e.into_inner()).update(chunk);
             }
         }))
+    };
+    let rest = match spool(rest, head.len() as u64, limit, &state.recording.spool_dir).await {
+        Ok(rest) => rest,
+        Err(e) => {
+            if let Err(db) = state.db.release_analysis(id, &attempt, &before).await {
+                tracing::warn!(error = %db, "could not release the analysis claim");
+            }
+            return Err(e);
+        }
     };
     let upload = Upload { call_id: id, kind, channel_labels, language, head, rest, max_bytes: limit };
     let span = telemetry::sentry_support::transaction_span(|sentry_trace| {
