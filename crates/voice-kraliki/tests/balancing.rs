@@ -167,6 +167,7 @@ async fn calls_and_streams_spread_over_three_audio_processors_which_may_die_and_
     env.push(("AUDIO_PROCESSOR_URL".into(), list));
     env.push(("PEER_RESOLVE_INTERVAL_SECONDS".into(), "0.5".into()));
     env.push(("API_RATE_LIMIT_PER_SECOND".into(), "0".into()));
+    env.push(("RECORDING_MAX_UPLOADS_PER_TENANT".into(), "16".into()));
     let _gateway = Service::start("provider-gateway", &env);
     let _api = Service::start("call-api", &env);
     let api = format!("http://127.0.0.1:{}", ports.api);
