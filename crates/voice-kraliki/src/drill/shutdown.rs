@@ -85,6 +85,9 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         ("TTS_PROVIDERS", "simulated".into()),
         ("SHUTDOWN_DELAY_SECONDS", DELAY_S.to_string()),
         ("SHUTDOWN_TIMEOUT_SECONDS", TIMEOUT_S.to_string()),
+        // call-api's live calls drain beside its HTTP requests, for as long (a production
+        // default of 300 s would make the drill wait for its calls to end by themselves).
+        ("LIVE_DRAIN_TIMEOUT_SECONDS", TIMEOUT_S.to_string()),
         ("TELEMETRY_FLUSH_TIMEOUT_SECONDS", FLUSH_S.to_string()),
         ("APM_ENABLED", "true".into()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
@@ -94,7 +97,7 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     let otlp =
         |s: Service| [("OTEL_EXPORTER_OTLP_ENDPOINT", receivers[&s].endpoint()), ("SENTRY_DSN", sentries[&s].dsn())];
     r.say(format!(
-        "stack: SQLite in {}, simulated providers, SHUTDOWN_DELAY_SECONDS={DELAY_S} SHUTDOWN_TIMEOUT_SECONDS={TIMEOUT_S} TELEMETRY_FLUSH_TIMEOUT_SECONDS={FLUSH_S}, OTLP/HTTP and Sentry (every transaction sampled) to loopback receivers, one per service",
+        "stack: SQLite in {}, simulated providers, SHUTDOWN_DELAY_SECONDS={DELAY_S} SHUTDOWN_TIMEOUT_SECONDS={TIMEOUT_S} LIVE_DRAIN_TIMEOUT_SECONDS={TIMEOUT_S} TELEMETRY_FLUSH_TIMEOUT_SECONDS={FLUSH_S}, OTLP/HTTP and Sentry (every transaction sampled) to loopback receivers, one per service",
         dir.path().display()
     ));
     for s in Service::ALL {
@@ -173,7 +176,7 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
             status.is_some() && took <= bound,
             format!("{name}: exit within the grace period"),
             format!(
-                "{:.2} s (bound {} s = SHUTDOWN_DELAY {DELAY_S} + SHUTDOWN_TIMEOUT {TIMEOUT_S} + TELEMETRY_FLUSH_TIMEOUT {FLUSH_S} + {} s slack)",
+                "{:.2} s (bound {} s = SHUTDOWN_DELAY {DELAY_S} + SHUTDOWN_TIMEOUT {TIMEOUT_S} (= LIVE_DRAIN_TIMEOUT, drained at once) + TELEMETRY_FLUSH_TIMEOUT {FLUSH_S} + {} s slack)",
                 took.as_secs_f64(),
                 bound.as_secs(),
                 SLACK.as_secs()
