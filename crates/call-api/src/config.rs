@@ -126,6 +126,10 @@ pub struct LimitsConfig {
     /// (`failed`, reason `media idle`), freeing its slot, default 30 (carriers send a frame
     /// every 20 ms).
     pub media_idle_timeout: Duration,
+    /// `MEDIA_UNAUTHENTICATED_PER_IP`: media WebSockets without a URL token that one client
+    /// address may hold while they prove their token in `start` (5 s at most each), default 32;
+    /// a carrier's media servers connect many calls from one address, each proving at once.
+    pub media_unauthenticated_per_ip: usize,
     /// `HTTP_MAX_CONNECTIONS`: connections this replica serves at once; one more is closed at
     /// accept (counted as `connections`), default 10000. Upgraded media WebSockets are not
     /// counted (`LIVE_MAX_CALLS` bounds them).
@@ -149,6 +153,7 @@ impl Default for LimitsConfig {
             ws_max_message_bytes: 64 * 1024,
             media_idle_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            media_unauthenticated_per_ip: 32,
             cors_allowed_origins: Vec::new(),
         }
     }
@@ -183,6 +188,8 @@ impl LimitsConfig {
             r.error("MEDIA_IDLE_TIMEOUT_SECONDS", "must be at least 1 second");
         }
         let max_connections = r.positive_or("HTTP_MAX_CONNECTIONS", d.max_connections, 1_000_000);
+        let media_unauthenticated_per_ip =
+            r.positive_or("MEDIA_UNAUTHENTICATED_PER_IP", d.media_unauthenticated_per_ip, 100_000);
         let mut cors_allowed_origins = Vec::new();
         for origin in r.string("CORS_ALLOWED_ORIGINS").unwrap_or_default().split(',').map(str::trim) {
             if origin.is_empty() {
@@ -208,6 +215,7 @@ impl LimitsConfig {
             ws_max_message_bytes,
             media_idle_timeout,
             max_connections,
+            media_unauthenticated_per_ip,
             cors_allowed_origins,
         }
     }

@@ -123,7 +123,7 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
         async move { db.check().await }
     });
     let peers = peers::Peers::start(&config.peers).await;
-    let live = media::LiveCalls::new(config.limits.live_max_calls);
+    let live = media::LiveCalls::new(config.limits.live_max_calls, config.limits.media_unauthenticated_per_ip);
     let replica = media::replicas::Replica::new(&config.replica, db.clone(), live.clone());
     let background = tokio_util::sync::CancellationToken::new();
     replica.spawn(background.clone());

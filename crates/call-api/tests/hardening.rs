@@ -61,6 +61,7 @@ async fn tokenless_squatters_take_no_live_call_slot() {
         ("TWILIO_ACCOUNT_SID", SID),
         ("TWILIO_AUTH_TOKEN", TOKEN),
         ("LIVE_MAX_CALLS", "3"),
+        ("MEDIA_UNAUTHENTICATED_PER_IP", "8"),
         ("AUDIO_PROCESSOR_URL", audio_url.as_str()),
     ];
     let app = spawn_app_with(db, &url, &env).await;

@@ -56,6 +56,8 @@ pub struct LiveCalls {
     sessions: Arc<Mutex<HashMap<Uuid, (CancellationToken, Instant)>>>,
     /// Media sockets without a URL token that have not proven one yet, per client address.
     unproven: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
+    /// `MEDIA_UNAUTHENTICATED_PER_IP`.
+    unproven_per_ip: usize,
 }
 
 /// A session's registration; removed when dropped.
@@ -73,7 +75,9 @@ impl Drop for Registration {
 }
 
 impl LiveCalls {
-    pub fn new(max: usize) -> Self {
+    /// `max` live calls (`LIVE_MAX_CALLS`); `unproven_per_ip` sockets still proving their token
+    /// per client address (`MEDIA_UNAUTHENTICATED_PER_IP`).
+    pub fn new(max: usize, unproven_per_ip: usize) -> Self {
         crate::metrics::live_calls_max(max);
         Self {
             tracker: TaskTracker::new(),
@@ -82,6 +86,7 @@ impl LiveCalls {
             max,
             sessions: Arc::default(),
             unproven: Arc::default(),
+            unproven_per_ip,
         }
     }
 
@@ -195,9 +200,6 @@ fn busy(message: String) -> ApiError {
     ApiError::Busy { message, retry_after_seconds: BUSY_RETRY_AFTER_SECONDS }
 }
 
-/// Pending media sockets without a URL token one client address may hold at once.
-pub const UNAUTHENTICATED_PER_IP: usize = 8;
-
 /// The peer address of the connection, when the server recorded it.
 pub struct PeerIp(pub Option<std::net::IpAddr>);
 
@@ -236,7 +238,7 @@ impl LiveCalls {
         if let Some(ip) = ip {
             let mut pending = self.unproven.lock().unwrap_or_else(|e| e.into_inner());
             let n = pending.entry(ip).or_default();
-            if *n >= UNAUTHENTICATED_PER_IP {
+            if *n >= self.unproven_per_ip {
                 drop(pending);
                 crate::metrics::request_limited("media_unauthenticated");
                 tracing::warn!("media socket refused: too many unauthenticated media sockets from one address");
