@@ -75,6 +75,7 @@ async fn create_call(app: &TestApp) -> String {
 }
 
 async fn upload(app: &TestApp, id: &str, query: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+    let body_len = body.len();
     app.client
         .post(format!("{}/v1/calls/{id}/recording{query}", app.base))
         .bearer_auth(KEY)
@@ -82,7 +83,7 @@ async fn upload(app: &TestApp, id: &str, query: &str, content_type: &str, body: 
         .body(body)
         .send()
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{content_type} {query} {} bytes: {e}", body_len))
 }
 
 async fn analysis(app: &TestApp, id: &str) -> (u16, Value) {

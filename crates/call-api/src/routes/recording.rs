@@ -211,6 +211,18 @@ async fn spool(rest: Body, already: u64, limit: u64, dir: &std::path::Path) -> R
         let chunk = chunk.map_err(|_| ApiError::BadRequest("the upload was interrupted".into()))?;
         size += chunk.len() as u64;
         if size > limit {
+            // Read a little more (bounded) so that a client still sending sees the answer rather
+            // than a reset connection.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let mut extra = 0u64;
+                while let Some(Ok(c)) = stream.next().await {
+                    extra += c.len() as u64;
+                    if extra > (limit / 2).min(4 << 20) {
+                        break;
+                    }
+                }
+            })
+            .await;
             return Err(ApiError::PayloadTooLarge(format!("the recording is larger than {limit} bytes")));
         }
         file.write_all(&chunk).await.map_err(io)?;
@@ -300,7 +312,16 @@ async fn upload(
     {
         metrics::analysis_result("rejected");
     }
-    result
+    // A body refused unread (too large) leaves the connection unusable: say so, so that the
+    // client does not send its next request on it.
+    match result {
+        Err(e @ ApiError::PayloadTooLarge(_)) => {
+            let mut response = e.into_response();
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Ok(response)
+        }
+        other => other,
+    }
 }
 
 async fn upload_inner(
