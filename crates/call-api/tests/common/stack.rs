@@ -33,7 +33,15 @@ fn context(info: telemetry::ServiceInfo) -> (ServiceContext, Shutdown) {
 
 /// audio-processor on `grpc` (port 0 when `None`).
 pub async fn start_audio(grpc: Option<TcpListener>) -> Peer {
-    let env = Env::from_pairs([("LOG_LEVEL", "warn")]);
+    start_audio_with(grpc, &[]).await
+}
+
+/// audio-processor on `grpc` (port 0 when `None`) with `extra` variables.
+pub async fn start_audio_with(grpc: Option<TcpListener>, extra: &[(&str, &str)]) -> Peer {
+    let mut env = Env::from_pairs([("LOG_LEVEL", "warn")]);
+    for (k, v) in extra {
+        env.set(*k, *v);
+    }
     let config = audio_processor::Config::from_env(&env).expect("audio config");
     let grpc = match grpc {
         Some(l) => l,
