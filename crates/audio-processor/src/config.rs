@@ -33,6 +33,13 @@ pub struct Config {
     /// `AUDIO_STREAM_CONFIG_TIMEOUT_SECONDS`: how long a new live stream may take to send its
     /// configuration message. Default 10 s.
     pub stream_config_timeout: Duration,
+    /// `AUDIO_ANALYSIS_TIMEOUT_SECONDS`: the deadline of a recording analysis (upload included)
+    /// whose caller sent none; it then ends `DeadlineExceeded` and frees its permit. Default
+    /// 600 s (call-api's `RECORDING_ANALYSIS_TIMEOUT_SECONDS`).
+    pub analysis_timeout: Duration,
+    /// `AUDIO_STREAM_IDLE_TIMEOUT_SECONDS`: a live stream that receives no message for this
+    /// long ends `DeadlineExceeded` and frees its slot. Default 60 s.
+    pub stream_idle_timeout: Duration,
     pub telemetry: TelemetryConfig,
 }
 
@@ -57,6 +64,14 @@ impl Config {
         if stream_config_timeout.is_zero() {
             r.error("AUDIO_STREAM_CONFIG_TIMEOUT_SECONDS", "must be more than 0 seconds");
         }
+        let analysis_timeout = r.seconds_or("AUDIO_ANALYSIS_TIMEOUT_SECONDS", Duration::from_secs(600), 24.0 * 3600.0);
+        if analysis_timeout.is_zero() {
+            r.error("AUDIO_ANALYSIS_TIMEOUT_SECONDS", "must be more than 0 seconds");
+        }
+        let stream_idle_timeout = r.seconds_or("AUDIO_STREAM_IDLE_TIMEOUT_SECONDS", Duration::from_secs(60), 3600.0);
+        if stream_idle_timeout.is_zero() {
+            r.error("AUDIO_STREAM_IDLE_TIMEOUT_SECONDS", "must be more than 0 seconds");
+        }
         r.errors.into_result(Self {
             grpc_addr,
             admin_addr,
@@ -66,6 +81,8 @@ impl Config {
             max_streams,
             stream_stats_interval,
             stream_config_timeout,
+            analysis_timeout,
+            stream_idle_timeout,
             telemetry,
         })
     }

@@ -46,7 +46,15 @@ pub async fn run(
     let message_limit = config.max_recording_bytes + service::HEADER_SLACK;
     let server = AudioProcessorServer::new(processor).max_decoding_message_size(message_limit);
     let routes = tonic::service::Routes::new(service::OversizeIsResourceExhausted::new(server, message_limit));
-    telemetry::serve_grpc_service(&ctx, grpc, admin, routes, &[SERVICE_NAME]).await
+    telemetry::serve_grpc_service(
+        &ctx,
+        grpc,
+        admin,
+        routes,
+        &[SERVICE_NAME],
+        config.telemetry.internal_auth_token.as_ref(),
+    )
+    .await
 }
 
 /// Binds the configured addresses and serves until shutdown.

@@ -7,18 +7,13 @@
 //! - `StreamAudio`: a permit of `AUDIO_MAX_STREAMS`, the config message, then a task per
 //!   stream (`stream.rs`).
 //!
-//! Deadlines (`grpc-timeout`) bound the whole call; an analysis that outlives its caller's
+//! Deadlines (`grpc-timeout`, else `AUDIO_ANALYSIS_TIMEOUT_SECONDS`) bound the whole call; a
+//! live stream is long-lived and has an idle bound instead (`AUDIO_STREAM_IDLE_TIMEOUT_SECONDS`:
+//! no message for that long ends it). An analysis that outlives its caller's
 //! deadline still finishes on its thread (it cannot be interrupted) and keeps its permit
 //! until then, so the bound on CPU holds.
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use audio_dsp::{Limits, LiveStream};
 use futures_util::Stream;
@@ -30,7 +25,7 @@ use kraliki_proto::audio::v1::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming, server::NamedService};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
 use crate::{Config, convert, recording, stream::StreamTask};
@@ -54,6 +49,8 @@ struct Inner {
     streams: Arc<Semaphore>,
     stats_interval: Duration,
     config_timeout: Duration,
+    analysis_timeout: Duration,
+    idle_timeout: Duration,
     stopping: CancellationToken,
 }
 
@@ -73,6 +70,8 @@ impl Processor {
                 streams: Arc::new(Semaphore::new(config.max_streams)),
                 stats_interval: config.stream_stats_interval,
                 config_timeout: config.stream_config_timeout,
+                analysis_timeout: config.analysis_timeout,
+                idle_timeout: config.stream_idle_timeout,
                 stopping,
             }),
         }
@@ -185,7 +184,7 @@ impl AudioProcessor for Processor {
         &self,
         request: Request<AnalyzeRecordingRequest>,
     ) -> Result<Response<AnalyzeRecordingResponse>, Status> {
-        let deadline = telemetry::grpc::deadline_of(&request);
+        let deadline = telemetry::grpc::deadline_of(&request).or(Some(self.inner.analysis_timeout));
         let mut req = request.into_inner();
         let params = convert::recording_params(&req)?;
         let permit = self.analysis_permit()?;
@@ -197,7 +196,9 @@ impl AudioProcessor for Processor {
         &self,
         request: Request<Streaming<AnalyzeRecordingStreamRequest>>,
     ) -> Result<Response<AnalyzeRecordingResponse>, Status> {
-        let deadline = telemetry::grpc::deadline_of(&request);
+        // A caller without a deadline gets the configured one: an upload that stops sending
+        // (or never sends past its header) cannot hold an analysis permit for ever.
+        let deadline = telemetry::grpc::deadline_of(&request).or(Some(self.inner.analysis_timeout));
         with_deadline(deadline, self.upload_and_analyze(request.into_inner())).await.map(Response::new)
     }
 
@@ -244,6 +245,7 @@ impl AudioProcessor for Processor {
             tx,
             stopping: self.inner.stopping.clone(),
             deadline,
+            idle_timeout: self.inner.idle_timeout,
             stats_interval: self.inner.stats_interval,
             permit,
         };
@@ -252,51 +254,4 @@ impl AudioProcessor for Processor {
     }
 }
 
-/// Wraps the generated server: a unary request over the message size limit is refused by
-/// tonic with `OutOfRange` before our handler runs; this answers `ResourceExhausted` instead,
-/// the code the contract promises for oversized payloads.
-#[derive(Clone)]
-pub struct OversizeIsResourceExhausted<S> {
-    inner: S,
-    message: http::HeaderValue,
-}
-
-impl<S> OversizeIsResourceExhausted<S> {
-    /// Wraps `inner`, whose message size limit is `limit_bytes`.
-    pub fn new(inner: S, limit_bytes: usize) -> Self {
-        let message = format!("request exceeds the message size limit of {limit_bytes} bytes");
-        Self { inner, message: http::HeaderValue::try_from(message).expect("ascii message") }
-    }
-}
-
-impl<S: NamedService> NamedService for OversizeIsResourceExhausted<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S, B> tower::Service<http::Request<B>> for OversizeIsResourceExhausted<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let fut = self.inner.call(request);
-        let message = self.message.clone();
-        Box::pin(async move {
-            let mut response = fut.await?;
-            let headers = response.headers_mut();
-            if headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11") {
-                headers.insert("grpc-status", http::HeaderValue::from_static("8"));
-                headers.insert("grpc-message", message);
-            }
-            Ok(response)
-        })
-    }
-}
+pub use telemetry::grpc::OversizeIsResourceExhausted;

@@ -7,7 +7,7 @@
 //! `stats_interval` of media and at the end.
 //!
 //! Endings: the client half-closes → `finish` (an open utterance is emitted, forced), final
-//! stats, OK. Server shutdown or the call's deadline → the same flush, then `Unavailable` /
+//! stats, OK. Server shutdown, the call's deadline or no message for the idle bound → the same flush, then `Unavailable` /
 //! `DeadlineExceeded`. A protocol error (second config, oversized frame) → `InvalidArgument`.
 //! The client going away → the task stops.
 
@@ -35,6 +35,8 @@ pub(crate) struct StreamTask {
     pub tx: EventSender,
     pub stopping: CancellationToken,
     pub deadline: Option<Instant>,
+    /// No message for this long ends the stream (`DeadlineExceeded`).
+    pub idle_timeout: Duration,
     pub stats_interval: Duration,
     pub permit: OwnedSemaphorePermit,
 }
@@ -100,6 +102,10 @@ impl StreamTask {
                 biased;
                 () = self.stopping.cancelled() => break End::Flush(Status::unavailable("server is shutting down; reconnect to another replica")),
                 () = sleep_until(self.deadline) => break End::Flush(Status::deadline_exceeded("stream deadline reached")),
+                () = tokio::time::sleep(self.idle_timeout) => break End::Flush(Status::deadline_exceeded(format!(
+                    "no message for {} s: the stream is idle",
+                    self.idle_timeout.as_secs_f64()
+                ))),
                 m = self.inbound.message() => m,
             };
             let frame = match message {

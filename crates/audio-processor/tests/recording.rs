@@ -419,3 +419,40 @@ async fn saturated_analyses_are_resource_exhausted_and_deadlines_are_honoured() 
     }
     panic!("the slot held by the timed-out upload was never released");
 }
+
+#[tokio::test]
+async fn a_header_only_upload_without_a_deadline_frees_its_permit_within_the_bound() {
+    let app = spawn_app(&[("AUDIO_MAX_CONCURRENT_ANALYSES", "1"), ("AUDIO_ANALYSIS_TIMEOUT_SECONDS", "1")]).await;
+    let mut client = app.client().await;
+    // The header, then nothing, and no `grpc-timeout`: the sender stays open all along.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::AnalyzeRecordingStreamRequest { payload: Some(Payload::Header(wav_request(Vec::new()))) })
+        .await
+        .unwrap();
+    let mut stalled_client = app.client().await;
+    let started = std::time::Instant::now();
+    let stalled = tokio::spawn(async move {
+        stalled_client.analyze_recording_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await
+    });
+    // It holds the only permit meanwhile.
+    let good = wav_request(fixture_bytes("call-stereo.wav"));
+    let mut saw_exhausted = false;
+    for _ in 0..40 {
+        match client.analyze_recording(good.clone()).await {
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                saw_exhausted = true;
+                break;
+            }
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert!(saw_exhausted, "the stalled upload holds the permit");
+    let err = within("stalled upload", stalled).await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    let held = started.elapsed();
+    assert!(held < std::time::Duration::from_secs(5), "held for {held:?}");
+    // The permit is back although the client never closed its stream.
+    within("after the bound", client.analyze_recording(good)).await.unwrap();
+    drop(tx);
+}

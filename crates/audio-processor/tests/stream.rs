@@ -327,3 +327,34 @@ async fn shutdown_flushes_open_utterances_and_ends_streams() {
     drop(tx);
     within("server stops", app.server).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_live_stream_that_sends_nothing_ends_after_the_idle_bound_and_frees_its_slot() {
+    let app = spawn_app(&[("AUDIO_MAX_STREAMS", "1"), ("AUDIO_STREAM_IDLE_TIMEOUT_SECONDS", "0.5")]).await;
+    let mut client = app.client().await;
+    // Config, a few frames, then silence on the wire with the sender still open.
+    let (tx, events) = open(&mut client, config(pb::AudioEncoding::Mulaw, 8000)).await.unwrap();
+    for seq in 0..5 {
+        tx.send(frame(seq, vec![0xff; 160], 160, 8000)).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let (_, status) = drain(events).await;
+    let status = status.expect("the idle stream ends with a status");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("idle"), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // Its slot is free again.
+    let mut reopened = false;
+    for _ in 0..200 {
+        match open(&mut client, config(pb::AudioEncoding::Mulaw, 8000)).await {
+            Ok(_) => {
+                reopened = true;
+                break;
+            }
+            Err(e) if e.code() == Code::ResourceExhausted => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(reopened);
+    drop(tx);
+}

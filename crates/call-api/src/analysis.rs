@@ -144,7 +144,9 @@ pub enum StageStatus {
     /// Not produced, not an error: no provider is configured for it, or there was nothing to
     /// work on (no speech); `reason` says which.
     Unavailable,
-    /// The provider failed; `reason` says how. Upload again to retry.
+    /// The provider failed; `reason` says how. In an analysis that is `failed`, upload again to
+    /// retry; in one that is `done`, the provider refused this recording's input and a retry
+    /// would fail the same way.
     Failed,
 }
 
@@ -167,6 +169,9 @@ pub struct Transcript {
     pub channels: Vec<ChannelTranscript>,
     /// Every segment on the recording's timeline, in order of start.
     pub segments: Vec<TranscriptSegment>,
+    /// A failure that a retry cannot fix (the provider refused the input). Not stored.
+    #[serde(skip)]
+    pub permanent: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -196,6 +201,9 @@ pub struct Sentiment {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overall: Option<SentimentScore>,
     pub channels: Vec<ChannelSentiment>,
+    /// A failure that a retry cannot fix (the provider refused the input). Not stored.
+    #[serde(skip)]
+    pub permanent: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -226,6 +234,11 @@ pub struct Timings {
     pub total_seconds: f64,
 }
 
+/// Whether a peer's refusal would be the same on a retry: the request itself was refused.
+pub fn permanent_failure(code: tonic::Code) -> bool {
+    matches!(code, tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::Unimplemented)
+}
+
 impl Transcript {
     pub fn unavailable(reason: impl Into<String>) -> Self {
         Self { status: StageStatus::Unavailable, reason: Some(reason.into()), ..Self::default() }
@@ -233,6 +246,11 @@ impl Transcript {
 
     pub fn failed(reason: impl Into<String>) -> Self {
         Self { status: StageStatus::Failed, reason: Some(reason.into()), ..Self::default() }
+    }
+
+    /// A failed call to provider-gateway: permanent when a retry cannot fix it.
+    pub fn failed_with(status: &tonic::Status) -> Self {
+        Self { permanent: permanent_failure(status.code()), ..Self::failed(status_reason(status)) }
     }
 }
 
@@ -244,6 +262,15 @@ impl Sentiment {
     pub fn failed(reason: impl Into<String>) -> Self {
         Self { status: StageStatus::Failed, reason: Some(reason.into()), ..Self::default() }
     }
+
+    /// A failed call to provider-gateway: permanent when a retry cannot fix it.
+    pub fn failed_with(status: &tonic::Status) -> Self {
+        Self { permanent: permanent_failure(status.code()), ..Self::failed(status_reason(status)) }
+    }
+}
+
+fn status_reason(status: &tonic::Status) -> String {
+    format!("{} ({:?})", status.message(), status.code())
 }
 
 fn spans(segments: &[audio_pb::SpeechSegment]) -> Vec<TimeSpan> {

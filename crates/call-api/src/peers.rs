@@ -132,6 +132,9 @@ pub struct PeersConfig {
     pub gateway: Vec<PeerTarget>,
     /// `PEER_RESOLVE_INTERVAL_SECONDS`: how often DNS names are resolved again, default 5.
     pub resolve_interval: Duration,
+    /// `INTERNAL_AUTH_TOKEN`: sent as `authorization: Bearer <token>` on every call to a peer
+    /// (the health watch goes without: health is open).
+    pub auth_token: Option<telemetry::Secret>,
 }
 
 impl PeersConfig {
@@ -155,7 +158,8 @@ impl PeersConfig {
         if resolve_interval < Duration::from_millis(100) {
             r.error("PEER_RESOLVE_INTERVAL_SECONDS", "must be at least 0.1 seconds");
         }
-        Self { audio, gateway, resolve_interval }
+        let auth_token = telemetry::config::read_internal_auth_token(r);
+        Self { audio, gateway, resolve_interval, auth_token }
     }
 }
 
@@ -420,6 +424,8 @@ impl Resolution {
 #[derive(Clone)]
 pub struct Balanced {
     set: Arc<EndpointSet>,
+    /// `authorization: Bearer <INTERNAL_AUTH_TOKEN>`, when set (a sensitive header value).
+    auth: Option<http::HeaderValue>,
 }
 
 /// Whether the call failed before any of it reached the peer: its connection could not be made.
@@ -449,7 +455,10 @@ impl Service<http::Request<Body>> for Balanced {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        if let Some(auth) = &self.auth {
+            req.headers_mut().insert(http::header::AUTHORIZATION, auth.clone());
+        }
         let this = self.clone();
         Box::pin(async move {
             // One request message (unary, server streaming): it can be sent again elsewhere.
@@ -534,10 +543,12 @@ impl Peers {
             let _ = tokio::time::timeout(Duration::from_secs(3), resolution.once()).await;
             tokio::spawn(resolution.run(config.resolve_interval, stop.clone()));
         }
+        let auth = config.auth_token.as_ref().map(telemetry::auth::bearer_header);
+        let balanced = |set: &Arc<EndpointSet>| Balanced { set: set.clone(), auth: auth.clone() };
         Self {
-            audio: AudioProcessorClient::new(GrpcClientLayer.layer(Balanced { set: audio_endpoints.clone() }))
+            audio: AudioProcessorClient::new(GrpcClientLayer.layer(balanced(&audio_endpoints)))
                 .max_decoding_message_size(SPEECH_RESPONSE_LIMIT),
-            gateway: ProviderGatewayClient::new(GrpcClientLayer.layer(Balanced { set: gateway_endpoints.clone() })),
+            gateway: ProviderGatewayClient::new(GrpcClientLayer.layer(balanced(&gateway_endpoints))),
             audio_endpoints,
             gateway_endpoints,
             stop,
@@ -640,6 +651,7 @@ mod tests {
             audio: PeerTarget::parse_list("http://audio.test:1").unwrap(),
             gateway: PeerTarget::parse_list("http://127.0.0.9:1").unwrap(),
             resolve_interval: Duration::from_millis(50),
+            auth_token: None,
         };
         let peers = Peers::start_with(&config, Arc::new(dns.clone())).await;
         assert_eq!(addrs(&peers.audio_endpoints), [a, b]);

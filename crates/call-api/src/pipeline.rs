@@ -125,12 +125,14 @@ pub struct Produced {
 }
 
 impl Produced {
-    /// The reason the analysis counts as failed: a provider failed (not merely unavailable).
+    /// The reason the analysis counts as failed: a provider failed (not merely unavailable) in
+    /// a way a retry may fix. A permanent failure (the provider refused the input) leaves the
+    /// analysis `done`, the stage `failed` with its reason: uploading again would not help.
     pub fn failure(&self) -> Option<String> {
-        if self.transcript.status == StageStatus::Failed {
+        if self.transcript.status == StageStatus::Failed && !self.transcript.permanent {
             return Some(format!("transcription failed: {}", self.transcript.reason.as_deref().unwrap_or("unknown")));
         }
-        if self.results.sentiment.status == StageStatus::Failed {
+        if self.results.sentiment.status == StageStatus::Failed && !self.results.sentiment.permanent {
             return Some(format!(
                 "sentiment analysis failed: {}",
                 self.results.sentiment.reason.as_deref().unwrap_or("unknown")
@@ -398,7 +400,7 @@ async fn transcribe(
             Ok(t) => texts.push(t),
             Err(status) => {
                 tracing::warn!(code = ?status.code(), "transcription failed");
-                return Transcript::failed(format!("{} ({:?})", status.message(), status.code()));
+                return Transcript::failed_with(&status);
             }
         }
     }
@@ -514,7 +516,77 @@ fn sentiment_label(label: i32) -> &'static str {
     }
 }
 
-/// Sentiment of the whole conversation and, with two channels, of each party.
+/// Longest text of one sentiment request: under provider-gateway's 10,000-character cap on a
+/// text, with room to spare.
+pub const SENTIMENT_CHUNK_CHARS: usize = 8_000;
+/// Sentiment requests of one analysis in flight at once.
+const SENTIMENT_CONCURRENCY: usize = 4;
+
+/// `text` in pieces of at most `max_chars` characters, cut between words (a longer word is cut
+/// inside). Whitespace runs become one space.
+pub fn sentiment_chunks(text: &str, max_chars: usize) -> Vec<String> {
+    let max_chars = max_chars.max(1);
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut current_chars = 0;
+    for word in text.split_whitespace() {
+        let mut rest = word;
+        while !rest.is_empty() {
+            let chars = rest.chars().count();
+            let needed = chars + usize::from(current_chars > 0);
+            if current_chars + needed <= max_chars {
+                if current_chars > 0 {
+                    current.push(' ');
+                }
+                current.push_str(rest);
+                current_chars += needed;
+                break;
+            }
+            if current_chars > 0 {
+                out.push(std::mem::take(&mut current));
+                current_chars = 0;
+                continue;
+            }
+            let cut = rest.char_indices().nth(max_chars).map_or(rest.len(), |(i, _)| i);
+            out.push(rest[..cut].to_string());
+            rest = &rest[cut..];
+        }
+    }
+    if current_chars > 0 {
+        out.push(current);
+    }
+    out
+}
+
+/// Scores of a text's pieces as one: the mean score weighted by each piece's length, the label
+/// of that score (neutral within ±0.2, the `local` provider's band) — one piece keeps its own
+/// label — and the keywords of the longest pieces first, at most five, each once.
+fn combine_scores(mut parts: Vec<(usize, SentimentScore)>) -> Option<SentimentScore> {
+    if parts.len() <= 1 {
+        return parts.pop().map(|(_, score)| score);
+    }
+    let total: usize = parts.iter().map(|(weight, _)| *weight).sum();
+    let total = total.max(1) as f64;
+    let score = parts.iter().map(|(weight, s)| *weight as f64 * s.score).sum::<f64>() / total;
+    let label = if score > 0.2 {
+        "positive"
+    } else if score < -0.2 {
+        "negative"
+    } else {
+        "neutral"
+    };
+    parts.sort_by_key(|(weight, _)| std::cmp::Reverse(*weight));
+    let mut keywords: Vec<String> = Vec::new();
+    for keyword in parts.iter().flat_map(|(_, s)| s.keywords.iter()) {
+        if keywords.len() < 5 && !keywords.contains(keyword) {
+            keywords.push(keyword.clone());
+        }
+    }
+    Some(SentimentScore { score, label: label.to_string(), keywords })
+}
+
+/// Sentiment of the whole conversation and, with two channels, of each party. A text longer
+/// than [`SENTIMENT_CHUNK_CHARS`] is scored in pieces, combined by [`combine_scores`].
 async fn sentiment(peers: &Peers, call_id: &str, transcript: &Transcript, deadline: Instant) -> Sentiment {
     if transcript.status != StageStatus::Done {
         return Sentiment::unavailable("no transcript");
@@ -529,36 +601,53 @@ async fn sentiment(peers: &Peers, call_id: &str, transcript: &Transcript, deadli
             Unusable::Failed(reason) => Sentiment::failed(reason),
         };
     }
-    let mut texts = vec![(None, overall_text)];
+    // Target 0 is the whole conversation, target i + 1 the i-th channel.
+    let mut targets = vec![None];
+    let mut jobs =
+        sentiment_chunks(&overall_text, SENTIMENT_CHUNK_CHARS).into_iter().map(|t| (0, t)).collect::<Vec<_>>();
     if transcript.channels.len() > 1 {
-        texts.extend(transcript.channels.iter().filter(|c| !c.text.is_empty()).map(|c| (Some(c), c.text.clone())));
+        for c in transcript.channels.iter().filter(|c| !c.text.trim().is_empty()) {
+            targets.push(Some(c));
+            let target = targets.len() - 1;
+            jobs.extend(sentiment_chunks(&c.text, SENTIMENT_CHUNK_CHARS).into_iter().map(|t| (target, t)));
+        }
     }
     let language = transcript.language.clone().unwrap_or_default();
-    let calls = texts.into_iter().map(|(channel, text)| {
-        let mut client = peers.gateway.clone();
-        let mut request = tonic::Request::new(provider_pb::AnalyzeSentimentRequest {
-            text,
-            language: language.clone(),
-            provider: String::new(),
-            call_id: call_id.to_string(),
-        });
-        request.set_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
-        async move { (channel, client.analyze_sentiment(request).await) }
-    });
-    let answers = futures_util::future::join_all(calls).await;
+    let answers: Vec<_> = futures_util::stream::iter(jobs)
+        .map(|(target, text)| {
+            let mut client = peers.gateway.clone();
+            let weight = text.chars().count();
+            let mut request = tonic::Request::new(provider_pb::AnalyzeSentimentRequest {
+                text,
+                language: language.clone(),
+                provider: String::new(),
+                call_id: call_id.to_string(),
+            });
+            request.set_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
+            async move { (target, weight, client.analyze_sentiment(request).await) }
+        })
+        .buffered(SENTIMENT_CONCURRENCY)
+        .collect()
+        .await;
     let mut out = Sentiment { status: StageStatus::Done, ..Sentiment::default() };
-    for (channel, answer) in answers {
+    let mut parts: Vec<Vec<(usize, SentimentScore)>> = vec![Vec::new(); targets.len()];
+    for (target, weight, answer) in answers {
         let r = match answer {
             Ok(r) => r.into_inner(),
             Err(status) => {
                 tracing::warn!(code = ?status.code(), "sentiment analysis failed");
-                return Sentiment::failed(format!("{} ({:?})", status.message(), status.code()));
+                return Sentiment::failed_with(&status);
             }
         };
-        let score =
-            SentimentScore { score: r.score, label: sentiment_label(r.label).to_string(), keywords: r.keywords };
         out.provider.get_or_insert(r.provider);
-        match channel {
+        parts[target].push((
+            weight,
+            SentimentScore { score: r.score, label: sentiment_label(r.label).to_string(), keywords: r.keywords },
+        ));
+    }
+    for (target, scores) in targets.into_iter().zip(parts) {
+        let Some(score) = combine_scores(scores) else { continue };
+        match target {
             None => out.overall = Some(score),
             Some(c) => {
                 out.channels.push(ChannelSentiment { channel: c.channel, label: c.label.clone(), sentiment: score })
@@ -571,6 +660,38 @@ async fn sentiment(peers: &Peers, call_id: &str, transcript: &Transcript, deadli
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_texts_are_cut_between_words_under_the_cap() {
+        let text = "word ".repeat(5_000);
+        let chunks = sentiment_chunks(&text, SENTIMENT_CHUNK_CHARS);
+        assert_eq!(chunks.len(), 4);
+        assert!(chunks.iter().all(|c| c.chars().count() <= SENTIMENT_CHUNK_CHARS && !c.starts_with(' ')));
+        assert_eq!(chunks.join(" "), text.trim_end());
+        let long_word = "é".repeat(10);
+        assert_eq!(sentiment_chunks(&long_word, 4), ["éééé", "éééé", "éé"]);
+        assert!(sentiment_chunks("  ", 10).is_empty());
+    }
+
+    #[test]
+    fn piece_scores_combine_weighted_by_length() {
+        let score = |s: f64, label: &str, k: &[&str]| SentimentScore {
+            score: s,
+            label: label.into(),
+            keywords: k.iter().map(|k| k.to_string()).collect(),
+        };
+        let one = combine_scores(vec![(10, score(0.1, "positive", &["thanks"]))]).unwrap();
+        assert_eq!((one.score, one.label.as_str()), (0.1, "positive"));
+        let combined = combine_scores(vec![
+            (100, score(-0.8, "negative", &["angry"])),
+            (300, score(0.4, "positive", &["thanks"])),
+        ])
+        .unwrap();
+        assert!((combined.score - 0.1).abs() < 1e-9, "{}", combined.score);
+        assert_eq!(combined.label, "neutral");
+        assert_eq!(combined.keywords, ["thanks", "angry"]);
+        assert!(combine_scores(Vec::new()).is_none());
+    }
 
     #[test]
     fn content_types() {

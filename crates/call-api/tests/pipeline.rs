@@ -543,3 +543,95 @@ async fn analysis_of_a_call_without_a_recording_is_not_found() {
     let (status, _) = analysis(&s.app, "not-a-uuid").await;
     assert_eq!(status, 404);
 }
+
+/// A transcript far over the gateway's 10,000-character cap on one sentiment text: the agent
+/// thanks at length (about 2.4 h of talk in the finding; 24,000 characters here), the caller
+/// complains briefly.
+fn long_whisper_reply(request: &FakeRequest) -> FakeReply {
+    let parts = request.multipart();
+    let Some(file) = parts.iter().find(|p| p.name == "file") else {
+        return FakeReply::json(400, json!({"error": {"message": "no file"}}));
+    };
+    let seconds = wav_seconds(&file.data);
+    let text = if seconds > 6.0 {
+        "Thank you so much, that was really helpful and I am glad we sorted it out. ".repeat(320)
+    } else {
+        "This is terrible, I was charged twice and nobody called me back.".to_string()
+    };
+    FakeReply::json(
+        200,
+        json!({"task": "transcribe", "language": "english", "duration": seconds, "text": text,
+               "segments": [{"id": 0, "start": 0.0, "end": seconds, "text": text}]}),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transcript_longer_than_the_sentiment_cap_is_scored_in_pieces() {
+    let fake = FakeHttp::start(long_whisper_reply).await;
+    let Some(s) = stack(Backend::Sqlite, Some(&fake), &[]).await else { return };
+    let id = create_call(&s.app).await;
+    let r = upload(&s.app, &id, "?channel_labels=agent,caller", "audio/wav", stack::call_stereo()).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["status"], "done");
+    assert!(doc["transcript"]["text"].as_str().unwrap().chars().count() > 20_000);
+    let sentiment = &doc["sentiment"];
+    assert_eq!(sentiment["status"], "done", "{sentiment:#}");
+    // The long, positive agent outweighs the short, negative caller overall.
+    let overall = sentiment["overall"]["score"].as_f64().unwrap();
+    assert!(overall > 0.2, "{sentiment:#}");
+    assert_eq!(sentiment["overall"]["label"], "positive");
+    let party = |label: &str| {
+        sentiment["channels"].as_array().unwrap().iter().find(|c| c["label"] == label).unwrap()["sentiment"].clone()
+    };
+    assert_eq!(party("agent")["label"], "positive", "{sentiment:#}");
+    assert_eq!(party("caller")["label"], "negative", "{sentiment:#}");
+    assert_eq!(analysis(&s.app, &id).await.1, doc);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_refusing_the_input_is_stored_as_done_with_the_reason_not_503() {
+    // A 400 from the provider is the same on every retry: "retry later" would be a lie.
+    let fake = FakeHttp::start(|_| FakeReply::json(400, json!({"error": {"message": "audio too long"}}))).await;
+    let Some(s) = stack(Backend::Sqlite, Some(&fake), &[]).await else { return };
+    let id = create_call(&s.app).await;
+    let r = upload(&s.app, &id, "", "audio/wav", stack::call_stereo()).await;
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["status"], "done", "{doc:#}");
+    assert_eq!(doc["transcript"]["status"], "failed");
+    assert!(doc["transcript"]["reason"].as_str().unwrap().contains("InvalidArgument"), "{doc:#}");
+    assert_eq!(doc["audio"]["channels"].as_array().unwrap().len(), 2, "the audio analysis is kept");
+    assert_eq!(analysis(&s.app, &id).await.1, doc);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_an_internal_auth_token_call_api_reaches_peers_that_require_it() {
+    const TOKEN: &str = "internal-token-0123456789abcdef-0123456789";
+    let fake = FakeHttp::start(whisper_reply).await;
+    let auth = [("INTERNAL_AUTH_TOKEN", TOKEN)];
+    let audio = stack::start_audio_with(None, &auth).await;
+    let gateway = stack::start_gateway(Some(&fake), &auth).await;
+
+    // Without the token, the peers refuse call-api.
+    let Some(db) = TestDb::new(Backend::Sqlite).await else { return };
+    let without = stack::start_api(db, &audio.url(), &gateway.url(), &[]).await;
+    let id = create_call(&without).await;
+    let r = upload(&without, &id, "", "audio/wav", stack::call_stereo()).await;
+    assert_ne!(r.status(), 200);
+    let r = without.client.get(format!("{}/v1/providers", without.base)).bearer_auth(KEY).send().await.unwrap();
+    assert_ne!(r.status(), 200);
+
+    // With it, the whole pipeline runs.
+    let Some(db) = TestDb::new(Backend::Sqlite).await else { return };
+    let app = stack::start_api(db, &audio.url(), &gateway.url(), &auth).await;
+    let r = app.client.get(format!("{}/v1/providers", app.base)).bearer_auth(KEY).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let id = create_call(&app).await;
+    let r = upload(&app, &id, "", "audio/wav", stack::call_stereo()).await;
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["status"], "done");
+    assert_eq!(doc["transcript"]["status"], "done");
+    assert_eq!(doc["sentiment"]["status"], "done");
+}

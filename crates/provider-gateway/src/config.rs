@@ -15,9 +15,22 @@ pub struct Config {
     /// Provider credentials, failover orders, timeouts, retries, circuit breakers: every
     /// variable of the `providers` crate's README.
     pub providers: ProvidersConfig,
+    /// `LLM_MAX_TOKENS_CAP`: the most tokens a chat completion may generate; a request asking
+    /// more, or naming no bound, is clamped to it. Default 1024.
+    pub llm_max_tokens_cap: u32,
+    /// `TRANSCRIBE_MAX_BYTES`: the largest audio of one `Transcribe` request. Default 25 MB
+    /// (25,000,000 bytes): under OpenAI's transcription upload limit (25 MiB, with room for a
+    /// WAV header and the form), so every provider of a failover order can take it.
+    pub transcribe_max_bytes: usize,
     /// The variables common to every service.
     pub telemetry: TelemetryConfig,
 }
+
+/// Default of `TRANSCRIBE_MAX_BYTES`.
+pub const DEFAULT_TRANSCRIBE_MAX_BYTES: usize = 25_000_000;
+/// Largest `TRANSCRIBE_MAX_BYTES` accepted: Deepgram's 2 GB is the highest provider limit, but
+/// a gateway holds a request whole in memory.
+const TRANSCRIBE_MAX_BYTES_CAP: usize = 512 * 1024 * 1024;
 
 impl Config {
     /// Reads every variable and reports every bad one, each naming its variable.
@@ -26,8 +39,18 @@ impl Config {
         let telemetry = TelemetryConfig::read(&mut r);
         let grpc_addr = r.addr_or("PROVIDER_GATEWAY_GRPC_ADDR", "0.0.0.0:50052");
         let admin_addr = r.addr_or("PROVIDER_GATEWAY_ADMIN_ADDR", "0.0.0.0:9092");
+        let llm_max_tokens_cap = r.positive_or("LLM_MAX_TOKENS_CAP", 1024usize, 1_000_000) as u32;
+        let transcribe_max_bytes =
+            r.positive_or("TRANSCRIBE_MAX_BYTES", DEFAULT_TRANSCRIBE_MAX_BYTES, TRANSCRIBE_MAX_BYTES_CAP);
         match read_providers(env, &mut r.errors) {
-            Some(providers) => r.errors.into_result(Self { grpc_addr, admin_addr, providers, telemetry }),
+            Some(providers) => r.errors.into_result(Self {
+                grpc_addr,
+                admin_addr,
+                providers,
+                llm_max_tokens_cap,
+                transcribe_max_bytes,
+                telemetry,
+            }),
             None => Err(r.errors),
         }
     }

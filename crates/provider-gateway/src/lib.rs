@@ -17,6 +17,12 @@
 //!   the gateway answers `DEADLINE_EXCEEDED` slightly before it (a tenth, at most 50 ms).
 //! - A `provider` field in a request pins that provider (no failover); it must be listed in the
 //!   capability's `*_PROVIDERS` order and configured, else `FAILED_PRECONDITION`.
+//! - Only configured models are used: a `model` field must be empty or name the configured
+//!   model of a provider in the capability's order (of the pinned provider, when pinned), else
+//!   `INVALID_ARGUMENT`; each provider then uses its own configured model. `max_tokens` is
+//!   clamped to `LLM_MAX_TOKENS_CAP` (0 = the cap). A `Transcribe` request's audio is at most
+//!   `TRANSCRIBE_MAX_BYTES` (`RESOURCE_EXHAUSTED` beyond, refused from the message's length
+//!   prefix before its body is read).
 //! - Streams start only once the first token / audio chunk arrived (earlier failures were
 //!   retried or failed over); a later failure ends the stream with its status. A caller that
 //!   drops a stream cancels the provider request.
@@ -41,8 +47,8 @@ use tokio::net::TcpListener;
 pub use config::Config;
 pub use service::ProviderGatewayService;
 
-/// Largest request accepted (a recording to transcribe): 64 MiB, about 2 h of 8 kHz μ-law.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes a request may carry besides a `Transcribe` request's audio (format, language, ids).
+pub const REQUEST_SLACK_BYTES: usize = 64 * 1024;
 
 /// This service's identity for telemetry, with the provider histograms' buckets.
 pub fn service_info() -> ServiceInfo {
@@ -68,10 +74,18 @@ pub async fn run(config: Config, grpc: TcpListener, admin: TcpListener, ctx: Ser
     metrics::describe();
     metrics::record_configuration(&gateway.list_providers());
     metrics::log_configuration(&gateway);
-    let server =
-        ProviderGatewayServer::new(ProviderGatewayService::new(gateway)).max_decoding_message_size(MAX_REQUEST_BYTES);
-    let routes = tonic::service::Routes::new(server);
-    Ok(telemetry::serve_grpc_service(&ctx, grpc, admin, routes, &[SERVICE_NAME]).await?)
+    let limits = service::Limits {
+        max_tokens_cap: config.llm_max_tokens_cap,
+        transcribe_max_bytes: config.transcribe_max_bytes,
+    };
+    // The largest message is a `Transcribe` request: tonic refuses a larger one from its length
+    // prefix, before reading its body (answered `ResourceExhausted`).
+    let message_limit = config.transcribe_max_bytes + REQUEST_SLACK_BYTES;
+    let server = ProviderGatewayServer::new(ProviderGatewayService::with_limits(gateway, limits))
+        .max_decoding_message_size(message_limit);
+    let routes = tonic::service::Routes::new(telemetry::grpc::OversizeIsResourceExhausted::new(server, message_limit));
+    let token = config.telemetry.internal_auth_token.as_ref();
+    Ok(telemetry::serve_grpc_service(&ctx, grpc, admin, routes, &[SERVICE_NAME], token).await?)
 }
 
 /// Binds the configured addresses and serves until shutdown.

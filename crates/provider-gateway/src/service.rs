@@ -20,24 +20,75 @@ use crate::error::failed;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// What a caller may ask of the gateway.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// `LLM_MAX_TOKENS_CAP`: `max_tokens` is clamped to it (and is it when the caller sends 0).
+    pub max_tokens_cap: u32,
+    /// `TRANSCRIBE_MAX_BYTES`: the largest audio of one `Transcribe` request.
+    pub transcribe_max_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_tokens_cap: 1024, transcribe_max_bytes: crate::config::DEFAULT_TRANSCRIBE_MAX_BYTES }
+    }
+}
+
 /// The gateway's gRPC front. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ProviderGatewayService {
     gateway: Gateway,
+    limits: Limits,
 }
 
 impl ProviderGatewayService {
-    /// Serves `gateway`.
+    /// Serves `gateway` with the default limits.
     pub fn new(gateway: Gateway) -> Self {
-        Self { gateway }
+        Self::with_limits(gateway, Limits::default())
+    }
+
+    /// Serves `gateway` with `limits`.
+    pub fn with_limits(gateway: Gateway, limits: Limits) -> Self {
+        Self { gateway, limits }
+    }
+
+    /// Refuses a model the gateway is not configured with. A named model must be the
+    /// configured model of a provider in the capability's order (of `pinned` alone when the
+    /// caller pinned one); the request then goes on as if it named none, so that each provider
+    /// uses its own configured model (a caller cannot spend the operator's key on another).
+    fn check_model(
+        &self,
+        capability: Capability,
+        pinned: Option<ProviderKind>,
+        model: &mut Option<String>,
+    ) -> Result<(), Status> {
+        let Some(named) = model.take() else { return Ok(()) };
+        let configured: Vec<String> = self
+            .gateway
+            .list_providers()
+            .into_iter()
+            .filter(|row| row.capability == capability && row.order.is_some())
+            .filter(|row| pinned.is_none_or(|kind| row.name == kind.as_str()))
+            .filter_map(|row| row.model)
+            .collect();
+        if configured.contains(&named) {
+            return Ok(());
+        }
+        Err(Status::invalid_argument(format!(
+            "model `{}` is not configured for {} on this gateway (configured: {}); leave it empty for the default",
+            echo(&named),
+            convert::capability_name(capability),
+            if configured.is_empty() { "none".to_owned() } else { configured.join(", ") }
+        )))
     }
 
     /// The gateway for a request: the capability's failover order, or only the provider the
-    /// caller named (which must be listed for it and configured).
-    fn route(&self, capability: Capability, provider: &str) -> Result<Gateway, Status> {
+    /// caller named (which must be listed for it and configured), and that provider.
+    fn route(&self, capability: Capability, provider: &str) -> Result<(Gateway, Option<ProviderKind>), Status> {
         let name = provider.trim();
         if name.is_empty() {
-            return Ok(self.gateway.clone());
+            return Ok((self.gateway.clone(), None));
         }
         let Some(kind) = ProviderKind::parse(name) else {
             return Err(Status::invalid_argument(format!(
@@ -58,7 +109,7 @@ impl ProviderGatewayService {
         if let Err(reason) = config.availability(kind) {
             return Err(Status::failed_precondition(format!("provider `{kind}` is not configured: {reason}")));
         }
-        Ok(self.gateway.pinned(kind))
+        Ok((self.gateway.pinned(kind), Some(kind)))
     }
 }
 
@@ -97,8 +148,16 @@ impl ProviderGateway for ProviderGatewayService {
     async fn transcribe(&self, request: Request<TranscribeRequest>) -> Result<Response<TranscribeResponse>, Status> {
         let deadline = deadline(&request);
         let request = request.into_inner();
-        let gateway = self.route(Capability::Stt, &request.provider)?;
-        let request = convert::transcription_request(request)?;
+        if request.audio.len() > self.limits.transcribe_max_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "audio of {} bytes exceeds the limit of {} bytes",
+                request.audio.len(),
+                self.limits.transcribe_max_bytes
+            )));
+        }
+        let (gateway, pinned) = self.route(Capability::Stt, &request.provider)?;
+        let mut request = convert::transcription_request(request)?;
+        self.check_model(Capability::Stt, pinned, &mut request.model)?;
         let transcript = gateway.transcribe(request, deadline).await.map_err(|e| failed("transcribe", &e))?;
         Ok(Response::new(convert::transcribe_response(transcript)))
     }
@@ -112,8 +171,11 @@ impl ProviderGateway for ProviderGatewayService {
     ) -> Result<Response<Self::StreamChatStream>, Status> {
         let deadline = deadline(&request);
         let request = request.into_inner();
-        let gateway = self.route(Capability::Llm, &request.provider)?;
-        let request = convert::chat_request(request)?;
+        let (gateway, pinned) = self.route(Capability::Llm, &request.provider)?;
+        let mut request = convert::chat_request(request)?;
+        self.check_model(Capability::Llm, pinned, &mut request.model)?;
+        let cap = self.limits.max_tokens_cap;
+        request.max_tokens = Some(request.max_tokens.map_or(cap, |asked| asked.min(cap)));
         // Returns once the first token arrived: failures before it were failed over already.
         let stream = gateway.chat(request, deadline).await.map_err(|e| failed("chat", &e))?;
         Ok(Response::new(Box::pin(chat_events(stream))))
@@ -128,8 +190,9 @@ impl ProviderGateway for ProviderGatewayService {
     ) -> Result<Response<Self::SynthesizeSpeechStream>, Status> {
         let deadline = deadline(&request);
         let request = request.into_inner();
-        let gateway = self.route(Capability::Tts, &request.provider)?;
-        let request = convert::synthesis_request(request)?;
+        let (gateway, pinned) = self.route(Capability::Tts, &request.provider)?;
+        let mut request = convert::synthesis_request(request)?;
+        self.check_model(Capability::Tts, pinned, &mut request.model)?;
         let stream = gateway.synthesize(request, deadline).await.map_err(|e| failed("synthesize", &e))?;
         Ok(Response::new(Box::pin(audio_chunks(stream))))
     }
@@ -142,7 +205,7 @@ impl ProviderGateway for ProviderGatewayService {
         let deadline = deadline(&request);
         let request = request.into_inner();
         convert::sentiment_text(&request)?;
-        let gateway = self.route(Capability::Sentiment, &request.provider)?;
+        let (gateway, _) = self.route(Capability::Sentiment, &request.provider)?;
         let result = gateway.sentiment(&request.text, deadline).await.map_err(|e| failed("sentiment", &e))?;
         Ok(Response::new(convert::sentiment_response(result)))
     }

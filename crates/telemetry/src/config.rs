@@ -386,6 +386,10 @@ pub struct TelemetryConfig {
     pub shutdown_timeout: Duration,
     /// `TELEMETRY_FLUSH_TIMEOUT_SECONDS`: longest flush of Sentry and OTLP at exit (default 5).
     pub flush_timeout: Duration,
+    /// `INTERNAL_AUTH_TOKEN`: unset = the gRPC ports trust the network. Set, every gRPC call
+    /// except health and reflection must carry `authorization: Bearer <token>`, and call-api
+    /// sends it on every call to its peers.
+    pub internal_auth_token: Option<Secret>,
 }
 
 impl TelemetryConfig {
@@ -464,6 +468,7 @@ impl TelemetryConfig {
         let shutdown_delay = reader.seconds_or("SHUTDOWN_DELAY_SECONDS", Duration::ZERO, 300.0);
         let shutdown_timeout = reader.seconds_or("SHUTDOWN_TIMEOUT_SECONDS", Duration::from_secs(20), 3600.0);
         let flush_timeout = reader.seconds_or("TELEMETRY_FLUSH_TIMEOUT_SECONDS", Duration::from_secs(5), 60.0);
+        let internal_auth_token = read_internal_auth_token(reader);
 
         Self {
             sentry_dsn,
@@ -485,6 +490,7 @@ impl TelemetryConfig {
             shutdown_delay,
             shutdown_timeout,
             flush_timeout,
+            internal_auth_token,
         }
     }
 
@@ -504,6 +510,28 @@ impl TelemetryConfig {
     pub fn otlp_enabled(&self) -> bool {
         self.apm_enabled && self.otlp_endpoint.is_some()
     }
+}
+
+/// Shortest `INTERNAL_AUTH_TOKEN` accepted.
+pub const INTERNAL_AUTH_TOKEN_MIN_CHARS: usize = 32;
+
+/// `INTERNAL_AUTH_TOKEN`: 32 to 512 printable ASCII characters without spaces (it travels in a
+/// header). The value never appears in an error message.
+pub fn read_internal_auth_token(reader: &mut Reader<'_>) -> Option<Secret> {
+    let token = reader.secret("INTERNAL_AUTH_TOKEN")?;
+    let value = token.expose();
+    if value.len() < INTERNAL_AUTH_TOKEN_MIN_CHARS || value.len() > 512 {
+        reader.error(
+            "INTERNAL_AUTH_TOKEN",
+            format!("must be {INTERNAL_AUTH_TOKEN_MIN_CHARS} to 512 characters long (e.g. `openssl rand -hex 32`)"),
+        );
+        return None;
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        reader.error("INTERNAL_AUTH_TOKEN", "must be printable ASCII without spaces");
+        return None;
+    }
+    Some(token)
 }
 
 fn read_sampler(reader: &mut Reader<'_>) -> Sampler {

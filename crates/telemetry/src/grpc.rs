@@ -381,3 +381,52 @@ mod tests {
         assert_eq!(deadline_of(&r), None);
     }
 }
+
+/// Wraps the generated server: a unary request over the message size limit is refused by
+/// tonic with `OutOfRange` before our handler runs; this answers `ResourceExhausted` instead,
+/// the code the contract promises for oversized payloads.
+#[derive(Clone)]
+pub struct OversizeIsResourceExhausted<S> {
+    inner: S,
+    message: http::HeaderValue,
+}
+
+impl<S> OversizeIsResourceExhausted<S> {
+    /// Wraps `inner`, whose message size limit is `limit_bytes`.
+    pub fn new(inner: S, limit_bytes: usize) -> Self {
+        let message = format!("request exceeds the message size limit of {limit_bytes} bytes");
+        Self { inner, message: http::HeaderValue::try_from(message).expect("ascii message") }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for OversizeIsResourceExhausted<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<B>> for OversizeIsResourceExhausted<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = std::convert::Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, std::convert::Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let fut = self.inner.call(request);
+        let message = self.message.clone();
+        Box::pin(async move {
+            let mut response = fut.await?;
+            let headers = response.headers_mut();
+            if headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11") {
+                headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+                headers.insert("grpc-message", message);
+            }
+            Ok(response)
+        })
+    }
+}

@@ -19,6 +19,7 @@
 //! A service's `main` starts with `let telemetry = telemetry::init(&info, &config)?;` and ends
 //! with `telemetry.shutdown().await`.
 
+pub mod auth;
 pub mod config;
 pub mod entry;
 pub mod grpc;

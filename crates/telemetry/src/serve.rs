@@ -312,13 +312,15 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 
 /// Serves gRPC `routes` plus `grpc.health.v1` (for `""` and each of `service_names`) and server
 /// reflection on `grpc`, and the admin router (health, readiness, metrics, pprof) on `admin`,
-/// until shutdown; readiness turns on once both listen.
+/// until shutdown; readiness turns on once both listen. With `internal_auth_token`, every call
+/// but health and reflection must carry it (see [`crate::auth`]).
 pub async fn serve_grpc_service(
     ctx: &ServiceContext,
     grpc: TcpListener,
     admin: TcpListener,
     routes: tonic::service::Routes,
     service_names: &[&str],
+    internal_auth_token: Option<&crate::Secret>,
 ) -> Result<(), ServeError> {
     // Accepted sockets inherit TCP_NODELAY from the listener (Linux, macOS). Without it, Nagle's
     // algorithm holds the server's small HTTP/2 frames (window updates, response headers)
@@ -342,6 +344,8 @@ pub async fn serve_grpc_service(
     let stop = ctx.shutdown.clone();
     let grpc_server = tonic::transport::Server::builder()
         .layer(crate::grpc_server_layers())
+        // Inside the metrics layer, so refused calls are counted (`Unauthenticated`).
+        .layer(crate::auth::InternalAuthLayer::new(internal_auth_token))
         .add_routes(routes)
         .serve_with_incoming_shutdown(crate::incoming(grpc), async move { stop.stopping().await });
     let admin_router = crate::admin_router(&ctx.health, ctx.metrics.clone(), true);

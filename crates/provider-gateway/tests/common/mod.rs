@@ -281,6 +281,7 @@ pub fn env(openai: Option<&Fake>, deepgram: Option<&Fake>, extra: &[(&str, &str)
 /// A running gateway.
 pub struct App {
     pub client: ProviderGatewayClient<Channel>,
+    pub grpc_url: String,
     pub admin_url: String,
     pub ctx: ServiceContext,
 }
@@ -298,8 +299,8 @@ pub async fn spawn_app(env: &Env, metrics: Option<MetricsHandle>) -> App {
     tokio::spawn(async move {
         provider_gateway::run(config, grpc, admin, run_ctx).await.expect("service runs");
     });
-    let channel = tonic::transport::Endpoint::from_shared(grpc_url).unwrap().connect_lazy();
-    App { client: ProviderGatewayClient::new(channel), admin_url, ctx }
+    let channel = tonic::transport::Endpoint::from_shared(grpc_url.clone()).unwrap().connect_lazy();
+    App { client: ProviderGatewayClient::new(channel), grpc_url, admin_url, ctx }
 }
 
 /// A request carrying a `grpc-timeout`, as a real caller sends.
