@@ -36,11 +36,7 @@ pub async fn start_audio(grpc: Option<TcpListener>) -> Peer {
     start_audio_with(grpc, &[]).await
 }
 
-<<<<<<< HEAD
-/// audio-processor with extra environment.
-=======
 /// audio-processor on `grpc` (port 0 when `None`) with `extra` variables.
->>>>>>> 184f07e
 pub async fn start_audio_with(grpc: Option<TcpListener>, extra: &[(&str, &str)]) -> Peer {
     let mut env = Env::from_pairs([("LOG_LEVEL", "warn")]);
     for (k, v) in extra {
