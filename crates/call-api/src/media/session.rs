@@ -487,7 +487,13 @@ impl Live {
                 metrics::media_frame_dropped();
                 None
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Some(End::AudioLost),
+            // The audio stream ended (an audio-processor shutting down): its events channel says
+            // so too, and the call reopens the stream; this frame is lost meanwhile. Ending the
+            // call here instead raced the reconnection.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                metrics::media_frame_dropped();
+                None
+            }
         }
     }
 
