@@ -22,6 +22,9 @@ pub struct Config {
     /// (25,000,000 bytes): under OpenAI's transcription upload limit (25 MiB, with room for a
     /// WAV header and the form), so every provider of a failover order can take it.
     pub transcribe_max_bytes: usize,
+    /// `TRANSCRIBE_BUDGET_BYTES`: `Transcribe` audio held in memory at once; a request whose
+    /// size is not free is answered `ResourceExhausted`. Default 50 MB (two requests at the cap).
+    pub transcribe_budget_bytes: usize,
     /// The variables common to every service.
     pub telemetry: TelemetryConfig,
 }
@@ -42,6 +45,7 @@ impl Config {
         let llm_max_tokens_cap = r.positive_or("LLM_MAX_TOKENS_CAP", 1024usize, 1_000_000) as u32;
         let transcribe_max_bytes =
             r.positive_or("TRANSCRIBE_MAX_BYTES", DEFAULT_TRANSCRIBE_MAX_BYTES, TRANSCRIBE_MAX_BYTES_CAP);
+        let transcribe_budget_bytes = r.positive_or("TRANSCRIBE_BUDGET_BYTES", 50_000_000, 4 * 1024 * 1024 * 1024);
         match read_providers(env, &mut r.errors) {
             Some(providers) => r.errors.into_result(Self {
                 grpc_addr,
@@ -49,6 +53,7 @@ impl Config {
                 providers,
                 llm_max_tokens_cap,
                 transcribe_max_bytes,
+                transcribe_budget_bytes,
                 telemetry,
             }),
             None => Err(r.errors),

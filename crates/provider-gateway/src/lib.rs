@@ -22,7 +22,9 @@
 //!   `INVALID_ARGUMENT`; each provider then uses its own configured model. `max_tokens` is
 //!   clamped to `LLM_MAX_TOKENS_CAP` (0 = the cap). A `Transcribe` request's audio is at most
 //!   `TRANSCRIBE_MAX_BYTES` (`RESOURCE_EXHAUSTED` beyond, refused from the message's length
-//!   prefix before its body is read).
+//!   prefix before its body is read), and `Transcribe` requests in flight hold at most
+//!   `TRANSCRIBE_BUDGET_BYTES` of audio (`ResourceExhausted` beyond, before the body is read;
+//!   `budget.rs`).
 //! - Streams start only once the first token / audio chunk arrived (earlier failures were
 //!   retried or failed over); a later failure ends the stream with its status. A caller that
 //!   drops a stream cancels the provider request.
@@ -32,6 +34,7 @@
 //!   readiness failure. Availability is reported by `ListProviders`, the
 //!   `provider_configured{provider,capability}` gauge and one log line at start.
 
+pub mod budget;
 pub mod config;
 pub mod convert;
 pub mod error;
@@ -83,6 +86,7 @@ pub async fn run(config: Config, grpc: TcpListener, admin: TcpListener, ctx: Ser
     let message_limit = config.transcribe_max_bytes + REQUEST_SLACK_BYTES;
     let server = ProviderGatewayServer::new(ProviderGatewayService::with_limits(gateway, limits))
         .max_decoding_message_size(message_limit);
+    let server = budget::TranscribeBudget::new(server, config.transcribe_budget_bytes);
     let routes = tonic::service::Routes::new(telemetry::grpc::OversizeIsResourceExhausted::new(server, message_limit));
     let token = config.telemetry.internal_auth_token.as_ref();
     Ok(telemetry::serve_grpc_service(&ctx, grpc, admin, routes, &[SERVICE_NAME], token).await?)

@@ -161,3 +161,34 @@ fn a_short_internal_auth_token_stops_the_service_without_echoing_it() {
     assert!(errors.contains("INTERNAL_AUTH_TOKEN"), "{errors}");
     assert!(!errors.contains("short\""), "{errors}");
 }
+
+#[tokio::test]
+async fn transcriptions_over_the_memory_budget_are_refused_before_they_are_read() {
+    let openai = Fake::start().await;
+    openai.on("/v1/audio/transcriptions", vec![Reply::Delayed(Duration::from_secs(1), Box::new(whisper_reply()))]);
+    // Room for one 1 MB request at a time.
+    let app = spawn_app(
+        &env(Some(&openai), None, &[("STT_PROVIDERS", "openai"), ("TRANSCRIBE_BUDGET_BYTES", "1500000")]),
+        None,
+    )
+    .await;
+    let mut client = app.client.clone();
+    let first = tokio::spawn(async move { client.transcribe(transcribe("", vec![0xff; 1_000_000])).await });
+    for _ in 0..400 {
+        if openai.count("/v1/audio/transcriptions") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(openai.count("/v1/audio/transcriptions"), 1);
+    // While the first is with the provider, a second does not fit.
+    let err = app.client.clone().transcribe(transcribe("", vec![0xff; 1_000_000])).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("TRANSCRIBE_BUDGET_BYTES"), "{err:?}");
+    // Small requests still fit beside it, and the budget comes back.
+    let small = app.client.clone().transcribe(transcribe("", vec![0xff; 8000])).await.unwrap();
+    assert_eq!(small.into_inner().text, "hello");
+    assert_eq!(first.await.unwrap().unwrap().into_inner().text, "hello");
+    let again = app.client.clone().transcribe(transcribe("", vec![0xff; 1_000_000])).await.unwrap();
+    assert_eq!(again.into_inner().text, "hello");
+}
