@@ -90,19 +90,7 @@ impl Twilio {
             }
             form.finish()
         };
-        let response = self
-            .http
-            .post(url)
-            .basic_auth(&self.config.account_sid, Some(self.config.auth_token.expose()))
-            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(reqwest::header::ACCEPT, "application/json")
-            .body(form)
-            .send()
-            .await
-            .map_err(|e| DialError::Unreachable(if e.is_timeout() { "timed out" } else { "connection failed" }))?;
-        let status = response.status();
-        // Twilio's answers are small; a larger one is not Twilio's.
-        let body = read_limited(response, 64 * 1024).await.map_err(|_| DialError::Unreachable("answer cut off"))?;
+        let (status, body) = self.post_form(url, form).await?;
         if !status.is_success() {
             // Twilio's error document carries a numeric code; its text may repeat the numbers
             // dialled, so only the code is kept.
@@ -128,18 +116,7 @@ impl Twilio {
             "{}/2010-04-01/Accounts/{}/Calls/{call_sid}.json",
             self.config.api_base_url, self.config.account_sid
         );
-        let response = self
-            .http
-            .post(url)
-            .basic_auth(&self.config.account_sid, Some(self.config.auth_token.expose()))
-            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(reqwest::header::ACCEPT, "application/json")
-            .body("Status=completed")
-            .send()
-            .await
-            .map_err(|e| DialError::Unreachable(if e.is_timeout() { "timed out" } else { "connection failed" }))?;
-        let status = response.status();
-        let body = read_limited(response, 64 * 1024).await.map_err(|_| DialError::Unreachable("answer cut off"))?;
+        let (status, body) = self.post_form(url, "Status=completed".to_string()).await?;
         if status.is_success() {
             return Ok(());
         }
@@ -149,6 +126,26 @@ impl Twilio {
             return Ok(());
         }
         Err(DialError::Rejected { status: status.as_u16(), code })
+    }
+}
+
+impl Twilio {
+    /// POSTs a form to Twilio's REST API with the account's credentials; the status and the
+    /// (small: a larger one is not Twilio's) answer.
+    async fn post_form(&self, url: String, form: String) -> Result<(reqwest::StatusCode, Vec<u8>), DialError> {
+        let response = self
+            .http
+            .post(url)
+            .basic_auth(&self.config.account_sid, Some(self.config.auth_token.expose()))
+            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(reqwest::header::ACCEPT, "application/json")
+            .body(form)
+            .send()
+            .await
+            .map_err(|e| DialError::Unreachable(if e.is_timeout() { "timed out" } else { "connection failed" }))?;
+        let status = response.status();
+        let body = read_limited(response, 64 * 1024).await.map_err(|_| DialError::Unreachable("answer cut off"))?;
+        Ok((status, body))
     }
 }
 
