@@ -63,7 +63,21 @@ impl Cluster {
         }
     }
 
-    pub(super) fn create(root: &Path, port: u16) -> Result<Self, String> {
+    /// A cluster of its own on `port` (checked free), started, and said so in the report.
+    pub(super) fn throwaway(root: &Path, port: u16, r: &mut Report) -> Result<Self, String> {
+        stack::ports_free(&[port]).map_err(|e| format!("PostgreSQL port: {e}"))?;
+        let cluster = Self::create(root, port)?;
+        cluster.start()?;
+        r.say(format!(
+            "throwaway PostgreSQL: initdb in {} on 127.0.0.1:{}{}",
+            cluster.data.display(),
+            cluster.port,
+            cluster.user.as_ref().map_or(String::new(), |u| format!(" (run as {u}: this drill runs as root)"))
+        ));
+        Ok(cluster)
+    }
+
+    fn create(root: &Path, port: u16) -> Result<Self, String> {
         let data = root.join("pgdata");
         let sock = root.join("pgsock");
         let user = is_root().then(|| std::env::var("DRILL_PG_USER").unwrap_or_else(|_| "postgres".into()));
@@ -168,16 +182,8 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     let ports = Ports::block(10);
     stack::ports_free(&ports.all())?;
     let pg_port = o.pg_port.unwrap_or(PG_PORT);
-    stack::ports_free(&[pg_port]).map_err(|e| format!("PostgreSQL port: {e}"))?;
     let dir = o.workdir("database")?;
-    let cluster = Cluster::create(dir.path(), pg_port)?;
-    cluster.start()?;
-    r.say(format!(
-        "throwaway PostgreSQL: initdb in {} on 127.0.0.1:{}{}",
-        cluster.data.display(),
-        cluster.port,
-        cluster.user.as_ref().map_or(String::new(), |u| format!(" (run as {u}: this drill runs as root)"))
-    ));
+    let cluster = Cluster::throwaway(dir.path(), pg_port, r)?;
     let key = stack::drill_key();
     let env = [
         ("API_KEYS", key.clone()),

@@ -257,16 +257,8 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     all_ports.push(BALANCER_PORT);
     stack::ports_free(&all_ports)?;
     let pg_port = o.pg_port.unwrap_or(PG_PORT);
-    stack::ports_free(&[pg_port]).map_err(|e| format!("PostgreSQL port: {e}"))?;
     let dir = o.workdir("scale")?;
-    let cluster = Cluster::create(dir.path(), pg_port)?;
-    cluster.start()?;
-    r.say(format!(
-        "throwaway PostgreSQL: initdb in {} on 127.0.0.1:{}{}",
-        cluster.data.display(),
-        cluster.port,
-        cluster.user.as_ref().map_or(String::new(), |u| format!(" (run as {u}: this drill runs as root)"))
-    ));
+    let cluster = Cluster::throwaway(dir.path(), pg_port, r)?;
     let key = stack::drill_key();
     let env = [
         ("API_KEYS", key.clone()),
