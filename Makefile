@@ -36,6 +36,7 @@ bench: ## run the benchmarks (release build) and print their figures
 	$(CARGO) bench --workspace
 	bash scripts/bench-telemetry.sh release
 	bash scripts/bench-live.sh release
+	bash scripts/bench-recording-memory.sh release
 
 fuzz-api: ## schemathesis against the served OpenAPI document, whole stack on loopback (FUZZ_EXAMPLES=100)
 	bash scripts/fuzz-api.sh $(FUZZ_EXAMPLES)

@@ -71,6 +71,7 @@ KNOWN_ENV = set(
     SHUTDOWN_DELAY_SECONDS SHUTDOWN_TIMEOUT_SECONDS TELEMETRY_FLUSH_TIMEOUT_SECONDS
     LIVE_DRAIN_TIMEOUT_SECONDS LIVE_LEASE_SECONDS REPLICA_ID PEER_RESOLVE_INTERVAL_SECONDS
     INTERNAL_AUTH_TOKEN
+    RECORDING_MAX_BYTES AUDIO_MAX_RECORDING_BYTES RECORDING_MAX_CONCURRENT_ANALYSES AUDIO_MAX_CONCURRENT_ANALYSES
     """.split()
 )
 # The shutdown sequence and its bounds, with the binaries' defaults: after the
@@ -1129,6 +1130,94 @@ def cmd_otel() -> None:
     finish(f"collector: {len(pipelines)} pipelines, every component defined and used")
 
 
+# --- memory: the Deployments' limits hold the recordings they accept ----------
+
+# Peak resident memory of a replica, measured by scripts/bench-recording-memory.sh (worst
+# case: raw 8 kHz mu-law noise, all of it speech): a base plus, per recording analysed at
+# once, a multiple of the recording limit. See docs/SPEC.md, "Recording memory".
+MEMORY_MODEL = {
+    # service: (base MiB, multiple of the recording limit per analysis, bytes variable,
+    #           its default, concurrency variable, its default)
+    "audio-processor": (96, 8, "AUDIO_MAX_RECORDING_BYTES", 64 << 20,
+                        "AUDIO_MAX_CONCURRENT_ANALYSES", None),
+    "call-api": (128, 4.5, "RECORDING_MAX_BYTES", 64 << 20,
+                 "RECORDING_MAX_CONCURRENT_ANALYSES", 2),
+}
+
+
+def parse_quantity(q) -> float:
+    """A Kubernetes memory quantity in bytes (512Mi, 1Gi, 1G, 1000000)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(q).strip())
+    if not m:
+        raise ValueError(f"not a memory quantity: {q!r}")
+    mult = {None: 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40,
+            "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}[m.group(2)]
+    return float(m.group(1)) * mult
+
+
+def env_int(where: str, env: dict, var: str, default):
+    raw = env.get(var)
+    if raw is None or str(raw).strip() == "":
+        if default is None:
+            fail(f"{where}: {var} is not set; the memory limit can only be checked against an explicit value")
+        return default
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        fail(f"{where}: {var}={raw!r} is not a whole number")
+        return default
+
+
+def cmd_memory(renders: list[str]) -> None:
+    out = []
+    for r in renders:
+        path = Path(r)
+        src = RENDER_SOURCES.get(path.name, path.name)
+        docs = load_yaml_docs(path)
+        by_kind: dict[str, dict[str, dict]] = {}
+        for d in docs:
+            by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+        cm = by_kind.get("ConfigMap", {}).get("voice-kraliki-config", {}).get("data", {}) or {}
+        envs = {}
+        for svc in SERVICES:
+            dep = by_kind.get("Deployment", {}).get(svc)
+            if not dep:
+                fail(f"{src} {svc}: no Deployment rendered")
+                continue
+            c = dep["spec"]["template"]["spec"]["containers"][0]
+            env = dict(cm)
+            env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
+            envs[svc] = (env, c.get("resources", {}).get("limits", {}).get("memory"))
+        if "call-api" in envs and "audio-processor" in envs:
+            api = env_int(src, envs["call-api"][0], "RECORDING_MAX_BYTES", 64 << 20)
+            audio = env_int(src, envs["audio-processor"][0], "AUDIO_MAX_RECORDING_BYTES", 64 << 20)
+            if api and audio and audio < api:
+                fail(f"{src}: AUDIO_MAX_RECORDING_BYTES {audio} < RECORDING_MAX_BYTES {api}: "
+                     "recordings call-api accepts would be refused by audio-processor")
+        for svc, (base, factor, bytes_var, bytes_default, n_var, n_default) in MEMORY_MODEL.items():
+            if svc not in envs:
+                continue
+            env, limit = envs[svc]
+            if not limit:
+                fail(f"{src} {svc}: no memory limit")
+                continue
+            try:
+                limit_b = parse_quantity(limit)
+            except ValueError as e:
+                fail(f"{src} {svc}: {e}")
+                continue
+            size = env_int(src + " " + svc, env, bytes_var, bytes_default)
+            n = env_int(src + " " + svc, env, n_var, n_default)
+            if size is None or n is None:
+                continue
+            need = base * (1 << 20) + n * factor * size
+            if limit_b < need:
+                fail(f"{src} {svc}: memory limit {limit} < {need / (1 << 20):.0f}Mi = base {base}Mi + "
+                     f"{n_var} {n} x {factor} x {bytes_var} {size / (1 << 20):.0f}Mi (docs/SPEC.md, Recording memory)")
+            out.append(f"{src} {svc} {limit}>={need / (1 << 20):.0f}Mi")
+    finish("memory limits hold their recordings: " + ", ".join(out))
+
+
 def main() -> None:
     if len(sys.argv) < 2:
         print(__doc__, file=sys.stderr)
@@ -1141,6 +1230,7 @@ def main() -> None:
         "contract": lambda: cmd_contract(args),
         "budget": lambda: cmd_budget(args),
         "replicas": lambda: cmd_replicas(args),
+        "memory": lambda: cmd_memory(args),
         "keda": lambda: cmd_keda(*args),
         "core": lambda: cmd_core(*args),
         "operator": lambda: cmd_operator(*args),

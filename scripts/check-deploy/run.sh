@@ -32,6 +32,9 @@
 #   shutdown budget: grace period >= pause + max(HTTP, live drain) + flush in
 #     every render, compose and the systemd units
 #   replicas: headless gRPC Services, REPLICA_ID, surge-first call-api rollout
+#   memory: each memory limit >= base + analyses x factor x recording limit
+#     (measured by scripts/bench-recording-memory.sh), and the two recording
+#     limits agree
 #   checkov on the renders and the Dockerfile; checkov secrets on the sources
 #   docker compose config; systemd-analyze verify; collector pipelines
 set -euo pipefail
@@ -195,6 +198,11 @@ shutdown_budget() {
     "$WORK/render/prod-keda.yaml"
 }
 
+memory_limits() {
+  "$PY" "$HERE/checks.py" memory "$WORK/render/base.yaml" "$WORK/render/dev.yaml" "$WORK/render/prod.yaml" \
+    "$WORK/render/prod-keda.yaml"
+}
+
 replicas() {
   "$PY" "$HERE/checks.py" replicas "$WORK/render/base.yaml" "$WORK/render/dev.yaml" "$WORK/render/prod.yaml" \
     "$WORK/render/prod-keda.yaml"
@@ -255,10 +263,11 @@ if [[ -s "$WORK/render/prod-keda-core.yaml" && -s "$WORK/render/operator.yaml" ]
   check "contract (SPEC 3, 7)" contract
   check "shutdown budget" shutdown_budget
   check "replicas: peers, identity, rollout" replicas
+  check "memory limits and recording sizes" memory_limits
   check "checkov" checkov_scan
 else
-  failed=$((failed + 7))
-  echo "FAIL  kubernetes-validate, operator objects, KEDA, contract, shutdown budget, replicas, checkov: nothing rendered"
+  failed=$((failed + 8))
+  echo "FAIL  kubernetes-validate, operator objects, KEDA, contract, shutdown budget, replicas, memory, checkov: nothing rendered"
 fi
 check "docker compose config" compose_config
 check "systemd-analyze verify" systemd_verify

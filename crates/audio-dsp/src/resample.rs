@@ -14,21 +14,70 @@ fn to_i16(x: f32) -> i16 {
     (x * SCALE).round().clamp(-32768.0, 32767.0) as i16
 }
 
+/// Input samples per step of the offline resampler.
+const OFFLINE_CHUNK: usize = 1024;
+
 /// Resamples a whole mono clip from `from` Hz to `to` Hz. The resampler's start-up delay is
 /// trimmed, so the output is time-aligned with the input and has
 /// `ceil(len * to / from)` samples. Returns a copy when the rates are equal.
 pub fn resample(samples: &[i16], from: u32, to: u32) -> Result<Vec<i16>, DspError> {
+    let mut out = Vec::with_capacity((samples.len() as u64 * u64::from(to)).div_ceil(u64::from(from.max(1))) as usize);
+    resample_each(samples, from, to, |block| out.extend_from_slice(block))?;
+    Ok(out)
+}
+
+/// [`resample`], appending the output to `out` as little-endian PCM16 bytes, with no copy of
+/// the clip at either rate.
+pub fn resample_to_pcm16le(samples: &[i16], from: u32, to: u32, out: &mut Vec<u8>) -> Result<(), DspError> {
+    resample_each(samples, from, to, |block| out.extend(block.iter().flat_map(|s| s.to_le_bytes())))
+}
+
+/// [`resample`], handing the output to `sink` block by block, in order, instead of collecting
+/// it: besides what `sink` keeps, it holds a few kilobytes however long the clip is.
+pub fn resample_each(samples: &[i16], from: u32, to: u32, mut sink: impl FnMut(&[i16])) -> Result<(), DspError> {
     check_rate(from)?;
     check_rate(to)?;
-    if from == to || samples.is_empty() {
-        return Ok(samples.to_vec());
+    if from == to {
+        sink(samples);
+        return Ok(());
     }
-    let input: Vec<f32> = samples.iter().map(|&s| f32::from(s) / SCALE).collect();
-    let mut resampler =
-        Fft::<f32>::new(from as usize, to as usize, 1024, 1, FixedSync::Input).map_err(|_| DspError::Resample)?;
-    let adapter = SequentialSlice::new(&input[..], 1, input.len()).map_err(|_| DspError::Resample)?;
-    let out = resampler.process_all(&adapter, input.len(), None).map_err(|_| DspError::Resample)?;
-    Ok(out.take_data().into_iter().map(to_i16).collect())
+    if samples.is_empty() {
+        return Ok(());
+    }
+    let mut resampler = Fft::<f32>::new(from as usize, to as usize, OFFLINE_CHUNK, 1, FixedSync::Input)
+        .map_err(|_| DspError::Resample)?;
+    let expected = (samples.len() as u64 * u64::from(to)).div_ceil(u64::from(from)) as usize;
+    let mut input = vec![0f32; resampler.input_frames_max()];
+    let mut output = vec![0f32; resampler.output_frames_max()];
+    let mut block = Vec::with_capacity(output.len());
+    let mut skip = resampler.output_delay();
+    let mut emitted = 0;
+    let mut at = 0;
+    // Whole chunks, then the last partial one padded with zeros, then zeros until the delay
+    // has been flushed: what rubato's `process_all` does, a chunk at a time.
+    while emitted < expected {
+        let need = resampler.input_frames_next();
+        let take = need.min(samples.len() - at);
+        for (x, &s) in input[..take].iter_mut().zip(&samples[at..at + take]) {
+            *x = f32::from(s) / SCALE;
+        }
+        input[take..need].fill(0.0);
+        at += take;
+        let chunk = SequentialSlice::new(&input[..need], 1, need).map_err(|_| DspError::Resample)?;
+        let frames = output.len();
+        let mut out = SequentialSlice::new_mut(&mut output[..], 1, frames).map_err(|_| DspError::Resample)?;
+        let (_, produced) = resampler.process_into_buffer(&chunk, &mut out, None).map_err(|_| DspError::Resample)?;
+        let fresh = &output[..produced];
+        let trimmed = skip.min(fresh.len());
+        skip -= trimmed;
+        let fresh = &fresh[trimmed..];
+        let keep = fresh.len().min(expected - emitted);
+        block.clear();
+        block.extend(fresh[..keep].iter().map(|&x| to_i16(x)));
+        sink(&block);
+        emitted += keep;
+    }
+    Ok(())
 }
 
 /// Streaming mono resampler for live audio: push any number of samples, get the resampled
@@ -127,6 +176,26 @@ mod tests {
             assert!(rms(&err) < 0.2 * rms(exp_mid), "{from}->{to} err {}", rms(&err));
         }
         assert!(resample(&[1, 2], 8000, 11025).is_err());
+    }
+
+    /// The chunked resampler gives rubato's `process_all` output exactly, at every length
+    /// around the chunk boundaries.
+    #[test]
+    fn chunked_matches_process_all() {
+        for (from, to) in [(8000u32, 16000u32), (48000, 16000), (16000, 8000), (24000, 16000)] {
+            for len in [1usize, 7, 1023, 1024, 1025, 2048, 5000, 16000] {
+                let input = tone(from, 440.0, len as f64 / f64::from(from) + 1e-9);
+                let input = &input[..len.min(input.len())];
+                let reference = {
+                    let x: Vec<f32> = input.iter().map(|&s| f32::from(s) / SCALE).collect();
+                    let mut r =
+                        Fft::<f32>::new(from as usize, to as usize, OFFLINE_CHUNK, 1, FixedSync::Input).unwrap();
+                    let a = SequentialSlice::new(&x[..], 1, x.len()).unwrap();
+                    r.process_all(&a, x.len(), None).unwrap().take_data().into_iter().map(to_i16).collect::<Vec<_>>()
+                };
+                assert_eq!(resample(input, from, to).unwrap(), reference, "{from}->{to} len {len}");
+            }
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 use std::time::Instant;
 
-use audio_dsp::{DecodedAudio, Limits, decode_raw, decode_wav, resample::resample, stream::TRANSCRIPTION_RATE};
+use audio_dsp::{
+    DecodedAudio, Limits, decode_raw, decode_wav, resample::resample_to_pcm16le, stream::TRANSCRIPTION_RATE,
+};
 use kraliki_proto::audio::v1 as pb;
 use tonic::Status;
 use tracing::field::Empty;
@@ -18,7 +20,7 @@ const SPEECH_AUDIO_FACTOR: usize = 4;
 /// Decodes and analyses one recording. Blocking: call it from `spawn_blocking`.
 pub(crate) fn analyze(
     params: &RecordingParams,
-    audio: &[u8],
+    audio: Vec<u8>,
     limits: &Limits,
 ) -> Result<pb::AnalyzeRecordingResponse, Status> {
     let span = tracing::info_span!(
@@ -35,10 +37,12 @@ pub(crate) fn analyze(
     let _entered = span.enter();
     let started = Instant::now();
     let decoded = match params.container {
-        Container::Wav => decode_wav(audio, limits),
-        Container::Raw(format) => decode_raw(audio, format, limits),
+        Container::Wav => decode_wav(&audio, limits),
+        Container::Raw(format) => decode_raw(&audio, format, limits),
     }
     .map_err(|e| dsp_status(&e))?;
+    // The encoded bytes are not needed again: free them before the speech audio is cut out.
+    drop(audio);
     span.record("codec", decoded.encoding.as_str());
     span.record("sample_rate", decoded.sample_rate);
     span.record("channels", decoded.channels.len());
@@ -90,17 +94,14 @@ fn speech_audio(
             if from == to {
                 continue;
             }
-            let samples = if audio.sample_rate == TRANSCRIPTION_RATE {
-                x[from..to].to_vec()
-            } else {
-                resample(&x[from..to], audio.sample_rate, TRANSCRIPTION_RATE).map_err(|e| dsp_status(&e))?
-            };
-            pcm.extend(samples.iter().flat_map(|s| s.to_le_bytes()));
+            // Straight into the answer: no copy of the segment at either rate.
+            resample_to_pcm16le(&x[from..to], audio.sample_rate, TRANSCRIPTION_RATE, &mut pcm)
+                .map_err(|e| dsp_status(&e))?;
         }
         out.push(pb::ChannelSpeech {
             channel: c.channel as u32,
             label: convert::label(labels, c.channel),
-            pcm16_16khz: pcm,
+            pcm16_16khz: pcm.into(),
             segments: c
                 .speech_segments
                 .iter()

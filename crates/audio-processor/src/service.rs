@@ -107,7 +107,7 @@ impl Processor {
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            span.in_scope(|| recording::analyze(&params, &audio, &limits))
+            span.in_scope(|| recording::analyze(&params, audio, &limits))
         })
         .await
         .map_err(|e| {

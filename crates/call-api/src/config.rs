@@ -242,6 +242,11 @@ pub struct RecordingConfig {
     /// `RECORDING_MAX_UPLOADS_PER_TENANT`: uploads one tenant may have in progress on this
     /// replica at once, default 4 (one more: 429 with `Retry-After`).
     pub max_uploads_per_tenant: usize,
+    /// `RECORDING_MAX_CONCURRENT_ANALYSES`: spooled uploads this replica analyses at once,
+    /// default 2. Each holds its speech audio (up to four times the recording) in memory until
+    /// its transcription ends, so this and `RECORDING_MAX_BYTES` size the memory limit; the
+    /// others wait on disk, within `RECORDING_ANALYSIS_TIMEOUT_SECONDS`.
+    pub max_concurrent_analyses: usize,
 }
 
 impl Default for RecordingConfig {
@@ -253,6 +258,7 @@ impl Default for RecordingConfig {
             spool_dir: std::env::temp_dir(),
             max_uploads: 16,
             max_uploads_per_tenant: 4,
+            max_concurrent_analyses: 2,
         }
     }
 }
@@ -273,7 +279,17 @@ impl RecordingConfig {
         let max_uploads = r.positive_or("RECORDING_MAX_UPLOADS", d.max_uploads, 10_000);
         let max_uploads_per_tenant =
             r.positive_or("RECORDING_MAX_UPLOADS_PER_TENANT", d.max_uploads_per_tenant, 10_000);
-        Self { max_bytes, analysis_timeout, transcribe_concurrency, spool_dir, max_uploads, max_uploads_per_tenant }
+        let max_concurrent_analyses =
+            r.positive_or("RECORDING_MAX_CONCURRENT_ANALYSES", d.max_concurrent_analyses, 1_000);
+        Self {
+            max_bytes,
+            analysis_timeout,
+            transcribe_concurrency,
+            spool_dir,
+            max_uploads,
+            max_uploads_per_tenant,
+            max_concurrent_analyses,
+        }
     }
 }
 

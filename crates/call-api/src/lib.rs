@@ -137,7 +137,11 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
         live_config: config.live.clone(),
         live: live.clone(),
         replica,
-        uploads: routes::recording::Uploads::new(config.recording.max_uploads, config.recording.max_uploads_per_tenant),
+        uploads: routes::recording::Uploads::new(
+            config.recording.max_uploads,
+            config.recording.max_uploads_per_tenant,
+            config.recording.max_concurrent_analyses,
+        ),
         shutdown: ctx.shutdown.clone(),
         twilio: match config.twilio.clone() {
             Some(t) => Some(twilio::Twilio::new(t, &config.public_base_url)?),

@@ -59,6 +59,8 @@ pub const LIMITS: &[&str] = &[
     "ws_message",
     "media_unauthenticated",
     "connections",
+    "uploads",
+    "analyses",
 ];
 /// Live calls whose audio stream was reopened after audio-processor went away.
 pub const VOICE_AUDIO_RECONNECTS_TOTAL: &str = "voice_audio_reconnects_total";
@@ -106,7 +108,7 @@ pub fn init() {
     );
     describe_counter!(
         API_REQUESTS_LIMITED_TOTAL,
-        "Requests refused by a limit: header_size, body_size, body_timeout, rate, live_calls, ws_message, media_unauthenticated, connections, uploads"
+        "Requests refused by a limit: header_size, body_size, body_timeout, rate, live_calls, ws_message, media_unauthenticated, connections, uploads, analyses"
     );
     describe_gauge!(VOICE_LIVE_CALLS_MAX, "Live calls this replica accepts at once (LIVE_MAX_CALLS)");
     describe_counter!(

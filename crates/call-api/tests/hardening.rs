@@ -285,3 +285,58 @@ async fn one_tenants_trickling_uploads_leave_anothers_recording_alone() {
         t.abort();
     }
 }
+
+/// Finding 4: memory. Uploads beyond `RECORDING_MAX_CONCURRENT_ANALYSES` wait on disk for a
+/// place (each analysis holds its speech audio in memory until its transcription ends), and
+/// none is lost: with one place, two uploads both succeed, one analysis after the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_beyond_the_analysis_places_wait_their_turn() {
+    let audio = stack::start_audio_with(None, &[("AUDIO_MAX_CONCURRENT_ANALYSES", "2")]).await;
+    // Each transcription request takes 1.5 s: an analysis holds its place at least that long.
+    let gateway =
+        stack::start_gateway(None, &[("STT_PROVIDERS", "simulated"), ("SIMULATED_LATENCY", "fixed:1500")]).await;
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let app = stack::start_api(db, &audio.url(), &gateway.url(), &[("RECORDING_MAX_CONCURRENT_ANALYSES", "1")]).await;
+    let started = Instant::now();
+    let mut uploads = Vec::new();
+    for _ in 0..2 {
+        let (_, call) = app.post_json("/v1/calls", KEY, &new_call("sip")).await;
+        let id = call["id"].as_str().unwrap().to_string();
+        let (client, base) = (app.client.clone(), app.base.clone());
+        uploads.push(tokio::spawn(async move {
+            let r = client
+                .post(format!("{base}/v1/calls/{id}/recording"))
+                .bearer_auth(KEY)
+                .header("content-type", "audio/wav")
+                .body(stack::call_stereo())
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let doc: serde_json::Value = r.json().await.unwrap();
+            (status, doc, started.elapsed().as_secs_f64())
+        }));
+    }
+    let mut done = Vec::new();
+    for u in uploads {
+        done.push(u.await.unwrap());
+    }
+    done.sort_by(|a, b| a.2.total_cmp(&b.2));
+    for (status, doc, _) in &done {
+        assert_eq!(*status, 200, "{doc}");
+        assert_eq!(doc["transcript"]["status"], "done", "{doc}");
+    }
+    // The later answer came no sooner than both analyses run one after the other.
+    let (first, second) = (
+        done[0].1["timings"]["total_seconds"].as_f64().unwrap(),
+        done[1].1["timings"]["total_seconds"].as_f64().unwrap(),
+    );
+    assert!(first >= 1.5 && second >= 1.5, "each analysis transcribed for 1.5 s: {first} {second}");
+    assert!(
+        done[1].2 >= first + second,
+        "the second analysis waited for the first: answered at {:.2} s, analyses took {first:.2} + {second:.2} s",
+        done[1].2
+    );
+    let metrics = app.metrics().await;
+    assert_eq!(metrics.find("api_requests_limited_total", &[("limit", "analyses")]), Some(0.0), "none refused");
+}

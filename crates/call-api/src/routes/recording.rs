@@ -150,6 +150,9 @@ pub struct Uploads {
     per_tenant: usize,
     max: usize,
     by_tenant: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+    /// Spooled uploads being analysed: each holds its speech audio in memory until its
+    /// transcription ends (`RECORDING_MAX_CONCURRENT_ANALYSES`); the others wait on disk.
+    analyses: Arc<tokio::sync::Semaphore>,
 }
 
 /// One upload's place; given back when dropped.
@@ -172,8 +175,20 @@ impl Drop for UploadPlace {
 }
 
 impl Uploads {
-    pub fn new(max: usize, per_tenant: usize) -> Self {
-        Self { total: Arc::new(tokio::sync::Semaphore::new(max)), per_tenant, max, by_tenant: Arc::default() }
+    pub fn new(max: usize, per_tenant: usize, max_analyses: usize) -> Self {
+        Self {
+            total: Arc::new(tokio::sync::Semaphore::new(max)),
+            per_tenant,
+            max,
+            by_tenant: Arc::default(),
+            analyses: Arc::new(tokio::sync::Semaphore::new(max_analyses)),
+        }
+    }
+
+    /// Waits up to `wait` for one of the analysis places that bound this replica's memory;
+    /// `None` when none came free in time.
+    pub async fn analysis_place(&self, wait: Duration) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::time::timeout(wait, self.analyses.clone().acquire_owned()).await.ok()?.ok()
     }
 
     /// A place for one more upload of `tenant`, or the refusal.
@@ -462,6 +477,19 @@ async fn analyse_and_store(
         transcribe_concurrency: state.recording.transcribe_concurrency,
     };
     let started = std::time::Instant::now();
+    // The spooled upload waits here (on disk) for one of the places that bound memory; the
+    // wait counts against the analysis timeout.
+    let Some(_place) = state.uploads.analysis_place(limits.timeout).await else {
+        if let Err(db) = state.db.release_analysis(id, &attempt, &before).await {
+            tracing::warn!(error = %db, "could not release the analysis claim");
+        }
+        metrics::request_limited("analyses");
+        return Err(ApiError::Busy {
+            message: "no analysis place came free within the analysis timeout; retry later".into(),
+            retry_after_seconds: 30,
+        });
+    };
+    let limits = pipeline::Limits { timeout: limits.timeout.saturating_sub(started.elapsed()), ..limits };
     let (finished, error) = match pipeline::run(&state.peers, upload, limits).await {
         Err(e) if e.is_client_error() => {
             tracing::info!(error = %e, "recording rejected");
