@@ -380,6 +380,14 @@ async fn openapi_lists_every_route(app: TestApp) {
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
     let doc: Value = r.json().await.expect("JSON");
+    // The contract does not move by accident: the served document is the committed one.
+    // After a deliberate change: `UPDATE_OPENAPI_SNAPSHOT=1 cargo nextest run -p call-api openapi_lists`.
+    let snapshot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openapi.json");
+    if std::env::var_os("UPDATE_OPENAPI_SNAPSHOT").is_some() {
+        std::fs::write(&snapshot, serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
+    }
+    let committed: Value = serde_json::from_str(&std::fs::read_to_string(&snapshot).unwrap()).unwrap();
+    assert!(doc == committed, "the served OpenAPI document differs from tests/openapi.json");
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", doc["openapi"]);
     assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
     let expected = [
