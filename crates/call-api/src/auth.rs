@@ -110,8 +110,10 @@ pub struct Gate {
 }
 
 impl Gate {
-    pub fn new(keys: ApiKeys, limits: &crate::config::LimitsConfig) -> Self {
-        let limiter = RateLimiter::new(limits.rate_per_second, limits.rate_burst, keys.len()).map(Arc::new);
+    /// A gate for `keys`, each limited to `rate_per_second` with bursts of `rate_burst`
+    /// (`rate_per_second` 0: no limit).
+    pub fn new(keys: ApiKeys, rate_per_second: f64, rate_burst: u32) -> Self {
+        let limiter = RateLimiter::new(rate_per_second, rate_burst, keys.len()).map(Arc::new);
         Self { keys, limiter }
     }
 }

@@ -138,3 +138,15 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> Self {
+        match e {
+            crate::db::DbError::Unavailable(e) => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::Unavailable("database")
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}

@@ -1,26 +1,27 @@
 //! call-api: the public REST and WebSocket edge of Voice Kraliki; owns the call records.
 //!
+//! Each feature is a folder whose `mod.rs` says what lives where; `routes/` holds only the thin
+//! HTTP handlers, and no route module calls another.
+//!
 //! ```text
-//! config.rs          environment variables (SPEC §3)
-//! auth.rs            bearer API keys (hashed, constant-time) and tenants
-//! error.rs           the error type and the SPEC error body
+//! config.rs          assembles the settings of every section (SPEC §3); each section lives
+//!                    with the module that reads it
+//! auth.rs            bearer API keys (hashed, constant-time), tenants, the gate
+//! error.rs           the error type, the SPEC error body, and what each lower error becomes
 //! extract.rs         JSON/query extractors whose rejections use that body
-//! limits.rs          header size, body deadlines, per-key rate limits, CORS
+//! limits.rs          header names and sizes, body deadlines, per-key rate limits, CORS; LimitsConfig
 //! model.rs           the call record, its states and outcomes, input validation
-//! db/                the pool (SQLite or PostgreSQL), migrations, instrumentation
-//! db/calls.rs        the call repository: create, get, list, end, media start
-//! metrics.rs         voice_calls_total, call_duration_seconds, active_calls, db_* metrics
+//! metrics.rs         every metric call-api exports
 //! openapi.rs         the OpenAPI 3 document header, security scheme, operational endpoints
-//! peers.rs           gRPC clients for audio-processor and provider-gateway
-//! analysis.rs        the recording analysis document and the pure functions building it
-//! pipeline.rs        upload → audio-processor → transcription → sentiment
-//! db/analysis.rs     claiming, releasing and storing a call's analysis
-//! routes/            one router per resource (calls.rs, recording.rs, providers.rs)
-//! twilio.rs          Twilio carrier: X-Twilio-Signature, TwiML, outbound dialling (REST API)
-//! routes/twilio.rs   the Twilio webhooks (inbound voice, status callbacks), outside bearer auth
+//! peers.rs           balanced gRPC clients for audio-processor and provider-gateway
+//! db/                the pool (SQLite or PostgreSQL), migrations, instrumentation, DatabaseConfig;
+//!                    calls.rs, analysis.rs, turns.rs, leases.rs: the repositories
+//! media/             live calls: the media WebSocket, sessions, turns, playback, replicas
+//! recording/         recording analysis: upload (claim → spool → run → store), pipeline, document
+//! twilio/            the Twilio carrier: signature, TwiML, webhooks, dialling and hanging up
+//! routes/            one router per resource (calls.rs, recording.rs, providers.rs, twilio.rs)
 //! ```
 
-pub mod analysis;
 pub mod auth;
 pub mod config;
 pub mod db;
@@ -32,7 +33,7 @@ pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod peers;
-pub mod pipeline;
+pub mod recording;
 pub mod routes;
 pub mod twilio;
 
@@ -81,18 +82,18 @@ impl MediaUrls {
 pub struct AppState {
     /// API keys and their rate limits.
     pub gate: auth::Gate,
-    pub limits: config::LimitsConfig,
+    pub limits: limits::LimitsConfig,
     pub peers: peers::Peers,
     pub db: db::Database,
     pub media: MediaUrls,
-    pub recording: config::RecordingConfig,
-    pub live_config: config::LiveConfig,
+    pub recording: recording::RecordingConfig,
+    pub live_config: media::LiveConfig,
     /// The live calls of this replica.
     pub live: media::LiveCalls,
     /// This replica among the others: leases of its live calls, hang-up anywhere.
     pub replica: media::replicas::Replica,
     /// Recording uploads being received, per replica and per tenant.
-    pub uploads: routes::recording::Uploads,
+    pub uploads: recording::upload::Uploads,
     /// The service's shutdown: once it drains, no new live call is accepted.
     pub shutdown: telemetry::Shutdown,
     /// The Twilio carrier; `None` when `TWILIO_ACCOUNT_SID`/`TWILIO_AUTH_TOKEN` are not set.
@@ -128,7 +129,7 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
     let background = tokio_util::sync::CancellationToken::new();
     replica.spawn(background.clone());
     let state = AppState {
-        gate: auth::Gate::new(config.api_keys.clone(), &config.limits),
+        gate: auth::Gate::new(config.api_keys.clone(), config.limits.rate_per_second, config.limits.rate_burst),
         limits: config.limits.clone(),
         peers,
         db: db.clone(),
@@ -137,7 +138,7 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
         live_config: config.live.clone(),
         live: live.clone(),
         replica,
-        uploads: routes::recording::Uploads::new(
+        uploads: recording::upload::Uploads::new(
             config.recording.max_uploads,
             config.recording.max_uploads_per_tenant,
             config.recording.max_concurrent_analyses,

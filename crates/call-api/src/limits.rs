@@ -24,7 +24,9 @@ use axum::{
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::{config::LimitsConfig, error::ApiError, metrics};
+use telemetry::Reader;
+
+use crate::{error::ApiError, metrics};
 
 /// A token bucket per API key: `rate` tokens a second, at most `burst` saved up.
 #[derive(Debug)]
@@ -188,11 +190,145 @@ pub fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
-                header::HeaderName::from_static(crate::routes::recording::IDEMPOTENCY_KEY),
+                header::HeaderName::from_static(IDEMPOTENCY_KEY),
             ])
             .expose_headers([header::RETRY_AFTER])
             .max_age(Duration::from_secs(600)),
     )
+}
+
+/// Header a client sets to make a retried recording upload safe.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set on an answer replayed from storage.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+// ---- configuration ---------------------------------------------------------------------------
+
+/// What one client may send and how fast: the API's limits (each rejection is counted in
+/// `api_requests_limited_total{limit}`).
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// `HTTP_JSON_MAX_BYTES`: largest JSON request body (413 beyond), default 64 KiB. Recordings
+    /// have their own `RECORDING_MAX_BYTES`.
+    pub json_max_bytes: usize,
+    /// `HTTP_HEADER_MAX_BYTES`: request line plus headers (431 beyond), default 16 KiB.
+    pub header_max_bytes: usize,
+    /// `HTTP_HEADER_TIMEOUT_SECONDS`: time to send a request's headers, and the longest an idle
+    /// keep-alive connection stays open, default 10.
+    pub header_timeout: Duration,
+    /// `HTTP_BODY_TIMEOUT_SECONDS`: a JSON body must arrive whole within this, and a recording
+    /// upload may not pause longer than this between bytes (408 otherwise), default 30.
+    pub body_timeout: Duration,
+    /// `API_RATE_LIMIT_PER_SECOND`: sustained requests per second per API key on this replica
+    /// (429 with `Retry-After` beyond), default 50; `0` turns rate limiting off.
+    pub rate_per_second: f64,
+    /// `API_RATE_LIMIT_BURST`: requests a key may make at once above the sustained rate,
+    /// default 100.
+    pub rate_burst: u32,
+    /// `LIVE_MAX_CALLS`: live calls this replica carries at once; one more is refused (503 on
+    /// the media WebSocket, a busy signal for Twilio) instead of slowing every call, default 100.
+    pub live_max_calls: usize,
+    /// `MEDIA_WS_MAX_MESSAGE_BYTES`: largest media WebSocket message (the call ends, close 1008,
+    /// beyond),
+    /// default 64 KiB; a carrier's `media` message is about 300 bytes.
+    pub ws_max_message_bytes: usize,
+    /// `MEDIA_IDLE_TIMEOUT_SECONDS`: a live call whose carrier sends nothing for this long ends
+    /// (`failed`, reason `media idle`), freeing its slot, default 30 (carriers send a frame
+    /// every 20 ms).
+    pub media_idle_timeout: Duration,
+    /// `MEDIA_UNAUTHENTICATED_PER_IP`: media WebSockets without a URL token that one client
+    /// address may hold while they prove their token in `start` (5 s at most each), default 32;
+    /// a carrier's media servers connect many calls from one address, each proving at once.
+    pub media_unauthenticated_per_ip: usize,
+    /// `HTTP_MAX_CONNECTIONS`: connections this replica serves at once; one more is closed at
+    /// accept (counted as `connections`), default 10000. Upgraded media WebSockets are not
+    /// counted (`LIVE_MAX_CALLS` bounds them).
+    pub max_connections: usize,
+    /// `CORS_ALLOWED_ORIGINS`: comma-separated origins browsers may call the API from (exact
+    /// `scheme://host[:port]`); unset, no CORS headers are sent and browsers refuse cross-origin
+    /// calls.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            json_max_bytes: 64 * 1024,
+            header_max_bytes: 16 * 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            rate_per_second: 50.0,
+            rate_burst: 100,
+            live_max_calls: 100,
+            ws_max_message_bytes: 64 * 1024,
+            media_idle_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            media_unauthenticated_per_ip: 32,
+            cors_allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub(crate) fn read(r: &mut Reader<'_>) -> Self {
+        let d = Self::default();
+        let json_max_bytes = r.positive_or("HTTP_JSON_MAX_BYTES", d.json_max_bytes, 16 << 20);
+        let header_max_bytes = r.positive_or("HTTP_HEADER_MAX_BYTES", d.header_max_bytes, 1 << 20);
+        if header_max_bytes < 1024 {
+            r.error("HTTP_HEADER_MAX_BYTES", "must be at least 1024");
+        }
+        let header_timeout = r.seconds_or("HTTP_HEADER_TIMEOUT_SECONDS", d.header_timeout, 3600.0);
+        let body_timeout = r.seconds_or("HTTP_BODY_TIMEOUT_SECONDS", d.body_timeout, 3600.0);
+        for (name, value) in
+            [("HTTP_HEADER_TIMEOUT_SECONDS", header_timeout), ("HTTP_BODY_TIMEOUT_SECONDS", body_timeout)]
+        {
+            if value < Duration::from_millis(100) {
+                r.error(name, "must be at least 0.1 seconds");
+            }
+        }
+        let rate_per_second = r.f64_in("API_RATE_LIMIT_PER_SECOND", d.rate_per_second, 0.0, 1_000_000.0);
+        let rate_burst = r.positive_or("API_RATE_LIMIT_BURST", d.rate_burst as usize, 1_000_000) as u32;
+        let live_max_calls = r.positive_or("LIVE_MAX_CALLS", d.live_max_calls, 100_000);
+        let ws_max_message_bytes = r.positive_or("MEDIA_WS_MAX_MESSAGE_BYTES", d.ws_max_message_bytes, 16 << 20);
+        if ws_max_message_bytes < 1024 {
+            r.error("MEDIA_WS_MAX_MESSAGE_BYTES", "must be at least 1024");
+        }
+        let media_idle_timeout = r.seconds_or("MEDIA_IDLE_TIMEOUT_SECONDS", d.media_idle_timeout, 3600.0);
+        if media_idle_timeout < Duration::from_secs(1) {
+            r.error("MEDIA_IDLE_TIMEOUT_SECONDS", "must be at least 1 second");
+        }
+        let max_connections = r.positive_or("HTTP_MAX_CONNECTIONS", d.max_connections, 1_000_000);
+        let media_unauthenticated_per_ip =
+            r.positive_or("MEDIA_UNAUTHENTICATED_PER_IP", d.media_unauthenticated_per_ip, 100_000);
+        let mut cors_allowed_origins = Vec::new();
+        for origin in r.string("CORS_ALLOWED_ORIGINS").unwrap_or_default().split(',').map(str::trim) {
+            if origin.is_empty() {
+                continue;
+            }
+            let valid = telemetry::config::check_url(origin, &["http", "https"]).is_ok()
+                && !origin.trim_start_matches("https://").trim_start_matches("http://").contains('/')
+                && axum::http::HeaderValue::from_str(origin).is_ok();
+            if valid {
+                cors_allowed_origins.push(origin.to_string());
+            } else {
+                r.error("CORS_ALLOWED_ORIGINS", format!("{origin:?} is not an origin such as https://app.example.com"));
+            }
+        }
+        Self {
+            json_max_bytes,
+            header_max_bytes,
+            header_timeout,
+            body_timeout,
+            rate_per_second,
+            rate_burst,
+            live_max_calls,
+            ws_max_message_bytes,
+            media_idle_timeout,
+            max_connections,
+            media_unauthenticated_per_ip,
+            cors_allowed_origins,
+        }
+    }
 }
 
 #[cfg(test)]

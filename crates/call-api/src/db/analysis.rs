@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::{Database, DbError, with_pool};
 use crate::{
-    analysis::{AnalysisResults, Transcript},
     model::{self, AnalysisStatus},
+    recording::document::{AnalysisResults, Transcript},
 };
 
 /// The analysis columns of one call.

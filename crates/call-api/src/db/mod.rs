@@ -13,6 +13,7 @@
 
 pub mod analysis;
 pub mod calls;
+pub mod config;
 pub mod leases;
 pub mod turns;
 
@@ -26,7 +27,9 @@ use sqlx::{
 };
 use tracing::{Instrument, field::Empty};
 
-use crate::{config::DatabaseConfig, error::ApiError, metrics};
+pub use config::{Backend, DatabaseConfig};
+
+use crate::metrics;
 
 /// The pool of either engine.
 #[derive(Clone, Debug)]
@@ -101,29 +104,6 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
             code.starts_with("08") || code.starts_with("57P0") || code == "53300" || code == "5" || code == "6"
         }
         _ => false,
-    }
-}
-
-impl From<DbError> for ApiError {
-    fn from(e: DbError) -> Self {
-        match e {
-            DbError::Unavailable(e) => {
-                tracing::warn!(error = %e, "database unavailable");
-                ApiError::Unavailable("database")
-            }
-            other => ApiError::Internal(other.into()),
-        }
-    }
-}
-
-/// Checks `DATABASE_URL` without echoing it (it may hold a password).
-pub fn check_url(url: &str) -> Result<(), String> {
-    if crate::config::is_postgres_url(url) {
-        PgConnectOptions::from_str(url).map(drop).map_err(|_| "is not a valid PostgreSQL URL".to_string())
-    } else if url.starts_with("sqlite:") {
-        SqliteConnectOptions::from_str(url).map(drop).map_err(|_| "is not a valid SQLite URL".to_string())
-    } else {
-        Err("must start with sqlite:// or postgres://".to_string())
     }
 }
 

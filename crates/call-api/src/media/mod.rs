@@ -10,11 +10,14 @@
 //! replicas.rs   many replicas: owner and lease of each live call, the reaper, hang-up anywhere
 //! ```
 
+pub mod config;
 pub mod playback;
 pub mod protocol;
 pub mod replicas;
 pub mod session;
 pub mod turn;
+
+pub use config::LiveConfig;
 
 use std::{
     collections::HashMap,

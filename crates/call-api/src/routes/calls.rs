@@ -132,7 +132,7 @@ async fn create(
     let metadata = body.metadata.unwrap_or_else(|| serde_json::json!({}));
     model::check_metadata(&metadata).map_err(ApiError::Unprocessable)?;
     // Outbound Twilio calls are dialled through Twilio (refused here when it is not configured).
-    let dialler = super::twilio::dialler(&state, body.provider, body.direction)?;
+    let dialler = crate::twilio::calls::dialler(&state, body.provider, body.direction)?;
     let (token, media_token_hash) = new_media_token();
     let expires = chrono::Duration::from_std(state.media.token_ttl).unwrap_or(chrono::Duration::hours(1));
     let call = state
@@ -151,7 +151,7 @@ async fn create(
     let media_url = format!("{}/v1/calls/{}/media?token={token}", state.media.ws_base, call.id);
     tracing::info!(call_id = %call.id, "call created");
     if let Some(twilio) = dialler {
-        super::twilio::dial(&state, &twilio, &call, token).await?;
+        crate::twilio::calls::dial(&state, &twilio, &call, token).await?;
     }
     Ok((StatusCode::CREATED, Json(CreatedCall { call, media_url })))
 }
@@ -255,7 +255,7 @@ async fn end(
     // A live call stops wherever its media session runs, and its phone line drops.
     state.replica.hang_up(call.id).await;
     if call.provider == Provider::Twilio {
-        super::twilio::hang_up_line(&state, call.id).await;
+        crate::twilio::calls::hang_up_line(&state, call.id).await;
     }
     Ok(Json(call))
 }

@@ -277,7 +277,7 @@ impl TestApp {
 
     /// A repository handle on the same database, for what no endpoint does yet (media start).
     pub async fn repository(&self) -> call_api::db::Database {
-        call_api::db::Database::connect(&call_api::config::DatabaseConfig::with_url(self.db.url()))
+        call_api::db::Database::connect(&call_api::db::DatabaseConfig::with_url(self.db.url()))
             .await
             .expect("connect repository")
     }

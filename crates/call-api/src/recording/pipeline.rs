@@ -22,14 +22,11 @@ use tonic::Code;
 use tracing::{Instrument as _, field::Empty};
 use uuid::Uuid;
 
-use crate::{
-    analysis::{
-        self, AnalysisResults, ChannelSentiment, ChannelTranscript, RecordingInfo, SPEECH_RATE, Sentiment,
-        SentimentScore, StageStatus, Timings, Transcript, TranscriptSegment,
-    },
-    metrics,
-    peers::Peers,
+use super::document::{
+    self as analysis, AnalysisResults, ChannelSentiment, ChannelTranscript, RecordingInfo, SPEECH_RATE, Sentiment,
+    SentimentScore, StageStatus, Timings, Transcript, TranscriptSegment,
 };
+use crate::{metrics, peers::Peers};
 
 /// Longest speech sent in one transcription request (about 1.9 MB of 16 kHz PCM16).
 pub const CHUNK_SECONDS: usize = 60;

@@ -1,0 +1,69 @@
+//! Live-call settings (`LIVE_*`).
+
+use std::time::Duration;
+
+use telemetry::Reader;
+
+/// Live calls on the media WebSocket.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// `LIVE_SYSTEM_PROMPT`: the agent's instructions, unless the call's metadata has a
+    /// `system_prompt` string.
+    pub system_prompt: String,
+    /// `LIVE_LANGUAGE`: language hint for transcription (BCP-47), detected when unset.
+    pub language: Option<String>,
+    /// `LIVE_BARGE_IN_SECONDS`: how long the caller must keep talking over the agent (after the
+    /// detector's minimum speech) before the agent stops; shorter sounds are ignored. Default 0.3.
+    pub barge_in: Duration,
+    /// `LIVE_GREETING`: what the agent says as soon as a live call's media starts, before the
+    /// caller speaks; unset, the agent waits for the caller. A call's `metadata.greeting` string
+    /// overrides it (an empty one turns it off for that call).
+    pub greeting: Option<String>,
+    /// `LIVE_END_OF_TURN_SECONDS`: silence after the caller's speech that ends their turn,
+    /// default 0.7. Shorter answers sooner but cuts callers who pause mid-sentence.
+    pub end_of_turn: Duration,
+}
+
+/// Longest greeting, in bytes (a few sentences).
+pub const MAX_GREETING_BYTES: usize = 1024;
+
+/// The agent's default instructions.
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are the voice agent of a company on a phone call. Answer briefly \
+     and clearly, in one or two short sentences, without lists or formatting, as you would speak.";
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            system_prompt: DEFAULT_SYSTEM_PROMPT.into(),
+            language: None,
+            barge_in: Duration::from_millis(300),
+            greeting: None,
+            end_of_turn: Duration::from_millis(700),
+        }
+    }
+}
+
+impl LiveConfig {
+    pub(crate) fn read(r: &mut Reader<'_>) -> Self {
+        let d = Self::default();
+        let system_prompt = r.string("LIVE_SYSTEM_PROMPT").map(|p| p.trim().to_string()).filter(|p| !p.is_empty());
+        if system_prompt.as_ref().is_some_and(|p| p.len() > 16 * 1024) {
+            r.error("LIVE_SYSTEM_PROMPT", "must be at most 16 KiB");
+        }
+        let language = r.string("LIVE_LANGUAGE").map(|l| l.trim().to_string()).filter(|l| !l.is_empty());
+        if language.as_ref().is_some_and(|l| l.len() > 35 || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            r.error("LIVE_LANGUAGE", "must be a BCP-47 tag such as en or en-US");
+        }
+        let barge_in = r.seconds_or("LIVE_BARGE_IN_SECONDS", d.barge_in, 5.0);
+        let greeting = r.string("LIVE_GREETING").map(|g| g.trim().to_string()).filter(|g| !g.is_empty());
+        if greeting.as_ref().is_some_and(|g| g.len() > MAX_GREETING_BYTES) {
+            r.error("LIVE_GREETING", "must be at most 1 KiB");
+        }
+        let end_of_turn = r.seconds_or("LIVE_END_OF_TURN_SECONDS", d.end_of_turn, 10.0);
+        if end_of_turn < Duration::from_millis(100) {
+            r.error("LIVE_END_OF_TURN_SECONDS", "must be at least 0.1 seconds");
+        }
+        Self { system_prompt: system_prompt.unwrap_or(d.system_prompt), language, barge_in, greeting, end_of_turn }
+    }
+}
