@@ -8,7 +8,8 @@ use audio_dsp::analysis::{ChannelAnalysis as DspChannel, ConversationAnalysis as
 use audio_dsp::{AnalysisConfig, DspError, Encoding, ErrorClass, RawFormat, RecordingAnalysis as DspRecording};
 use audio_dsp::{StreamConfig as DspStreamConfig, StreamStats as DspStats, VadConfig, VadKind};
 use kraliki_proto::audio::v1 as pb;
-use tonic::Status;
+use kraliki_proto::errors::{self, Reason};
+use tonic::{Code, Status};
 
 /// Longest accepted `call_id` and channel label, in bytes.
 const MAX_ID_LEN: usize = 128;
@@ -16,11 +17,11 @@ const MAX_ID_LEN: usize = 128;
 /// The answer for an audio-dsp error: its message is written for clients.
 pub(crate) fn dsp_status(e: &DspError) -> Status {
     match e.class() {
-        ErrorClass::InvalidInput => Status::invalid_argument(e.to_string()),
-        ErrorClass::ResourceExhausted => Status::resource_exhausted(e.to_string()),
+        ErrorClass::InvalidInput => errors::status(Code::InvalidArgument, e.to_string(), Reason::InvalidInput),
+        ErrorClass::ResourceExhausted => errors::status(Code::ResourceExhausted, e.to_string(), Reason::InputTooLarge),
         ErrorClass::Internal => {
             tracing::error!(error = %e, "audio processing failed");
-            Status::internal("internal error while processing audio")
+            errors::status(Code::Internal, "internal error while processing audio", Reason::Internal)
         }
     }
 }

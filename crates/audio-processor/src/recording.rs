@@ -7,7 +7,8 @@ use audio_dsp::{
     DecodedAudio, Limits, decode_raw, decode_wav, resample::resample_to_pcm16le, stream::TRANSCRIPTION_RATE,
 };
 use kraliki_proto::audio::v1 as pb;
-use tonic::Status;
+use kraliki_proto::errors::{self, Reason};
+use tonic::{Code, Status};
 use tracing::field::Empty;
 
 use crate::convert::{self, Container, RecordingParams, dsp_status};
@@ -77,9 +78,13 @@ fn speech_audio(
     let speech_seconds: f64 = analysis.channels.iter().map(|c| c.speech_seconds).sum();
     let bytes = speech_seconds * f64::from(TRANSCRIPTION_RATE) * 2.0;
     if bytes > max_bytes as f64 {
-        return Err(Status::resource_exhausted(format!(
-            "speech audio of about {bytes:.0} bytes exceeds the limit of {max_bytes} bytes; analyse without include_speech_audio or send a shorter recording"
-        )));
+        return Err(errors::status(
+            Code::ResourceExhausted,
+            format!(
+                "speech audio of about {bytes:.0} bytes exceeds the limit of {max_bytes} bytes; analyse without include_speech_audio or send a shorter recording"
+            ),
+            Reason::InputTooLarge,
+        ));
     }
     let rate = f64::from(audio.sample_rate);
     let mut out = Vec::with_capacity(analysis.channels.len());

@@ -25,7 +25,8 @@ use kraliki_proto::audio::v1::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use kraliki_proto::errors::{self, Reason};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
 use crate::{Config, convert, recording, stream::StreamTask};
@@ -79,18 +80,20 @@ impl Processor {
 
     fn analysis_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
         self.inner.analyses.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "all {} analysis slots are busy; retry later",
-                self.inner.max_concurrent_analyses
-            ))
+            errors::status(
+                Code::ResourceExhausted,
+                format!("all {} analysis slots are busy; retry later", self.inner.max_concurrent_analyses),
+                Reason::Busy,
+            )
         })
     }
 
     fn too_large(&self, bytes: usize) -> Status {
-        Status::resource_exhausted(format!(
-            "recording of at least {bytes} bytes exceeds the limit of {} bytes",
-            self.inner.limits.max_bytes
-        ))
+        errors::status(
+            Code::ResourceExhausted,
+            format!("recording of at least {bytes} bytes exceeds the limit of {} bytes", self.inner.limits.max_bytes),
+            Reason::InputTooLarge,
+        )
     }
 
     /// Analyses `audio` on a blocking thread; the permit is released when the work ends.
@@ -157,10 +160,11 @@ impl Processor {
     /// `ResourceExhausted`; anything else (cancelled, broken) passes through.
     fn transport(&self, status: Status) -> Status {
         if status.code() == tonic::Code::OutOfRange {
-            return Status::resource_exhausted(format!(
-                "message exceeds the limit of {} bytes",
-                self.inner.limits.max_bytes as usize + HEADER_SLACK
-            ));
+            return errors::status(
+                Code::ResourceExhausted,
+                format!("message exceeds the limit of {} bytes", self.inner.limits.max_bytes as usize + HEADER_SLACK),
+                Reason::InputTooLarge,
+            );
         }
         status
     }
@@ -210,10 +214,11 @@ impl AudioProcessor for Processor {
     ) -> Result<Response<Self::StreamAudioStream>, Status> {
         let deadline = telemetry::grpc::deadline_of(&request).map(|d| tokio::time::Instant::now() + d);
         let permit = self.inner.streams.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "all {} live stream slots are busy; retry later",
-                self.inner.max_streams
-            ))
+            errors::status(
+                Code::ResourceExhausted,
+                format!("all {} live stream slots are busy; retry later", self.inner.max_streams),
+                Reason::Busy,
+            )
         })?;
         let mut inbound = request.into_inner();
         let first = tokio::select! {

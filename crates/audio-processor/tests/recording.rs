@@ -6,6 +6,7 @@ use audio_dsp::codec::encode;
 use audio_dsp::{Encoding, Limits, decode_wav};
 use common::*;
 use kraliki_proto::audio::v1::{self as pb, analyze_recording_stream_request::Payload};
+use kraliki_proto::errors::{self, Reason};
 use tonic::Code;
 
 fn chunked(req: pb::AnalyzeRecordingRequest, chunk: usize) -> Vec<pb::AnalyzeRecordingStreamRequest> {
@@ -200,6 +201,11 @@ async fn expect_code(
     let err = within(what, client.analyze_recording(req)).await.expect_err(what);
     assert_eq!(err.code(), code, "{what}: {err:?}");
     assert!(!err.message().is_empty());
+    // `ResourceExhausted` is the input's fault or a busy service: the structured reason says
+    // which (the caller never reads the text).
+    if code == Code::ResourceExhausted {
+        assert_eq!(errors::reason(&err), Some(Reason::InputTooLarge), "{what}: {err:?}");
+    }
     err.message().to_string()
 }
 
@@ -350,6 +356,7 @@ async fn byte_limit_is_resource_exhausted_unary_and_streamed() {
             .await
             .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(errors::reason(&err), Some(Reason::InputTooLarge));
     // One chunk larger than the whole message limit.
     let err = within(
         "streamed huge chunk",
@@ -382,6 +389,7 @@ async fn saturated_analyses_are_resource_exhausted_and_deadlines_are_honoured() 
         match client.analyze_recording(good.clone()).await {
             Err(e) if e.code() == Code::ResourceExhausted => {
                 assert!(e.message().contains("busy"), "{e:?}");
+                assert_eq!(errors::reason(&e), Some(Reason::Busy), "busy is not the input's fault");
                 saw_exhausted = true;
                 break;
             }

@@ -4,6 +4,8 @@
 //! - [`provider::v1`]: `kraliki.provider.v1.ProviderGateway` — STT, chat, TTS, sentiment.
 //! - [`perftools::profiles`]: the pprof `Profile` message served by `/debug/pprof/profile`.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
+//! - [`errors`]: the reasons a `Status` carries as `google.rpc.ErrorInfo`, so that callers
+//!   decide by code and reason, never by the message's text.
 //!
 //! The code is generated at build time with `protox`, so no system `protoc` is needed.
 
@@ -24,6 +26,84 @@ pub mod provider {
 
         /// Fully-qualified gRPC service name, as served by health checking and reflection.
         pub const SERVICE_NAME: &str = "kraliki.provider.v1.ProviderGateway";
+    }
+}
+
+pub mod errors {
+    //! Structured error reasons. A service that answers an error whose code alone does not say
+    //! what to do (`ResourceExhausted`: is the input too large, or are we busy?) attaches a
+    //! `google.rpc.ErrorInfo` in the standard `grpc-status-details-bin` trailer, with domain
+    //! [`DOMAIN`] and one of the [`Reason`]s. Clients of other languages read it with their
+    //! gRPC rich-error support.
+
+    use std::collections::HashMap;
+
+    use tonic::{Code, Status};
+    use tonic_types::{ErrorDetails, StatusExt as _};
+
+    /// The `ErrorInfo.domain` of Voice Kraliki's services.
+    pub const DOMAIN: &str = "voice-kraliki";
+
+    /// Why a request failed, beyond its gRPC code.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Reason {
+        /// The input is larger or longer than a configured limit: the same request will never
+        /// succeed (`INPUT_TOO_LARGE`).
+        InputTooLarge,
+        /// The input is malformed or unsupported (`INVALID_INPUT`).
+        InvalidInput,
+        /// Every slot for this kind of work is taken: retry later, or elsewhere (`BUSY`).
+        Busy,
+        /// A fault inside the service, not caused by the input (`INTERNAL`).
+        Internal,
+    }
+
+    impl Reason {
+        /// The `ErrorInfo.reason` string.
+        pub fn as_str(self) -> &'static str {
+            match self {
+                Self::InputTooLarge => "INPUT_TOO_LARGE",
+                Self::InvalidInput => "INVALID_INPUT",
+                Self::Busy => "BUSY",
+                Self::Internal => "INTERNAL",
+            }
+        }
+
+        fn parse(s: &str) -> Option<Self> {
+            [Self::InputTooLarge, Self::InvalidInput, Self::Busy, Self::Internal].into_iter().find(|r| r.as_str() == s)
+        }
+    }
+
+    /// A status with `code`, `message` and `reason` as its `ErrorInfo`.
+    pub fn status(code: Code, message: impl Into<String>, reason: Reason) -> Status {
+        Status::with_error_details(code, message, ErrorDetails::with_error_info(reason.as_str(), DOMAIN, HashMap::new()))
+    }
+
+    /// The reason `status` carries, if it carries one of ours.
+    pub fn reason(status: &Status) -> Option<Reason> {
+        status.get_details_error_info().filter(|info| info.domain == DOMAIN).and_then(|info| Reason::parse(&info.reason))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn reasons_survive_the_wire_form() {
+            for r in [Reason::InputTooLarge, Reason::InvalidInput, Reason::Busy, Reason::Internal] {
+                let s = status(Code::ResourceExhausted, "whatever the text says", r);
+                // What a client receives: code, message and the details bytes.
+                let received = Status::with_details(s.code(), s.message(), s.details().to_vec().into());
+                assert_eq!(reason(&received), Some(r));
+            }
+            assert_eq!(reason(&Status::resource_exhausted("recording exceeds the limit")), None);
+            let foreign = Status::with_error_details(
+                Code::ResourceExhausted,
+                "x",
+                ErrorDetails::with_error_info("BUSY", "example.com", HashMap::new()),
+            );
+            assert_eq!(reason(&foreign), None, "another domain's reason is not ours");
+        }
     }
 }
 

@@ -388,14 +388,23 @@ mod tests {
 #[derive(Clone)]
 pub struct OversizeIsResourceExhausted<S> {
     inner: S,
-    message: http::HeaderValue,
+    /// `grpc-status`, `grpc-message` and `grpc-status-details-bin` (reason `INPUT_TOO_LARGE`).
+    headers: http::HeaderMap,
 }
 
 impl<S> OversizeIsResourceExhausted<S> {
     /// Wraps `inner`, whose message size limit is `limit_bytes`.
     pub fn new(inner: S, limit_bytes: usize) -> Self {
-        let message = format!("request exceeds the message size limit of {limit_bytes} bytes");
-        Self { inner, message: http::HeaderValue::try_from(message).expect("ascii message") }
+        let status = kraliki_proto::errors::status(
+            tonic::Code::ResourceExhausted,
+            format!("request exceeds the message size limit of {limit_bytes} bytes"),
+            kraliki_proto::errors::Reason::InputTooLarge,
+        );
+        let mut headers = http::HeaderMap::new();
+        if status.add_header(&mut headers).is_err() {
+            headers.clear();
+        }
+        Self { inner, headers }
     }
 }
 
@@ -418,13 +427,14 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let fut = self.inner.call(request);
-        let message = self.message.clone();
+        let replacement = self.headers.clone();
         Box::pin(async move {
             let mut response = fut.await?;
             let headers = response.headers_mut();
             if headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11") {
-                headers.insert("grpc-status", http::HeaderValue::from_static("8"));
-                headers.insert("grpc-message", message);
+                for (name, value) in &replacement {
+                    headers.insert(name, value.clone());
+                }
             }
             Ok(response)
         })

@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use kraliki_proto::{
     audio::v1::{self as audio_pb, analyze_recording_stream_request::Payload},
+    errors::{self, Reason},
     provider::v1 as provider_pb,
 };
 use tokio::sync::mpsc;
@@ -307,12 +308,15 @@ async fn pump(
     Ok(total)
 }
 
+/// The one place a `Status` from audio-processor becomes call-api's error: by code, and by the
+/// structured reason where the code is ambiguous (`ResourceExhausted` is the input's fault when
+/// its reason is `INPUT_TOO_LARGE`, else the service is busy). Never by the message's text.
 fn audio_error(status: &tonic::Status) -> UploadError {
     match status.code() {
         Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
             UploadError::InvalidAudio(status.message().to_string())
         }
-        Code::ResourceExhausted if status.message().contains("exceeds the limit") => {
+        Code::ResourceExhausted if errors::reason(status) == Some(Reason::InputTooLarge) => {
             UploadError::InvalidAudio(status.message().to_string())
         }
         Code::Unavailable | Code::ResourceExhausted | Code::Cancelled | Code::Unknown | Code::DeadlineExceeded => {
@@ -688,6 +692,19 @@ mod tests {
         assert_eq!(combined.label, "neutral");
         assert_eq!(combined.keywords, ["thanks", "angry"]);
         assert!(combine_scores(Vec::new()).is_none());
+    }
+
+    /// audio-processor's refusals are told apart by code and reason, never by their text.
+    #[test]
+    fn audio_refusals_by_code_and_reason_not_text() {
+        let too_large = errors::status(Code::ResourceExhausted, "any words at all", Reason::InputTooLarge);
+        assert!(matches!(audio_error(&too_large), UploadError::InvalidAudio(m) if m == "any words at all"));
+        let busy = errors::status(Code::ResourceExhausted, "recording exceeds the limit", Reason::Busy);
+        assert!(matches!(audio_error(&busy), UploadError::AudioUnavailable), "busy, whatever the text says");
+        let bare = tonic::Status::resource_exhausted("recording exceeds the limit");
+        assert!(matches!(audio_error(&bare), UploadError::AudioUnavailable), "no reason: retryable");
+        assert!(matches!(audio_error(&tonic::Status::invalid_argument("x")), UploadError::InvalidAudio(_)));
+        assert!(matches!(audio_error(&tonic::Status::internal("x")), UploadError::AudioFailed(_)));
     }
 
     #[test]
