@@ -22,10 +22,10 @@ use kraliki_proto::audio::v1::{
     StreamAudioResponse, analyze_recording_stream_request, audio_processor_server::AudioProcessor,
     stream_audio_request::Payload,
 };
+use kraliki_proto::errors::{self, Reason};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use kraliki_proto::errors::{self, Reason};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 

@@ -185,6 +185,34 @@ mod tests {
     }
 
     #[test]
+    fn turn_bounds_default_and_are_checked() {
+        let t = Config::from_env(&Env::default()).unwrap().live.turn;
+        assert_eq!(
+            (t.transcribe_timeout, t.reply_timeout, t.speech_timeout, t.max_tokens),
+            (Duration::from_secs(15), Duration::from_secs(30), Duration::from_secs(30), 300)
+        );
+        let c = Config::from_env(&Env::from_pairs([
+            ("LIVE_TRANSCRIBE_TIMEOUT_SECONDS", "5"),
+            ("LIVE_REPLY_TIMEOUT_SECONDS", "12.5"),
+            ("LIVE_SPEECH_TIMEOUT_SECONDS", "8"),
+            ("LIVE_MAX_TOKENS", "120"),
+        ]))
+        .unwrap();
+        assert_eq!(c.live.turn.transcribe_timeout, Duration::from_secs(5));
+        assert_eq!(c.live.turn.reply_timeout, Duration::from_millis(12_500));
+        assert_eq!(c.live.turn.speech_timeout, Duration::from_secs(8));
+        assert_eq!(c.live.turn.max_tokens, 120);
+        for (name, bad) in [
+            ("LIVE_TRANSCRIBE_TIMEOUT_SECONDS", "0.5"),
+            ("LIVE_REPLY_TIMEOUT_SECONDS", "soon"),
+            ("LIVE_SPEECH_TIMEOUT_SECONDS", "601"),
+            ("LIVE_MAX_TOKENS", "0"),
+        ] {
+            assert_eq!(bad_variables(&[(name, bad)]), [name], "{name}={bad}");
+        }
+    }
+
+    #[test]
     fn greeting_is_optional_trimmed_and_bounded() {
         assert_eq!(Config::from_env(&Env::default()).unwrap().live.greeting, None);
         let c = Config::from_env(&Env::from_pairs([("LIVE_GREETING", "  Hello.  ")])).unwrap();

@@ -76,12 +76,19 @@ pub mod errors {
 
     /// A status with `code`, `message` and `reason` as its `ErrorInfo`.
     pub fn status(code: Code, message: impl Into<String>, reason: Reason) -> Status {
-        Status::with_error_details(code, message, ErrorDetails::with_error_info(reason.as_str(), DOMAIN, HashMap::new()))
+        Status::with_error_details(
+            code,
+            message,
+            ErrorDetails::with_error_info(reason.as_str(), DOMAIN, HashMap::new()),
+        )
     }
 
     /// The reason `status` carries, if it carries one of ours.
     pub fn reason(status: &Status) -> Option<Reason> {
-        status.get_details_error_info().filter(|info| info.domain == DOMAIN).and_then(|info| Reason::parse(&info.reason))
+        status
+            .get_details_error_info()
+            .filter(|info| info.domain == DOMAIN)
+            .and_then(|info| Reason::parse(&info.reason))
     }
 
     #[cfg(test)]

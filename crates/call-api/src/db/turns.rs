@@ -9,6 +9,32 @@ use uuid::Uuid;
 
 use super::{Database, DbError, with_pool};
 
+/// Who speaks a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Caller,
+    Agent,
+}
+
+impl Role {
+    /// As stored and returned: `caller` or `agent`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Caller => "caller",
+            Self::Agent => "agent",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "caller" => Some(Self::Caller),
+            "agent" => Some(Self::Agent),
+            _ => None,
+        }
+    }
+}
+
 /// One turn as stored and returned by `GET /v1/calls/{id}/turns`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Turn {
@@ -16,7 +42,8 @@ pub struct Turn {
     /// it; `0` is the agent's greeting (`LIVE_GREETING`), when there is one.
     pub seq: i64,
     /// `caller` or `agent`.
-    pub role: String,
+    #[schema(value_type = String)]
+    pub role: Role,
     pub text: String,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
@@ -74,7 +101,9 @@ impl Database {
                         let latency: Option<Json<serde_json::Value>> = row.try_get("latency")?;
                         Ok(Turn {
                             seq: i64::from(row.try_get::<i32, _>("seq")?),
-                            role: row.try_get("role")?,
+                            role: Role::parse(row.try_get("role")?).ok_or_else(|| {
+                                sqlx::Error::Decode("call_turns.role is neither caller nor agent".into())
+                            })?,
                             text: row.try_get("text")?,
                             started_at: row.try_get("started_at")?,
                             ended_at: row.try_get("ended_at")?,

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use telemetry::Reader;
 
+use super::turn::TurnLimits;
+
 /// Live calls on the media WebSocket.
 #[derive(Debug, Clone)]
 pub struct LiveConfig {
@@ -22,6 +24,10 @@ pub struct LiveConfig {
     /// `LIVE_END_OF_TURN_SECONDS`: silence after the caller's speech that ends their turn,
     /// default 0.7. Shorter answers sooner but cuts callers who pause mid-sentence.
     pub end_of_turn: Duration,
+    /// `LIVE_TRANSCRIBE_TIMEOUT_SECONDS`, `LIVE_REPLY_TIMEOUT_SECONDS`,
+    /// `LIVE_SPEECH_TIMEOUT_SECONDS`, `LIVE_MAX_TOKENS`: the bounds of each turn's provider
+    /// requests (15 s, 30 s, 30 s) and of a reply's length (300 tokens).
+    pub turn: TurnLimits,
 }
 
 /// Longest greeting, in bytes (a few sentences).
@@ -39,6 +45,7 @@ impl Default for LiveConfig {
             barge_in: Duration::from_millis(300),
             greeting: None,
             end_of_turn: Duration::from_millis(700),
+            turn: TurnLimits::default(),
         }
     }
 }
@@ -64,6 +71,28 @@ impl LiveConfig {
         if end_of_turn < Duration::from_millis(100) {
             r.error("LIVE_END_OF_TURN_SECONDS", "must be at least 0.1 seconds");
         }
-        Self { system_prompt: system_prompt.unwrap_or(d.system_prompt), language, barge_in, greeting, end_of_turn }
+        let turn = TurnLimits {
+            transcribe_timeout: at_least_one_second(r, "LIVE_TRANSCRIBE_TIMEOUT_SECONDS", d.turn.transcribe_timeout),
+            reply_timeout: at_least_one_second(r, "LIVE_REPLY_TIMEOUT_SECONDS", d.turn.reply_timeout),
+            speech_timeout: at_least_one_second(r, "LIVE_SPEECH_TIMEOUT_SECONDS", d.turn.speech_timeout),
+            max_tokens: r.positive_or("LIVE_MAX_TOKENS", d.turn.max_tokens as usize, 100_000) as u32,
+        };
+        Self {
+            system_prompt: system_prompt.unwrap_or(d.system_prompt),
+            language,
+            barge_in,
+            greeting,
+            end_of_turn,
+            turn,
+        }
     }
+}
+
+/// A timeout of at least one second and at most ten minutes, `default` when unset.
+fn at_least_one_second(r: &mut Reader<'_>, name: &str, default: Duration) -> Duration {
+    let d = r.seconds_or(name, default, 600.0);
+    if d < Duration::from_secs(1) {
+        r.error(name, "must be at least 1 second");
+    }
+    d
 }

@@ -310,6 +310,7 @@ impl Live {
             db: state.db.clone(),
             system_prompt,
             language: state.live_config.language.clone(),
+            limits: state.live_config.turn,
             playback: playback.commands.clone(),
             events: turn_tx,
         };

@@ -11,8 +11,8 @@ use std::{
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
 use kraliki_proto::provider::v1::{
-    self as pb, ChatMessage, Role, StreamChatRequest, SynthesizeSpeechRequest, TranscribeRequest,
-    stream_chat_response::Event,
+    self as pb, ChatMessage, Role as ChatRole, StreamChatRequest, StreamChatResponse, SynthesizeSpeechRequest,
+    TranscribeRequest, stream_chat_response::Event,
 };
 use serde_json::json;
 use tokio::{
@@ -24,7 +24,11 @@ use tracing::{Instrument as _, field::Empty};
 use uuid::Uuid;
 
 use super::playback::Command;
-use crate::{db::turns::Turn, metrics, model, peers::Peers};
+use crate::{
+    db::turns::{Role, Turn},
+    metrics, model,
+    peers::Peers,
+};
 
 /// The latency stages of a turn, in order; they add up to `total`.
 pub const STAGES: [&str; 6] =
@@ -51,8 +55,34 @@ pub struct TurnContext {
     pub db: crate::db::Database,
     pub system_prompt: String,
     pub language: Option<String>,
+    /// Bounds of each stage's provider request and of the reply's length.
+    pub limits: TurnLimits,
     pub playback: mpsc::Sender<Command>,
     pub events: mpsc::Sender<TurnEvent>,
+}
+
+/// Bounds of a turn's provider requests (`LIVE_*`, see `media::LiveConfig`).
+#[derive(Debug, Clone, Copy)]
+pub struct TurnLimits {
+    /// `LIVE_TRANSCRIBE_TIMEOUT_SECONDS`: hearing the caller's utterance, default 15.
+    pub transcribe_timeout: Duration,
+    /// `LIVE_REPLY_TIMEOUT_SECONDS`: the whole streamed reply, default 30.
+    pub reply_timeout: Duration,
+    /// `LIVE_SPEECH_TIMEOUT_SECONDS`: synthesising one sentence, default 30.
+    pub speech_timeout: Duration,
+    /// `LIVE_MAX_TOKENS`: the longest reply, in tokens, default 300.
+    pub max_tokens: u32,
+}
+
+impl Default for TurnLimits {
+    fn default() -> Self {
+        Self {
+            transcribe_timeout: Duration::from_secs(15),
+            reply_timeout: Duration::from_secs(30),
+            speech_timeout: Duration::from_secs(30),
+            max_tokens: 300,
+        }
+    }
 }
 
 /// What a turn tells its session.
@@ -128,7 +158,7 @@ pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, 
                 latency.insert("interrupted".into(), json!(true));
                 let agent_turn = Turn {
                     seq: caller_seq + 1,
-                    role: "agent".into(),
+                    role: Role::Agent,
                     text: p.spoken.clone(),
                     started_at,
                     ended_at: Some(model::now()),
@@ -155,7 +185,7 @@ fn speech_request(ctx: &TurnContext, sentence: &str) -> tonic::Request<Synthesiz
         call_id: ctx.call_id.to_string(),
         ..Default::default()
     });
-    request.set_timeout(Duration::from_secs(30));
+    request.set_timeout(ctx.limits.speech_timeout);
     request
 }
 
@@ -212,7 +242,7 @@ pub async fn greet(ctx: TurnContext, text: String, cancel: CancellationToken) {
     }
     let turn = Turn {
         seq: 0,
-        role: "agent".into(),
+        role: Role::Agent,
         text: text.clone(),
         started_at,
         ended_at: Some(model::now()),
@@ -233,7 +263,9 @@ struct Progress {
     latency: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// The turn proper. `Err` carries the event to report when it ended early.
+/// The turn proper, in three stages: hear (transcribe), reply (chat, as a stream of sentences),
+/// speak (synthesis and playback of each sentence). `Err` carries the event to report when it
+/// ended early.
 async fn turn(
     ctx: &TurnContext,
     input: TurnInput,
@@ -242,37 +274,16 @@ async fn turn(
 ) -> Result<TurnEvent, TurnEvent> {
     let caller_seq = input.caller_seq;
     let nothing = |reason: String| TurnEvent::Nothing { caller_seq, reason };
-    let end_of_turn = input.detected.saturating_duration_since(input.speech_end);
+    let mut clock = LatencyClock::new(input.speech_end, input.detected);
 
-    // Speech to text.
-    let stt_started = Instant::now();
-    let text = match (&input.speech, &input.text) {
-        (_, Some(text)) => text.clone(),
-        (Some(pcm), None) => {
-            let mut request = tonic::Request::new(TranscribeRequest {
-                audio: pcm.clone(),
-                encoding: pb::AudioEncoding::Pcm16 as i32,
-                sample_rate_hz: 16_000,
-                channels: 1,
-                language: ctx.language.clone().unwrap_or_default(),
-                call_id: ctx.call_id.to_string(),
-                ..Default::default()
-            });
-            request.set_timeout(Duration::from_secs(15));
-            match ctx.peers.gateway.clone().transcribe(request).await {
-                Ok(r) => r.into_inner().text.trim().to_string(),
-                Err(s) => return Err(nothing(format!("transcription failed: {}", s.message()))),
-            }
-        }
-        (None, None) => String::new(),
-    };
-    let stt = stt_started.elapsed();
+    let text = hear(ctx, &input).await.map_err(nothing)?;
+    clock.heard();
     if text.is_empty() {
         return Err(nothing("no words in the utterance".into()));
     }
     let caller_turn = Turn {
         seq: caller_seq,
-        role: "caller".into(),
+        role: Role::Caller,
         text: text.clone(),
         started_at: input.caller_started_at,
         ended_at: Some(model::now()),
@@ -284,115 +295,32 @@ async fn turn(
     }
     let _ = ctx.events.send(TurnEvent::Heard { caller_seq, text: text.clone() }).await;
 
-    // The reply: streamed chat, sentence by sentence into streamed synthesis.
     let agent_started_at = model::now();
     progress.lock().expect("progress").agent_started_at = Some(agent_started_at);
-    history.push(ChatMessage { role: Role::User as i32, content: text });
-    let mut messages = vec![ChatMessage { role: Role::System as i32, content: ctx.system_prompt.clone() }];
-    messages.extend(history);
-    let llm_started = Instant::now();
-    let mut request = tonic::Request::new(StreamChatRequest {
-        messages,
-        max_tokens: 300,
-        call_id: ctx.call_id.to_string(),
-        ..Default::default()
-    });
-    request.set_timeout(Duration::from_secs(30));
-    let mut chat = match ctx.peers.gateway.clone().stream_chat(request).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => return Err(nothing(format!("chat failed: {}", s.message()))),
+    history.push(ChatMessage { role: ChatRole::User as i32, content: text });
+    let mut sentences = reply(ctx, history, &mut clock).await.map_err(nothing)?;
+    let mut speaker = Speaker {
+        ctx,
+        caller_seq,
+        progress,
+        clock,
+        first_frame: false,
+        latency: None,
+        spoken: String::new(),
+        sentences: 0,
     };
-    let mut first_token: Option<Instant> = None;
-    let mut first_sentence: Option<Instant> = None;
-    let mut tts_started: Option<Instant> = None;
-    let mut tts_first_byte: Option<Instant> = None;
-    let mut first_frame: Option<oneshot::Receiver<Instant>> = None;
-    let mut latency: Option<serde_json::Map<String, serde_json::Value>> = None;
-    let mut buffer = String::new();
-    let mut spoken = String::new();
-    let mut sentences = 0usize;
-    let mut done = false;
-    while !done {
-        let mut ready = Vec::new();
-        match chat.next().await {
-            Some(Ok(message)) => match message.event {
-                Some(Event::Delta(delta)) => {
-                    first_token.get_or_insert_with(Instant::now);
-                    buffer.push_str(&delta);
-                }
-                Some(Event::Done(_)) | None => done = true,
-            },
-            Some(Err(s)) => {
-                tracing::warn!(code = ?s.code(), "chat stream failed");
-                done = true;
-            }
-            None => done = true,
-        }
-        while let Some(sentence) = take_sentence(&mut buffer, done) {
-            ready.push(sentence);
-        }
-        for sentence in ready {
-            first_sentence.get_or_insert_with(Instant::now);
-            tts_started.get_or_insert_with(Instant::now);
-            sentences += 1;
-            let mut audio = match ctx.peers.gateway.clone().synthesize_speech(speech_request(ctx, &sentence)).await {
-                Ok(r) => r.into_inner(),
-                Err(s) => {
-                    tracing::warn!(code = ?s.code(), "speech synthesis failed");
-                    continue;
-                }
-            };
-            while let Some(chunk) = audio.next().await {
-                let Ok(chunk) = chunk else { break };
-                if chunk.audio.is_empty() {
-                    continue;
-                }
-                let first_sent = if first_frame.is_none() {
-                    tts_first_byte = Some(Instant::now());
-                    let (tx, rx) = oneshot::channel();
-                    first_frame = Some(rx);
-                    Some(tx)
-                } else {
-                    None
-                };
-                let is_first = first_sent.is_some();
-                if ctx.playback.send(Command::Audio { bytes: chunk.audio, first_sent }).await.is_err() {
-                    return Err(nothing("the call ended".into()));
-                }
-                if is_first && let Some(rx) = first_frame.as_mut() {
-                    // The first frame goes out at once (or after the previous reply's tail).
-                    let sent = rx.await.unwrap_or_else(|_| Instant::now());
-                    let clock = Clock {
-                        speech_end: input.speech_end,
-                        end_of_turn,
-                        stt,
-                        llm_started,
-                        first_token,
-                        first_sentence,
-                        tts_started,
-                        tts_first_byte,
-                    };
-                    latency = Some(record_latency(&clock, sent));
-                    progress.lock().expect("progress").latency = latency.clone();
-                }
-            }
-            let _ = ctx.playback.send(Command::Mark(format!("turn-{}-{sentences}", caller_seq + 1))).await;
-            if !spoken.is_empty() {
-                spoken.push(' ');
-            }
-            spoken.push_str(&sentence);
-            progress.lock().expect("progress").spoken = spoken.clone();
-        }
+    while let Some(sentence) = sentences.next(&mut speaker.clock).await {
+        speaker.speak(sentence).await.map_err(nothing)?;
     }
-    let Some(mut latency) = latency.filter(|_| first_frame.is_some()) else {
+    let Some(mut latency) = speaker.latency.filter(|_| speaker.first_frame) else {
         return Err(nothing("the reply produced no audio".into()));
     };
     latency.insert("interrupted".into(), json!(false));
     tracing::Span::current().record("interrupted", false);
     let agent_turn = Turn {
         seq: caller_seq + 1,
-        role: "agent".into(),
-        text: spoken.clone(),
+        role: Role::Agent,
+        text: speaker.spoken.clone(),
         started_at: agent_started_at,
         ended_at: Some(model::now()),
         latency: Some(serde_json::Value::Object(latency)),
@@ -401,49 +329,246 @@ async fn turn(
     if let Err(e) = ctx.db.insert_turn(ctx.call_id, &agent_turn).await {
         tracing::warn!(error = %e, "could not store the agent's turn");
     }
-    Ok(TurnEvent::Replied { caller_seq, text: spoken, interrupted: false })
+    Ok(TurnEvent::Replied { caller_seq, text: speaker.spoken, interrupted: false })
 }
 
-/// The instants a turn went through.
-struct Clock {
+/// Hear: the caller's words, transcribed from their speech (or given as keypad text). `Err` is
+/// the reason the words could not be had.
+async fn hear(ctx: &TurnContext, input: &TurnInput) -> Result<String, String> {
+    match (&input.speech, &input.text) {
+        (_, Some(text)) => Ok(text.clone()),
+        (Some(pcm), None) => {
+            let mut request = tonic::Request::new(TranscribeRequest {
+                audio: pcm.clone(),
+                encoding: pb::AudioEncoding::Pcm16 as i32,
+                sample_rate_hz: 16_000,
+                channels: 1,
+                language: ctx.language.clone().unwrap_or_default(),
+                call_id: ctx.call_id.to_string(),
+                ..Default::default()
+            });
+            request.set_timeout(ctx.limits.transcribe_timeout);
+            match ctx.peers.gateway.clone().transcribe(request).await {
+                Ok(r) => Ok(r.into_inner().text.trim().to_string()),
+                Err(s) => Err(format!("transcription failed: {}", s.message())),
+            }
+        }
+        (None, None) => Ok(String::new()),
+    }
+}
+
+/// Reply: the conversation so far to a streamed chat completion, read back as sentences.
+async fn reply(ctx: &TurnContext, history: Vec<ChatMessage>, clock: &mut LatencyClock) -> Result<Sentences, String> {
+    let mut messages = vec![ChatMessage { role: ChatRole::System as i32, content: ctx.system_prompt.clone() }];
+    messages.extend(history);
+    clock.reply_started();
+    let mut request = tonic::Request::new(StreamChatRequest {
+        messages,
+        max_tokens: ctx.limits.max_tokens,
+        call_id: ctx.call_id.to_string(),
+        ..Default::default()
+    });
+    request.set_timeout(ctx.limits.reply_timeout);
+    match ctx.peers.gateway.clone().stream_chat(request).await {
+        Ok(r) => Ok(Sentences { chat: r.into_inner(), buffer: String::new(), ready: Default::default(), done: false }),
+        Err(s) => Err(format!("chat failed: {}", s.message())),
+    }
+}
+
+/// A streamed reply, cut into sentences as they complete.
+struct Sentences {
+    chat: tonic::Streaming<StreamChatResponse>,
+    buffer: String,
+    ready: std::collections::VecDeque<String>,
+    done: bool,
+}
+
+impl Sentences {
+    /// The next complete sentence; `None` once the reply has ended (a broken stream ends it too,
+    /// after what was already said).
+    async fn next(&mut self, clock: &mut LatencyClock) -> Option<String> {
+        loop {
+            if let Some(sentence) = self.ready.pop_front() {
+                clock.sentence();
+                return Some(sentence);
+            }
+            if self.done {
+                return None;
+            }
+            match self.chat.next().await {
+                Some(Ok(message)) => match message.event {
+                    Some(Event::Delta(delta)) => {
+                        clock.token();
+                        self.buffer.push_str(&delta);
+                    }
+                    Some(Event::Done(_)) | None => self.done = true,
+                },
+                Some(Err(s)) => {
+                    tracing::warn!(code = ?s.code(), "chat stream failed");
+                    self.done = true;
+                }
+                None => self.done = true,
+            }
+            while let Some(sentence) = take_sentence(&mut self.buffer, self.done) {
+                self.ready.push_back(sentence);
+            }
+        }
+    }
+}
+
+/// Speak: each sentence synthesised and handed to playback, with a mark after it; the latency
+/// is taken when the reply's first frame is sent.
+struct Speaker<'a> {
+    ctx: &'a TurnContext,
+    caller_seq: i64,
+    progress: Arc<Mutex<Progress>>,
+    clock: LatencyClock,
+    first_frame: bool,
+    latency: Option<serde_json::Map<String, serde_json::Value>>,
+    spoken: String,
+    sentences: usize,
+}
+
+impl Speaker<'_> {
+    /// `Err` when the call has ended (playback is gone). A sentence whose synthesis fails is
+    /// skipped.
+    async fn speak(&mut self, sentence: String) -> Result<(), String> {
+        let ctx = self.ctx;
+        self.clock.speech_started();
+        self.sentences += 1;
+        let mut audio = match ctx.peers.gateway.clone().synthesize_speech(speech_request(ctx, &sentence)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), "speech synthesis failed");
+                return Ok(());
+            }
+        };
+        while let Some(chunk) = audio.next().await {
+            let Ok(chunk) = chunk else { break };
+            if chunk.audio.is_empty() {
+                continue;
+            }
+            let first = !self.first_frame;
+            let (first_sent, sent) = if first {
+                self.first_frame = true;
+                self.clock.speech_first_byte();
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
+            if ctx.playback.send(Command::Audio { bytes: chunk.audio, first_sent }).await.is_err() {
+                return Err("the call ended".into());
+            }
+            if let Some(rx) = sent {
+                // The first frame goes out at once (or after the previous reply's tail).
+                let sent = rx.await.unwrap_or_else(|_| Instant::now());
+                let latency = self.clock.record(sent);
+                self.progress.lock().expect("progress").latency = Some(latency.clone());
+                self.latency = Some(latency);
+            }
+        }
+        let mark = format!("turn-{}-{}", self.caller_seq + 1, self.sentences);
+        let _ = ctx.playback.send(Command::Mark(mark)).await;
+        if !self.spoken.is_empty() {
+            self.spoken.push(' ');
+        }
+        self.spoken.push_str(&sentence);
+        self.progress.lock().expect("progress").spoken = self.spoken.clone();
+        Ok(())
+    }
+}
+
+/// The stage timings of one turn: each stage's start and first result, taken once, turned
+/// into consecutive intervals that add up to the total.
+struct LatencyClock {
     speech_end: Instant,
     end_of_turn: Duration,
+    hear_started: Instant,
     stt: Duration,
-    llm_started: Instant,
+    reply_started: Option<Instant>,
     first_token: Option<Instant>,
     first_sentence: Option<Instant>,
-    tts_started: Option<Instant>,
-    tts_first_byte: Option<Instant>,
+    speech_started: Option<Instant>,
+    speech_first_byte: Option<Instant>,
 }
 
-/// The latency stages once the first frame was sent: consecutive intervals, so they add up to
-/// the total; recorded as metrics and on the `turn` span.
-fn record_latency(c: &Clock, first_frame: Instant) -> serde_json::Map<String, serde_json::Value> {
-    let llm_first_token = c.first_token.unwrap_or(c.llm_started).saturating_duration_since(c.llm_started);
-    let llm_first_sentence =
-        c.first_sentence.unwrap_or(c.llm_started).saturating_duration_since(c.first_token.unwrap_or(c.llm_started));
-    let tts = c.tts_first_byte.unwrap_or(first_frame).saturating_duration_since(c.tts_started.unwrap_or(first_frame));
-    let total = first_frame.saturating_duration_since(c.speech_end);
-    let accounted = c.end_of_turn + c.stt + llm_first_token + llm_first_sentence + tts;
-    let overhead = total.saturating_sub(accounted);
-    let total = accounted + overhead;
-    let values = [c.end_of_turn, c.stt, llm_first_token, llm_first_sentence, tts, overhead];
-    let span = tracing::Span::current();
-    let mut latency = serde_json::Map::new();
-    for (stage, value) in STAGES.iter().zip(values) {
-        metrics::turn_latency(stage, secs(value));
-        latency.insert((*stage).to_string(), json!(secs(value)));
+impl LatencyClock {
+    /// Starts when the end of the caller's turn (which ended their speech at `speech_end`) was
+    /// `detected`; hearing starts now.
+    fn new(speech_end: Instant, detected: Instant) -> Self {
+        Self {
+            speech_end,
+            end_of_turn: detected.saturating_duration_since(speech_end),
+            hear_started: Instant::now(),
+            stt: Duration::ZERO,
+            reply_started: None,
+            first_token: None,
+            first_sentence: None,
+            speech_started: None,
+            speech_first_byte: None,
+        }
     }
-    metrics::turn_latency("total", secs(total));
-    latency.insert("total".into(), json!(secs(total)));
-    span.record("latency.end_of_turn", secs(c.end_of_turn));
-    span.record("latency.stt", secs(c.stt));
-    span.record("latency.llm_first_token", secs(llm_first_token));
-    span.record("latency.llm_first_sentence", secs(llm_first_sentence));
-    span.record("latency.tts_first_byte", secs(tts));
-    span.record("latency.overhead", secs(overhead));
-    span.record("latency.total", secs(total));
-    latency
+
+    fn heard(&mut self) {
+        self.stt = self.hear_started.elapsed();
+    }
+
+    fn reply_started(&mut self) {
+        self.reply_started.get_or_insert_with(Instant::now);
+    }
+
+    fn token(&mut self) {
+        self.first_token.get_or_insert_with(Instant::now);
+    }
+
+    fn sentence(&mut self) {
+        self.first_sentence.get_or_insert_with(Instant::now);
+    }
+
+    fn speech_started(&mut self) {
+        self.speech_started.get_or_insert_with(Instant::now);
+    }
+
+    fn speech_first_byte(&mut self) {
+        self.speech_first_byte.get_or_insert_with(Instant::now);
+    }
+
+    /// The latency stages once the first frame was sent; recorded as metrics and on the `turn`
+    /// span.
+    fn record(&self, first_frame: Instant) -> serde_json::Map<String, serde_json::Value> {
+        let llm_started = self.reply_started.unwrap_or(first_frame);
+        let llm_first_token = self.first_token.unwrap_or(llm_started).saturating_duration_since(llm_started);
+        let llm_first_sentence = self
+            .first_sentence
+            .unwrap_or(llm_started)
+            .saturating_duration_since(self.first_token.unwrap_or(llm_started));
+        let tts = self
+            .speech_first_byte
+            .unwrap_or(first_frame)
+            .saturating_duration_since(self.speech_started.unwrap_or(first_frame));
+        let total = first_frame.saturating_duration_since(self.speech_end);
+        let accounted = self.end_of_turn + self.stt + llm_first_token + llm_first_sentence + tts;
+        let overhead = total.saturating_sub(accounted);
+        let total = accounted + overhead;
+        let values = [self.end_of_turn, self.stt, llm_first_token, llm_first_sentence, tts, overhead];
+        let span = tracing::Span::current();
+        let mut latency = serde_json::Map::new();
+        for (stage, value) in STAGES.iter().zip(values) {
+            metrics::turn_latency(stage, secs(value));
+            latency.insert((*stage).to_string(), json!(secs(value)));
+        }
+        metrics::turn_latency("total", secs(total));
+        latency.insert("total".into(), json!(secs(total)));
+        span.record("latency.end_of_turn", secs(self.end_of_turn));
+        span.record("latency.stt", secs(self.stt));
+        span.record("latency.llm_first_token", secs(llm_first_token));
+        span.record("latency.llm_first_sentence", secs(llm_first_sentence));
+        span.record("latency.tts_first_byte", secs(tts));
+        span.record("latency.overhead", secs(overhead));
+        span.record("latency.total", secs(total));
+        latency
+    }
 }
 
 #[cfg(test)]
