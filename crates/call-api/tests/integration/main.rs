@@ -1,0 +1,18 @@
+//! The integration tests of `call-api`, compiled as one binary (the helpers in `common`
+//! once, one link) and still run one test per process by `cargo nextest`.
+
+#[macro_use]
+mod common;
+
+mod calls;
+mod concurrency;
+mod hardening;
+mod limits;
+mod live;
+mod metrics;
+mod observability;
+mod outage;
+mod pipeline;
+mod replicas;
+mod tenancy;
+mod twilio;

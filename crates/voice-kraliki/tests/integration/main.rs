@@ -1,0 +1,17 @@
+//! The integration tests of `voice-kraliki`, compiled as one binary (the helpers in `common`
+//! once, one link) and still run one test per process by `cargo nextest`.
+
+#[macro_use]
+mod common;
+
+mod artefacts;
+mod balancing;
+mod demo;
+mod health;
+mod metrics;
+mod metrics_disabled_in_process;
+mod monitoring;
+mod process;
+mod prometheus;
+mod secrets;
+mod trace;
