@@ -305,6 +305,10 @@ pub async fn serve_http_with(
     shutdown.run_bounded(serve).await.unwrap_or(Ok(()))
 }
 
+/// Served on every gRPC port besides the service's own.
+const REFLECTED_ALWAYS: [&str; 3] =
+    ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+
 fn is_connection_error(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
@@ -329,16 +333,19 @@ pub async fn serve_grpc_service(
         tracing::warn!(error = %e, "cannot set TCP_NODELAY on the gRPC listener");
     }
     let health_server = ctx.health.grpc_server(service_names).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kraliki_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kraliki_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    // Each port advertises its own services only (and health and reflection), not every
+    // descriptor in the workspace.
+    let advertised = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kraliki_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for name in service_names.iter().copied().chain(REFLECTED_ALWAYS) {
+            builder = builder.with_service_name(name);
+        }
+        builder
+    };
+    let reflection = advertised().build_v1().map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_alpha = advertised().build_v1alpha().map_err(|e| ServeError::Reflection(e.to_string()))?;
     let routes = routes.add_service(health_server).add_service(reflection).add_service(reflection_alpha);
 
     let stop = ctx.shutdown.clone();
