@@ -1,23 +1,30 @@
-//! Observability for every Voice Kraliki service, wired in one place: JSON logs carrying trace
-//! ids, Sentry errors and transactions, OTLP traces with W3C propagation across gRPC, Prometheus
-//! metrics with explicit buckets, health and readiness, CPU profiles, and graceful shutdown.
+//! The services' common runtime: configuration, the common `main`, serving, health, shutdown,
+//! and observability — JSON logs carrying trace ids, Sentry errors and transactions, OTLP
+//! traces with W3C propagation across gRPC, Prometheus metrics with explicit buckets, and CPU
+//! profiles — wired in one place so that no service does it by hand.
 //!
 //! ```text
-//! config.rs    environment variables (SPEC §3) and typed parsers services reuse
-//! logging.rs   JSON/text line formats, stdout + LOG_FILE
-//! otel.rs      tracer provider, OTLP exporter, traceparent inject/extract
-//! sentry.rs    Sentry client, scrubbing, capture_exception
-//! metrics.rs   Prometheus recorder, metric names, build_info, process_*
-//! http.rs      axum layer: server span + http_requests_* RED metrics
-//! grpc.rs      tonic layers: server/client spans + grpc_server_*/grpc_client_* metrics
-//! health.rs    readiness registry, /health, /ready, grpc.health.v1
-//! pprof.rs     /debug/pprof/profile
-//! shutdown.rs  SIGTERM → not ready → drain (bounded) → flush (bounded)
-//! testing.rs   in-test OTLP receiver and Sentry sink (feature `testing`)
+//! config/            env.rs (process environment after .env, or a map), reader.rs (typed
+//!                    parsers every service reuses, ConfigErrors, Secret), mod.rs (telemetry's
+//!                    own variables of SPEC §3, INTERNAL_AUTH_TOKEN)
+//! entry.rs           run_service: the three-line mains (config, init, serve, flush, exit code)
+//! serve.rs           HTTP serving with connection limits and idle bounds; gRPC serving with
+//!                    health, per-service reflection and the admin port
+//! auth.rs            INTERNAL_AUTH_TOKEN on gRPC (health and reflection stay open)
+//! logging.rs         JSON/text line formats, stdout + LOG_FILE, redaction
+//! otel.rs            tracer provider, OTLP exporter, traceparent inject/extract
+//! sentry_support.rs  Sentry client, scrubbing, capture_exception, transactions
+//! metrics.rs         Prometheus recorder, metric names, build_info, process_*
+//! http.rs            axum layer: server span + http_requests_* RED metrics
+//! grpc.rs            tonic layers: server/client spans + grpc_server_*/grpc_client_* metrics,
+//!                    deadlines, oversize → ResourceExhausted (INPUT_TOO_LARGE)
+//! health.rs          readiness registry, /health, /ready, grpc.health.v1
+//! pprof.rs           /debug/pprof/profile
+//! shutdown.rs        SIGTERM → not ready → drain (bounded) → flush (bounded); a second signal forces
+//! testing.rs         in-test OTLP receiver, Sentry sink and fake HTTP servers (feature `testing`)
 //! ```
 //!
-//! A service's `main` starts with `let telemetry = telemetry::init(&info, &config)?;` and ends
-//! with `telemetry.shutdown().await`.
+//! A service's `main` is `telemetry::entry::run_service(...)`; tests call the same `run`.
 
 pub mod auth;
 pub mod config;
