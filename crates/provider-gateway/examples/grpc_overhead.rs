@@ -197,7 +197,7 @@ async fn main() {
         ("LLM_PROVIDERS", "simulated"),
         ("SENTIMENT_PROVIDERS", "simulated"),
         ("SIMULATED_LATENCY", "fixed:0"),
-        ("SIMULATED_TTFB_MS", "0"),
+        ("SIMULATED_TTFB_SECONDS", "0"),
         ("SIMULATED_TOKENS_PER_SECOND", "0"),
         ("SIMULATED_MAX_CONCURRENCY", "1024"),
     ]);

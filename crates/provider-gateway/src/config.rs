@@ -61,15 +61,13 @@ impl Config {
     }
 }
 
-/// The providers crate tells an empty `*_PROVIDERS` (capability disabled) from an unset one,
-/// so it reads the raw values; `Env::get` would fold empty into unset.
+/// The providers' variables, read with the same reader (it tells an empty `*_PROVIDERS`,
+/// capability disabled, from an unset one).
 fn read_providers(env: &Env, errors: &mut ConfigErrors) -> Option<ProvidersConfig> {
-    match ProvidersConfig::from_lookup(|name| env.get_raw(name).map(str::to_owned)) {
+    match ProvidersConfig::from_env(env) {
         Ok(config) => Some(config),
         Err(bad) => {
-            for e in bad {
-                errors.push(e.variable, e.message);
-            }
+            errors.extend(bad);
             None
         }
     }

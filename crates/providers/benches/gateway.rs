@@ -63,7 +63,7 @@ async fn fake_server() -> String {
 
 fn gateway(vars: &[(&str, &str)]) -> Gateway {
     let map: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    Gateway::new(ProvidersConfig::from_lookup(move |k| map.get(k).cloned()).unwrap()).unwrap()
+    Gateway::new(ProvidersConfig::from_env(&providers::config::Env::from_pairs(map)).unwrap()).unwrap()
 }
 
 fn request() -> ChatRequest {
@@ -151,7 +151,7 @@ fn benches(c: &mut Criterion) {
     let gw_sim = gateway(&[
         ("LLM_PROVIDERS", "simulated"),
         ("SIMULATED_LATENCY", "fixed:0"),
-        ("SIMULATED_TTFB_MS", "0"),
+        ("SIMULATED_TTFB_SECONDS", "0"),
         ("SIMULATED_TOKENS_PER_SECOND", "0"),
         ("SIMULATED_MAX_CONCURRENCY", "1000"),
     ]);

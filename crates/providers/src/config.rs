@@ -1,45 +1,15 @@
-//! Typed configuration, read once from environment variables through a lookup closure.
-//!
-//! [`ProvidersConfig::from_lookup`] reports every bad variable at once, each error naming it.
-//! The README of this crate has the table of variables; keep the two in step.
+//! Typed configuration, read once from the environment with the services' shared
+//! [`telemetry::Reader`]: [`ProvidersConfig::read`] records every bad variable, each error
+//! naming it. Durations are `*_SECONDS`; the older `*_MS` names are still accepted for one
+//! release, with a warning. The README of this crate has the table of variables; keep the two
+//! in step.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::time::Duration;
 
 use crate::types::{Capability, ProviderKind};
 
-/// A credential. `Debug` prints `Secret([redacted])` and there is no `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wrap a credential.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The credential itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
-
-/// One bad variable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{variable}: {message}")]
-pub struct ConfigError {
-    /// The variable's name.
-    pub variable: &'static str,
-    /// What is wrong with it (never its value when it is a secret).
-    pub message: String,
-}
+pub use telemetry::{ConfigErrors, Env, Reader, Secret};
 
 /// Which `max_tokens` field the OpenAI-compatible server expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,9 +125,9 @@ impl LatencyDistribution {
 pub struct SimulatedConfig {
     /// `SIMULATED_LATENCY`: whole-call latency for transcription and sentiment, and the
     /// time before the first token or audio chunk of a stream is added to it on top of
-    /// `SIMULATED_TTFB_MS`.
+    /// `SIMULATED_TTFB_SECONDS`.
     pub latency: LatencyDistribution,
-    /// `SIMULATED_TTFB_MS`: fixed time to the first streamed chunk.
+    /// `SIMULATED_TTFB_SECONDS`: fixed time to the first streamed chunk.
     pub time_to_first_byte: Duration,
     /// `SIMULATED_TOKENS_PER_SECOND`: pace of streamed tokens (0 = as fast as possible).
     pub tokens_per_second: f64,
@@ -174,16 +144,16 @@ pub struct SimulatedConfig {
 /// Timeouts applied to every provider call.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
-    /// `PROVIDER_CONNECT_TIMEOUT_MS`: TCP + TLS connect.
+    /// `PROVIDER_CONNECT_TIMEOUT_SECONDS`: TCP + TLS connect.
     pub connect: Duration,
-    /// `PROVIDER_FIRST_BYTE_TIMEOUT_MS`: request sent → response head (chat, speech).
+    /// `PROVIDER_FIRST_BYTE_TIMEOUT_SECONDS`: request sent → response head (chat, speech).
     pub first_byte: Duration,
-    /// `PROVIDER_TRANSCRIBE_TIMEOUT_MS`: request sent → response head for transcription,
+    /// `PROVIDER_TRANSCRIBE_TIMEOUT_SECONDS`: request sent → response head for transcription,
     /// which providers only answer once the whole file is transcribed.
     pub transcribe: Duration,
-    /// `PROVIDER_IDLE_TIMEOUT_MS`: longest gap between two body chunks or stream items.
+    /// `PROVIDER_IDLE_TIMEOUT_SECONDS`: longest gap between two body chunks or stream items.
     pub idle: Duration,
-    /// `PROVIDER_DEFAULT_DEADLINE_MS`: deadline used when the caller gives none.
+    /// `PROVIDER_DEFAULT_DEADLINE_SECONDS`: deadline used when the caller gives none.
     pub default_deadline: Duration,
 }
 
@@ -192,11 +162,11 @@ pub struct Timeouts {
 pub struct RetryConfig {
     /// `PROVIDER_MAX_RETRIES`: extra attempts on the same provider (0 = none).
     pub max_retries: u32,
-    /// `PROVIDER_RETRY_BASE_MS`: first backoff ceiling; doubles per attempt, full jitter.
+    /// `PROVIDER_RETRY_BASE_SECONDS`: first backoff ceiling; doubles per attempt, full jitter.
     pub base: Duration,
-    /// `PROVIDER_RETRY_MAX_MS`: backoff ceiling.
+    /// `PROVIDER_RETRY_MAX_SECONDS`: backoff ceiling.
     pub max_backoff: Duration,
-    /// `PROVIDER_RETRY_AFTER_MAX_MS`: a longer `Retry-After` makes us fail over instead.
+    /// `PROVIDER_RETRY_AFTER_MAX_SECONDS`: a longer `Retry-After` makes us fail over instead.
     pub max_retry_after: Duration,
 }
 
@@ -209,7 +179,7 @@ pub struct CircuitConfig {
     pub failure_ratio: f64,
     /// `PROVIDER_CIRCUIT_WINDOW`: outcomes kept for the ratio (also its minimum sample).
     pub window: u32,
-    /// `PROVIDER_CIRCUIT_OPEN_MS`: how long it stays open before a probe.
+    /// `PROVIDER_CIRCUIT_OPEN_SECONDS`: how long it stays open before a probe.
     pub open_for: Duration,
 }
 
@@ -247,209 +217,189 @@ pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 /// Default Deepgram base URL.
 pub const DEEPGRAM_DEFAULT_BASE_URL: &str = "https://api.deepgram.com";
 
-struct Reader<F> {
-    get: F,
-    errors: Vec<ConfigError>,
+/// A base URL (`http(s)://host[/path]`, no query or fragment), and whether it was set.
+fn base_url(r: &mut Reader<'_>, var: &str, default: &str) -> (String, bool) {
+    let Some(raw) = r.string(var).filter(|v| !v.is_empty()) else { return (default.to_owned(), false) };
+    match reqwest::Url::parse(&raw) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+            if url.query().is_some() || url.fragment().is_some() {
+                r.error(var, "must not carry a query or fragment");
+            }
+            (raw.trim_end_matches('/').to_owned(), true)
+        }
+        Ok(_) => {
+            r.error(var, "must be an http:// or https:// URL with a host");
+            (default.to_owned(), false)
+        }
+        Err(e) => {
+            r.error(var, format!("not a URL: {e}"));
+            (default.to_owned(), false)
+        }
+    }
 }
 
-impl<F: Fn(&str) -> Option<String>> Reader<F> {
-    /// Unset and empty (or all-blank) values are the same: compose files often pass `VAR=`.
-    fn raw(&self, var: &'static str) -> Option<String> {
-        (self.get)(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
-    }
-
-    fn string(&self, var: &'static str, default: &str) -> String {
-        self.raw(var).unwrap_or_else(|| default.to_owned())
-    }
-
-    fn fail(&mut self, variable: &'static str, message: impl Into<String>) {
-        self.errors.push(ConfigError { variable, message: message.into() });
-    }
-
-    fn number<T: std::str::FromStr + PartialOrd + Copy + fmt::Display>(
-        &mut self,
-        var: &'static str,
-        default: T,
-        min: T,
-        max: T,
-    ) -> T {
-        let Some(raw) = self.raw(var) else { return default };
-        match raw.parse::<T>() {
-            Ok(v) if v >= min && v <= max => v,
-            Ok(_) => {
-                self.fail(var, format!("must be between {min} and {max}"));
-                default
-            }
-            Err(_) => {
-                self.fail(var, format!("`{raw}` is not a number"));
-                default
-            }
+/// A failover order: provider names, comma-separated; set but empty (or `none`) turns the
+/// capability off, unset is `default`.
+fn order(r: &mut Reader<'_>, var: &str, capability: Capability, default: &str) -> Vec<ProviderKind> {
+    let raw = r.env().get_raw(var).map(|v| v.trim().to_owned());
+    let text = raw.unwrap_or_else(|| default.to_owned());
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if name.eq_ignore_ascii_case("none") {
+            continue;
         }
-    }
-
-    fn millis(&mut self, var: &'static str, default_ms: u64, min_ms: u64, max_ms: u64) -> Duration {
-        Duration::from_millis(self.number(var, default_ms, min_ms, max_ms))
-    }
-
-    fn flag(&mut self, var: &'static str, default: bool) -> bool {
-        let Some(raw) = self.raw(var) else { return default };
-        match raw.to_ascii_lowercase().as_str() {
-            "1" | "true" | "yes" | "on" => true,
-            "0" | "false" | "no" | "off" => false,
-            _ => {
-                self.fail(var, format!("`{raw}` is not a boolean (true/false)"));
-                default
-            }
+        let Some(kind) = ProviderKind::parse(name) else {
+            r.error(var, format!("unknown provider `{name}` (known: openai, deepgram, local, simulated)"));
+            continue;
+        };
+        if !kind.supports(capability) {
+            r.error(var, format!("provider `{kind}` does not offer {capability}"));
+            continue;
         }
-    }
-
-    fn secret(&self, var: &'static str) -> Option<Secret> {
-        self.raw(var).map(Secret)
-    }
-
-    fn base_url(&mut self, var: &'static str, default: &str) -> (String, bool) {
-        let Some(raw) = self.raw(var) else { return (default.to_owned(), false) };
-        match reqwest::Url::parse(&raw) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
-                if url.query().is_some() || url.fragment().is_some() {
-                    self.fail(var, "must not carry a query or fragment");
-                }
-                (raw.trim_end_matches('/').to_owned(), true)
-            }
-            Ok(_) => {
-                self.fail(var, "must be an http:// or https:// URL with a host");
-                (default.to_owned(), false)
-            }
-            Err(e) => {
-                self.fail(var, format!("not a URL: {e}"));
-                (default.to_owned(), false)
-            }
+        if !seen.insert(kind) {
+            r.error(var, format!("provider `{kind}` is listed twice"));
+            continue;
         }
+        out.push(kind);
     }
+    out
+}
 
-    fn order(&mut self, var: &'static str, capability: Capability, default: &str) -> Vec<ProviderKind> {
-        let raw = (self.get)(var).map(|v| v.trim().to_owned());
-        let text = raw.unwrap_or_else(|| default.to_owned());
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            if name.eq_ignore_ascii_case("none") {
-                continue;
-            }
-            let Some(kind) = ProviderKind::parse(name) else {
-                self.fail(var, format!("unknown provider `{name}` (known: openai, deepgram, local, simulated)"));
-                continue;
-            };
-            if !kind.supports(capability) {
-                self.fail(var, format!("provider `{kind}` does not offer {capability}"));
-                continue;
-            }
-            if !seen.insert(kind) {
-                self.fail(var, format!("provider `{kind}` is listed twice"));
-                continue;
-            }
-            out.push(kind);
-        }
-        out
-    }
+/// A duration `*_SECONDS` (or its older `*_MS` name) in `[min_ms, max_ms]`.
+fn seconds(r: &mut Reader<'_>, name: &str, legacy_ms: &str, default_ms: u64, min_ms: u64, max_ms: u64) -> Duration {
+    r.seconds_or_legacy_ms(
+        name,
+        legacy_ms,
+        Duration::from_millis(default_ms),
+        Duration::from_millis(min_ms),
+        max_ms as f64 / 1000.0,
+    )
 }
 
 impl ProvidersConfig {
-    /// Read the configuration through `get` (usually `|k| std::env::var(k).ok()`).
-    /// Returns every problem found, each naming its variable.
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, Vec<ConfigError>> {
-        let mut r = Reader { get, errors: Vec::new() };
+    /// Reads every variable of this crate from `env`; every problem found, each naming its
+    /// variable.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigErrors> {
+        let mut r = Reader::new(env);
+        let config = Self::read(&mut r);
+        r.errors.into_result(config)
+    }
 
-        let default_concurrency = r.number("PROVIDER_MAX_CONCURRENCY", 64usize, 1, 100_000);
+    /// Reads every variable of this crate, recording problems in `r`.
+    pub fn read(r: &mut Reader<'_>) -> Self {
+        let default_concurrency = r.number_in("PROVIDER_MAX_CONCURRENCY", 64usize, 1, 100_000);
 
-        let (openai_base, openai_explicit) = r.base_url("OPENAI_BASE_URL", OPENAI_DEFAULT_BASE_URL);
-        let max_tokens_param = match r.raw("OPENAI_MAX_TOKENS_PARAM").as_deref() {
+        let (openai_base, openai_explicit) = base_url(r, "OPENAI_BASE_URL", OPENAI_DEFAULT_BASE_URL);
+        let max_tokens_param = match r.string("OPENAI_MAX_TOKENS_PARAM").filter(|v| !v.is_empty()).as_deref() {
             None | Some("max_tokens") => MaxTokensParam::MaxTokens,
             Some("max_completion_tokens") => MaxTokensParam::MaxCompletionTokens,
             Some(_) => {
-                r.fail("OPENAI_MAX_TOKENS_PARAM", "expected `max_tokens` or `max_completion_tokens`");
+                r.error("OPENAI_MAX_TOKENS_PARAM", "expected `max_tokens` or `max_completion_tokens`");
                 MaxTokensParam::MaxTokens
             }
         };
         let openai = OpenAiConfig {
-            api_key: r.secret("OPENAI_API_KEY"),
+            api_key: r.secret("OPENAI_API_KEY").filter(|k| !k.expose().is_empty()),
             base_url: openai_base,
             base_url_explicit: openai_explicit,
-            chat_model: r.string("OPENAI_CHAT_MODEL", "gpt-4o-mini"),
-            stt_model: r.string("OPENAI_STT_MODEL", "whisper-1"),
-            tts_model: r.string("OPENAI_TTS_MODEL", "gpt-4o-mini-tts"),
-            tts_voice: r.string("OPENAI_TTS_VOICE", "alloy"),
+            chat_model: r.string_or("OPENAI_CHAT_MODEL", "gpt-4o-mini"),
+            stt_model: r.string_or("OPENAI_STT_MODEL", "whisper-1"),
+            tts_model: r.string_or("OPENAI_TTS_MODEL", "gpt-4o-mini-tts"),
+            tts_voice: r.string_or("OPENAI_TTS_VOICE", "alloy"),
             max_tokens_param,
-            max_concurrency: r.number("OPENAI_MAX_CONCURRENCY", default_concurrency, 1, 100_000),
+            max_concurrency: r.number_in("OPENAI_MAX_CONCURRENCY", default_concurrency, 1, 100_000),
         };
 
-        let (deepgram_base, deepgram_explicit) = r.base_url("DEEPGRAM_BASE_URL", DEEPGRAM_DEFAULT_BASE_URL);
+        let (deepgram_base, deepgram_explicit) = base_url(r, "DEEPGRAM_BASE_URL", DEEPGRAM_DEFAULT_BASE_URL);
         let deepgram = DeepgramConfig {
-            api_key: r.secret("DEEPGRAM_API_KEY"),
+            api_key: r.secret("DEEPGRAM_API_KEY").filter(|k| !k.expose().is_empty()),
             base_url: deepgram_base,
             base_url_explicit: deepgram_explicit,
-            stt_model: r.string("DEEPGRAM_STT_MODEL", "nova-3"),
-            tts_model: r.string("DEEPGRAM_TTS_MODEL", "aura-2-thalia-en"),
-            max_concurrency: r.number("DEEPGRAM_MAX_CONCURRENCY", default_concurrency, 1, 100_000),
+            stt_model: r.string_or("DEEPGRAM_STT_MODEL", "nova-3"),
+            tts_model: r.string_or("DEEPGRAM_TTS_MODEL", "aura-2-thalia-en"),
+            max_concurrency: r.number_in("DEEPGRAM_MAX_CONCURRENCY", default_concurrency, 1, 100_000),
         };
 
-        let latency = match r.raw("SIMULATED_LATENCY") {
+        let latency = match r.string("SIMULATED_LATENCY").filter(|v| !v.is_empty()) {
             None => LatencyDistribution::Fixed(Duration::from_millis(50)),
             Some(text) => LatencyDistribution::parse(&text).unwrap_or_else(|msg| {
-                r.fail("SIMULATED_LATENCY", msg);
+                r.error("SIMULATED_LATENCY", msg);
                 LatencyDistribution::Fixed(Duration::from_millis(50))
             }),
         };
         let simulated = SimulatedConfig {
             latency,
-            time_to_first_byte: r.millis("SIMULATED_TTFB_MS", 100, 0, 600_000),
-            tokens_per_second: r.number("SIMULATED_TOKENS_PER_SECOND", 50.0, 0.0, 1_000_000.0),
-            error_rate: r.number("SIMULATED_ERROR_RATE", 0.0, 0.0, 1.0),
-            stall_rate: r.number("SIMULATED_STALL_RATE", 0.0, 0.0, 1.0),
-            seed: r.number("SIMULATED_SEED", 42u64, 0, u64::MAX),
-            max_concurrency: r.number("SIMULATED_MAX_CONCURRENCY", default_concurrency, 1, 100_000),
+            time_to_first_byte: seconds(r, "SIMULATED_TTFB_SECONDS", "SIMULATED_TTFB_MS", 100, 0, 600_000),
+            tokens_per_second: r.number_in("SIMULATED_TOKENS_PER_SECOND", 50.0, 0.0, 1_000_000.0),
+            error_rate: r.number_in("SIMULATED_ERROR_RATE", 0.0, 0.0, 1.0),
+            stall_rate: r.number_in("SIMULATED_STALL_RATE", 0.0, 0.0, 1.0),
+            seed: r.number_in("SIMULATED_SEED", 42u64, 0, u64::MAX),
+            max_concurrency: r.number_in("SIMULATED_MAX_CONCURRENCY", default_concurrency, 1, 100_000),
         };
 
         let timeouts = Timeouts {
-            connect: r.millis("PROVIDER_CONNECT_TIMEOUT_MS", 3_000, 1, 600_000),
-            first_byte: r.millis("PROVIDER_FIRST_BYTE_TIMEOUT_MS", 10_000, 1, 600_000),
-            transcribe: r.millis("PROVIDER_TRANSCRIBE_TIMEOUT_MS", 120_000, 1, 3_600_000),
-            idle: r.millis("PROVIDER_IDLE_TIMEOUT_MS", 10_000, 1, 600_000),
-            default_deadline: r.millis("PROVIDER_DEFAULT_DEADLINE_MS", 300_000, 1, 3_600_000),
+            connect: seconds(r, "PROVIDER_CONNECT_TIMEOUT_SECONDS", "PROVIDER_CONNECT_TIMEOUT_MS", 3_000, 1, 600_000),
+            first_byte: seconds(
+                r,
+                "PROVIDER_FIRST_BYTE_TIMEOUT_SECONDS",
+                "PROVIDER_FIRST_BYTE_TIMEOUT_MS",
+                10_000,
+                1,
+                600_000,
+            ),
+            transcribe: seconds(
+                r,
+                "PROVIDER_TRANSCRIBE_TIMEOUT_SECONDS",
+                "PROVIDER_TRANSCRIBE_TIMEOUT_MS",
+                120_000,
+                1,
+                3_600_000,
+            ),
+            idle: seconds(r, "PROVIDER_IDLE_TIMEOUT_SECONDS", "PROVIDER_IDLE_TIMEOUT_MS", 10_000, 1, 600_000),
+            default_deadline: seconds(
+                r,
+                "PROVIDER_DEFAULT_DEADLINE_SECONDS",
+                "PROVIDER_DEFAULT_DEADLINE_MS",
+                300_000,
+                1,
+                3_600_000,
+            ),
         };
         let retry = RetryConfig {
-            max_retries: r.number("PROVIDER_MAX_RETRIES", 2u32, 0, 10),
-            base: r.millis("PROVIDER_RETRY_BASE_MS", 200, 1, 60_000),
-            max_backoff: r.millis("PROVIDER_RETRY_MAX_MS", 2_000, 1, 600_000),
-            max_retry_after: r.millis("PROVIDER_RETRY_AFTER_MAX_MS", 10_000, 0, 600_000),
+            max_retries: r.number_in("PROVIDER_MAX_RETRIES", 2u32, 0, 10),
+            base: seconds(r, "PROVIDER_RETRY_BASE_SECONDS", "PROVIDER_RETRY_BASE_MS", 200, 1, 60_000),
+            max_backoff: seconds(r, "PROVIDER_RETRY_MAX_SECONDS", "PROVIDER_RETRY_MAX_MS", 2_000, 1, 600_000),
+            max_retry_after: seconds(
+                r,
+                "PROVIDER_RETRY_AFTER_MAX_SECONDS",
+                "PROVIDER_RETRY_AFTER_MAX_MS",
+                10_000,
+                0,
+                600_000,
+            ),
         };
         let circuit = CircuitConfig {
-            consecutive_failures: r.number("PROVIDER_CIRCUIT_FAILURES", 5u32, 1, 10_000),
-            failure_ratio: r.number("PROVIDER_CIRCUIT_FAILURE_RATIO", 0.5, 0.01, 1.0),
-            window: r.number("PROVIDER_CIRCUIT_WINDOW", 20u32, 1, 10_000),
-            open_for: r.millis("PROVIDER_CIRCUIT_OPEN_MS", 30_000, 1, 3_600_000),
+            consecutive_failures: r.number_in("PROVIDER_CIRCUIT_FAILURES", 5u32, 1, 10_000),
+            failure_ratio: r.number_in("PROVIDER_CIRCUIT_FAILURE_RATIO", 0.5, 0.01, 1.0),
+            window: r.number_in("PROVIDER_CIRCUIT_WINDOW", 20u32, 1, 10_000),
+            open_for: seconds(r, "PROVIDER_CIRCUIT_OPEN_SECONDS", "PROVIDER_CIRCUIT_OPEN_MS", 30_000, 1, 3_600_000),
         };
 
-        let config = ProvidersConfig {
+        ProvidersConfig {
             openai,
             deepgram,
             simulated,
-            local_max_concurrency: r.number("LOCAL_MAX_CONCURRENCY", 256usize, 1, 100_000),
-            stt_order: r.order("STT_PROVIDERS", Capability::Stt, "deepgram,openai"),
-            llm_order: r.order("LLM_PROVIDERS", Capability::Llm, "openai"),
-            tts_order: r.order("TTS_PROVIDERS", Capability::Tts, "deepgram,openai"),
-            sentiment_order: r.order("SENTIMENT_PROVIDERS", Capability::Sentiment, "local"),
+            local_max_concurrency: r.number_in("LOCAL_MAX_CONCURRENCY", 256usize, 1, 100_000),
+            stt_order: order(r, "STT_PROVIDERS", Capability::Stt, "deepgram,openai"),
+            llm_order: order(r, "LLM_PROVIDERS", Capability::Llm, "openai"),
+            tts_order: order(r, "TTS_PROVIDERS", Capability::Tts, "deepgram,openai"),
+            sentiment_order: order(r, "SENTIMENT_PROVIDERS", Capability::Sentiment, "local"),
             timeouts,
             retry,
             circuit,
-            capture_content: r.flag("PROVIDER_CAPTURE_CONTENT", false),
-        };
-        if r.errors.is_empty() { Ok(config) } else { Err(r.errors) }
-    }
-
-    /// Read from the process environment.
-    pub fn from_env() -> Result<Self, Vec<ConfigError>> {
-        Self::from_lookup(|k| std::env::var(k).ok())
+            capture_content: r.bool_or("PROVIDER_CAPTURE_CONTENT", false),
+        }
     }
 
     /// The failover order of a capability.
@@ -534,18 +484,15 @@ fn keyed(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
 
-    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        move |k| map.get(k).cloned()
+    fn lookup(pairs: &[(&str, &str)]) -> Env {
+        Env::from_pairs(pairs.iter().copied())
     }
 
     #[test]
     fn defaults_without_any_variable() {
-        let cfg = ProvidersConfig::from_lookup(lookup(&[])).unwrap();
+        let cfg = ProvidersConfig::from_env(&lookup(&[])).unwrap();
         assert_eq!(cfg.openai.base_url, OPENAI_DEFAULT_BASE_URL);
         assert_eq!(cfg.deepgram.base_url, DEEPGRAM_DEFAULT_BASE_URL);
         assert_eq!(cfg.stt_order, vec![ProviderKind::Deepgram, ProviderKind::OpenAi]);
@@ -559,18 +506,17 @@ mod tests {
 
     #[test]
     fn keyless_self_hosted_openai_is_configured() {
-        let cfg =
-            ProvidersConfig::from_lookup(lookup(&[("OPENAI_BASE_URL", "http://vllm.internal:8000/v1/")])).unwrap();
+        let cfg = ProvidersConfig::from_env(&lookup(&[("OPENAI_BASE_URL", "http://vllm.internal:8000/v1/")])).unwrap();
         assert_eq!(cfg.openai.base_url, "http://vllm.internal:8000/v1");
         assert!(cfg.availability(ProviderKind::OpenAi).is_ok());
         // Pointing explicitly at the vendor without a key is still not configured.
-        let cfg = ProvidersConfig::from_lookup(lookup(&[("OPENAI_BASE_URL", "https://api.openai.com/v1")])).unwrap();
+        let cfg = ProvidersConfig::from_env(&lookup(&[("OPENAI_BASE_URL", "https://api.openai.com/v1")])).unwrap();
         assert!(cfg.availability(ProviderKind::OpenAi).is_err());
     }
 
     #[test]
     fn every_bad_variable_is_reported_by_name() {
-        let errors = ProvidersConfig::from_lookup(lookup(&[
+        let errors = ProvidersConfig::from_env(&lookup(&[
             ("OPENAI_BASE_URL", "ftp://x"),
             ("STT_PROVIDERS", "deepgram,local,acme"),
             ("PROVIDER_MAX_RETRIES", "many"),
@@ -580,7 +526,7 @@ mod tests {
             ("LLM_PROVIDERS", "openai,openai"),
         ]))
         .unwrap_err();
-        let vars: Vec<&str> = errors.iter().map(|e| e.variable).collect();
+        let vars: Vec<&str> = errors.0.iter().map(|e| e.variable.as_str()).collect();
         for var in [
             "OPENAI_BASE_URL",
             "STT_PROVIDERS",
@@ -594,12 +540,13 @@ mod tests {
         }
         // local offers no STT, acme is unknown: two errors for STT_PROVIDERS.
         assert_eq!(vars.iter().filter(|v| **v == "STT_PROVIDERS").count(), 2);
-        assert!(errors[0].to_string().starts_with("OPENAI_BASE_URL: "));
+        assert_eq!(errors.0[0].variable, "OPENAI_BASE_URL", "in the order read");
+        assert!(errors.0[0].to_string().contains("OPENAI_BASE_URL: "), "{}", errors.0[0]);
     }
 
     #[test]
     fn secrets_do_not_print() {
-        let cfg = ProvidersConfig::from_lookup(lookup(&[
+        let cfg = ProvidersConfig::from_env(&lookup(&[
             ("OPENAI_API_KEY", "sk-very-secret-value"),
             ("DEEPGRAM_API_KEY", "dg-secret-value"),
         ]))
@@ -607,13 +554,13 @@ mod tests {
         let printed = format!("{cfg:?}");
         assert!(!printed.contains("very-secret"));
         assert!(!printed.contains("dg-secret"));
-        assert!(printed.contains("Secret([redacted])"));
+        assert!(printed.contains("[redacted]"));
         assert_eq!(cfg.openai.api_key.as_ref().unwrap().expose(), "sk-very-secret-value");
     }
 
     #[test]
     fn orders_and_distributions_parse() {
-        let cfg = ProvidersConfig::from_lookup(lookup(&[
+        let cfg = ProvidersConfig::from_env(&lookup(&[
             ("TTS_PROVIDERS", " OpenAI , simulated "),
             ("STT_PROVIDERS", ""),
             ("SIMULATED_LATENCY", "lognormal:80:0.5"),
@@ -624,6 +571,44 @@ mod tests {
         assert_eq!(
             cfg.simulated.latency,
             LatencyDistribution::LogNormal { median: Duration::from_millis(80), sigma: 0.5 }
+        );
+    }
+
+    /// Durations are `*_SECONDS`; the `*_MS` names of the previous release still work, and the
+    /// new name wins when both are set.
+    #[test]
+    fn durations_in_seconds_with_the_old_millisecond_names_accepted() {
+        let cfg = ProvidersConfig::from_env(&lookup(&[])).unwrap();
+        assert_eq!(cfg.timeouts.connect, Duration::from_secs(3));
+        assert_eq!(cfg.retry.base, Duration::from_millis(200));
+        assert_eq!(cfg.circuit.open_for, Duration::from_secs(30));
+        let cfg = ProvidersConfig::from_env(&lookup(&[
+            ("PROVIDER_CONNECT_TIMEOUT_SECONDS", "1.5"),
+            ("PROVIDER_RETRY_BASE_SECONDS", "0.05"),
+            ("SIMULATED_TTFB_SECONDS", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.timeouts.connect, Duration::from_millis(1500));
+        assert_eq!(cfg.retry.base, Duration::from_millis(50));
+        assert_eq!(cfg.simulated.time_to_first_byte, Duration::ZERO);
+        let cfg = ProvidersConfig::from_env(&lookup(&[
+            ("PROVIDER_CIRCUIT_OPEN_MS", "250"),
+            ("PROVIDER_IDLE_TIMEOUT_MS", "4000"),
+            ("PROVIDER_IDLE_TIMEOUT_SECONDS", "2"),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.circuit.open_for, Duration::from_millis(250), "the old name still works");
+        assert_eq!(cfg.timeouts.idle, Duration::from_secs(2), "the new name wins");
+        let errors = ProvidersConfig::from_env(&lookup(&[
+            ("PROVIDER_CONNECT_TIMEOUT_SECONDS", "0"),
+            ("PROVIDER_FIRST_BYTE_TIMEOUT_MS", "soon"),
+            ("PROVIDER_RETRY_MAX_SECONDS", "601"),
+        ]))
+        .unwrap_err();
+        let vars: Vec<&str> = errors.0.iter().map(|e| e.variable.as_str()).collect();
+        assert_eq!(
+            vars,
+            ["PROVIDER_CONNECT_TIMEOUT_SECONDS", "PROVIDER_FIRST_BYTE_TIMEOUT_MS", "PROVIDER_RETRY_MAX_SECONDS"]
         );
     }
 }

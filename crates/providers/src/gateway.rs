@@ -175,7 +175,7 @@ impl Gateway {
     }
 
     /// Transcribe pre-recorded audio. `deadline` bounds every attempt, backoff and failover;
-    /// `None` means `PROVIDER_DEFAULT_DEADLINE_MS` from now.
+    /// `None` means `PROVIDER_DEFAULT_DEADLINE_SECONDS` from now.
     pub async fn transcribe(
         &self,
         request: TranscriptionRequest,

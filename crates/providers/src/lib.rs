@@ -4,7 +4,7 @@
 //! it in gRPC; nothing here knows about gRPC beyond [`ErrorCode`]'s names.
 //!
 //! # Layout
-//! - [`config`]: [`ProvidersConfig::from_lookup`] reads every variable (table in the README).
+//! - [`config`]: [`ProvidersConfig::from_env`] reads every variable with the shared reader (table in the README).
 //! - [`types`]: requests and results independent of any wire format.
 //! - [`error`]: [`ProviderError`] and its gRPC-like [`ErrorCode`] and client-safe message.
 //! - `gateway`: [`Gateway`], the failover loop and the stream guard (idle timeout, deadline).
@@ -22,7 +22,7 @@
 //! use providers::{ChatMessage, ChatRequest, Gateway, ProvidersConfig, Role};
 //! use futures_util::StreamExt;
 //!
-//! let config = ProvidersConfig::from_env().map_err(|errors| format!("{errors:?}"))?;
+//! let config = ProvidersConfig::from_env(&providers::config::Env::from_process())?;
 //! let gateway = Gateway::new(config)?;
 //! let request = ChatRequest {
 //!     messages: vec![ChatMessage::new(Role::User, "Hello")],
@@ -48,7 +48,7 @@ pub mod sentiment;
 mod sse;
 pub mod types;
 
-pub use config::{ConfigError, ProvidersConfig, Secret};
+pub use config::{ProvidersConfig, Secret};
 pub use error::{ErrorCode, ProviderError};
 pub use gateway::{Gateway, deadline_in};
 pub use metrics::HISTOGRAM_BUCKETS;

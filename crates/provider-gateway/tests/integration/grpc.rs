@@ -207,7 +207,7 @@ async fn a_deadline_shorter_than_the_provider_latency_is_deadline_exceeded() {
         vec![Reply::Delayed(Duration::from_secs(30), Box::new(Reply::json(200, deepgram_listen_body())))],
     );
     let mut app = spawn_app(
-        &env(None, Some(&deepgram), &[("STT_PROVIDERS", "deepgram"), ("PROVIDER_TRANSCRIBE_TIMEOUT_MS", "60000")]),
+        &env(None, Some(&deepgram), &[("STT_PROVIDERS", "deepgram"), ("PROVIDER_TRANSCRIBE_TIMEOUT_SECONDS", "60")]),
         None,
     )
     .await;
@@ -419,7 +419,7 @@ async fn dropping_a_chat_stream_cancels_the_upstream_request() {
             hang_after: Some(Bytes::from_static(b": keep-alive\n\n")),
         }],
     );
-    let mut app = spawn_app(&env(Some(&openai), None, &[("PROVIDER_IDLE_TIMEOUT_MS", "60000")]), None).await;
+    let mut app = spawn_app(&env(Some(&openai), None, &[("PROVIDER_IDLE_TIMEOUT_SECONDS", "60")]), None).await;
 
     let mut stream = app.client.stream_chat(chat_request()).await.unwrap().into_inner();
     let first = tokio::time::timeout(HANG, stream.next()).await.expect("hang").unwrap().unwrap();

@@ -437,7 +437,7 @@ async fn open_circuit_is_skipped_in_favour_of_the_next_provider() {
     let cfg = config(
         Some(&oa),
         Some(&dg),
-        &[("PROVIDER_MAX_RETRIES", "0"), ("PROVIDER_CIRCUIT_FAILURES", "1"), ("PROVIDER_CIRCUIT_OPEN_MS", "60000")],
+        &[("PROVIDER_MAX_RETRIES", "0"), ("PROVIDER_CIRCUIT_FAILURES", "1"), ("PROVIDER_CIRCUIT_OPEN_SECONDS", "60")],
     );
     let gateway = Gateway::new(cfg).unwrap();
     for _ in 0..3 {
@@ -479,7 +479,7 @@ async fn circuit_opens_fails_fast_then_closes_after_a_successful_probe() {
     let cfg = config(
         Some(&fake),
         None,
-        &[("PROVIDER_MAX_RETRIES", "0"), ("PROVIDER_CIRCUIT_FAILURES", "3"), ("PROVIDER_CIRCUIT_OPEN_MS", "300")],
+        &[("PROVIDER_MAX_RETRIES", "0"), ("PROVIDER_CIRCUIT_FAILURES", "3"), ("PROVIDER_CIRCUIT_OPEN_SECONDS", "0.3")],
     );
     let gateway = Gateway::new(cfg).unwrap();
     for _ in 0..3 {
@@ -520,7 +520,7 @@ async fn deadline_shorter_than_provider_latency() {
     let gateway = Gateway::new(config(
         Some(&fake),
         None,
-        &[("STT_PROVIDERS", "openai"), ("PROVIDER_TRANSCRIBE_TIMEOUT_MS", "60000")],
+        &[("STT_PROVIDERS", "openai"), ("PROVIDER_TRANSCRIBE_TIMEOUT_SECONDS", "60")],
     ))
     .unwrap();
     let started = Instant::now();
@@ -579,7 +579,7 @@ async fn concurrency_limit_answers_resource_exhausted() {
     let gateway = Gateway::new(config(
         Some(&fake),
         None,
-        &[("OPENAI_MAX_CONCURRENCY", "1"), ("PROVIDER_IDLE_TIMEOUT_MS", "10000")],
+        &[("OPENAI_MAX_CONCURRENCY", "1"), ("PROVIDER_IDLE_TIMEOUT_SECONDS", "10")],
     ))
     .unwrap();
     let held = gateway.chat(chat_request(), None).await.unwrap();

@@ -18,11 +18,11 @@ fn gateway(extra: &[(&str, &str)]) -> Gateway {
         ("TTS_PROVIDERS", "simulated"),
         ("SENTIMENT_PROVIDERS", "simulated,local"),
         ("SIMULATED_LATENCY", "fixed:100"),
-        ("SIMULATED_TTFB_MS", "200"),
+        ("SIMULATED_TTFB_SECONDS", "0.2"),
         ("SIMULATED_TOKENS_PER_SECOND", "10"),
-        ("PROVIDER_IDLE_TIMEOUT_MS", "2000"),
-        ("PROVIDER_FIRST_BYTE_TIMEOUT_MS", "5000"),
-        ("PROVIDER_TRANSCRIBE_TIMEOUT_MS", "30000"),
+        ("PROVIDER_IDLE_TIMEOUT_SECONDS", "2"),
+        ("PROVIDER_FIRST_BYTE_TIMEOUT_SECONDS", "5"),
+        ("PROVIDER_TRANSCRIBE_TIMEOUT_SECONDS", "30"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -30,7 +30,7 @@ fn gateway(extra: &[(&str, &str)]) -> Gateway {
     for (k, v) in extra {
         vars.insert((*k).to_owned(), (*v).to_owned());
     }
-    Gateway::new(ProvidersConfig::from_lookup(move |k| vars.get(k).cloned()).unwrap()).unwrap()
+    Gateway::new(ProvidersConfig::from_env(&providers::config::Env::from_pairs(vars)).unwrap()).unwrap()
 }
 
 fn chat(max_tokens: u32) -> ChatRequest {

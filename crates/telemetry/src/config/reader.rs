@@ -175,6 +175,64 @@ impl<'a> Reader<'a> {
         value.trim_end_matches('/').to_string()
     }
 
+    /// A number in `[min, max]` of any type that parses (integers, floats).
+    pub fn number_in<T: FromStr + PartialOrd + Copy + fmt::Display>(
+        &mut self,
+        name: &str,
+        default: T,
+        min: T,
+        max: T,
+    ) -> T {
+        match self.env.get(name) {
+            None => default,
+            Some(raw) => match raw.trim().parse::<T>() {
+                Ok(v) if v >= min && v <= max => v,
+                Ok(_) => {
+                    self.errors.push(name, format!("must be between {min} and {max}"));
+                    default
+                }
+                Err(_) => {
+                    self.errors.push(name, format!("{raw:?} is not a number"));
+                    default
+                }
+            },
+        }
+    }
+
+    /// A duration in seconds in `[min, max_seconds]` read from `name`, or, while it is unset,
+    /// from the older `legacy_ms` name in milliseconds (accepted for one release, with a
+    /// warning on stderr naming the new variable).
+    pub fn seconds_or_legacy_ms(
+        &mut self,
+        name: &str,
+        legacy_ms: &str,
+        default: Duration,
+        min: Duration,
+        max_seconds: f64,
+    ) -> Duration {
+        if self.env.get(name).is_none()
+            && let Some(raw) = self.env.get(legacy_ms)
+        {
+            let max_ms = (max_seconds * 1000.0) as u64;
+            let ms = match raw.trim().parse::<u64>() {
+                Ok(v) if v <= max_ms && Duration::from_millis(v) >= min => v,
+                _ => {
+                    self.errors.push(legacy_ms, format!("{raw:?} is not a number of milliseconds up to {max_ms}"));
+                    return default;
+                }
+            };
+            let d = Duration::from_millis(ms);
+            eprintln!("warning: {legacy_ms} is deprecated and will be removed; set {name}={} instead", d.as_secs_f64());
+            return d;
+        }
+        let d = self.seconds_or(name, default, max_seconds);
+        if d < min {
+            self.errors.push(name, format!("must be at least {} seconds", min.as_secs_f64()));
+            return default;
+        }
+        d
+    }
+
     /// Records an error on a variable.
     pub fn error(&mut self, name: &str, message: impl Into<String>) {
         self.errors.push(name, message);

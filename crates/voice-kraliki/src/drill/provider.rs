@@ -68,15 +68,15 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         ("TTS_PROVIDERS", "simulated,openai".into()),
         ("OPENAI_BASE_URL", fake.base_url()),
         ("SIMULATED_LATENCY", "fixed:20".into()),
-        ("SIMULATED_TTFB_MS", "20".into()),
-        ("PROVIDER_CIRCUIT_OPEN_MS", "5000".into()),
-        ("PROVIDER_FIRST_BYTE_TIMEOUT_MS", "1500".into()),
-        ("PROVIDER_TRANSCRIBE_TIMEOUT_MS", "2000".into()),
-        ("PROVIDER_IDLE_TIMEOUT_MS", "1500".into()),
+        ("SIMULATED_TTFB_SECONDS", "0.02".into()),
+        ("PROVIDER_CIRCUIT_OPEN_SECONDS", "5".into()),
+        ("PROVIDER_FIRST_BYTE_TIMEOUT_SECONDS", "1.5".into()),
+        ("PROVIDER_TRANSCRIBE_TIMEOUT_SECONDS", "2".into()),
+        ("PROVIDER_IDLE_TIMEOUT_SECONDS", "1.5".into()),
     ];
     let mut stack = Stack::new(dir.path(), ports, &env).map_err(|e| e.to_string())?;
     r.say(format!(
-        "failover order STT/LLM/TTS = simulated,openai (openai = a loopback OpenAI-compatible server at {}); PROVIDER_CIRCUIT_OPEN_MS=5000, first-byte timeout 1.5 s, transcribe timeout 2 s, idle timeout 1.5 s; circuit opens after 5 consecutive failures or ≥ 50 % of 20",
+        "failover order STT/LLM/TTS = simulated,openai (openai = a loopback OpenAI-compatible server at {}); PROVIDER_CIRCUIT_OPEN_SECONDS=5, first-byte timeout 1.5 s, transcribe timeout 2 s, idle timeout 1.5 s; circuit opens after 5 consecutive failures or ≥ 50 % of 20",
         fake.base_url()
     ));
     let phases = [

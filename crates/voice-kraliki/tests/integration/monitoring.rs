@@ -38,7 +38,7 @@ async fn every_metric_used_by_rules_and_dashboards_is_exported() {
     env.push(("STT_PROVIDERS".into(), "simulated".into()));
     env.push(("TTS_PROVIDERS".into(), "simulated".into()));
     env.push(("SIMULATED_LATENCY".into(), "fixed:0".into()));
-    env.push(("SIMULATED_TTFB_MS".into(), "0".into()));
+    env.push(("SIMULATED_TTFB_SECONDS".into(), "0".into()));
     env.push(("SIMULATED_TOKENS_PER_SECOND".into(), "0".into()));
     let _audio = Service::start("audio-processor", &env);
     let _gateway = Service::start("provider-gateway", &env);

@@ -257,12 +257,12 @@ pub fn openai_sse(tokens: &[&str], usage: (u64, u64)) -> Vec<String> {
 pub fn env(openai: Option<&Fake>, deepgram: Option<&Fake>, extra: &[(&str, &str)]) -> Env {
     let mut env = Env::from_pairs([
         ("LOG_LEVEL", "warn"),
-        ("PROVIDER_CONNECT_TIMEOUT_MS", "2000"),
-        ("PROVIDER_FIRST_BYTE_TIMEOUT_MS", "5000"),
-        ("PROVIDER_TRANSCRIBE_TIMEOUT_MS", "5000"),
-        ("PROVIDER_IDLE_TIMEOUT_MS", "5000"),
-        ("PROVIDER_RETRY_BASE_MS", "5"),
-        ("PROVIDER_RETRY_MAX_MS", "20"),
+        ("PROVIDER_CONNECT_TIMEOUT_SECONDS", "2"),
+        ("PROVIDER_FIRST_BYTE_TIMEOUT_SECONDS", "5"),
+        ("PROVIDER_TRANSCRIBE_TIMEOUT_SECONDS", "5"),
+        ("PROVIDER_IDLE_TIMEOUT_SECONDS", "5"),
+        ("PROVIDER_RETRY_BASE_SECONDS", "0.005"),
+        ("PROVIDER_RETRY_MAX_SECONDS", "0.02"),
     ]);
     if let Some(f) = openai {
         env.set("OPENAI_BASE_URL", f.url("/v1"));

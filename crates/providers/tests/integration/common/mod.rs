@@ -208,20 +208,20 @@ pub fn config(openai: Option<&Fake>, deepgram: Option<&Fake>, extra: &[(&str, &s
         set("DEEPGRAM_API_KEY", "dg-test-key-0123456789".into());
     }
     for (k, v) in [
-        ("PROVIDER_CONNECT_TIMEOUT_MS", "1000"),
-        ("PROVIDER_FIRST_BYTE_TIMEOUT_MS", "1000"),
-        ("PROVIDER_TRANSCRIBE_TIMEOUT_MS", "1000"),
-        ("PROVIDER_IDLE_TIMEOUT_MS", "1000"),
-        ("PROVIDER_RETRY_BASE_MS", "10"),
-        ("PROVIDER_RETRY_MAX_MS", "40"),
-        ("PROVIDER_DEFAULT_DEADLINE_MS", "20000"),
+        ("PROVIDER_CONNECT_TIMEOUT_SECONDS", "1"),
+        ("PROVIDER_FIRST_BYTE_TIMEOUT_SECONDS", "1"),
+        ("PROVIDER_TRANSCRIBE_TIMEOUT_SECONDS", "1"),
+        ("PROVIDER_IDLE_TIMEOUT_SECONDS", "1"),
+        ("PROVIDER_RETRY_BASE_SECONDS", "0.01"),
+        ("PROVIDER_RETRY_MAX_SECONDS", "0.04"),
+        ("PROVIDER_DEFAULT_DEADLINE_SECONDS", "20"),
     ] {
         set(k, v.into());
     }
     for (k, v) in extra {
         set(k, (*v).to_owned());
     }
-    ProvidersConfig::from_lookup(move |k| vars.get(k).cloned()).expect("valid test config")
+    ProvidersConfig::from_env(&providers::config::Env::from_pairs(vars)).expect("valid test config")
 }
 
 /// A recorder whose values can be read without draining them (the debugging recorder resets
