@@ -46,24 +46,24 @@ deny: ## cargo deny: licences, banned crates and sources (deny.toml; advisories 
 	$(CARGO) deny check licenses bans sources
 
 drill-shutdown: ## drill: SIGTERM each service in turn under load; readiness first, bounded exit, spans flushed, nothing lost
-	$(CARGO) build -q -p voice-kraliki
-	$(CARGO_TARGET_DIR)/debug/voice-kraliki drill shutdown
+	$(CARGO) build -q -p voice-kraliki -p drills
+	$(CARGO_TARGET_DIR)/debug/drills shutdown
 
 drill-database: ## drill: a throwaway PostgreSQL (initdb, port 55432) stopped 30 s under load; 503s, recovery, no lost call
-	$(CARGO) build -q -p voice-kraliki
-	$(CARGO_TARGET_DIR)/debug/voice-kraliki drill database
+	$(CARGO) build -q -p voice-kraliki -p drills
+	$(CARGO_TARGET_DIR)/debug/drills database
 
 drill-provider: ## drill: simulated provider failing, then stalling; failover and circuit breaker in /metrics, calls complete
-	$(CARGO) build -q -p voice-kraliki
-	$(CARGO_TARGET_DIR)/debug/voice-kraliki drill provider
+	$(CARGO) build -q -p voice-kraliki -p drills
+	$(CARGO_TARGET_DIR)/debug/drills provider
 
 drill-soak: ## drill: steady load for SOAK_MINUTES (10); RSS, fds, threads per service must stay flat
-	$(CARGO) build -q -p voice-kraliki
-	$(CARGO_TARGET_DIR)/debug/voice-kraliki drill soak --minutes $(SOAK_MINUTES)
+	$(CARGO) build -q -p voice-kraliki -p drills
+	$(CARGO_TARGET_DIR)/debug/drills soak --minutes $(SOAK_MINUTES)
 
 drill-scale: ## drill: two replicas of each service behind a balancer on a throwaway PostgreSQL (55433); spread, rolling restart, a replica killed, cross-replica hang-up
-	$(CARGO) build -q -p voice-kraliki
-	$(CARGO_TARGET_DIR)/debug/voice-kraliki drill scale
+	$(CARGO) build -q -p voice-kraliki -p drills
+	$(CARGO_TARGET_DIR)/debug/drills scale
 
 check-deploy: ## validate k8s, Prometheus rules and dashboards with the real tools
 	bash scripts/check-deploy/run.sh

@@ -6,20 +6,18 @@
 //! voice-kraliki serve <service>    run one service in this process (what `run` starts)
 //! voice-kraliki demo               against a running stack: create a call, upload the shipped
 //!                                  recording, print its analysis
-//! voice-kraliki loadgen [...]      simulated carriers: concurrent live calls, latency table
 //! voice-kraliki sentry-test        send a test event to SENTRY_DSN
-//! voice-kraliki drill <name>       reliability drills on loopback: shutdown, database,
-//!                                  provider, soak (docs/DRILLS.md)
 //! ```
+//!
+//! The drills and the load generator are operator tools in their own crate (`crates/drills`).
 
 mod demo;
-mod drill;
-mod loadgen;
 mod supervisor;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: voice-kraliki [run | serve <call-api|audio-processor|provider-gateway> | demo | loadgen [options] | drill <shutdown|database|provider|soak> [options] | sentry-test | help]";
+const USAGE: &str =
+    "usage: voice-kraliki [run | serve <call-api|audio-processor|provider-gateway> | demo | sentry-test | help]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,8 +27,6 @@ fn main() -> ExitCode {
         ["serve", "audio-processor"] => audio_processor::main(),
         ["serve", "provider-gateway"] => provider_gateway::main(),
         ["demo"] => demo::run(),
-        ["loadgen", rest @ ..] => loadgen::run(rest),
-        ["drill", rest @ ..] => drill::run(rest),
         ["sentry-test"] => sentry_test(),
         ["help" | "--help" | "-h"] => {
             println!("{USAGE}");

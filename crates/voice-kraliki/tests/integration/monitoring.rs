@@ -96,13 +96,15 @@ async fn every_metric_used_by_rules_and_dashboards_is_exported() {
         .expect("analysis");
 
     // A live call through the whole turn loop (the load generator as the carrier).
-    let mut loadgen = Service::start_args(
-        "loadgen",
-        &["loadgen", "--calls", "1", "--turns", "1", "--ramp-seconds", "0", "--url", &api],
-        &[("VOICE_KRALIKI_API_KEY".to_string(), API_KEY.to_string())],
-    );
-    let status = loadgen.wait(Duration::from_secs(60)).expect("loadgen finishes");
-    assert!(status.success(), "loadgen: {}\n{}", loadgen.stdout().join("\n"), loadgen.stderr().join("\n"));
+    let args: Vec<String> = ["--calls", "1", "--turns", "1", "--ramp-seconds", "0", "--url", &api, "--key", API_KEY]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    // Its own runtime, on its own thread.
+    let loadgen =
+        std::thread::spawn(move || drills::loadgen::run_code(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let code = tokio::task::spawn_blocking(move || loadgen.join().expect("loadgen thread")).await.unwrap();
+    assert_eq!(code, 0, "the load generator's live call succeeded");
 
     let mut gateway = ProviderGatewayClient::new(channel(ports.gateway_grpc).await);
     gateway

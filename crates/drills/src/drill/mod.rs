@@ -1,14 +1,14 @@
-//! `voice-kraliki drill <name>`: the reliability drills, each a bounded, loopback-only, repeatable
+//! `drills <name>`: the reliability drills, each a bounded, loopback-only, repeatable
 //! command that starts the services as child processes of this binary, drives traffic, breaks
 //! something on purpose, prints what it did and saw, and exits 1 when a check does not hold.
 //!
 //! ```text
-//! voice-kraliki drill shutdown              SIGTERM to each service in turn under load
-//! voice-kraliki drill database [--pg-port P] a throwaway PostgreSQL stopped for 30 s under load
-//! voice-kraliki drill provider              the simulated provider failing, then stalling
-//! voice-kraliki drill soak [--minutes N] [--sample-seconds S] [--warmup-seconds W]
+//! drills shutdown              SIGTERM to each service in turn under load
+//! drills database [--pg-port P] a throwaway PostgreSQL stopped for 30 s under load
+//! drills provider              the simulated provider failing, then stalling
+//! drills soak [--minutes N] [--sample-seconds S] [--warmup-seconds W]
 //!                                           steady load; memory, descriptors, threads over time
-//! voice-kraliki drill scale [--pg-port P]    two replicas of each service behind a balancer:
+//! drills scale [--pg-port P]    two replicas of each service behind a balancer:
 //!                                           spread, rolling restart, a replica killed, hang-ups
 //! common: --keep (keep the temporary folder with the services' logs; kept anyway on failure)
 //! ```
@@ -46,7 +46,7 @@ use std::{process::ExitCode, time::Duration};
 
 use report::Report;
 
-const USAGE: &str = "usage: voice-kraliki drill <shutdown | database [--pg-port P] | provider | soak [--minutes N] [--sample-seconds S] [--warmup-seconds W] | scale [--pg-port P]> [--keep]";
+const USAGE: &str = "usage: drills <shutdown | database [--pg-port P] | provider | soak [--minutes N] [--sample-seconds S] [--warmup-seconds W] | scale [--pg-port P]> [--keep]";
 
 /// Options of every drill.
 #[derive(Debug, Clone)]
@@ -127,7 +127,7 @@ pub fn run(args: &[&str]) -> ExitCode {
     let options = match Options::parse(rest) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("voice-kraliki drill: {e}\n{USAGE}");
+            eprintln!("drills: {e}\n{USAGE}");
             return ExitCode::from(2);
         }
     };

@@ -1,4 +1,4 @@
-//! The three services as child processes of this binary (`voice-kraliki serve <service>`), on
+//! The three services as child processes (`voice-kraliki serve <service>`), on
 //! fixed loopback ports, with a clean environment (only what the drill sets, no `.env`: the
 //! working directory is the drill's temporary folder), each run's output in its own log file.
 
@@ -136,7 +136,7 @@ impl Stack {
             env: all,
             procs: BTreeMap::new(),
             runs: BTreeMap::new(),
-            exe: std::env::current_exe()?,
+            exe: crate::voice_kraliki_bin()?,
         })
     }
 

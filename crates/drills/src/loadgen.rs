@@ -1,4 +1,4 @@
-//! `voice-kraliki loadgen`: simulates carriers. Each simulated call creates a call, connects to
+//! `drills loadgen`: simulates carriers. Each simulated call creates a call, connects to
 //! its media WebSocket like Twilio does, and talks: a recorded utterance in real-time 20 ms
 //! μ-law frames, then silence while the agent answers, for a number of turns. It measures what
 //! a caller would: the time from the end of their speech to the first reply frame, and how
@@ -6,7 +6,7 @@
 //! and the services' memory, and prints a summary table.
 //!
 //! ```text
-//! voice-kraliki loadgen [--calls N] [--turns T] [--ramp-seconds S] [--audio FILE.wav]
+//! drills loadgen [--calls N] [--turns T] [--ramp-seconds S] [--audio FILE.wav]
 //!                       [--url URL] [--metrics URL]...
 //! ```
 //! `--audio` takes an 8 kHz μ-law WAV (mono, or stereo whose second channel is the caller);
@@ -49,11 +49,11 @@ pub struct Options {
     pub media_retries: u32,
 }
 
-fn usage() -> ExitCode {
+fn usage_code() -> u8 {
     eprintln!(
-        "usage: voice-kraliki loadgen [--calls N] [--turns T] [--ramp-seconds S] [--audio FILE.wav] [--url URL] [--metrics URL]..."
+        "usage: drills loadgen [--calls N] [--turns T] [--ramp-seconds S] [--audio FILE.wav] [--url URL] [--key KEY] [--metrics URL]..."
     );
-    ExitCode::from(2)
+    2
 }
 
 /// The `data` chunk and channel count of an 8 kHz μ-law WAV.
@@ -99,7 +99,13 @@ pub(crate) fn utterance(wav: &[u8]) -> Result<Vec<u8>, String> {
     Ok(caller[from..to].to_vec())
 }
 
+/// `drills loadgen [options]`.
 pub fn run(args: &[&str]) -> ExitCode {
+    ExitCode::from(run_code(args))
+}
+
+/// [`run`], with the exit code as a number: 0 every call succeeded, 1 some failed, 2 bad usage.
+pub fn run_code(args: &[&str]) -> u8 {
     let mut options = Options {
         url: std::env::var("VOICE_KRALIKI_URL").unwrap_or_else(|_| "http://127.0.0.1:8000".into()),
         key: String::new(),
@@ -113,43 +119,42 @@ pub fn run(args: &[&str]) -> ExitCode {
     let mut audio_path = None;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let Some(value) = it.next() else { return usage() };
+        let Some(value) = it.next() else { return usage_code() };
         match *flag {
             "--calls" => match value.parse() {
                 Ok(n) if n > 0 && n <= 10_000 => options.calls = n,
-                _ => return usage(),
+                _ => return usage_code(),
             },
             "--turns" => match value.parse() {
                 Ok(n) if n > 0 && n <= 100 => options.turns = n,
-                _ => return usage(),
+                _ => return usage_code(),
             },
             "--ramp-seconds" => match value.parse::<f64>() {
                 Ok(s) if (0.0..=600.0).contains(&s) => options.ramp = Duration::from_secs_f64(s),
-                _ => return usage(),
+                _ => return usage_code(),
             },
             "--audio" => audio_path = Some(value.to_string()),
             "--url" => options.url = value.to_string(),
+            "--key" => options.key = value.to_string(),
             "--metrics" => options.metrics.push(value.to_string()),
-            _ => return usage(),
+            _ => return usage_code(),
         }
     }
     options.url = options.url.trim_end_matches('/').to_string();
     if options.metrics.is_empty() {
         options.metrics.push(format!("{}/metrics", options.url));
     }
-    let Some(key) = crate::demo::api_key() else {
-        eprintln!(
-            "voice-kraliki loadgen: no API key: set VOICE_KRALIKI_API_KEY, or start the stack with `make run` here"
-        );
-        return ExitCode::from(2);
+    let Some(key) = Some(options.key.clone()).filter(|k| !k.is_empty()).or_else(crate::api_key) else {
+        eprintln!("drills loadgen: no API key: set VOICE_KRALIKI_API_KEY, or start the stack with `make run` here");
+        return 2;
     };
     options.key = key;
     let wav = match &audio_path {
         Some(p) => match std::fs::read(p) {
             Ok(w) => w,
             Err(e) => {
-                eprintln!("voice-kraliki loadgen: read {p}: {e}");
-                return ExitCode::from(2);
+                eprintln!("drills loadgen: read {p}: {e}");
+                return 2;
             }
         },
         None => RECORDING.to_vec(),
@@ -157,16 +162,16 @@ pub fn run(args: &[&str]) -> ExitCode {
     match utterance(&wav) {
         Ok(u) => options.utterance = Arc::new(u),
         Err(e) => {
-            eprintln!("voice-kraliki loadgen: {e}");
-            return ExitCode::from(2);
+            eprintln!("drills loadgen: {e}");
+            return 2;
         }
     }
     let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
-        return ExitCode::FAILURE;
+        return 1;
     };
     let report = runtime.block_on(load(options));
     print!("{}", report.table);
-    if report.failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    u8::from(report.failed)
 }
 
 /// What one call saw.

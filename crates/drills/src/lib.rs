@@ -1,0 +1,46 @@
+//! `drills`: operator tools that exercise a running Voice Kraliki stack. They are not part of
+//! the product image (the Dockerfile builds the services and `voice-kraliki` only).
+//!
+//! ```text
+//! drills <shutdown|database|provider|soak|scale> [options]
+//!                      reliability drills on loopback (docs/DRILLS.md); each starts the services
+//!                      as `voice-kraliki serve <service>` processes: the `voice-kraliki`
+//!                      binary next to this one, or `VOICE_KRALIKI_BIN`
+//! drills loadgen [...] simulated carriers: concurrent live calls, latency table
+//! ```
+
+pub mod drill;
+pub mod loadgen;
+
+/// The API key to use: `VOICE_KRALIKI_API_KEY`, else the first of `API_KEYS`, else the
+/// development key `voice-kraliki run` wrote to `.dev-api-key`.
+pub fn api_key() -> Option<String> {
+    let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if let Some(k) = from_env("VOICE_KRALIKI_API_KEY") {
+        return Some(k.trim().to_string());
+    }
+    if let Some(keys) = from_env("API_KEYS") {
+        let first = keys.split(',').next().unwrap_or("").trim();
+        // `tenant:key` → key.
+        return Some(first.rsplit_once(':').map_or(first, |(_, k)| k).to_string());
+    }
+    std::fs::read_to_string(".dev-api-key").ok().map(|k| k.trim().to_string()).filter(|k| !k.is_empty())
+}
+
+/// The `voice-kraliki` binary that serves the services: `VOICE_KRALIKI_BIN`, else the one next
+/// to this binary (cargo builds both into the same directory).
+pub fn voice_kraliki_bin() -> std::io::Result<std::path::PathBuf> {
+    if let Some(bin) = std::env::var_os("VOICE_KRALIKI_BIN") {
+        return Ok(bin.into());
+    }
+    let me = std::env::current_exe()?;
+    let bin = me.with_file_name(format!("voice-kraliki{}", std::env::consts::EXE_SUFFIX));
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} not found: build it (cargo build -p voice-kraliki) or set VOICE_KRALIKI_BIN", bin.display()),
+        ))
+    }
+}
