@@ -17,6 +17,10 @@
 //!   ([`analyze`] → [`RecordingAnalysis`], serde-serialisable).
 //! - [`stream`]: the live-stream state machine for one call leg ([`LiveStream`]):
 //!   frames in, speech/DTMF events and transport statistics out.
+//! - [`transcode`]: a light streaming transcoder (any rate → any rate, PCM16 → PCM16/G.711)
+//!   for synthesised speech, without rubato.
+//! - Features: `analysis` (default) brings `resample`, `vad`, `analysis` and `stream` (rubato,
+//!   earshot); without it the crate is the light part: codecs, WAV, raw, transcoder, DTMF.
 //! - [`synth`]: deterministic test signals (tones, seeded noise, DTMF) for tests and
 //!   benchmarks.
 //! - [`DspError`]: the single error type; [`DspError::class`] maps it to
@@ -31,23 +35,31 @@
 //! assert_eq!(report.channels[0].speech_seconds, 0.0);
 //! ```
 
+#[cfg(feature = "analysis")]
 pub mod analysis;
 mod audio;
 pub mod codec;
 pub mod dtmf;
 mod error;
 pub mod raw;
+#[cfg(feature = "analysis")]
 pub mod resample;
+#[cfg(feature = "analysis")]
 pub mod stream;
 pub mod synth;
+pub mod transcode;
+#[cfg(feature = "analysis")]
 pub mod vad;
 pub mod wav;
 
+#[cfg(feature = "analysis")]
 pub use analysis::{AnalysisConfig, RecordingAnalysis, analyze};
 pub use audio::{DecodedAudio, Limits, SUPPORTED_RATES, check_rate};
 pub use codec::Encoding;
 pub use error::{DspError, ErrorClass};
 pub use raw::{RawFormat, decode_auto, decode_raw};
+#[cfg(feature = "analysis")]
 pub use stream::{Frame, LiveStream, StreamConfig, StreamEvent, StreamStats};
+#[cfg(feature = "analysis")]
 pub use vad::{VadConfig, VadKind};
 pub use wav::decode_wav;

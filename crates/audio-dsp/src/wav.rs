@@ -152,6 +152,39 @@ pub fn decode_wav(bytes: &[u8], limits: &Limits) -> Result<DecodedAudio, DspErro
     Ok(DecodedAudio { sample_rate: format.sample_rate, channels, encoding: format.encoding })
 }
 
+/// Wraps already-encoded samples (`data`) in a RIFF/WAV header: PCM16 (format 1, 16-bit),
+/// μ-law (7) or A-law (6, both 8-bit, with the 18-byte `fmt ` chunk non-PCM formats carry).
+/// For servers that sniff containers and cannot read raw audio.
+pub fn wrap_encoded(encoding: Encoding, sample_rate: u32, channels: u16, data: &[u8]) -> Vec<u8> {
+    let (format_tag, bits): (u16, u16) = match encoding {
+        Encoding::Mulaw => (7, 8),
+        Encoding::Alaw => (6, 8),
+        Encoding::Pcm16 => (1, 16),
+    };
+    let block_align = channels * bits / 8;
+    let byte_rate = sample_rate * u32::from(block_align);
+    let fmt_len: u32 = if format_tag == 1 { 16 } else { 18 };
+    let data_len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(data.len() + 46);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(4 + (8 + fmt_len) + 8 + data_len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&fmt_len.to_le_bytes());
+    out.extend_from_slice(&format_tag.to_le_bytes());
+    out.extend_from_slice(&channels.to_le_bytes());
+    out.extend_from_slice(&sample_rate.to_le_bytes());
+    out.extend_from_slice(&byte_rate.to_le_bytes());
+    out.extend_from_slice(&block_align.to_le_bytes());
+    out.extend_from_slice(&bits.to_le_bytes());
+    if fmt_len == 18 {
+        out.extend_from_slice(&0u16.to_le_bytes());
+    }
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
 /// Builds a canonical WAV file (44-byte header, or the extensible 68-byte header) from
 /// per-channel samples; used by tests, fixtures and playback paths.
 pub fn encode_wav(audio: &DecodedAudio, extensible: bool) -> Vec<u8> {
@@ -216,6 +249,21 @@ mod tests {
             })
             .collect();
         DecodedAudio::new(8000, ch, enc).unwrap()
+    }
+
+    #[test]
+    fn wrapped_samples_are_a_valid_wav() {
+        let wav = wrap_encoded(Encoding::Mulaw, 8000, 1, &[0xff; 80]);
+        assert_eq!(&wav[0..4], b"RIFF");
+        assert_eq!(u32::from_le_bytes(wav[4..8].try_into().unwrap()) as usize, wav.len() - 8);
+        assert_eq!(u16::from_le_bytes([wav[20], wav[21]]), 7);
+        assert_eq!(&wav[38..42], b"data");
+        let decoded = decode_wav(&wav, &Limits::default()).unwrap();
+        assert_eq!((decoded.encoding, decoded.sample_rate, decoded.channels[0].len()), (Encoding::Mulaw, 8000, 80));
+        let pcm = wrap_encoded(Encoding::Pcm16, 16000, 2, &[0; 64]);
+        assert_eq!(u32::from_le_bytes(pcm[28..32].try_into().unwrap()), 64000);
+        assert_eq!(pcm.len(), 44 + 64);
+        assert_eq!(decode_wav(&pcm, &Limits::default()).unwrap().channels.len(), 2);
     }
 
     #[test]

@@ -610,10 +610,7 @@ fn is_loud(mulaw: &[u8]) -> bool {
 
 /// The magnitude of a G.711 μ-law sample (0..=32124).
 fn mulaw_magnitude(byte: u8) -> u16 {
-    let b = !byte;
-    let exponent = (b >> 4) & 0x07;
-    let mantissa = u16::from(b & 0x0F);
-    (((mantissa << 3) + 0x84) << exponent) - 0x84
+    audio_dsp::codec::mulaw_decode(byte).unsigned_abs()
 }
 
 type AudioStream = (mpsc::Sender<StreamAudioRequest>, mpsc::Receiver<Option<StreamAudioResponse>>);

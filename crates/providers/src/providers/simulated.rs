@@ -15,7 +15,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{CallCtx, Opened};
-use crate::audio::linear_to_mulaw;
 use crate::config::{LatencyDistribution, SimulatedConfig};
 use crate::error::ProviderError;
 use crate::providers::local::Local;
@@ -23,6 +22,7 @@ use crate::types::{
     AudioEncoding, ChatChunk, ChatRequest, FinishReason, OutputEncoding, Segment, SentimentResult, SynthesisRequest,
     Transcript, TranscriptionRequest, Usage, Word,
 };
+use audio_dsp::codec::mulaw_encode;
 
 pub(crate) const MODEL: &str = "simulated-1";
 const NAME: &str = "simulated";
@@ -210,7 +210,7 @@ impl Simulated {
                 let v = (6_000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16;
                 match encoding {
                     OutputEncoding::Pcm16 => out.put_i16_le(v),
-                    OutputEncoding::Mulaw => out.put_u8(linear_to_mulaw(v)),
+                    OutputEncoding::Mulaw => out.put_u8(mulaw_encode(v)),
                 }
             }
             Ok(out.freeze())
