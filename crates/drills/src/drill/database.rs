@@ -17,7 +17,7 @@ use super::{
     Options,
     report::Report,
     stack::{self, Ports, Service, Stack},
-    traffic::{Plan, Traffic},
+    traffic::{Ledger, Plan, Traffic},
 };
 
 const BASELINE: Duration = Duration::from_secs(10);
@@ -179,6 +179,32 @@ fn is_root() -> bool {
 type ReadyLog = Arc<Mutex<Vec<(Duration, u16)>>>;
 
 pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
+    let mut setup = setup(o, r).await?;
+    let (traffic, ready, poller) = load(&setup, r).await;
+    let outage = fault(&setup, &traffic, &ready, r).await?;
+    tokio::time::sleep(AFTER).await;
+    let (ledger, _cut) = traffic.stop(Duration::from_secs(30)).await;
+    poller.abort();
+    let ready = ready.lock().expect("ready").clone();
+    check(&setup, &ledger, &ready, &outage, r).await?;
+    setup.stack.stop_all().await;
+    let Setup { dir, cluster, .. } = setup;
+    drop(cluster);
+    o.keep_if_failed(dir, r);
+    Ok(())
+}
+
+/// What the drill runs on: the stack on a throwaway PostgreSQL cluster.
+struct Setup {
+    ports: Ports,
+    dir: tempfile::TempDir,
+    cluster: Cluster,
+    key: String,
+    stack: Stack,
+}
+
+/// Setup: a throwaway PostgreSQL cluster and the three services on it.
+async fn setup(o: &Options, r: &mut Report) -> Result<Setup, String> {
     let ports = Ports::block(10);
     stack::ports_free(&ports.all())?;
     let pg_port = o.pg_port.unwrap_or(PG_PORT);
@@ -195,11 +221,16 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     let mut stack = Stack::new(dir.path(), ports, &env).map_err(|e| e.to_string())?;
     stack.start_all().await?;
     r.say(format!("call-api on {} with DATABASE_URL={}", ports.api_url(), cluster.url()));
+    Ok(Setup { ports, dir, cluster, key, stack })
+}
+
+/// Load: REST creates at a fixed rate and `/ready` polled, for the baseline and beyond.
+async fn load(setup: &Setup, r: &mut Report) -> (Traffic, ReadyLog, tokio::task::JoinHandle<()>) {
     let plan = Plan { live_calls: 0, turns: 0, creates_per_second: RATE, upload_every: None };
-    let traffic = Traffic::start(&ports.api_url(), &key, &plan);
+    let traffic = Traffic::start(&setup.ports.api_url(), &setup.key, &plan);
     let ready: ReadyLog = Arc::default();
     let poller = {
-        let (ready, url, started) = (ready.clone(), format!("{}/ready", ports.api_url()), traffic.started);
+        let (ready, url, started) = (ready.clone(), format!("{}/ready", setup.ports.api_url()), traffic.started);
         tokio::spawn(async move {
             let http = stack::client();
             loop {
@@ -214,10 +245,22 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     };
     r.say(format!("traffic: {RATE} REST creates/s; /ready polled every 200 ms; baseline {} s", BASELINE.as_secs()));
     tokio::time::sleep(BASELINE).await;
+    (traffic, ready, poller)
+}
 
+/// When the outage began and ended, by time since the traffic started.
+struct Outage {
+    t_stop: Duration,
+    t_stopped: Duration,
+    t_start: Duration,
+    t_ready: Option<Duration>,
+}
+
+/// Fault: PostgreSQL stopped for [`OUTAGE`], started again, and `/ready` awaited.
+async fn fault(setup: &Setup, traffic: &Traffic, ready: &ReadyLog, r: &mut Report) -> Result<Outage, String> {
     let t_stop = traffic.elapsed();
     let stop_took = Instant::now();
-    cluster.stop("fast")?;
+    setup.cluster.stop("fast")?;
     let t_stopped = traffic.elapsed();
     let stopped_at = chrono_now();
     r.say(format!(
@@ -227,7 +270,7 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     ));
     tokio::time::sleep(OUTAGE).await;
     let t_start = traffic.elapsed();
-    cluster.start()?;
+    setup.cluster.start()?;
     r.say("pg_ctl start: PostgreSQL is back");
     let recovery_deadline = Instant::now() + Duration::from_secs(60);
     let mut t_ready = None;
@@ -240,19 +283,26 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(AFTER).await;
-    let (ledger, _cut) = traffic.stop(Duration::from_secs(30)).await;
-    let t_end = traffic_end(&ledger);
-    poller.abort();
-    let ready = ready.lock().expect("ready").clone();
+    Ok(Outage { t_stop, t_stopped, t_start, t_ready })
+}
 
+/// Check: 503s (never 500) during the outage, full recovery, and every 201'd call in the
+/// database exactly once.
+async fn check(
+    setup: &Setup,
+    ledger: &Ledger,
+    ready: &[(Duration, u16)],
+    window: &Outage,
+    r: &mut Report,
+) -> Result<(), String> {
+    let t_end = traffic_end(ledger);
     // What the API answered, per phase.
-    let before = ledger.create_outcomes(Duration::ZERO, t_stop);
-    let outage = ledger.create_outcomes(t_stop, t_start);
-    let recovering = ledger.create_outcomes(t_start, t_ready.unwrap_or(t_end) + Duration::from_secs(2));
-    let recovered = ledger.create_outcomes(t_ready.unwrap_or(t_end) + Duration::from_secs(2), Duration::MAX);
+    let before = ledger.create_outcomes(Duration::ZERO, window.t_stop);
+    let outage = ledger.create_outcomes(window.t_stop, window.t_start);
+    let recovering = ledger.create_outcomes(window.t_start, window.t_ready.unwrap_or(t_end) + Duration::from_secs(2));
+    let recovered = ledger.create_outcomes(window.t_ready.unwrap_or(t_end) + Duration::from_secs(2), Duration::MAX);
     r.say(format!("creates before the outage: {before:?}"));
-    r.say(format!("creates during the outage ({} s): {outage:?}", (t_start - t_stop).as_secs()));
+    r.say(format!("creates during the outage ({} s): {outage:?}", (window.t_start - window.t_stop).as_secs()));
     r.say(format!("creates from restart until ready + 2 s: {recovering:?}"));
     r.say(format!("creates after recovery: {recovered:?}"));
     let mut unavailable_ms: Vec<f64> =
@@ -270,28 +320,31 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     let outage_201: Vec<Duration> = ledger
         .creates
         .iter()
-        .filter(|c| c.status == Some(201) && c.at >= t_stop && c.at < t_start)
+        .filter(|c| c.status == Some(201) && c.at >= window.t_stop && c.at < window.t_start)
         .map(|c| c.at)
         .collect();
-    let during_stop = outage_201.iter().filter(|t| **t < t_stopped).count();
-    let at_restart = outage_201.iter().filter(|t| **t >= t_stopped && **t + wait >= t_start).count();
+    let during_stop = outage_201.iter().filter(|t| **t < window.t_stopped).count();
+    let at_restart = outage_201.iter().filter(|t| **t >= window.t_stopped && **t + wait >= window.t_start).count();
     let while_down = outage_201.len() - during_stop - at_restart;
     r.say(format!(
         "201s among the creates sent during the outage: {} — {during_stop} sent before pg_ctl stop returned, {at_restart} in its last {:.1} s (they waited for a pool connection until PostgreSQL was back), {while_down} otherwise",
         outage_201.len(),
         wait.as_secs_f64()
     ));
-    let first_503 = ready.iter().find(|(t, c)| *t >= t_stop && *c == 503).map(|(t, _)| *t);
-    let outage_polls: Vec<u16> =
-        ready.iter().filter(|(t, _)| first_503.is_some_and(|f| *t >= f) && *t < t_start).map(|(_, c)| *c).collect();
+    let first_503 = ready.iter().find(|(t, c)| *t >= window.t_stop && *c == 503).map(|(t, _)| *t);
+    let outage_polls: Vec<u16> = ready
+        .iter()
+        .filter(|(t, _)| first_503.is_some_and(|f| *t >= f) && *t < window.t_start)
+        .map(|(_, c)| *c)
+        .collect();
     r.say(format!(
         "/ready: first 503 {} after the stop; during the outage {} polls: {} × 503, {} × 200, {} × other; 200 again {} after the restart",
-        first_503.map_or("never".into(), |t| format!("{:.2} s", (t - t_stop).as_secs_f64())),
+        first_503.map_or("never".into(), |t| format!("{:.2} s", (t - window.t_stop).as_secs_f64())),
         outage_polls.len(),
         outage_polls.iter().filter(|c| **c == 503).count(),
         outage_polls.iter().filter(|c| **c == 200).count(),
         outage_polls.iter().filter(|c| **c != 200 && **c != 503).count(),
-        t_ready.map_or("never".into(), |t| format!("{:.2} s", (t - t_start).as_secs_f64())),
+        window.t_ready.map_or("never".into(), |t| format!("{:.2} s", (t - window.t_start).as_secs_f64())),
     ));
     r.check(
         before.keys().all(|k| k == "201") && !before.is_empty(),
@@ -299,11 +352,12 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         format!("{before:?}"),
     );
     r.check(
-        first_503.is_some_and(|t| t - t_stop <= Duration::from_secs(5)) && outage_polls.iter().all(|c| *c == 503),
+        first_503.is_some_and(|t| t - window.t_stop <= Duration::from_secs(5))
+            && outage_polls.iter().all(|c| *c == 503),
         "/ready turns 503 during the outage (within 5 s) and stays 503",
         format!(
             "first 503 {} after the stop",
-            first_503.map_or("never".into(), |t| format!("{:.2} s", (t - t_stop).as_secs_f64()))
+            first_503.map_or("never".into(), |t| format!("{:.2} s", (t - window.t_stop).as_secs_f64()))
         ),
     );
     let bad: Vec<String> =
@@ -326,7 +380,7 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         format!("slowest 503 took {:.0} ms (bound 8000 ms)", unavailable_ms.last().copied().unwrap_or(0.0)),
     );
     r.check(
-        t_ready.is_some_and(|t| t - t_start <= Duration::from_secs(30))
+        window.t_ready.is_some_and(|t| t - window.t_start <= Duration::from_secs(30))
             && recovered.keys().all(|k| k == "201")
             && recovered.get("201").copied().unwrap_or(0) > 0,
         "full recovery: /ready 200 within 30 s of the restart, then every create 201",
@@ -334,8 +388,9 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     );
     // The rows, straight from the database.
     let accepted: BTreeSet<String> = ledger.accepted().into_iter().map(|(id, _)| id).collect();
-    let counts = cluster.psql("SELECT count(*), count(DISTINCT id) FROM calls")?;
-    let rows: BTreeSet<String> = cluster.psql("SELECT id FROM calls")?.lines().map(|l| l.trim().to_string()).collect();
+    let counts = setup.cluster.psql("SELECT count(*), count(DISTINCT id) FROM calls")?;
+    let rows: BTreeSet<String> =
+        setup.cluster.psql("SELECT id FROM calls")?.lines().map(|l| l.trim().to_string()).collect();
     let lost: Vec<&String> = accepted.difference(&rows).collect();
     let extra: Vec<&String> = rows.difference(&accepted).collect();
     r.say(format!(
@@ -359,10 +414,10 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         ),
     );
     let http = stack::client();
-    let metrics = stack::scrape(&http, &ports.api_url()).await;
+    let metrics = stack::scrape(&http, &setup.ports.api_url()).await;
     let errors_5xx = super::prom::sum(&metrics, "http_requests_total", &[("status", "500")]);
-    let (panics, errors, lines) = stack::bad_log_lines(&stack.all_logs(Service::CallApi), 5);
-    let warned = stack.all_logs(Service::CallApi).matches("database unavailable").count();
+    let (panics, errors, lines) = stack::bad_log_lines(&setup.stack.all_logs(Service::CallApi), 5);
+    let warned = setup.stack.all_logs(Service::CallApi).matches("database unavailable").count();
     r.say(format!("call-api log: {warned} 'database unavailable' warnings"));
     r.check(
         panics == 0 && errors == 0 && errors_5xx == 0.0,
@@ -372,9 +427,6 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
             lines.iter().map(|l| format!("\n      {l}")).collect::<String>()
         ),
     );
-    stack.stop_all().await;
-    drop(cluster);
-    o.keep_if_failed(dir, r);
     Ok(())
 }
 

@@ -355,7 +355,21 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
 }
 
 async fn phases(r: &mut Report, d: &mut Drill) -> Result<(), String> {
-    // Peers first, then call-api a (it migrates the schema), then b.
+    setup(r, d).await?;
+    let load = Load::new(r, d)?;
+    let traffic = load.start(d);
+    tokio::time::sleep(WARMUP).await;
+    phase_spread(r, d).await;
+    phase_rolling_restart(r, d, &traffic).await?;
+    phase_kill(r, d, &traffic).await?;
+    let first = end_window(r, d, traffic).await;
+    // Phase 4 runs under the last window's traffic.
+    let (hangups, second) = phase_hang_up(r, d, &load).await;
+    phase_every_call_ended_once(r, d, &load, &first, &second, &hangups).await
+}
+
+/// Setup: peers first, then call-api a (it migrates the schema), then b; the balancer sees both.
+async fn setup(r: &mut Report, d: &mut Drill) -> Result<(), String> {
     for i in 0..2 {
         d.start(i, Service::AudioProcessor)?;
         d.start(i, Service::ProviderGateway)?;
@@ -401,25 +415,61 @@ async fn phases(r: &mut Report, d: &mut Drill) -> Result<(), String> {
         d.stacks[1].ports.gateway_grpc,
         d.balancer.url()
     ));
+    Ok(())
+}
+
+/// The traffic of every window: live calls through the balancer, each turn a short utterance.
+struct Load {
+    url: String,
+    plan: Plan,
+    utterance: std::sync::Arc<Vec<u8>>,
+}
+
+impl Load {
+    fn new(r: &mut Report, d: &Drill) -> Result<Self, String> {
+        let mut utterance = crate::loadgen::utterance(crate::loadgen::RECORDING)?;
+        utterance.truncate((UTTERANCE_S * 8000.0) as usize);
+        r.say(format!(
+            "traffic through the balancer: {LIVE_CALLS} live calls at a time, 2 turns of {UTTERANCE_S} s of speech each; a media connection refused with 503 is tried again after its Retry-After (≤ 2 s, 5 times)"
+        ));
+        Ok(Self {
+            url: d.balancer.url(),
+            plan: Plan { live_calls: LIVE_CALLS, turns: 2, creates_per_second: 0.0, upload_every: None },
+            utterance: std::sync::Arc::new(utterance),
+        })
+    }
+
+    fn start(&self, d: &Drill) -> Traffic {
+        let utterance = self.utterance.clone();
+        Traffic::start_with(&self.url, &d.key, &self.plan, move |o: &mut crate::loadgen::Options| {
+            o.utterance = utterance;
+            o.media_retries = 5;
+        })
+    }
+}
+
+/// The end of a traffic window: its carriers' ledger, how many were still running, whether the
+/// call-apis fell idle, and `voice_calls_total` (both replicas) when it was read.
+struct WindowEnd {
+    ledger: Ledger,
+    cut: usize,
+    idle: bool,
+    calls_total: Option<f64>,
+    at: chrono::DateTime<Utc>,
+}
+
+async fn end_window(r: &mut Report, d: &Drill, traffic: Traffic) -> WindowEnd {
+    r.say("stopping the traffic (live calls finish their current call)");
+    let (ledger, cut) = traffic.stop(Duration::from_secs(60)).await;
+    let idle = d.wait_idle(Duration::from_secs(15)).await;
+    r.say(format!("{}; {cut} carriers still running after 60 s; call-apis idle: {idle}", ledger.live_summary()));
+    let calls_total = d.api_sum("voice_calls_total", &[]).await;
+    WindowEnd { ledger, cut, idle, calls_total, at: Utc::now() }
+}
+
+/// Phase 2: rolling restart, one process at a time, under traffic.
+async fn phase_rolling_restart(r: &mut Report, d: &mut Drill, traffic: &Traffic) -> Result<(), String> {
     let url = d.balancer.url();
-    let plan = Plan { live_calls: LIVE_CALLS, turns: 2, creates_per_second: 0.0, upload_every: None };
-    let mut utterance = crate::loadgen::utterance(crate::loadgen::RECORDING)?;
-    utterance.truncate((UTTERANCE_S * 8000.0) as usize);
-    let utterance = std::sync::Arc::new(utterance);
-    let tune = |o: &mut crate::loadgen::Options| {
-        o.utterance = utterance.clone();
-        o.media_retries = 5;
-    };
-    r.say(format!(
-        "traffic through the balancer: {LIVE_CALLS} live calls at a time, 2 turns of {UTTERANCE_S} s of speech each; a media connection refused with 503 is tried again after its Retry-After (≤ 2 s, 5 times)"
-    ));
-    let traffic = Traffic::start_with(&url, &d.key, &plan, tune);
-
-    // Phase 1: spread.
-    tokio::time::sleep(WARMUP).await;
-    phase_spread(r, d).await;
-
-    // Phase 2: rolling restart.
     let p2_start = traffic.elapsed();
     r.say("phase 2: rolling restart, one process at a time: SIGTERM, exit, start, /ready, 3 s, next");
     let mut table = Vec::new();
@@ -538,8 +588,12 @@ async fn phases(r: &mut Report, d: &mut Drill) -> Result<(), String> {
         "0 turns failed (every turn got a reply)",
         format!("{turns} turns answered, {silent} without reply"),
     );
+    Ok(())
+}
 
-    // Phase 3: a call-api killed, once each replica carries at least two calls.
+/// Phase 3: a call-api killed, once each replica carries at least two calls.
+async fn phase_kill(r: &mut Report, d: &mut Drill, traffic: &Traffic) -> Result<(), String> {
+    let url = d.balancer.url();
     let deadline = Instant::now() + Duration::from_secs(20);
     let (mut on_a, mut on_b);
     loop {
@@ -679,17 +733,12 @@ async fn phases(r: &mut Report, d: &mut Drill) -> Result<(), String> {
         "each lost call reaped once (voice_calls_reaped_total{reason=\"replica_lost\"}, both replicas)",
         format!("{} calls reaped, counted {counted}", lost.len()),
     );
+    Ok(())
+}
 
-    // The first window ends: every call of this traffic finishes, the replicas fall idle.
-    r.say("stopping the traffic (live calls finish their current call)");
-    let (ledger1, cut1) = traffic.stop(Duration::from_secs(60)).await;
-    let idle = d.wait_idle(Duration::from_secs(15)).await;
-    r.say(format!("{}; {cut1} carriers still running after 60 s; call-apis idle: {idle}", ledger1.live_summary()));
-    let s0 = d.api_sum("voice_calls_total", &[]).await;
-    let s0_wall = Utc::now();
-
-    // Phase 4 runs under the last window's traffic.
-    let traffic2 = Traffic::start_with(&url, &d.key, &plan, tune);
+/// Phase 4: hang-up from the other replica, under a second window of traffic.
+async fn phase_hang_up(r: &mut Report, d: &mut Drill, load: &Load) -> (Vec<HangUp>, WindowEnd) {
+    let traffic2 = load.start(d);
     let started2 = Instant::now();
     r.say(format!(
         "phase 4: {HANGUPS} live calls, each on one call-api directly (a, b, a, …), ended by POST /v1/calls/{{id}}/end on the other; traffic through the balancer meanwhile"
@@ -731,18 +780,23 @@ async fn phases(r: &mut Report, d: &mut Drill) -> Result<(), String> {
     );
     let left = FINAL_TRAFFIC.saturating_sub(started2.elapsed());
     tokio::time::sleep(left).await;
-    r.say("stopping the traffic (live calls finish their current call)");
-    let (ledger2, cut2) = traffic2.stop(Duration::from_secs(60)).await;
-    let idle2 = d.wait_idle(Duration::from_secs(15)).await;
-    r.say(format!("{}; {cut2} carriers still running after 60 s; call-apis idle: {idle2}", ledger2.live_summary()));
-    let s1 = d.api_sum("voice_calls_total", &[]).await;
-    let s1_wall = Utc::now();
+    let second = end_window(r, d, traffic2).await;
+    (hangups, second)
+}
 
-    // Phase 5: every call ended exactly once.
+/// Phase 5: every call ended exactly once.
+async fn phase_every_call_ended_once(
+    r: &mut Report,
+    d: &mut Drill,
+    load: &Load,
+    first: &WindowEnd,
+    second: &WindowEnd,
+    hangups: &[HangUp],
+) -> Result<(), String> {
     let mut all = Ledger::default();
-    all.live.extend(ledger1.live.iter().cloned());
-    all.live.extend(ledger2.live.iter().cloned());
-    for h in &hangups {
+    all.live.extend(first.ledger.live.iter().cloned());
+    all.live.extend(second.ledger.live.iter().cloned());
+    for h in hangups {
         all.live.push(Live {
             id: Some(h.id.clone()),
             error: None,
@@ -756,8 +810,8 @@ async fn phases(r: &mut Report, d: &mut Drill) -> Result<(), String> {
             media_refusals: 0,
         });
     }
-    let v = verify::verify(&d.http, &url, &d.key, &all, cut1 == 0 && cut2 == 0).await;
-    let listed = list_calls(&d.http, &url, &d.key).await?;
+    let v = verify::verify(&d.http, &load.url, &d.key, &all, first.cut == 0 && second.cut == 0).await;
+    let listed = list_calls(&d.http, &load.url, &d.key).await?;
     let states = count(listed.iter().map(state_of));
     r.say(format!("phase 5: {} calls stored, by state: {states:?}", listed.len()));
     let not_ended: Vec<String> = listed
@@ -815,22 +869,22 @@ async fn phases(r: &mut Report, d: &mut Drill) -> Result<(), String> {
         ),
     );
     let ended_in_window =
-        listed.iter().filter(|c| parse_time(&c["ended_at"]).is_some_and(|t| t > s0_wall && t <= s1_wall)).count();
-    let counted = match (s0, s1) {
+        listed.iter().filter(|c| parse_time(&c["ended_at"]).is_some_and(|t| t > first.at && t <= second.at)).count();
+    let counted = match (first.calls_total, second.calls_total) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
     d.check(
         r,
         "phase 5",
-        idle && idle2 && counted == Some(ended_in_window as f64) && ended_in_window > 0,
+        first.idle && second.idle && counted == Some(ended_in_window as f64) && ended_in_window > 0,
         "voice_calls_total counts each ended call once (both replicas, last window)",
         format!(
-            "{ended_in_window} calls ended from {} to {}, counted {} (both call-apis idle at both ends: {})",
-            s0_wall.format("%H:%M:%S%.3f"),
-            s1_wall.format("%H:%M:%S%.3f"),
+            "{ended_in_window} calls ended from {} to {}, counted {} (both call-apis first.idle at both ends: {})",
+            first.at.format("%H:%M:%S%.3f"),
+            second.at.format("%H:%M:%S%.3f"),
             counted.map_or("? (a /metrics unreadable)".into(), |c| c.to_string()),
-            idle && idle2
+            first.idle && second.idle
         ),
     );
     let stats = d.balancer.stats();

@@ -67,6 +67,34 @@ async fn poll_ready(url: String, since: Instant, stop: tokio_util::sync::Cancell
 }
 
 pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
+    let mut setup = setup(o, r).await?;
+    let traffic = load(&setup, r);
+    for s in Service::ALL {
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        fault(&mut setup, &traffic, s, r).await?;
+    }
+    check(o, setup, traffic, r).await
+}
+
+/// What the drill runs on: the stack, its ports and key, and each service's telemetry receivers.
+struct Setup {
+    ports: Ports,
+    dir: tempfile::TempDir,
+    key: String,
+    receivers: BTreeMap<Service, Receiver>,
+    sentries: BTreeMap<Service, super::sentry::Receiver>,
+    stack: Stack,
+}
+
+impl Setup {
+    /// Where `s` sends its spans and Sentry events.
+    fn telemetry_env(&self, s: Service) -> [(&'static str, String); 2] {
+        [("OTEL_EXPORTER_OTLP_ENDPOINT", self.receivers[&s].endpoint()), ("SENTRY_DSN", self.sentries[&s].dsn())]
+    }
+}
+
+/// Setup: the three services with short shutdown bounds and their telemetry receivers.
+async fn setup(o: &Options, r: &mut Report) -> Result<Setup, String> {
     let ports = Ports::block(0);
     stack::ports_free(&ports.all())?;
     let dir = o.workdir("shutdown")?;
@@ -93,19 +121,24 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
         ("SENTRY_TRACES_SAMPLE_RATE", "1.0".into()),
     ];
-    let mut stack = Stack::new(dir.path(), ports, &env).map_err(|e| e.to_string())?;
-    let otlp =
-        |s: Service| [("OTEL_EXPORTER_OTLP_ENDPOINT", receivers[&s].endpoint()), ("SENTRY_DSN", sentries[&s].dsn())];
+    let stack = Stack::new(dir.path(), ports, &env).map_err(|e| e.to_string())?;
+    let mut setup = Setup { ports, dir, key, receivers, sentries, stack };
     r.say(format!(
         "stack: SQLite in {}, simulated providers, SHUTDOWN_DELAY_SECONDS={DELAY_S} SHUTDOWN_TIMEOUT_SECONDS={TIMEOUT_S} LIVE_DRAIN_TIMEOUT_SECONDS={TIMEOUT_S} TELEMETRY_FLUSH_TIMEOUT_SECONDS={FLUSH_S}, OTLP/HTTP and Sentry (every transaction sampled) to loopback receivers, one per service",
-        dir.path().display()
+        setup.dir.path().display()
     ));
     for s in Service::ALL {
-        stack.start(s, &otlp(s))?;
+        let telemetry = setup.telemetry_env(s);
+        setup.stack.start(s, &telemetry)?;
     }
     for s in Service::ALL {
-        stack.wait_ready(s, Duration::from_secs(60)).await?;
+        setup.stack.wait_ready(s, Duration::from_secs(60)).await?;
     }
+    Ok(setup)
+}
+
+/// Load: live calls, REST creates and recording uploads, for the whole drill.
+fn load(setup: &Setup, r: &mut Report) -> Traffic {
     let plan = Plan { live_calls: 4, turns: 2, creates_per_second: 5.0, upload_every: Some(Duration::from_secs(3)) };
     r.say(format!(
         "traffic: {} live calls at a time ({} turns each), {} REST creates/s, a recording upload every {:?}",
@@ -114,97 +147,106 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         plan.creates_per_second,
         plan.upload_every.unwrap_or_default()
     ));
-    let traffic = Traffic::start(&ports.api_url(), &key, &plan);
+    Traffic::start(&setup.ports.api_url(), &setup.key, &plan)
+}
+
+/// Fault: SIGTERM to `s` under load; readiness first, a bounded exit, telemetry flushed, a clean
+/// log; then `s` is started again.
+async fn fault(setup: &mut Setup, traffic: &Traffic, s: Service, r: &mut Report) -> Result<(), String> {
     let bound = Duration::from_secs(DELAY_S + TIMEOUT_S + FLUSH_S) + SLACK;
-    for s in Service::ALL {
-        tokio::time::sleep(Duration::from_secs(8)).await;
-        let name = s.name();
-        let before = traffic.snapshot();
-        let spans_before = receivers[&s].total();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let t0 = Instant::now();
-        let poller = tokio::spawn(poll_ready(format!("{}/ready", ports.admin_base(s)), t0, stop.clone()));
-        tokio::time::sleep(Duration::from_millis(60)).await; // a few 200s first
-        let sent = Instant::now();
-        let at = traffic.elapsed();
-        stack.signal(s, Signal::SIGTERM);
-        r.say(format!("SIGTERM → {name} (pid {})", stack.pid(s).unwrap_or(0)));
-        let status = stack.wait_exit(s, bound + Duration::from_secs(15)).await;
-        let took = sent.elapsed();
-        stop.cancel();
-        let trace = poller.await.unwrap_or_default();
-        let since = |t: Duration| t.saturating_sub(sent - t0);
-        let flushed = receivers[&s].since(sent);
-        let sentry_flushed = sentries[&s].since(sent);
-        let sentry_before = sentries[&s].total() - sentry_flushed;
-        let during = traffic.snapshot();
-        let log = stack.log(s);
-        let first_503 = trace.first(|c| c == 503).map(since);
-        let first_refused = trace.first(|c| c == 0).map(since);
-        let codes: BTreeMap<u16, usize> = trace.polls.iter().fold(BTreeMap::new(), |mut m, (_, c)| {
-            *m.entry(*c).or_insert(0) += 1;
-            m
-        });
-        r.say(format!(
-            "{name}: /ready after SIGTERM: first 503 at {}, first refused connection at {}, polls by answer {codes:?} (0 = refused)",
+    let name = s.name();
+    let before = traffic.snapshot();
+    let spans_before = setup.receivers[&s].total();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let t0 = Instant::now();
+    let poller = tokio::spawn(poll_ready(format!("{}/ready", setup.ports.admin_base(s)), t0, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(60)).await; // a few 200s first
+    let sent = Instant::now();
+    let at = traffic.elapsed();
+    setup.stack.signal(s, Signal::SIGTERM);
+    r.say(format!("SIGTERM → {name} (pid {})", setup.stack.pid(s).unwrap_or(0)));
+    let status = setup.stack.wait_exit(s, bound + Duration::from_secs(15)).await;
+    let took = sent.elapsed();
+    stop.cancel();
+    let trace = poller.await.unwrap_or_default();
+    let since = |t: Duration| t.saturating_sub(sent - t0);
+    let flushed = setup.receivers[&s].since(sent);
+    let sentry_flushed = setup.sentries[&s].since(sent);
+    let sentry_before = setup.sentries[&s].total() - sentry_flushed;
+    let during = traffic.snapshot();
+    let log = setup.stack.log(s);
+    let first_503 = trace.first(|c| c == 503).map(since);
+    let first_refused = trace.first(|c| c == 0).map(since);
+    let codes: BTreeMap<u16, usize> = trace.polls.iter().fold(BTreeMap::new(), |mut m, (_, c)| {
+        *m.entry(*c).or_insert(0) += 1;
+        m
+    });
+    r.say(format!(
+        "{name}: /ready after SIGTERM: first 503 at {}, first refused connection at {}, polls by answer {codes:?} (0 = refused)",
+        fmt_opt(first_503),
+        fmt_opt(first_refused)
+    ));
+    r.say(format!(
+        "{name}: exited {} after {:.2} s; spans received: {spans_before} before SIGTERM, {flushed} after; traffic during the exit window: creates {:?}; {}",
+        status.map_or("— killed, did not exit".to_string(), |st| st.to_string()),
+        took.as_secs_f64(),
+        during.create_outcomes(at, traffic.elapsed()),
+        live_delta(&before, &during)
+    ));
+    r.check(
+        trace.failed_first() && first_503.is_some(),
+        format!("{name}: readiness fails first"),
+        format!(
+            "first /ready answer other than 200 after SIGTERM was {} (503 at {}, listener closed at {})",
+            trace.polls.iter().find(|(_, c)| *c != 200).map_or("none".into(), |(_, c)| c.to_string()),
             fmt_opt(first_503),
             fmt_opt(first_refused)
-        ));
-        r.say(format!(
-            "{name}: exited {} after {:.2} s; spans received: {spans_before} before SIGTERM, {flushed} after; traffic during the exit window: creates {:?}; {}",
-            status.map_or("— killed, did not exit".to_string(), |st| st.to_string()),
+        ),
+    );
+    r.check(
+        status.is_some_and(|st| st.success()),
+        format!("{name}: exit status 0"),
+        status.map_or("did not exit; killed".into(), |st| st.to_string()),
+    );
+    r.check(
+        status.is_some() && took <= bound,
+        format!("{name}: exit within the grace period"),
+        format!(
+            "{:.2} s (bound {} s = SHUTDOWN_DELAY {DELAY_S} + SHUTDOWN_TIMEOUT {TIMEOUT_S} (= LIVE_DRAIN_TIMEOUT, drained at once) + TELEMETRY_FLUSH_TIMEOUT {FLUSH_S} + {} s slack)",
             took.as_secs_f64(),
-            during.create_outcomes(at, traffic.elapsed()),
-            live_delta(&before, &during)
-        ));
-        r.check(
-            trace.failed_first() && first_503.is_some(),
-            format!("{name}: readiness fails first"),
-            format!(
-                "first /ready answer other than 200 after SIGTERM was {} (503 at {}, listener closed at {})",
-                trace.polls.iter().find(|(_, c)| *c != 200).map_or("none".into(), |(_, c)| c.to_string()),
-                fmt_opt(first_503),
-                fmt_opt(first_refused)
-            ),
-        );
-        r.check(
-            status.is_some_and(|st| st.success()),
-            format!("{name}: exit status 0"),
-            status.map_or("did not exit; killed".into(), |st| st.to_string()),
-        );
-        r.check(
-            status.is_some() && took <= bound,
-            format!("{name}: exit within the grace period"),
-            format!(
-                "{:.2} s (bound {} s = SHUTDOWN_DELAY {DELAY_S} + SHUTDOWN_TIMEOUT {TIMEOUT_S} (= LIVE_DRAIN_TIMEOUT, drained at once) + TELEMETRY_FLUSH_TIMEOUT {FLUSH_S} + {} s slack)",
-                took.as_secs_f64(),
-                bound.as_secs(),
-                SLACK.as_secs()
-            ),
-        );
-        let flush_warned = log.contains("telemetry flush did not finish");
-        r.check(
-            flushed > 0 && sentry_flushed > 0 && !flush_warned,
-            format!("{name}: telemetry flushed"),
-            format!(
-                "{flushed} spans reached the OTLP receiver and {sentry_flushed} Sentry items (before: {sentry_before}) the Sentry receiver after SIGTERM{}",
-                if flush_warned { "; the log says the flush did not finish" } else { "" }
-            ),
-        );
-        let (panics, errors, lines) = stack::bad_log_lines(&log, 5);
-        let stopped = log.contains("\"message\":\"stopped\"");
-        r.check(
-            panics == 0 && stopped,
-            format!("{name}: clean stop in the log"),
-            format!(
-                "'stopped' logged: {stopped}; panics {panics}; ERROR lines {errors}{}",
-                lines.iter().map(|l| format!("\n      {l}")).collect::<String>()
-            ),
-        );
-        stack.start(s, &otlp(s))?;
-        let ready = stack.wait_ready(s, Duration::from_secs(60)).await?;
-        r.say(format!("{name}: restarted, ready in {:.2} s", ready.as_secs_f64()));
-    }
+            bound.as_secs(),
+            SLACK.as_secs()
+        ),
+    );
+    let flush_warned = log.contains("telemetry flush did not finish");
+    r.check(
+        flushed > 0 && sentry_flushed > 0 && !flush_warned,
+        format!("{name}: telemetry flushed"),
+        format!(
+            "{flushed} spans reached the OTLP receiver and {sentry_flushed} Sentry items (before: {sentry_before}) the Sentry receiver after SIGTERM{}",
+            if flush_warned { "; the log says the flush did not finish" } else { "" }
+        ),
+    );
+    let (panics, errors, lines) = stack::bad_log_lines(&log, 5);
+    let stopped = log.contains("\"message\":\"stopped\"");
+    r.check(
+        panics == 0 && stopped,
+        format!("{name}: clean stop in the log"),
+        format!(
+            "'stopped' logged: {stopped}; panics {panics}; ERROR lines {errors}{}",
+            lines.iter().map(|l| format!("\n      {l}")).collect::<String>()
+        ),
+    );
+    let telemetry = setup.telemetry_env(s);
+    setup.stack.start(s, &telemetry)?;
+    let ready = setup.stack.wait_ready(s, Duration::from_secs(60)).await?;
+    r.say(format!("{name}: restarted, ready in {:.2} s", ready.as_secs_f64()));
+    Ok(())
+}
+
+/// Check: every accepted call is stored as its client was told, no live call was cut by a peer's
+/// restart, and no process panicked.
+async fn check(o: &Options, mut setup: Setup, traffic: Traffic, r: &mut Report) -> Result<(), String> {
     tokio::time::sleep(Duration::from_secs(5)).await;
     r.say("stopping the traffic (live calls finish their current call)");
     let (ledger, cut) = traffic.stop(Duration::from_secs(90)).await;
@@ -214,7 +256,7 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     r.say(ledger.upload_summary());
     r.say(format!("REST creates: {:?}", ledger.create_outcomes(Duration::ZERO, Duration::MAX)));
     let http = traffic_client();
-    let v = verify::verify(&http, &ports.api_url(), &key, &ledger, cut == 0).await;
+    let v = verify::verify(&http, &setup.ports.api_url(), &setup.key, &ledger, cut == 0).await;
     report_verdict(r, &v);
     let cut_by_peer: usize =
         v.states.iter().filter(|(k, _)| k.contains("audio-processor unavailable")).map(|(_, n)| n).sum();
@@ -227,7 +269,7 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     );
     // Everything the services logged over the drill (every run).
     for s in Service::ALL {
-        let (panics, errors, lines) = stack::bad_log_lines(&stack.all_logs(s), 5);
+        let (panics, errors, lines) = stack::bad_log_lines(&setup.stack.all_logs(s), 5);
         r.say(format!(
             "{}: over all runs: panics {panics}, ERROR lines {errors}{}",
             s.name(),
@@ -237,8 +279,8 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
             r.check(false, format!("{}: no panic", s.name()), format!("{panics} panic lines"));
         }
     }
-    stack.stop_all().await;
-    o.keep_if_failed(dir, r);
+    setup.stack.stop_all().await;
+    o.keep_if_failed(setup.dir, r);
     Ok(())
 }
 

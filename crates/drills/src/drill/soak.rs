@@ -21,7 +21,7 @@ use super::{
     prom,
     report::Report,
     stack::{self, Ports, Service, Stack},
-    traffic::{Plan, Traffic},
+    traffic::{Ledger, Plan, Traffic},
 };
 
 /// How far the end of the soak may sit above the post-warm-up baseline.
@@ -91,22 +91,7 @@ struct Point {
 }
 
 pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
-    let ports = Ports::block(30);
-    stack::ports_free(&ports.all())?;
-    let dir = o.workdir("soak")?;
-    let key = stack::drill_key();
-    let env = [
-        ("API_KEYS", key.clone()),
-        ("LOG_LEVEL", "warn".into()),
-        ("DATABASE_URL", format!("sqlite://{}/drill.db", dir.path().display())),
-        ("STT_PROVIDERS", "simulated".into()),
-        ("LLM_PROVIDERS", "simulated".into()),
-        ("TTS_PROVIDERS", "simulated".into()),
-        // Unpaced simulated output: shorter turns, more calls through the soak.
-        ("SIMULATED_TOKENS_PER_SECOND", "0".into()),
-    ];
-    let mut stack = Stack::new(dir.path(), ports, &env).map_err(|e| e.to_string())?;
-    stack.start_all().await?;
+    let mut setup = setup(o).await?;
     let warmup = o.warmup.unwrap_or_else(|| (o.soak / 5).clamp(Duration::from_secs(30), Duration::from_secs(120)));
     let warmup = warmup.min(o.soak / 2);
     let plan = Plan { live_calls: 8, turns: 2, creates_per_second: 5.0, upload_every: Some(Duration::from_secs(5)) };
@@ -126,19 +111,72 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         LIMITS.fds_slack,
         LIMITS.threads_slack
     ));
-    let http = stack::client();
-    let pids: BTreeMap<Service, u32> = Service::ALL.iter().filter_map(|s| Some((*s, stack.pid(*s)?))).collect();
-    let read = |http: reqwest::Client, pids: BTreeMap<Service, u32>, at: Duration| async move {
+    let (series, after, ledger, cut) = load(o, &mut setup, warmup, &plan, r).await?;
+    check(r, warmup, &series, &after, &ledger, cut);
+    stack::check_logs(r, &setup.stack, true);
+    let Setup { mut stack, dir, .. } = setup;
+    stack.stop_all().await;
+    o.keep_if_failed(dir, r);
+    Ok(())
+}
+
+/// What the soak runs on: the stack and the pids it samples.
+struct Setup {
+    ports: Ports,
+    dir: tempfile::TempDir,
+    key: String,
+    stack: Stack,
+    pids: BTreeMap<Service, u32>,
+    http: reqwest::Client,
+}
+
+impl Setup {
+    /// Each service's process figures and in-flight gauges now (`at` into the soak).
+    async fn sample(&self, at: Duration) -> BTreeMap<Service, Point> {
         let mut points = BTreeMap::new();
-        for (s, pid) in pids {
-            let metrics = stack::scrape(&http, &ports.admin_base(s)).await;
-            if let Some(proc) = procfs::sample(pid) {
-                points.insert(s, Point { at, proc, gauges: inflight(s, &metrics) });
+        for (s, pid) in &self.pids {
+            let metrics = stack::scrape(&self.http, &self.ports.admin_base(*s)).await;
+            if let Some(proc) = procfs::sample(*pid) {
+                points.insert(*s, Point { at, proc, gauges: inflight(*s, &metrics) });
             }
         }
         points
-    };
-    let idle = read(http.clone(), pids.clone(), Duration::ZERO).await;
+    }
+}
+
+/// Setup: the three services with simulated providers at full speed.
+async fn setup(o: &Options) -> Result<Setup, String> {
+    let ports = Ports::block(30);
+    stack::ports_free(&ports.all())?;
+    let dir = o.workdir("soak")?;
+    let key = stack::drill_key();
+    let env = [
+        ("API_KEYS", key.clone()),
+        ("LOG_LEVEL", "warn".into()),
+        ("DATABASE_URL", format!("sqlite://{}/drill.db", dir.path().display())),
+        ("STT_PROVIDERS", "simulated".into()),
+        ("LLM_PROVIDERS", "simulated".into()),
+        ("TTS_PROVIDERS", "simulated".into()),
+        // Unpaced simulated output: shorter turns, more calls through the soak.
+        ("SIMULATED_TOKENS_PER_SECOND", "0".into()),
+    ];
+    let mut stack = Stack::new(dir.path(), ports, &env).map_err(|e| e.to_string())?;
+    stack.start_all().await?;
+    let pids: BTreeMap<Service, u32> = Service::ALL.iter().filter_map(|s| Some((*s, stack.pid(*s)?))).collect();
+    Ok(Setup { ports, dir, key, stack, pids, http: stack::client() })
+}
+
+type Series = BTreeMap<Service, Vec<Point>>;
+
+/// Load: steady traffic for the soak, sampled every `o.sample`; then the figures once idle.
+async fn load(
+    o: &Options,
+    setup: &mut Setup,
+    warmup: Duration,
+    plan: &Plan,
+    r: &mut Report,
+) -> Result<(Series, BTreeMap<Service, Point>, Ledger, usize), String> {
+    let idle = setup.sample(Duration::ZERO).await;
     for (s, p) in &idle {
         r.say(format!(
             "{:<17} idle before load: RSS {:.1} MiB, fds {}, threads {}",
@@ -148,7 +186,7 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
             p.proc.threads
         ));
     }
-    let traffic = Traffic::start(&ports.api_url(), &key, &plan);
+    let traffic = Traffic::start(&setup.ports.api_url(), &setup.key, plan);
     let started = Instant::now();
     let mut series: BTreeMap<Service, Vec<Point>> = BTreeMap::new();
     r.raw(format!("{:>7}  {:<17} {:>9} {:>5} {:>7}  in flight", "t", "service", "RSS MiB", "fds", "threads"));
@@ -156,7 +194,7 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
         let next = (o.sample).min(o.soak.saturating_sub(started.elapsed()));
         tokio::time::sleep(next).await;
         let at = started.elapsed();
-        for (s, p) in read(http.clone(), pids.clone(), at).await {
+        for (s, p) in setup.sample(at).await {
             r.raw(format!(
                 "{:>6.0}s  {:<17} {:>9.1} {:>5} {:>7}  {}{}",
                 at.as_secs_f64(),
@@ -170,11 +208,11 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
             series.entry(s).or_default().push(p);
         }
         for s in Service::ALL {
-            if !stack.is_running(s) {
+            if !setup.stack.is_running(s) {
                 return Err(format!(
                     "{} exited during the soak; see {}",
                     s.name(),
-                    stack.log_path(s).unwrap_or_default().display()
+                    setup.stack.log_path(s).unwrap_or_default().display()
                 ));
             }
         }
@@ -182,11 +220,22 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
     r.say("load stops; live calls finish their current call");
     let (ledger, cut) = traffic.stop(Duration::from_secs(90)).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let after = read(http.clone(), pids.clone(), started.elapsed()).await;
+    let after = setup.sample(started.elapsed()).await;
     r.say(ledger.live_summary());
     r.say(ledger.upload_summary());
     r.say(format!("REST creates: {:?}", ledger.create_outcomes(Duration::ZERO, Duration::MAX)));
+    Ok((series, after, ledger, cut))
+}
 
+/// Check: each service flat after the warm-up, nothing left in flight, the load itself fine.
+fn check(
+    r: &mut Report,
+    warmup: Duration,
+    series: &Series,
+    after: &BTreeMap<Service, Point>,
+    ledger: &Ledger,
+    cut: usize,
+) {
     r.raw(format!(
         "{:<17} {:>26} {:>26} {:>26} {:>20} {:>12}",
         "service",
@@ -276,10 +325,6 @@ pub async fn run(o: &Options, r: &mut Report) -> Result<(), String> {
             ledger.uploads.len()
         ),
     );
-    stack::check_logs(r, &stack, true);
-    stack.stop_all().await;
-    o.keep_if_failed(dir, r);
-    Ok(())
 }
 
 #[cfg(test)]
