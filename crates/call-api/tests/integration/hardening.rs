@@ -233,6 +233,20 @@ fn trickle(app: &TestApp, key: &str, id: &str) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// Creates a call with `key` and uploads the stereo fixture as its recording, at once.
+async fn upload_new_call(app: &TestApp, key: &str) -> reqwest::Response {
+    let (_, call) = app.post_json("/v1/calls", key, &new_call("sip")).await;
+    let id = call["id"].as_str().unwrap();
+    app.client
+        .post(format!("{}/v1/calls/{id}/recording", app.base))
+        .bearer_auth(key)
+        .header("content-type", "audio/wav")
+        .body(stack::call_stereo())
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_tenants_trickling_uploads_leave_anothers_recording_alone() {
     // Two analyses at once in audio-processor: what two slow uploads took before.
@@ -246,17 +260,7 @@ async fn one_tenants_trickling_uploads_leave_anothers_recording_alone() {
         trickles.push(trickle(&app, ACME_KEY, call["id"].as_str().unwrap()));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (_, call) = app.post_json("/v1/calls", KEY, &new_call("sip")).await;
-    let id = call["id"].as_str().unwrap();
-    let r = app
-        .client
-        .post(format!("{}/v1/calls/{id}/recording", app.base))
-        .bearer_auth(KEY)
-        .header("content-type", "audio/wav")
-        .body(stack::call_stereo())
-        .send()
-        .await
-        .unwrap();
+    let r = upload_new_call(&app, KEY).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert!(trickles.iter().all(|t| !t.is_finished()), "tenant A is still sending");
     // A tenant may have only so many uploads in progress on a replica.
@@ -266,17 +270,7 @@ async fn one_tenants_trickling_uploads_leave_anothers_recording_alone() {
         more.push(trickle(&app, ACME_KEY, call["id"].as_str().unwrap()));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, call) = app.post_json("/v1/calls", ACME_KEY, &new_call("sip")).await;
-    let id = call["id"].as_str().unwrap();
-    let r = app
-        .client
-        .post(format!("{}/v1/calls/{id}/recording", app.base))
-        .bearer_auth(ACME_KEY)
-        .header("content-type", "audio/wav")
-        .body(stack::call_stereo())
-        .send()
-        .await
-        .unwrap();
+    let r = upload_new_call(&app, ACME_KEY).await;
     assert_eq!(r.status(), 429, "a fifth upload of one tenant waits its turn");
     assert!(r.headers().get("retry-after").is_some());
     for t in trickles.into_iter().chain(more) {
