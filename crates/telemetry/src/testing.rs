@@ -211,13 +211,23 @@ impl SentrySink {
 pub struct FakeRequest {
     pub method: String,
     pub path: String,
+    /// The query string's `name=value` pairs, as sent (not percent-decoded).
+    pub query: std::collections::HashMap<String, String>,
     pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
+    pub body: Bytes,
 }
 
 impl FakeRequest {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    ///
+    /// # Panics
+    /// When it is not JSON (a test's assertion).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("json body")
     }
 
     /// The parts of a `multipart/form-data` body.
@@ -282,62 +292,123 @@ pub struct FormPart {
     pub data: Vec<u8>,
 }
 
-/// What a [`FakeHttp`] answers.
+/// What a [`FakeHttp`] answers to one request.
 #[derive(Debug, Clone)]
-pub struct FakeReply {
-    pub status: u16,
-    pub body: Value,
-    /// Instead of `body`: these bytes with this content type (audio, an SSE stream…).
-    pub raw: Option<(&'static str, Vec<u8>)>,
-    /// Wait this long before answering (a slow provider).
-    pub delay: Duration,
+pub enum FakeReply {
+    /// A complete answer.
+    Full { status: u16, headers: Vec<(&'static str, String)>, body: Bytes },
+    /// A streamed answer: each chunk after its delay; then the end or, with `hang_after`, the
+    /// response kept open, sending that keep-alive every 50 ms (an empty one sends nothing)
+    /// until the client goes away.
+    Stream { content_type: &'static str, chunks: Vec<(Duration, Bytes)>, hang_after: Option<Bytes> },
+    /// Wait, then answer (a client that goes away meanwhile gets no answer).
+    Delayed(Duration, Box<FakeReply>),
+    /// Accept the request and never send a response head.
+    Hang,
 }
 
 impl FakeReply {
     pub fn json(status: u16, body: Value) -> Self {
-        Self { status, body, raw: None, delay: Duration::ZERO }
+        Self::raw(status, "application/json", body.to_string().into_bytes())
     }
 
     pub fn raw(status: u16, content_type: &'static str, body: Vec<u8>) -> Self {
-        Self { status, body: Value::Null, raw: Some((content_type, body)), delay: Duration::ZERO }
+        Self::Full { status, headers: vec![("content-type", content_type.to_string())], body: Bytes::from(body) }
     }
 
-    pub fn after(mut self, delay: Duration) -> Self {
-        self.delay = delay;
-        self
+    pub fn text(status: u16, body: &str) -> Self {
+        Self::raw(status, "text/plain", body.as_bytes().to_vec())
+    }
+
+    /// The same answer after `delay`.
+    pub fn after(self, delay: Duration) -> Self {
+        if delay.is_zero() { self } else { Self::Delayed(delay, Box::new(self)) }
+    }
+
+    /// A complete answer with one more header.
+    pub fn with_header(self, name: &'static str, value: &str) -> Self {
+        match self {
+            Self::Full { status, mut headers, body } => {
+                headers.push((name, value.to_owned()));
+                Self::Full { status, headers, body }
+            }
+            other => other,
+        }
+    }
+
+    /// An SSE answer split into `piece`-byte chunks, to exercise a parser's boundaries.
+    pub fn sse_split(text: &str, piece: usize) -> Self {
+        let chunks =
+            text.as_bytes().chunks(piece).map(|c| (Duration::from_millis(1), Bytes::copy_from_slice(c))).collect();
+        Self::Stream { content_type: "text/event-stream", chunks, hang_after: None }
     }
 }
 
 type Responder = Arc<dyn Fn(&FakeRequest) -> FakeReply + Send + Sync>;
-type FakeState = (Arc<Mutex<Vec<FakeRequest>>>, Responder, Arc<Mutex<Vec<String>>>);
 
-/// A fake HTTP provider on loopback: records every request and answers each with `respond`.
+/// Answers by path, in order, then the last one for ever (see [`FakeHttp::on`]).
+#[derive(Default)]
+struct Script {
+    replies: std::collections::HashMap<String, std::collections::VecDeque<FakeReply>>,
+    fallback: std::collections::HashMap<String, FakeReply>,
+}
+
+struct FakeState {
+    requests: Mutex<Vec<FakeRequest>>,
+    answered: Mutex<Vec<String>>,
+    script: Mutex<Script>,
+    respond: Responder,
+    closed: tokio::sync::watch::Sender<usize>,
+}
+
+/// The one fake HTTP server of the tests: a real server on loopback standing in for an AI
+/// provider, a carrier's API, or any HTTP peer. It records every request and answers each from
+/// a script of replies per path ([`FakeHttp::on`]) or, for paths without one, with the
+/// function it was started with. Streams, delays and hangs are replies like any other, and it
+/// counts streamed answers the client cut off.
 pub struct FakeHttp {
     pub addr: SocketAddr,
-    requests: Arc<Mutex<Vec<FakeRequest>>>,
-    /// Paths of the requests answered in full (a request whose client went away during the
-    /// reply's delay is missing here).
-    answered: Arc<Mutex<Vec<String>>>,
+    state: Arc<FakeState>,
     _task: tokio::task::JoinHandle<()>,
 }
 
 impl FakeHttp {
+    /// A server answering every request with `respond` (unless a path is scripted).
     pub async fn start(respond: impl Fn(&FakeRequest) -> FakeReply + Send + Sync + 'static) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake provider");
         let addr = listener.local_addr().expect("local addr");
-        let requests: Arc<Mutex<Vec<FakeRequest>>> = Arc::default();
-        let answered: Arc<Mutex<Vec<String>>> = Arc::default();
-        let state = (requests.clone(), Arc::new(respond) as Responder, answered.clone());
-        let app = Router::new().fallback(fake_handler).with_state(state);
+        let state = Arc::new(FakeState {
+            requests: Mutex::default(),
+            answered: Mutex::default(),
+            script: Mutex::default(),
+            respond: Arc::new(respond),
+            closed: tokio::sync::watch::channel(0).0,
+        });
+        let app = Router::new().fallback(fake_handler).with_state(state.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { addr, requests, answered, _task: task }
+        Self { addr, state, _task: task }
+    }
+
+    /// A server that answers only scripted paths ([`FakeHttp::on`]), and 404 elsewhere.
+    pub async fn scripted() -> Self {
+        Self::start(|_| FakeReply::json(404, serde_json::json!({"error": {"message": "no route"}}))).await
+    }
+
+    /// Answer requests to `path` with `replies` in order, then with the last one for ever.
+    pub fn on(&self, path: &str, replies: Vec<FakeReply>) {
+        let mut script = self.state.script.lock().expect("fake lock");
+        let mut queue: std::collections::VecDeque<FakeReply> = replies.into();
+        if let Some(last) = queue.pop_back() {
+            script.fallback.insert(path.to_owned(), last);
+        }
+        script.replies.insert(path.to_owned(), queue);
     }
 
     /// Paths of the requests answered in full, in order.
     pub fn answered(&self) -> Vec<String> {
-        self.answered.lock().expect("fake lock").clone()
+        self.state.answered.lock().expect("fake lock").clone()
     }
 
     /// `http://127.0.0.1:port/v1`, the form of an OpenAI-compatible base URL.
@@ -345,21 +416,52 @@ impl FakeHttp {
         format!("http://{}/v1", self.addr)
     }
 
+    /// `http://127.0.0.1:port` followed by `suffix`.
+    pub fn url(&self, suffix: &str) -> String {
+        format!("http://{}{suffix}", self.addr)
+    }
+
     pub fn requests(&self) -> Vec<FakeRequest> {
-        self.requests.lock().expect("fake lock").clone()
+        self.state.requests.lock().expect("fake lock").clone()
+    }
+
+    /// How many requests went to `path`.
+    pub fn count(&self, path: &str) -> usize {
+        self.requests().iter().filter(|r| r.path == path).count()
+    }
+
+    /// Waits until `n` streamed answers were cut off by the client.
+    ///
+    /// # Panics
+    /// When the server is gone.
+    pub async fn wait_closed(&self, n: usize) {
+        let mut rx = self.state.closed.subscribe();
+        rx.wait_for(|count| *count >= n).await.expect("fake server");
+    }
+
+    /// Streamed answers cut off by the client so far.
+    pub fn closed_count(&self) -> usize {
+        *self.state.closed.borrow()
     }
 }
 
 async fn fake_handler(
-    State((requests, respond, answered)): State<FakeState>,
+    State(state): State<Arc<FakeState>>,
     request: axum::extract::Request,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse as _;
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, 256 << 20).await.map(|b| b.to_vec()).unwrap_or_default();
+    let body = axum::body::to_bytes(body, 256 << 20).await.unwrap_or_default();
+    let query = parts
+        .uri
+        .query()
+        .map(|q| {
+            q.split('&').filter_map(|pair| pair.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+        })
+        .unwrap_or_default();
     let recorded = FakeRequest {
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
+        query,
         headers: parts
             .headers
             .iter()
@@ -367,16 +469,90 @@ async fn fake_handler(
             .collect(),
         body,
     };
-    requests.lock().expect("fake lock").push(recorded.clone());
-    let reply = respond(&recorded);
-    if !reply.delay.is_zero() {
-        tokio::time::sleep(reply.delay).await;
+    state.requests.lock().expect("fake lock").push(recorded.clone());
+    let scripted = {
+        let mut script = state.script.lock().expect("fake lock");
+        let path = recorded.path.as_str();
+        script
+            .replies
+            .get_mut(path)
+            .and_then(std::collections::VecDeque::pop_front)
+            .or_else(|| script.fallback.get(path).cloned())
+    };
+    let reply = scripted.unwrap_or_else(|| (state.respond)(&recorded));
+    let response = fake_response(reply, &state).await;
+    state.answered.lock().expect("fake lock").push(recorded.path);
+    response
+}
+
+/// Counts a streamed body dropped before its end.
+struct CloseWatch {
+    state: Arc<FakeState>,
+    finished: bool,
+}
+
+impl CloseWatch {
+    fn finish(&mut self) {
+        self.finished = true;
     }
-    answered.lock().expect("fake lock").push(recorded.path.clone());
-    let status =
-        axum::http::StatusCode::from_u16(reply.status).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-    match reply.raw {
-        Some((content_type, bytes)) => (status, [("content-type", content_type)], bytes).into_response(),
-        None => (status, axum::Json(reply.body)).into_response(),
+}
+
+impl Drop for CloseWatch {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state.closed.send_modify(|n| *n += 1);
+        }
     }
+}
+
+fn fake_response<'a>(
+    reply: FakeReply,
+    state: &'a Arc<FakeState>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = axum::response::Response> + Send + 'a>> {
+    use axum::{body::Body, http::StatusCode, response::Response};
+    Box::pin(async move {
+        match reply {
+            FakeReply::Full { status, headers, body } => {
+                let mut response = Response::builder()
+                    .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+                for (name, value) in headers {
+                    response = response.header(name, value);
+                }
+                response.body(Body::from(body)).unwrap_or_default()
+            }
+            FakeReply::Stream { content_type, chunks, hang_after } => {
+                let watch = CloseWatch { state: state.clone(), finished: false };
+                let chunks: std::collections::VecDeque<(Duration, Bytes)> = chunks.into();
+                let stream = futures_util::stream::unfold(
+                    (chunks, hang_after, watch),
+                    |(mut chunks, hang, mut watch)| async move {
+                        if let Some((delay, chunk)) = chunks.pop_front() {
+                            tokio::time::sleep(delay).await;
+                            return Some((Ok::<_, std::convert::Infallible>(chunk), (chunks, hang, watch)));
+                        }
+                        match hang {
+                            Some(keepalive) => {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                Some((Ok(keepalive.clone()), (chunks, Some(keepalive), watch)))
+                            }
+                            None => {
+                                watch.finish();
+                                None
+                            }
+                        }
+                    },
+                );
+                Response::builder()
+                    .status(200)
+                    .header("content-type", content_type)
+                    .body(Body::from_stream(stream))
+                    .unwrap_or_default()
+            }
+            FakeReply::Delayed(delay, inner) => {
+                tokio::time::sleep(delay).await;
+                fake_response(*inner, state).await
+            }
+            FakeReply::Hang => std::future::pending().await,
+        }
+    })
 }

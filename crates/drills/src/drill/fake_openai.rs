@@ -2,33 +2,17 @@
 //! drill's failover order (`OPENAI_BASE_URL` pointed at it, keyless). Streamed chat completions,
 //! transcriptions (`verbose_json`), speech (24 kHz PCM16). Counts what it served.
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::collections::BTreeMap;
 
-use axum::{
-    Router,
-    body::Bytes,
-    extract::State,
-    http::header,
-    response::{IntoResponse, Response},
-    routing::post,
-};
 use serde_json::json;
+use telemetry::testing::{FakeHttp, FakeReply};
 
-type Hits = Arc<Mutex<BTreeMap<&'static str, usize>>>;
+/// The paths it answers, and the name each is counted under.
+const ROUTES: [(&str, &str); 3] =
+    [("/v1/chat/completions", "chat"), ("/v1/audio/transcriptions", "transcribe"), ("/v1/audio/speech", "speech")];
 
-pub struct FakeOpenAi {
-    pub addr: SocketAddr,
-    hits: Hits,
-    _task: tokio::task::JoinHandle<()>,
-}
-
-fn hit(hits: &Hits, what: &'static str) {
-    *hits.lock().expect("hits").entry(what).or_insert(0) += 1;
-}
+/// The tests' one fake HTTP server (`telemetry::testing::FakeHttp`), scripted as OpenAI.
+pub struct FakeOpenAi(FakeHttp);
 
 /// The SSE body of a short streamed completion.
 pub fn chat_events(text: &str) -> String {
@@ -46,21 +30,13 @@ pub fn chat_events(text: &str) -> String {
     out
 }
 
-async fn chat(State(hits): State<Hits>, _body: Bytes) -> Response {
-    hit(&hits, "chat");
-    let body = chat_events("Thanks for calling. I can help with that. Your order ships tomorrow.");
-    ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
-}
-
-async fn transcribe(State(hits): State<Hits>, _body: Bytes) -> Response {
-    hit(&hits, "transcribe");
+fn transcription() -> serde_json::Value {
     let text = "Hello, I would like to check on my order please.";
-    axum::Json(json!({
+    json!({
         "text": text, "language": "en", "duration": 3.0,
         "segments": [{"start": 0.0, "end": 3.0, "text": text}],
         "words": text.split(' ').enumerate().map(|(i, w)| json!({"word": w, "start": i as f64 * 0.3, "end": i as f64 * 0.3 + 0.25})).collect::<Vec<_>>()
-    }))
-    .into_response()
+    })
 }
 
 /// 0.8 s of a 330 Hz tone, 24 kHz mono PCM16 little-endian (what OpenAI's `pcm` format is).
@@ -74,30 +50,24 @@ pub fn speech_pcm() -> Vec<u8> {
     out
 }
 
-async fn speech(State(hits): State<Hits>, _body: Bytes) -> Response {
-    hit(&hits, "speech");
-    ([(header::CONTENT_TYPE, "application/octet-stream")], speech_pcm()).into_response()
-}
-
 impl FakeOpenAi {
     pub async fn start() -> std::io::Result<Self> {
-        let hits: Hits = Arc::default();
-        let app = Router::new()
-            .route("/v1/chat/completions", post(chat))
-            .route("/v1/audio/transcriptions", post(transcribe))
-            .route("/v1/audio/speech", post(speech))
-            .with_state(hits.clone());
-        let (addr, task) = super::serve_loopback(app).await?;
-        Ok(Self { addr, hits, _task: task })
+        let fake = FakeHttp::scripted().await;
+        let chat = chat_events("Thanks for calling. I can help with that. Your order ships tomorrow.");
+        fake.on(ROUTES[0].0, vec![FakeReply::raw(200, "text/event-stream", chat.into_bytes())]);
+        fake.on(ROUTES[1].0, vec![FakeReply::json(200, transcription())]);
+        fake.on(ROUTES[2].0, vec![FakeReply::raw(200, "application/octet-stream", speech_pcm())]);
+        Ok(Self(fake))
     }
 
     /// For `OPENAI_BASE_URL`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        self.0.base_url()
     }
 
+    /// Requests served so far, by kind (`chat`, `transcribe`, `speech`).
     pub fn hits(&self) -> BTreeMap<&'static str, usize> {
-        self.hits.lock().expect("hits").clone()
+        ROUTES.iter().map(|(path, name)| (*name, self.0.count(path))).filter(|(_, n)| *n > 0).collect()
     }
 }
 

@@ -65,7 +65,7 @@ fn chat_request() -> StreamChatRequest {
 
 #[tokio::test]
 async fn transcribe_sends_the_real_deepgram_request_and_maps_the_transcript() {
-    let deepgram = Fake::start().await;
+    let deepgram = Fake::scripted().await;
     deepgram.on("/v1/listen", vec![Reply::json(200, deepgram_listen_body())]);
     let mut app = spawn_app(&env(None, Some(&deepgram), &[("STT_PROVIDERS", "deepgram")]), None).await;
 
@@ -97,7 +97,7 @@ async fn transcribe_sends_the_real_deepgram_request_and_maps_the_transcript() {
 
 #[tokio::test]
 async fn stream_chat_streams_deltas_in_order_then_done_with_usage() {
-    let openai = Fake::start().await;
+    let openai = Fake::scripted().await;
     let events = openai_sse(&["Your ", "parcel ", "is on ", "its way."], (21, 7));
     // Split into 5-byte pieces: events and JSON cross chunk boundaries.
     let joined = events.concat();
@@ -142,7 +142,7 @@ async fn stream_chat_streams_deltas_in_order_then_done_with_usage() {
 
 #[tokio::test]
 async fn synthesize_speech_returns_the_audio_bytes() {
-    let deepgram = Fake::start().await;
+    let deepgram = Fake::scripted().await;
     let audio: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
     let chunks = audio.chunks(640).map(|c| (Duration::from_millis(1), Bytes::copy_from_slice(c))).collect();
     deepgram.on("/v1/speak", vec![Reply::Stream { content_type: "audio/basic", chunks, hang_after: None }]);
@@ -201,7 +201,7 @@ async fn sentiment_runs_locally_with_no_provider_configured() {
 
 #[tokio::test]
 async fn a_deadline_shorter_than_the_provider_latency_is_deadline_exceeded() {
-    let deepgram = Fake::start().await;
+    let deepgram = Fake::scripted().await;
     deepgram.on(
         "/v1/listen",
         vec![Reply::Delayed(Duration::from_secs(30), Box::new(Reply::json(200, deepgram_listen_body())))],
@@ -228,7 +228,7 @@ async fn a_deadline_shorter_than_the_provider_latency_is_deadline_exceeded() {
 #[tokio::test]
 async fn every_provider_failing_is_unavailable_with_a_safe_message() {
     let secret_body = "upstream kaboom: sk-leaked-0123456789abcdefghij stack trace at worker.py:42";
-    let (openai, deepgram) = (Fake::start().await, Fake::start().await);
+    let (openai, deepgram) = (Fake::scripted().await, Fake::scripted().await);
     openai.on("/v1/audio/transcriptions", vec![Reply::text(500, secret_body)]);
     deepgram.on("/v1/listen", vec![Reply::text(500, secret_body)]);
     let mut app = spawn_app(
@@ -252,7 +252,7 @@ async fn every_provider_failing_is_unavailable_with_a_safe_message() {
 
 #[tokio::test]
 async fn a_failing_first_stt_provider_fails_over_to_the_second() {
-    let (openai, deepgram) = (Fake::start().await, Fake::start().await);
+    let (openai, deepgram) = (Fake::scripted().await, Fake::scripted().await);
     deepgram.on("/v1/listen", vec![Reply::json(503, json!({"err_code": "OVERLOADED"}))]);
     openai.on("/v1/audio/transcriptions", vec![Reply::json(200, whisper_body())]);
     let mut app = spawn_app(
@@ -276,7 +276,7 @@ async fn a_failing_first_stt_provider_fails_over_to_the_second() {
 
 #[tokio::test]
 async fn a_named_provider_is_used_alone() {
-    let (openai, deepgram) = (Fake::start().await, Fake::start().await);
+    let (openai, deepgram) = (Fake::scripted().await, Fake::scripted().await);
     deepgram.on("/v1/listen", vec![Reply::json(200, deepgram_listen_body())]);
     openai.on("/v1/audio/transcriptions", vec![Reply::json(500, json!({"error": "down"}))]);
     let mut app = spawn_app(&env(Some(&openai), Some(&deepgram), &[("PROVIDER_MAX_RETRIES", "0")]), None).await;
@@ -301,7 +301,7 @@ async fn a_named_provider_is_used_alone() {
 
 #[tokio::test]
 async fn bad_requests_are_invalid_argument_and_reach_no_provider() {
-    let (openai, deepgram) = (Fake::start().await, Fake::start().await);
+    let (openai, deepgram) = (Fake::scripted().await, Fake::scripted().await);
     let mut app = spawn_app(&env(Some(&openai), Some(&deepgram), &[]), None).await;
 
     let empty = TranscribeRequest { audio: Vec::new(), ..mulaw_request("") };
@@ -381,7 +381,7 @@ async fn list_providers_without_keys_shows_only_local_configured() {
 
 #[tokio::test]
 async fn list_providers_filters_by_capability_and_shows_models() {
-    let openai = Fake::start().await;
+    let openai = Fake::scripted().await;
     let mut app = spawn_app(
         &env(Some(&openai), None, &[("LLM_PROVIDERS", "openai,simulated"), ("OPENAI_CHAT_MODEL", "llama-3.1-8b")]),
         None,
@@ -407,7 +407,7 @@ async fn list_providers_filters_by_capability_and_shows_models() {
 
 #[tokio::test]
 async fn dropping_a_chat_stream_cancels_the_upstream_request() {
-    let openai = Fake::start().await;
+    let openai = Fake::scripted().await;
     let events = openai_sse(&["Let ", "me ", "check "], (10, 3));
     // Three deltas, then the stream stays open (as a slow model would) until the client leaves.
     let chunks = events[..4].iter().map(|e| (Duration::from_millis(5), Bytes::from(e.clone()))).collect();

@@ -62,7 +62,7 @@ async fn chat_body(app: &mut common::App, openai: &Fake, request: StreamChatRequ
 
 #[tokio::test]
 async fn a_model_outside_the_configuration_is_refused_for_every_capability() {
-    let openai = Fake::start().await;
+    let openai = Fake::scripted().await;
     openai.on("/v1/chat/completions", vec![sse_reply(&["On its way."])]);
     openai.on("/v1/audio/transcriptions", vec![whisper_reply()]);
     let mut app =
@@ -92,7 +92,7 @@ async fn a_model_outside_the_configuration_is_refused_for_every_capability() {
 
 #[tokio::test]
 async fn max_tokens_is_clamped_to_the_cap_and_set_when_absent() {
-    let openai = Fake::start().await;
+    let openai = Fake::scripted().await;
     openai.on("/v1/chat/completions", vec![sse_reply(&["Sure."])]);
     let mut app = spawn_app(&env(Some(&openai), None, &[("LLM_MAX_TOKENS_CAP", "100")]), None).await;
     assert_eq!(chat_body(&mut app, &openai, chat("", 100_000)).await["max_tokens"], 100);
@@ -102,7 +102,7 @@ async fn max_tokens_is_clamped_to_the_cap_and_set_when_absent() {
 
 #[tokio::test]
 async fn transcription_audio_over_the_cap_is_refused_before_the_provider() {
-    let openai = Fake::start().await;
+    let openai = Fake::scripted().await;
     openai.on("/v1/audio/transcriptions", vec![whisper_reply()]);
     // Default cap: 25 MB, under OpenAI's upload limit.
     let mut app = spawn_app(&env(Some(&openai), None, &[("STT_PROVIDERS", "openai")]), None).await;
@@ -163,7 +163,7 @@ fn a_short_internal_auth_token_stops_the_service_without_echoing_it() {
 
 #[tokio::test]
 async fn transcriptions_over_the_memory_budget_are_refused_before_they_are_read() {
-    let openai = Fake::start().await;
+    let openai = Fake::scripted().await;
     openai.on("/v1/audio/transcriptions", vec![Reply::Delayed(Duration::from_secs(1), Box::new(whisper_reply()))]);
     // Room for one 1 MB request at a time.
     let app = spawn_app(

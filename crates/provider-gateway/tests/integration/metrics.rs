@@ -15,7 +15,7 @@ fn line_with<'a>(metrics: &'a str, name: &str, labels: &[&str]) -> Option<&'a st
 
 #[tokio::test]
 async fn metrics_show_provider_and_grpc_traffic() {
-    let deepgram = Fake::start().await;
+    let deepgram = Fake::scripted().await;
     deepgram.on(
         "/v1/listen",
         vec![Reply::json(

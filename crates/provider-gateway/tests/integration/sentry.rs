@@ -13,7 +13,7 @@ use tonic::Code;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_final_provider_failure_is_captured_with_tags_and_nothing_secret() {
     let sink = SentrySink::start().await;
-    let openai = Fake::start().await;
+    let openai = Fake::scripted().await;
     openai.on("/v1/chat/completions", vec![Reply::text(502, "bad gateway upstream-body-marker")]);
     let mut env = env(Some(&openai), None, &[("PROVIDER_MAX_RETRIES", "0"), ("SENTRY_TRACES_SAMPLE_RATE", "0")]);
     env.set("SENTRY_DSN", sink.dsn());

@@ -55,7 +55,7 @@ fn deepgram_listen_body() -> serde_json::Value {
 #[tokio::test]
 async fn chat_streams_tokens_usage_and_sends_the_real_request() {
     let (metrics, _guard) = Metrics::install();
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     // 7-byte chunks split events, JSON and the `\n\n` separators everywhere.
     fake.on(
         "/v1/chat/completions",
@@ -101,7 +101,7 @@ async fn chat_streams_tokens_usage_and_sends_the_real_request() {
 
 #[tokio::test]
 async fn openai_transcription_sends_multipart_and_reads_verbose_json() {
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     fake.on(
         "/v1/audio/transcriptions",
         vec![Reply::json(200, json!({
@@ -149,7 +149,7 @@ async fn openai_transcription_sends_multipart_and_reads_verbose_json() {
 #[tokio::test]
 async fn deepgram_transcription_sends_query_auth_and_raw_body() {
     let (metrics, _guard) = Metrics::install();
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     fake.on("/v1/listen", vec![Reply::json(200, deepgram_listen_body())]);
     let gateway = Gateway::new(config(None, Some(&fake), &[("STT_PROVIDERS", "deepgram")])).unwrap();
     let audio = vec![0xffu8; 8000];
@@ -193,13 +193,13 @@ async fn deepgram_transcription_sends_query_auth_and_raw_body() {
 
 #[tokio::test]
 async fn openai_speech_streams_pcm_converted_to_the_requested_format() {
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     // 0.5 s of 24 kHz PCM in odd-sized chunks (samples split across chunks).
     let pcm: Vec<u8> = (0..12_000u32).flat_map(|i| (((i as f32 * 0.1).sin() * 5000.0) as i16).to_le_bytes()).collect();
     let chunks = pcm.chunks(1001).map(|c| (Duration::from_millis(1), Bytes::copy_from_slice(c))).collect();
     fake.on(
         "/v1/audio/speech",
-        vec![Reply::Stream { content_type: "application/octet-stream", chunks, hang_after: false }],
+        vec![Reply::Stream { content_type: "application/octet-stream", chunks, hang_after: None }],
     );
     let gateway = Gateway::new(config(Some(&fake), None, &[("TTS_PROVIDERS", "openai")])).unwrap();
 
@@ -222,10 +222,10 @@ async fn openai_speech_streams_pcm_converted_to_the_requested_format() {
 
 #[tokio::test]
 async fn deepgram_speech_asks_for_the_phone_format_and_passes_it_through() {
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     let audio: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
     let chunks = audio.chunks(640).map(|c| (Duration::from_millis(1), Bytes::copy_from_slice(c))).collect();
-    fake.on("/v1/speak", vec![Reply::Stream { content_type: "audio/basic", chunks, hang_after: false }]);
+    fake.on("/v1/speak", vec![Reply::Stream { content_type: "audio/basic", chunks, hang_after: None }]);
     let gateway = Gateway::new(config(None, Some(&fake), &[("TTS_PROVIDERS", "deepgram")])).unwrap();
 
     let stream = gateway.synthesize(SynthesisRequest::new("Hello there."), None).await.unwrap();
@@ -244,7 +244,7 @@ async fn deepgram_speech_asks_for_the_phone_format_and_passes_it_through() {
 #[tokio::test]
 async fn rate_limited_request_waits_for_retry_after_then_succeeds() {
     let (metrics, _guard) = Metrics::install();
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     fake.on(
         "/v1/chat/completions",
         vec![
@@ -265,7 +265,7 @@ async fn rate_limited_request_waits_for_retry_after_then_succeeds() {
 
 #[tokio::test]
 async fn retry_after_longer_than_allowed_fails_over_instead_of_waiting() {
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     fake.on(
         "/v1/audio/transcriptions",
         vec![Reply::json(429, json!({"error": {"message": "slow down"}})).with_header("retry-after", "120")],
@@ -286,7 +286,7 @@ async fn retry_after_longer_than_allowed_fails_over_instead_of_waiting() {
 #[tokio::test]
 async fn server_error_then_success_is_retried() {
     let (metrics, _guard) = Metrics::install();
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     fake.on(
         "/v1/listen",
         vec![
@@ -325,7 +325,7 @@ async fn connection_refused_is_retried_then_reported_unavailable() {
 
 #[tokio::test]
 async fn first_byte_that_never_comes_is_cut_without_retry() {
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     fake.on("/v1/chat/completions", vec![Reply::Hang]);
     let gateway = Gateway::new(config(Some(&fake), None, &[])).unwrap();
     let err = tokio::time::timeout(HANG, gateway.chat(chat_request(), None)).await.unwrap().unwrap_err();
@@ -337,7 +337,7 @@ async fn first_byte_that_never_comes_is_cut_without_retry() {
 #[tokio::test]
 async fn stream_stalling_midway_ends_with_a_clear_error() {
     let (metrics, _guard) = Metrics::install();
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     let sse = openai_sse(&["Let me ", "check ", "that"], (10, 3));
     let first_two: String = sse.split("\n\n").take(3).map(|e| format!("{e}\n\n")).collect();
     fake.on(
@@ -345,7 +345,7 @@ async fn stream_stalling_midway_ends_with_a_clear_error() {
         vec![Reply::Stream {
             content_type: "text/event-stream",
             chunks: vec![(Duration::ZERO, Bytes::from(first_two))],
-            hang_after: true,
+            hang_after: Some(Bytes::new()),
         }],
     );
     let gateway = Gateway::new(config(Some(&fake), None, &[])).unwrap();
@@ -368,7 +368,7 @@ async fn stream_stalling_midway_ends_with_a_clear_error() {
 
 #[tokio::test]
 async fn malformed_sse_and_json_are_internal_errors() {
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     fake.on("/v1/chat/completions", vec![Reply::sse_split("data: {\"choices\": [oops\n\n", 5)]);
     fake.on("/v1/audio/transcriptions", vec![Reply::json(200, json!(["not", "a", "transcript"]))]);
     let gateway = Gateway::new(config(Some(&fake), None, &[("STT_PROVIDERS", "openai")])).unwrap();
@@ -384,7 +384,7 @@ async fn malformed_sse_and_json_are_internal_errors() {
 
 #[tokio::test]
 async fn stream_cut_before_done_is_an_error_not_a_silent_end() {
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     let sse = openai_sse(&["partial"], (1, 1));
     let cut: String = sse.split("\n\n").take(2).map(|e| format!("{e}\n\n")).collect();
     fake.on("/v1/chat/completions", vec![Reply::sse_split(&cut, 50)]);
@@ -396,7 +396,7 @@ async fn stream_cut_before_done_is_an_error_not_a_silent_end() {
 
 #[tokio::test]
 async fn error_event_inside_the_stream_is_reported() {
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     let body = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\ndata: {\"error\":{\"message\":\"model overloaded\",\"type\":\"server_error\"}}\n\n";
     fake.on("/v1/chat/completions", vec![Reply::sse_split(body, 13)]);
     let gateway = Gateway::new(config(Some(&fake), None, &[])).unwrap();
@@ -408,8 +408,8 @@ async fn error_event_inside_the_stream_is_reported() {
 #[tokio::test]
 async fn failing_first_provider_fails_over_to_the_second() {
     let (metrics, _guard) = Metrics::install();
-    let dg = Fake::start().await;
-    let oa = Fake::start().await;
+    let dg = Fake::scripted().await;
+    let oa = Fake::scripted().await;
     dg.on("/v1/listen", vec![Reply::json(503, json!({"err_code": "SERVICE_UNAVAILABLE", "err_msg": "try later"}))]);
     oa.on("/v1/audio/transcriptions", vec![Reply::json(200, json!({"text": "hello from whisper"}))]);
     let gateway = Gateway::new(config(Some(&oa), Some(&dg), &[("PROVIDER_MAX_RETRIES", "1")])).unwrap();
@@ -430,8 +430,8 @@ async fn failing_first_provider_fails_over_to_the_second() {
 #[tokio::test]
 async fn open_circuit_is_skipped_in_favour_of_the_next_provider() {
     let (metrics, _guard) = Metrics::install();
-    let dg = Fake::start().await;
-    let oa = Fake::start().await;
+    let dg = Fake::scripted().await;
+    let oa = Fake::scripted().await;
     dg.on("/v1/listen", vec![Reply::json(500, json!({"err_code": "INTERNAL", "err_msg": "down"}))]);
     oa.on("/v1/audio/transcriptions", vec![Reply::json(200, json!({"text": "fine"}))]);
     let cfg = config(
@@ -456,10 +456,10 @@ async fn open_circuit_is_skipped_in_favour_of_the_next_provider() {
 
 #[tokio::test]
 async fn deepgram_speech_at_a_rate_it_lacks_is_converted_locally() {
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     let pcm: Vec<u8> = (0..24_000u32).flat_map(|i| (((i as f32 * 0.05).sin() * 4000.0) as i16).to_le_bytes()).collect();
     let chunks = pcm.chunks(333).map(|c| (Duration::ZERO, Bytes::copy_from_slice(c))).collect();
-    fake.on("/v1/speak", vec![Reply::Stream { content_type: "application/octet-stream", chunks, hang_after: false }]);
+    fake.on("/v1/speak", vec![Reply::Stream { content_type: "application/octet-stream", chunks, hang_after: None }]);
     let gateway = Gateway::new(config(None, Some(&fake), &[("TTS_PROVIDERS", "deepgram")])).unwrap();
     let mut request = SynthesisRequest::new("Hi");
     request.encoding = OutputEncoding::Mulaw;
@@ -474,7 +474,7 @@ async fn deepgram_speech_at_a_rate_it_lacks_is_converted_locally() {
 #[tokio::test]
 async fn circuit_opens_fails_fast_then_closes_after_a_successful_probe() {
     let (metrics, _guard) = Metrics::install();
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     fake.on("/v1/chat/completions", vec![Reply::json(500, json!({"error": {"message": "boom"}}))]);
     let cfg = config(
         Some(&fake),
@@ -512,7 +512,7 @@ async fn circuit_opens_fails_fast_then_closes_after_a_successful_probe() {
 
 #[tokio::test]
 async fn deadline_shorter_than_provider_latency() {
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     fake.on(
         "/v1/audio/transcriptions",
         vec![Reply::Delayed(Duration::from_secs(10), Box::new(Reply::json(200, json!({"text": "late"}))))],
@@ -537,7 +537,7 @@ async fn deadline_shorter_than_provider_latency() {
 
 #[tokio::test]
 async fn deadline_also_bounds_an_open_stream() {
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     let chunks = (0..50)
         .map(|i| {
             (
@@ -548,7 +548,7 @@ async fn deadline_also_bounds_an_open_stream() {
         .collect();
     fake.on(
         "/v1/chat/completions",
-        vec![Reply::Stream { content_type: "text/event-stream", chunks, hang_after: false }],
+        vec![Reply::Stream { content_type: "text/event-stream", chunks, hang_after: None }],
     );
     let gateway = Gateway::new(config(Some(&fake), None, &[])).unwrap();
     let deadline = Instant::now() + Duration::from_millis(600);
@@ -563,7 +563,7 @@ async fn deadline_also_bounds_an_open_stream() {
 #[tokio::test]
 async fn concurrency_limit_answers_resource_exhausted() {
     let (metrics, _guard) = Metrics::install();
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     let first = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
     fake.on(
         "/v1/chat/completions",
@@ -571,7 +571,7 @@ async fn concurrency_limit_answers_resource_exhausted() {
             Reply::Stream {
                 content_type: "text/event-stream",
                 chunks: vec![(Duration::ZERO, Bytes::from(first))],
-                hang_after: true,
+                hang_after: Some(Bytes::new()),
             },
             Reply::sse_split(&openai_sse(&["second"], (1, 1)), 40),
         ],
@@ -597,7 +597,7 @@ async fn concurrency_limit_answers_resource_exhausted() {
 
 #[tokio::test]
 async fn provider_error_body_never_reaches_the_caller() {
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     let body = json!({"error": {"message": "Incorrect API key provided: sk-test-0123456789abcdef. You can find your API key at https://platform.openai.com/account/api-keys.", "type": "invalid_request_error", "code": "invalid_api_key"}});
     fake.on("/v1/chat/completions", vec![Reply::json(401, body)]);
     let gateway = Gateway::new(config(Some(&fake), None, &[])).unwrap();
@@ -613,7 +613,7 @@ async fn provider_error_body_never_reaches_the_caller() {
 
 #[tokio::test]
 async fn keyless_openai_compatible_server_gets_no_authorization_header() {
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     fake.on("/v1/chat/completions", vec![Reply::sse_split(&openai_sse(&["local"], (1, 1)), 16)]);
     let cfg =
         config(None, None, &[("OPENAI_BASE_URL", &fake.url("/v1")), ("OPENAI_CHAT_MODEL", "llama-3.1-8b-instruct")]);
@@ -627,7 +627,7 @@ async fn keyless_openai_compatible_server_gets_no_authorization_header() {
 
 #[tokio::test]
 async fn non_streaming_json_answer_from_a_compatible_server_is_accepted() {
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     fake.on(
         "/v1/chat/completions",
         vec![Reply::json(200, json!({"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "whole answer"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}))],
@@ -655,7 +655,7 @@ async fn unconfigured_providers_are_listed_with_a_reason() {
 
 #[tokio::test]
 async fn invalid_requests_are_refused_before_any_provider_is_called() {
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     let gateway = Gateway::new(config(Some(&fake), None, &[("STT_PROVIDERS", "openai")])).unwrap();
     let err = gateway.chat(ChatRequest::default(), None).await.unwrap_err();
     assert_eq!(err.code().as_str(), "invalid_argument");

@@ -66,7 +66,7 @@ fn request() -> ChatRequest {
 #[tokio::test]
 async fn client_span_has_http_and_usage_attributes_but_no_secrets_or_content() {
     let (seen, _guard) = capture();
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     fake.on("/v1/chat/completions", vec![Reply::sse_split(&openai_sse(&["I am ", "sorry"], (21, 7)), 9)]);
     let gateway = Gateway::new(config(Some(&fake), None, &[])).unwrap();
     let stream = gateway.chat(request(), None).await.unwrap();
@@ -97,7 +97,7 @@ async fn client_span_has_http_and_usage_attributes_but_no_secrets_or_content() {
 #[tokio::test]
 async fn content_is_captured_only_when_enabled() {
     let (seen, _guard) = capture();
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     fake.on("/v1/chat/completions", vec![Reply::sse_split(&openai_sse(&["I am ", "sorry"], (21, 7)), 9)]);
     let gateway = Gateway::new(config(Some(&fake), None, &[("PROVIDER_CAPTURE_CONTENT", "true")])).unwrap();
     let _: Vec<_> = gateway.chat(request(), None).await.unwrap().collect().await;
@@ -112,7 +112,7 @@ async fn provider_error_body_is_logged_as_codes_and_as_scrubbed_text_only_with_c
     // Default: the codes and the size, no provider text (it may quote what it was sent).
     {
         let (seen, _guard) = capture();
-        let fake = Fake::start().await;
+        let fake = Fake::scripted().await;
         fake.on("/v1/chat/completions", vec![Reply::json(401, body.clone())]);
         let gateway = Gateway::new(config(Some(&fake), None, &[])).unwrap();
         assert!(gateway.chat(request(), None).await.is_err());
@@ -125,7 +125,7 @@ async fn provider_error_body_is_logged_as_codes_and_as_scrubbed_text_only_with_c
     }
     // With PROVIDER_CAPTURE_CONTENT: the text, with the key still scrubbed.
     let (seen, _guard) = capture();
-    let fake = Fake::start().await;
+    let fake = Fake::scripted().await;
     fake.on("/v1/chat/completions", vec![Reply::json(401, body)]);
     let gateway = Gateway::new(config(Some(&fake), None, &[("PROVIDER_CAPTURE_CONTENT", "true")])).unwrap();
     assert!(gateway.chat(request(), None).await.is_err());
