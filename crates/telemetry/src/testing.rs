@@ -33,6 +33,8 @@ struct Collector {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
     /// Every export request, whole (`Debug`), for scans of everything that was sent.
     raw: Arc<Mutex<Vec<String>>>,
+    /// When each export arrived and how many spans it carried.
+    arrivals: Arc<Mutex<Vec<(std::time::Instant, usize)>>>,
 }
 
 #[tonic::async_trait]
@@ -44,6 +46,7 @@ impl TraceService for Collector {
         let request = request.into_inner();
         self.raw.lock().expect("collector lock").push(format!("{request:?}"));
         let mut spans = self.spans.lock().expect("collector lock");
+        let before = spans.len();
         for rs in request.resource_spans {
             let service_name = rs
                 .resource
@@ -65,6 +68,8 @@ impl TraceService for Collector {
                 }
             }
         }
+        let received = spans.len() - before;
+        self.arrivals.lock().expect("collector lock").push((std::time::Instant::now(), received));
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
@@ -116,6 +121,16 @@ impl OtlpReceiver {
         self.collector.spans.lock().expect("collector lock").clone()
     }
 
+    /// Spans received so far.
+    pub fn total(&self) -> usize {
+        self.collector.arrivals.lock().expect("collector lock").iter().map(|(_, n)| n).sum()
+    }
+
+    /// Spans received at or after `t`.
+    pub fn since(&self, t: std::time::Instant) -> usize {
+        self.collector.arrivals.lock().expect("collector lock").iter().filter(|(at, _)| *at >= t).map(|(_, n)| n).sum()
+    }
+
     /// Every export request received, whole: resources, spans, attributes and events.
     pub fn raw(&self) -> Vec<String> {
         self.collector.raw.lock().expect("collector lock").clone()
@@ -145,21 +160,42 @@ pub struct EnvelopeItem {
 /// A real HTTP endpoint that accepts Sentry envelopes (`POST /api/<project>/envelope/`).
 pub struct SentrySink {
     pub addr: SocketAddr,
-    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+    bodies: Bodies,
     _task: tokio::task::JoinHandle<()>,
 }
 
-async fn envelope(State(bodies): State<Arc<Mutex<Vec<Vec<u8>>>>>, body: Bytes) -> &'static str {
-    bodies.lock().expect("sink lock").push(body.to_vec());
+/// Envelope bodies with when each arrived.
+type Bodies = Arc<Mutex<Vec<(std::time::Instant, Vec<u8>)>>>;
+
+async fn envelope(State(bodies): State<Bodies>, body: Bytes) -> &'static str {
+    bodies.lock().expect("sink lock").push((std::time::Instant::now(), body.to_vec()));
     "{}"
+}
+
+/// The items of one envelope body.
+fn envelope_items(body: &[u8]) -> Vec<EnvelopeItem> {
+    let mut items = Vec::new();
+    let text = String::from_utf8_lossy(body);
+    let mut lines = text.lines().skip(1); // envelope header
+    while let Some(header) = lines.next() {
+        let Ok(header) = serde_json::from_str::<Value>(header) else { continue };
+        let kind = header.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+        let Some(payload) = lines.next() else { break };
+        let payload = serde_json::from_str(payload).unwrap_or(Value::Null);
+        items.push(EnvelopeItem { kind, payload });
+    }
+    items
 }
 
 impl SentrySink {
     pub async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sentry sink");
         let addr = listener.local_addr().expect("local addr");
-        let bodies: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-        let app = Router::new().route("/api/{project}/envelope/", post(envelope)).with_state(bodies.clone());
+        let bodies: Bodies = Arc::default();
+        let app = Router::new()
+            .route("/api/{project}/envelope/", post(envelope))
+            .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
+            .with_state(bodies.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -173,24 +209,28 @@ impl SentrySink {
 
     /// Every envelope body received, raw (to scan for data that must not be sent).
     pub fn raw(&self) -> Vec<String> {
-        self.bodies.lock().expect("sink lock").iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect()
+        self.bodies.lock().expect("sink lock").iter().map(|(_, b)| String::from_utf8_lossy(b).into_owned()).collect()
     }
 
     /// Every item of every envelope received.
     pub fn items(&self) -> Vec<EnvelopeItem> {
-        let mut items = Vec::new();
-        for body in self.bodies.lock().expect("sink lock").iter() {
-            let text = String::from_utf8_lossy(body);
-            let mut lines = text.lines().skip(1); // envelope header
-            while let Some(header) = lines.next() {
-                let Ok(header) = serde_json::from_str::<Value>(header) else { continue };
-                let kind = header.get("type").and_then(Value::as_str).unwrap_or("").to_string();
-                let Some(payload) = lines.next() else { break };
-                let payload = serde_json::from_str(payload).unwrap_or(Value::Null);
-                items.push(EnvelopeItem { kind, payload });
-            }
-        }
-        items
+        self.bodies.lock().expect("sink lock").iter().flat_map(|(_, body)| envelope_items(body)).collect()
+    }
+
+    /// Items received so far.
+    pub fn total(&self) -> usize {
+        self.items().len()
+    }
+
+    /// Items received at or after `t`.
+    pub fn since(&self, t: std::time::Instant) -> usize {
+        self.bodies
+            .lock()
+            .expect("sink lock")
+            .iter()
+            .filter(|(at, _)| *at >= t)
+            .map(|(_, b)| envelope_items(b).len())
+            .sum()
     }
 
     /// Waits (up to `timeout`) until `pred` holds for the received items; returns them.

@@ -252,7 +252,12 @@ mod tests {
         let app = Router::new()
             .route("/ready", get(move || async move { ready }))
             .route("/who", get(move || async move { name }));
-        crate::drill::serve_loopback(app).await.unwrap()
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (addr, task)
     }
 
     /// A loopback port nothing listens on (bound, then released).

@@ -17,30 +17,16 @@
 mod balancer;
 mod database;
 mod fake_openai;
-mod otlp;
 mod procfs;
 mod prom;
 mod provider;
 mod report;
 mod scale;
-mod sentry;
 mod shutdown;
 mod soak;
 mod stack;
 mod traffic;
 mod verify;
-
-/// Serves `app` on a fresh loopback port (bodies up to 64 MiB) until the task is dropped with
-/// its owner; the drills' receivers and fake provider.
-async fn serve_loopback(app: axum::Router) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let app = app.layer(axum::extract::DefaultBodyLimit::max(64 << 20));
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((addr, task))
-}
 
 use std::{process::ExitCode, time::Duration};
 

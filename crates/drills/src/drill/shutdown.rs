@@ -10,10 +10,10 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
+use telemetry::testing::{OtlpReceiver, SentrySink};
 
 use super::{
     Options,
-    otlp::Receiver,
     report::Report,
     stack::{self, Ports, Service, Stack},
     traffic::{Plan, Traffic},
@@ -81,8 +81,8 @@ struct Setup {
     ports: Ports,
     dir: tempfile::TempDir,
     key: String,
-    receivers: BTreeMap<Service, Receiver>,
-    sentries: BTreeMap<Service, super::sentry::Receiver>,
+    receivers: BTreeMap<Service, OtlpReceiver>,
+    sentries: BTreeMap<Service, SentrySink>,
     stack: Stack,
 }
 
@@ -102,8 +102,8 @@ async fn setup(o: &Options, r: &mut Report) -> Result<Setup, String> {
     let mut receivers = BTreeMap::new();
     let mut sentries = BTreeMap::new();
     for s in Service::ALL {
-        receivers.insert(s, Receiver::start().await.map_err(|e| format!("OTLP receiver: {e}"))?);
-        sentries.insert(s, super::sentry::Receiver::start().await.map_err(|e| format!("Sentry receiver: {e}"))?);
+        receivers.insert(s, OtlpReceiver::start().await);
+        sentries.insert(s, SentrySink::start().await);
     }
     let env = [
         ("API_KEYS", key.clone()),
@@ -118,13 +118,13 @@ async fn setup(o: &Options, r: &mut Report) -> Result<Setup, String> {
         ("LIVE_DRAIN_TIMEOUT_SECONDS", TIMEOUT_S.to_string()),
         ("TELEMETRY_FLUSH_TIMEOUT_SECONDS", FLUSH_S.to_string()),
         ("APM_ENABLED", "true".into()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
         ("SENTRY_TRACES_SAMPLE_RATE", "1.0".into()),
     ];
     let stack = Stack::new(dir.path(), ports, &env).map_err(|e| e.to_string())?;
     let mut setup = Setup { ports, dir, key, receivers, sentries, stack };
     r.say(format!(
-        "stack: SQLite in {}, simulated providers, SHUTDOWN_DELAY_SECONDS={DELAY_S} SHUTDOWN_TIMEOUT_SECONDS={TIMEOUT_S} LIVE_DRAIN_TIMEOUT_SECONDS={TIMEOUT_S} TELEMETRY_FLUSH_TIMEOUT_SECONDS={FLUSH_S}, OTLP/HTTP and Sentry (every transaction sampled) to loopback receivers, one per service",
+        "stack: SQLite in {}, simulated providers, SHUTDOWN_DELAY_SECONDS={DELAY_S} SHUTDOWN_TIMEOUT_SECONDS={TIMEOUT_S} LIVE_DRAIN_TIMEOUT_SECONDS={TIMEOUT_S} TELEMETRY_FLUSH_TIMEOUT_SECONDS={FLUSH_S}, OTLP/gRPC and Sentry (every transaction sampled) to the tests' loopback receivers, one per service",
         setup.dir.path().display()
     ));
     for s in Service::ALL {
