@@ -12,20 +12,7 @@
 pub mod drill;
 pub mod loadgen;
 
-/// The API key to use: `VOICE_KRALIKI_API_KEY`, else the first of `API_KEYS`, else the
-/// development key `voice-kraliki run` wrote to `.dev-api-key`.
-pub fn api_key() -> Option<String> {
-    let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    if let Some(k) = from_env("VOICE_KRALIKI_API_KEY") {
-        return Some(k.trim().to_string());
-    }
-    if let Some(keys) = from_env("API_KEYS") {
-        let first = keys.split(',').next().unwrap_or("").trim();
-        // `tenant:key` → key.
-        return Some(first.rsplit_once(':').map_or(first, |(_, k)| k).to_string());
-    }
-    std::fs::read_to_string(".dev-api-key").ok().map(|k| k.trim().to_string()).filter(|k| !k.is_empty())
-}
+pub use voice_kraliki::api_key;
 
 /// The `voice-kraliki` binary that serves the services: `VOICE_KRALIKI_BIN`, else the one next
 /// to this binary (cargo builds both into the same directory).

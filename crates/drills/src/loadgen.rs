@@ -49,6 +49,18 @@ pub struct Options {
     pub media_retries: u32,
 }
 
+/// What a carrier sends first on a call's media WebSocket (Twilio Media Streams): `connected`,
+/// then `start` for call `id`, μ-law at 8 kHz.
+pub(crate) fn carrier_start(id: &str) -> [Message; 2] {
+    let send = |v: Value| Message::text(v.to_string());
+    [
+        send(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"})),
+        send(json!({"event": "start", "sequenceNumber": "1", "streamSid": format!("MZ{id}"),
+            "start": {"streamSid": format!("MZ{id}"), "callSid": format!("CA{id}"), "tracks": ["inbound"],
+                      "customParameters": {}, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})),
+    ]
+}
+
 fn usage_code() -> u8 {
     eprintln!(
         "usage: drills loadgen [--calls N] [--turns T] [--ramp-seconds S] [--audio FILE.wav] [--url URL] [--key KEY] [--metrics URL]..."
@@ -269,15 +281,10 @@ async fn talk(o: &Options, http: &reqwest::Client, r: &mut CallResult) -> Result
         reader_inbox.lock().expect("inbox").closed = true;
     });
     let result: Result<(), String> = async {
+        for m in carrier_start(&id) {
+            sink.send(m).await.map_err(|e| e.to_string())?;
+        }
         let send = |v: Value| Message::text(v.to_string());
-        sink.send(send(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"})))
-            .await
-            .map_err(|e| e.to_string())?;
-        sink.send(send(json!({"event": "start", "sequenceNumber": "1", "streamSid": format!("MZ{id}"),
-            "start": {"streamSid": format!("MZ{id}"), "callSid": format!("CA{id}"), "tracks": ["inbound"],
-                      "customParameters": {}, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})))
-            .await
-            .map_err(|e| e.to_string())?;
         let silence = [0xFFu8; 160];
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
@@ -327,9 +334,11 @@ async fn talk(o: &Options, http: &reqwest::Client, r: &mut CallResult) -> Result
                 }
             }
         }
-        sink.send(send(json!({"event": "stop", "sequenceNumber": (seq + 1).to_string(), "streamSid": "MZ", "stop": {}})))
-            .await
-            .map_err(|e| e.to_string())?;
+        sink.send(send(
+            json!({"event": "stop", "sequenceNumber": (seq + 1).to_string(), "streamSid": "MZ", "stop": {}}),
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
         Ok(())
     }
     .await;

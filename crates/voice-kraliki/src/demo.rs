@@ -14,23 +14,10 @@ use serde_json::{Value, json};
 /// (`crates/audio-dsp/fixtures/call-stereo.wav`, made by `make-fixtures.sh` there).
 const RECORDING: &[u8] = include_bytes!("../../audio-dsp/fixtures/call-stereo.wav");
 
-pub fn api_key() -> Option<String> {
-    let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    if let Some(k) = from_env("VOICE_KRALIKI_API_KEY") {
-        return Some(k.trim().to_string());
-    }
-    if let Some(keys) = from_env("API_KEYS") {
-        let first = keys.split(',').next().unwrap_or("").trim();
-        // `tenant:key` → key.
-        return Some(first.rsplit_once(':').map_or(first, |(_, k)| k).to_string());
-    }
-    std::fs::read_to_string(".dev-api-key").ok().map(|k| k.trim().to_string()).filter(|k| !k.is_empty())
-}
-
 pub fn run() -> ExitCode {
     let base = std::env::var("VOICE_KRALIKI_URL").unwrap_or_else(|_| "http://127.0.0.1:8000".to_string());
     let base = base.trim_end_matches('/').to_string();
-    let Some(key) = api_key() else {
+    let Some(key) = voice_kraliki::api_key() else {
         eprintln!("voice-kraliki demo: no API key: set VOICE_KRALIKI_API_KEY, or start the stack with `make run` here");
         return ExitCode::from(2);
     };

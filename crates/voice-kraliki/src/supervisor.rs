@@ -50,7 +50,7 @@ fn terminate(child: &Child) {
 async fn supervise() -> ExitCode {
     let api_key = dev_api_key();
     if let Some(key) = &api_key {
-        let _ = std::fs::write(".dev-api-key", format!("{key}\n"));
+        let _ = std::fs::write(voice_kraliki::DEV_API_KEY_FILE, format!("{key}\n"));
         eprintln!("voice-kraliki: API_KEYS is not set; development API key for this run (also in .dev-api-key):");
         eprintln!(
             "\n    export VK_API_KEY={key}\n    curl -H \"Authorization: Bearer $VK_API_KEY\" http://127.0.0.1:8000/v1/providers\n"

@@ -1064,15 +1064,10 @@ async fn hang_up_inner(d: &Drill, h: &mut HangUp) -> Result<(), String> {
     let ws_url = format!("{}/v1/{path}", carrier_api.replacen("http", "ws", 1));
     let (ws, _) = tokio_tungstenite::connect_async(ws_url).await.map_err(|e| format!("media websocket: {e}"))?;
     let (mut sink, mut stream) = ws.split();
+    for m in crate::loadgen::carrier_start(&id) {
+        sink.send(m).await.map_err(|e| e.to_string())?;
+    }
     let send = |v: Value| Message::text(v.to_string());
-    sink.send(send(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"})))
-        .await
-        .map_err(|e| e.to_string())?;
-    sink.send(send(json!({"event": "start", "sequenceNumber": "1", "streamSid": format!("MZ{id}"),
-        "start": {"streamSid": format!("MZ{id}"), "callSid": format!("CA{id}"), "tracks": ["inbound"],
-                  "customParameters": {}, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})))
-        .await
-        .map_err(|e| e.to_string())?;
     let mut reader = tokio::spawn(async move {
         while let Some(m) = stream.next().await {
             match m {
