@@ -223,6 +223,19 @@ mod tests {
     }
 
     #[test]
+    fn the_fallback_line_has_a_default_and_an_empty_value_turns_it_off() {
+        let fallback = |pairs: &[(&str, &str)]| {
+            Config::from_env(&Env::from_pairs(pairs.iter().copied())).unwrap().live.fallback.map(|f| f.to_string())
+        };
+        assert_eq!(fallback(&[]).as_deref(), Some(crate::media::DEFAULT_FALLBACK_TEXT));
+        assert_eq!(fallback(&[("LIVE_FALLBACK_TEXT", "")]), None);
+        assert_eq!(fallback(&[("LIVE_FALLBACK_TEXT", "  ")]), None);
+        assert_eq!(fallback(&[("LIVE_FALLBACK_TEXT", " One moment. ")]).as_deref(), Some("One moment."));
+        let long = "a".repeat(crate::media::config::MAX_GREETING_BYTES + 1);
+        assert_eq!(bad_variables(&[("LIVE_FALLBACK_TEXT", long.as_str())]), ["LIVE_FALLBACK_TEXT"]);
+    }
+
+    #[test]
     fn each_bad_twilio_variable_is_named_once() {
         assert_eq!(bad_variables(&[("TWILIO_ACCOUNT_SID", SID)]), ["TWILIO_AUTH_TOKEN"]);
         assert_eq!(bad_variables(&[("TWILIO_AUTH_TOKEN", "s3cret")]), ["TWILIO_ACCOUNT_SID"]);

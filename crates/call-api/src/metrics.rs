@@ -32,6 +32,9 @@ pub const CALL_ANALYSES_TOTAL: &str = "call_analyses_total";
 /// Histogram of live-call turn latency: `stage` (`end_of_turn`, `stt`, `llm_first_token`,
 /// `llm_first_sentence`, `tts_first_byte`, `overhead`, and `total`, their sum).
 pub const VOICE_TURN_LATENCY_SECONDS: &str = "voice_turn_latency_seconds";
+/// Counter of live-call caller turns by how they ended: `outcome` (`answered`, `interrupted`,
+/// `no_speech`, `failed`); failed turns also carry `stage` (`stt`, `llm`, `tts`).
+pub const VOICE_TURNS_TOTAL: &str = "voice_turns_total";
 /// Counter of barge-ins (the caller talked over the agent, which stopped).
 pub const VOICE_BARGE_INS_TOTAL: &str = "voice_barge_ins_total";
 /// Counter of inbound media frames dropped because audio-processor fell behind.
@@ -100,6 +103,10 @@ pub fn init() {
         VOICE_TURN_LATENCY_SECONDS,
         Unit::Seconds,
         "Live-call turn latency, end of caller speech to first reply audio, by stage"
+    );
+    describe_counter!(
+        VOICE_TURNS_TOTAL,
+        "Live-call caller turns by outcome (answered, interrupted, no_speech, failed); failed ones by stage too"
     );
     describe_counter!(VOICE_BARGE_INS_TOTAL, "Times the caller talked over the agent and the agent stopped");
     describe_counter!(
@@ -185,6 +192,14 @@ pub fn call_reaped(reason: &'static str) {
 /// Records one stage of a turn's latency.
 pub fn turn_latency(stage: &'static str, seconds: f64) {
     histogram!(VOICE_TURN_LATENCY_SECONDS, "stage" => stage).record(seconds);
+}
+
+/// Counts one caller turn by how it ended (`stage` for failed ones).
+pub fn turn_outcome(outcome: &'static str, stage: Option<&'static str>) {
+    match stage {
+        Some(stage) => counter!(VOICE_TURNS_TOTAL, "outcome" => outcome, "stage" => stage).increment(1),
+        None => counter!(VOICE_TURNS_TOTAL, "outcome" => outcome).increment(1),
+    }
 }
 
 pub fn barge_in() {

@@ -56,7 +56,27 @@ pub mod errors {
         Busy,
         /// A fault inside the service, not caused by the input (`INTERNAL`).
         Internal,
+        /// No AI provider is configured for the capability (`PROVIDER_NOT_CONFIGURED`);
+        /// metadata `capability` and `provider`.
+        ProviderNotConfigured,
+        /// The AI provider refused the request or our credentials (`PROVIDER_REJECTED`);
+        /// metadata `capability` and `provider`.
+        ProviderRejected,
+        /// The AI provider failed, timed out or could not be reached (`PROVIDER_FAILED`);
+        /// metadata `capability` and `provider`.
+        ProviderFailed,
     }
+
+    /// Every reason, in declaration order.
+    pub const REASONS: [Reason; 7] = [
+        Reason::InputTooLarge,
+        Reason::InvalidInput,
+        Reason::Busy,
+        Reason::Internal,
+        Reason::ProviderNotConfigured,
+        Reason::ProviderRejected,
+        Reason::ProviderFailed,
+    ];
 
     impl Reason {
         /// The `ErrorInfo.reason` string.
@@ -66,11 +86,14 @@ pub mod errors {
                 Self::InvalidInput => "INVALID_INPUT",
                 Self::Busy => "BUSY",
                 Self::Internal => "INTERNAL",
+                Self::ProviderNotConfigured => "PROVIDER_NOT_CONFIGURED",
+                Self::ProviderRejected => "PROVIDER_REJECTED",
+                Self::ProviderFailed => "PROVIDER_FAILED",
             }
         }
 
         fn parse(s: &str) -> Option<Self> {
-            [Self::InputTooLarge, Self::InvalidInput, Self::Busy, Self::Internal].into_iter().find(|r| r.as_str() == s)
+            REASONS.into_iter().find(|r| r.as_str() == s)
         }
     }
 
@@ -83,12 +106,26 @@ pub mod errors {
         )
     }
 
+    /// A status with `code`, `message`, and `reason` with `metadata` as its `ErrorInfo`.
+    pub fn status_with(
+        code: Code,
+        message: impl Into<String>,
+        reason: Reason,
+        metadata: impl IntoIterator<Item = (&'static str, String)>,
+    ) -> Status {
+        let metadata: HashMap<String, String> = metadata.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        Status::with_error_details(code, message, ErrorDetails::with_error_info(reason.as_str(), DOMAIN, metadata))
+    }
+
     /// The reason `status` carries, if it carries one of ours.
     pub fn reason(status: &Status) -> Option<Reason> {
-        status
-            .get_details_error_info()
-            .filter(|info| info.domain == DOMAIN)
-            .and_then(|info| Reason::parse(&info.reason))
+        info(status).map(|(reason, _)| reason)
+    }
+
+    /// The reason `status` carries with its metadata, if it carries one of ours.
+    pub fn info(status: &Status) -> Option<(Reason, HashMap<String, String>)> {
+        let info = status.get_details_error_info().filter(|info| info.domain == DOMAIN)?;
+        Some((Reason::parse(&info.reason)?, info.metadata))
     }
 
     #[cfg(test)]
@@ -97,7 +134,7 @@ pub mod errors {
 
         #[test]
         fn reasons_survive_the_wire_form() {
-            for r in [Reason::InputTooLarge, Reason::InvalidInput, Reason::Busy, Reason::Internal] {
+            for r in REASONS {
                 let s = status(Code::ResourceExhausted, "whatever the text says", r);
                 // What a client receives: code, message and the details bytes.
                 let received = Status::with_details(s.code(), s.message(), s.details().to_vec().into());
@@ -110,6 +147,17 @@ pub mod errors {
                 ErrorDetails::with_error_info("BUSY", "example.com", HashMap::new()),
             );
             assert_eq!(reason(&foreign), None, "another domain's reason is not ours");
+            let s = status_with(
+                Code::FailedPrecondition,
+                "no stt provider is configured",
+                Reason::ProviderNotConfigured,
+                [("capability", "stt".to_string()), ("provider", "none".to_string())],
+            );
+            let received = Status::with_details(s.code(), s.message(), s.details().to_vec().into());
+            let (r, metadata) = info(&received).expect("our reason");
+            assert_eq!(r, Reason::ProviderNotConfigured);
+            assert_eq!(metadata.get("capability").map(String::as_str), Some("stt"));
+            assert_eq!(metadata.get("provider").map(String::as_str), Some("none"));
         }
     }
 }

@@ -1,5 +1,11 @@
 //! Provider failures as gRPC statuses, and the one place they are logged and sent to Sentry.
 
+use std::{
+    collections::HashSet,
+    sync::{Mutex, OnceLock},
+};
+
+use kraliki_proto::errors::{self, Reason};
 use providers::{ErrorCode, ProviderError};
 use telemetry::ErrorContext;
 use tonic::{Code, Status};
@@ -51,12 +57,74 @@ fn is_reportable(error: &ProviderError) -> bool {
     )
 }
 
+/// A refusal that stays the same until someone changes the configuration (a provider not
+/// configured, credentials or requests refused): one Sentry event per process for each.
+fn is_configuration(error: &ProviderError) -> bool {
+    matches!(
+        error,
+        ProviderError::NotConfigured(_) | ProviderError::Unauthorized { .. } | ProviderError::Rejected { .. }
+    )
+}
+
+/// Whether this process has not reported `key` yet (and now has).
+fn first_time(key: String) -> bool {
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    SEEN.get_or_init(Default::default).lock().map(|mut seen| seen.insert(key)).unwrap_or(false)
+}
+
+/// The capability an operation uses, as providers name it in errors (`stt`, `llm`, `tts`,
+/// `sentiment`).
+fn capability_of(operation: &str) -> &'static str {
+    match operation {
+        "transcribe" => "stt",
+        "chat" => "llm",
+        "synthesize" => "tts",
+        _ => "sentiment",
+    }
+}
+
+/// The structured reason a provider failure carries to callers (`google.rpc.ErrorInfo`).
+fn reason_of(error: &ProviderError) -> Reason {
+    match error {
+        ProviderError::NotConfigured(_) => Reason::ProviderNotConfigured,
+        ProviderError::Unauthorized { .. } | ProviderError::Rejected { .. } => Reason::ProviderRejected,
+        ProviderError::InvalidArgument(_) => Reason::InvalidInput,
+        ProviderError::Saturated { .. } => Reason::Busy,
+        ProviderError::Internal(_) => Reason::Internal,
+        _ => Reason::ProviderFailed,
+    }
+}
+
 /// Logs a final provider failure (after retries and failover) once, captures it to Sentry
-/// when it is worth it, and returns the status the caller gets: the error's code and its
-/// client-safe message, never a provider's body.
+/// when it is worth it (a configuration refusal once per process and reason), and returns the
+/// status the caller gets: the error's code, its client-safe message (never a provider's body)
+/// and an `ErrorInfo` with the reason, `capability` and `provider`.
 pub fn failed(operation: &'static str, error: &ProviderError) -> Status {
     let code = error.code();
     let provider = provider_of(error);
+    let capability = capability_of(operation);
+    let status = errors::status_with(
+        grpc_code(code),
+        error.client_message(),
+        reason_of(error),
+        [("capability", capability.to_string()), ("provider", provider.to_string())],
+    );
+    if is_configuration(error) {
+        if first_time(format!("{capability}/{provider}/{}", error.outcome())) {
+            tracing::warn!(operation, provider, code = code.as_str(), error = %error, "provider refused by configuration");
+            telemetry::capture_exception(
+                error,
+                ErrorContext::default()
+                    .tag("provider", provider)
+                    .tag("capability", capability)
+                    .tag("operation", operation)
+                    .tag("code", code.as_str()),
+            );
+        } else {
+            tracing::info!(operation, provider, code = code.as_str(), error = %error, "provider refused by configuration");
+        }
+        return status;
+    }
     if is_reportable(error) {
         // `Display` names the provider and the HTTP status, never a body, a key or a prompt.
         tracing::warn!(operation, provider, code = code.as_str(), error = %error, "provider request failed");
@@ -67,7 +135,7 @@ pub fn failed(operation: &'static str, error: &ProviderError) -> Status {
     } else {
         tracing::info!(operation, provider, code = code.as_str(), error = %error, "provider request refused");
     }
-    Status::new(grpc_code(code), error.client_message())
+    status
 }
 
 #[cfg(test)]
@@ -91,8 +159,22 @@ mod tests {
             let status = failed("chat", &error);
             assert_eq!(status.code(), code, "{error:?}");
             assert_eq!(status.message(), error.client_message());
+            let (_, metadata) = errors::info(&status).expect("an ErrorInfo");
+            assert_eq!(metadata.get("capability").map(String::as_str), Some("llm"));
         }
+        let not_configured = failed("transcribe", &ProviderError::NotConfigured(providers::Capability::Stt));
+        assert_eq!(errors::reason(&not_configured), Some(Reason::ProviderNotConfigured));
+        assert_eq!(errors::info(&not_configured).expect("info").1.get("capability").map(String::as_str), Some("stt"));
         assert!(!failed("chat", &ProviderError::Internal("lock poisoned at x.rs:3".into())).message().contains("x.rs"));
+    }
+
+    #[test]
+    fn configuration_refusals_are_reported_once_per_process() {
+        assert!(first_time("tts/openai/unauthorized".into()));
+        assert!(!first_time("tts/openai/unauthorized".into()));
+        assert!(first_time("stt/none/not_configured".into()));
+        assert!(is_configuration(&ProviderError::Unauthorized { provider: "openai", status: 401 }));
+        assert!(!is_configuration(&ProviderError::Upstream { provider: "openai", status: 500, retry_after: None }));
     }
 
     #[test]

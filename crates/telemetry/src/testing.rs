@@ -25,6 +25,8 @@ pub struct ReceivedSpan {
     pub parent_span_id: String,
     /// 1 internal, 2 server, 3 client…
     pub kind: i32,
+    /// The span's status: 0 unset, 1 ok, 2 error.
+    pub status_code: i32,
     pub attributes: Vec<(String, String)>,
 }
 
@@ -63,6 +65,7 @@ impl TraceService for Collector {
                         span_id: hex(&s.span_id),
                         parent_span_id: hex(&s.parent_span_id),
                         kind: s.kind,
+                        status_code: s.status.as_ref().map_or(0, |st| st.code),
                         attributes: s.attributes.iter().map(|a| (a.key.clone(), any_value(a.value.as_ref()))).collect(),
                     });
                 }

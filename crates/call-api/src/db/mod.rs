@@ -116,6 +116,7 @@ fn migrations(postgres: bool) -> Migrator {
             (4, "live calls", include_str!("migrations/postgres/0004_live_calls.sql")),
             (5, "leases", include_str!("migrations/postgres/0005_leases.sql")),
             (6, "analysis body", include_str!("migrations/postgres/0006_analysis_body.sql")),
+            (7, "turn outcomes", include_str!("migrations/postgres/0007_turn_outcomes.sql")),
         ]
     } else {
         vec![
@@ -125,6 +126,7 @@ fn migrations(postgres: bool) -> Migrator {
             (4, "live calls", include_str!("migrations/sqlite/0004_live_calls.sql")),
             (5, "leases", include_str!("migrations/sqlite/0005_leases.sql")),
             (6, "analysis body", include_str!("migrations/sqlite/0006_analysis_body.sql")),
+            (7, "turn outcomes", include_str!("migrations/sqlite/0007_turn_outcomes.sql")),
         ]
     };
     Migrator::with_migrations(

@@ -1,5 +1,6 @@
 //! The turns of a live conversation, stored as they happen: who spoke, what was said, when,
-//! and for the agent's turns the latency stages and whether the caller interrupted.
+//! how each caller turn ended (and at which stage and why when it failed), and for the agent's
+//! turns the latency stages, whether the caller interrupted and whether it was the fallback line.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -35,6 +36,73 @@ impl Role {
     }
 }
 
+/// How a caller's turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnOutcome {
+    /// The agent's reply was produced in full and handed to playback (the caller may still
+    /// talk over its playback: the agent turn's `interrupted` says so).
+    Answered,
+    /// The caller talked over the turn before its reply was complete, or hung up.
+    Interrupted,
+    /// The utterance held no words (a cough, noise).
+    NoSpeech,
+    /// Transcription, the reply or speech synthesis failed (`stage`, `reason`).
+    Failed,
+}
+
+impl TurnOutcome {
+    /// As stored, returned and used as the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::Interrupted => "interrupted",
+            Self::NoSpeech => "no_speech",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Answered, Self::Interrupted, Self::NoSpeech, Self::Failed].into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// The stage of a turn that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Speech-to-text: hearing the caller.
+    Stt,
+    /// The chat completion: the reply.
+    Llm,
+    /// Text-to-speech: saying the reply.
+    Tts,
+}
+
+impl Stage {
+    /// As stored, returned and used as the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stt => "stt",
+            Self::Llm => "llm",
+            Self::Tts => "tts",
+        }
+    }
+
+    /// The capability, as `GET /v1/providers` names it.
+    pub fn capability(self) -> &'static str {
+        match self {
+            Self::Stt => "speech_to_text",
+            Self::Llm => "chat",
+            Self::Tts => "text_to_speech",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Stt, Self::Llm, Self::Tts].into_iter().find(|o| o.as_str() == s)
+    }
+}
+
 /// One turn as stored and returned by `GET /v1/calls/{id}/turns`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Turn {
@@ -53,14 +121,45 @@ pub struct Turn {
     pub latency: Option<serde_json::Value>,
     /// Agent turns: the caller talked over it (barge-in) and the rest was not played.
     pub interrupted: bool,
+    /// Caller turns: how the turn ended; `null` while it is in progress (or when the replica
+    /// carrying the call was lost during it). Agent turns: `null`.
+    pub outcome: Option<TurnOutcome>,
+    /// Failed caller turns: the stage that failed.
+    pub stage: Option<Stage>,
+    /// Failed and `no_speech` caller turns: why, in words safe to show a client.
+    pub reason: Option<String>,
+    /// Agent turns: this is the fallback line (`LIVE_FALLBACK_TEXT`) said after a failed turn.
+    pub fallback: bool,
 }
 
-const INSERT: &str = "INSERT INTO call_turns (call_id, seq, role, text, started_at, ended_at, latency, interrupted) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (call_id, seq) DO UPDATE SET text = excluded.text, \
-     ended_at = excluded.ended_at, latency = excluded.latency";
+impl Turn {
+    /// A turn of `role` at `seq` saying `text`, started at `started_at` and ended now.
+    pub fn new(seq: i64, role: Role, text: String, started_at: DateTime<Utc>) -> Self {
+        Self {
+            seq,
+            role,
+            text,
+            started_at,
+            ended_at: Some(crate::model::now()),
+            latency: None,
+            interrupted: false,
+            outcome: None,
+            stage: None,
+            reason: None,
+            fallback: false,
+        }
+    }
+}
+
+const INSERT: &str = "INSERT INTO call_turns (call_id, seq, role, text, started_at, ended_at, latency, interrupted, \
+     outcome, stage, reason, fallback) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+     ON CONFLICT (call_id, seq) DO UPDATE SET text = excluded.text, ended_at = excluded.ended_at, \
+     latency = excluded.latency, outcome = excluded.outcome, stage = excluded.stage, reason = excluded.reason, \
+     fallback = excluded.fallback";
 const INTERRUPTED: &str = "INSERT INTO call_turns (call_id, seq, role, text, started_at, interrupted) \
      VALUES ($1, $2, 'agent', '', $3, TRUE) ON CONFLICT (call_id, seq) DO UPDATE SET interrupted = TRUE";
-const LIST: &str = "SELECT t.seq, t.role, t.text, t.started_at, t.ended_at, t.latency, t.interrupted FROM call_turns t \
+const LIST: &str = "SELECT t.seq, t.role, t.text, t.started_at, t.ended_at, t.latency, t.interrupted, t.outcome, \
+     t.stage, t.reason, t.fallback FROM call_turns t \
      JOIN calls c ON c.id = t.call_id WHERE t.call_id = $1 AND c.tenant = $2 ORDER BY t.seq";
 
 impl Database {
@@ -75,6 +174,10 @@ impl Database {
                 .bind(turn.ended_at)
                 .bind(turn.latency.as_ref().map(Json))
                 .bind(turn.interrupted)
+                .bind(turn.outcome.map(TurnOutcome::as_str))
+                .bind(turn.stage.map(Stage::as_str))
+                .bind(turn.reason.as_deref())
+                .bind(turn.fallback)
                 .execute(pool)
                 .await
                 .map(drop))
@@ -109,6 +212,21 @@ impl Database {
                             ended_at: row.try_get("ended_at")?,
                             latency: latency.map(|j| j.0),
                             interrupted: row.try_get("interrupted")?,
+                            outcome: row
+                                .try_get::<Option<&str>, _>("outcome")?
+                                .map(|o| {
+                                    TurnOutcome::parse(o)
+                                        .ok_or_else(|| sqlx::Error::Decode("call_turns.outcome is unknown".into()))
+                                })
+                                .transpose()?,
+                            stage: row
+                                .try_get::<Option<&str>, _>("stage")?
+                                .map(|o| {
+                                    Stage::parse(o).ok_or_else(|| sqlx::Error::Decode("call_turns.stage is unknown".into()))
+                                })
+                                .transpose()?,
+                            reason: row.try_get("reason")?,
+                            fallback: row.try_get("fallback")?,
                         })
                     })
                     .collect::<Result<Vec<_>, sqlx::Error>>()

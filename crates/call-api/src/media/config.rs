@@ -28,10 +28,17 @@ pub struct LiveConfig {
     /// `LIVE_SPEECH_TIMEOUT_SECONDS`, `LIVE_MAX_TOKENS`: the bounds of each turn's provider
     /// requests (15 s, 30 s, 30 s) and of a reply's length (300 tokens).
     pub turn: TurnLimits,
+    /// `LIVE_FALLBACK_TEXT`: what the agent says when hearing the caller or the reply fails
+    /// (speech synthesis still working), so the caller is not left in silence; empty turns it
+    /// off.
+    pub fallback: Option<std::sync::Arc<str>>,
 }
 
 /// Longest greeting, in bytes (a few sentences).
 pub const MAX_GREETING_BYTES: usize = 1024;
+
+/// The default fallback line (`LIVE_FALLBACK_TEXT`).
+pub const DEFAULT_FALLBACK_TEXT: &str = "Sorry, I did not catch that. Could you say it again?";
 
 /// The agent's default instructions.
 pub const DEFAULT_SYSTEM_PROMPT: &str = "You are the voice agent of a company on a phone call. Answer briefly \
@@ -46,6 +53,7 @@ impl Default for LiveConfig {
             greeting: None,
             end_of_turn: Duration::from_millis(700),
             turn: TurnLimits::default(),
+            fallback: Some(DEFAULT_FALLBACK_TEXT.into()),
         }
     }
 }
@@ -71,6 +79,17 @@ impl LiveConfig {
         if end_of_turn < Duration::from_millis(100) {
             r.error("LIVE_END_OF_TURN_SECONDS", "must be at least 0.1 seconds");
         }
+        // Set but empty turns it off (`string` reads empty as unset).
+        let fallback = match r.env().get_raw("LIVE_FALLBACK_TEXT").map(str::to_string) {
+            None => d.fallback,
+            Some(text) if text.trim().is_empty() => None,
+            Some(text) => {
+                if text.trim().len() > MAX_GREETING_BYTES {
+                    r.error("LIVE_FALLBACK_TEXT", "must be at most 1 KiB");
+                }
+                Some(text.trim().into())
+            }
+        };
         let turn = TurnLimits {
             transcribe_timeout: at_least_one_second(r, "LIVE_TRANSCRIBE_TIMEOUT_SECONDS", d.turn.transcribe_timeout),
             reply_timeout: at_least_one_second(r, "LIVE_REPLY_TIMEOUT_SECONDS", d.turn.reply_timeout),
@@ -84,6 +103,7 @@ impl LiveConfig {
             greeting,
             end_of_turn,
             turn,
+            fallback,
         }
     }
 }

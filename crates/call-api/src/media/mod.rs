@@ -17,7 +17,7 @@ pub mod replicas;
 pub mod session;
 pub mod turn;
 
-pub use config::LiveConfig;
+pub use config::{DEFAULT_FALLBACK_TEXT, LiveConfig};
 
 use std::{
     collections::HashMap,

@@ -288,6 +288,8 @@ struct Live {
     idle: Duration,
     dtmf: String,
     dtmf_deadline: Option<Instant>,
+    /// The failures already logged at WARN for this call (by stage and reason): each once.
+    warned: std::collections::HashSet<String>,
 }
 
 impl Live {
@@ -311,6 +313,7 @@ impl Live {
             system_prompt,
             language: state.live_config.language.clone(),
             limits: state.live_config.turn,
+            fallback: state.live_config.fallback.clone(),
             playback: playback.commands.clone(),
             events: turn_tx,
         };
@@ -337,6 +340,7 @@ impl Live {
             idle: state.limits.media_idle_timeout,
             dtmf: String::new(),
             dtmf_deadline: None,
+            warned: Default::default(),
         })
     }
 
@@ -558,8 +562,21 @@ impl Live {
                     self.current = None;
                 }
             }
-            TurnEvent::Nothing { caller_seq, reason } => {
-                tracing::info!(reason, "turn produced no reply");
+            TurnEvent::Unanswered { caller_seq, failed, fallback_spoken } => {
+                match failed {
+                    // Once per call and reason: a provider down fails every turn the same way.
+                    Some(f) if self.warned.insert(format!("{}/{}", f.stage.as_str(), f.reason)) => {
+                        tracing::warn!(turn = caller_seq, stage = f.stage.as_str(), reason = %f.reason, "turn failed");
+                    }
+                    Some(f) => {
+                        tracing::debug!(turn = caller_seq, stage = f.stage.as_str(), reason = %f.reason, "turn failed")
+                    }
+                    None if caller_seq < 0 => tracing::info!("the greeting produced no audio"),
+                    None => tracing::debug!(turn = caller_seq, "no words in the caller's turn"),
+                }
+                if fallback_spoken {
+                    self.last_agent_seq = Some(caller_seq + 1);
+                }
                 if self.current.as_ref().is_some_and(|(_, s)| *s == caller_seq) {
                     self.current = None;
                 }

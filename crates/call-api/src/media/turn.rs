@@ -4,15 +4,19 @@
 //! from the end of their speech to the first reply frame sent, in stages that add up to it.
 
 use std::{
-    sync::{Arc, Mutex},
+    collections::HashSet,
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
-use kraliki_proto::provider::v1::{
-    self as pb, ChatMessage, Role as ChatRole, StreamChatRequest, StreamChatResponse, SynthesizeSpeechRequest,
-    TranscribeRequest, stream_chat_response::Event,
+use kraliki_proto::{
+    errors::{self as rpc_errors, Reason},
+    provider::v1::{
+        self as pb, ChatMessage, Role as ChatRole, StreamChatRequest, StreamChatResponse, SynthesizeSpeechRequest,
+        TranscribeRequest, stream_chat_response::Event,
+    },
 };
 use serde_json::json;
 use tokio::{
@@ -25,7 +29,7 @@ use uuid::Uuid;
 
 use super::playback::Command;
 use crate::{
-    db::turns::{Role, Turn},
+    db::turns::{Role, Stage, Turn, TurnOutcome},
     metrics, model,
     peers::Peers,
 };
@@ -57,6 +61,8 @@ pub struct TurnContext {
     pub language: Option<String>,
     /// Bounds of each stage's provider request and of the reply's length.
     pub limits: TurnLimits,
+    /// `LIVE_FALLBACK_TEXT`: said when hearing or the reply fails; `None` stays silent.
+    pub fallback: Option<Arc<str>>,
     pub playback: mpsc::Sender<Command>,
     pub events: mpsc::Sender<TurnEvent>,
 }
@@ -92,8 +98,86 @@ pub enum TurnEvent {
     Heard { caller_seq: i64, text: String },
     /// The agent's reply as spoken (all of it, or up to the interruption).
     Replied { caller_seq: i64, text: String, interrupted: bool },
-    /// Nothing usable was said (empty transcript) or a provider failed.
-    Nothing { caller_seq: i64, reason: String },
+    /// The turn ended without a reply of the agent's own: no words were heard, a stage
+    /// `failed` (and the fallback line was said when `fallback_spoken`), or the greeting produced
+    /// no audio (`caller_seq` -1).
+    Unanswered { caller_seq: i64, failed: Option<Failure>, fallback_spoken: bool },
+}
+
+/// A stage of a turn that failed, told in words safe to show a client (never the transcript).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub stage: Stage,
+    /// E.g. "transcription failed: no stt provider is configured".
+    pub reason: String,
+    /// The provider named by the failure (`none` when no provider is configured, `unknown`
+    /// when provider-gateway did not say).
+    pub provider: String,
+    /// It stays so until someone changes the configuration: no provider is configured, or the
+    /// provider refuses our credentials or requests.
+    pub configuration: bool,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "turn failed at {}: {}", self.stage.as_str(), self.reason)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl Failure {
+    /// The failure of `stage` from provider-gateway's (or the channel's) status: its message
+    /// when the gateway answered with one of our reasons (provider messages are client-safe by
+    /// construction there), otherwise words of our own.
+    pub fn from_status(stage: Stage, status: &tonic::Status, timeout: Duration) -> Self {
+        let what = match stage {
+            Stage::Stt => "transcription failed",
+            Stage::Llm => "the reply failed",
+            Stage::Tts => "speech synthesis failed",
+        };
+        let info = rpc_errors::info(status);
+        let provider =
+            info.as_ref().and_then(|(_, m)| m.get("provider").cloned()).unwrap_or_else(|| "unknown".to_string());
+        let configuration =
+            matches!(info.as_ref().map(|(r, _)| *r), Some(Reason::ProviderNotConfigured | Reason::ProviderRejected))
+                || status.code() == tonic::Code::FailedPrecondition;
+        let detail = match (info.is_some(), status.code()) {
+            (_, tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
+                format!("no answer within {} s", timeout.as_secs_f64())
+            }
+            (true, _) | (false, tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument) => {
+                status.message().chars().take(200).collect()
+            }
+            (false, tonic::Code::Unavailable) => "provider-gateway unavailable".to_string(),
+            (false, code) => format!("provider-gateway answered {code:?}"),
+        };
+        Self { stage, reason: format!("{what}: {detail}"), provider, configuration }
+    }
+
+    fn new(stage: Stage, reason: &str) -> Self {
+        Self { stage, reason: reason.to_string(), provider: "none".into(), configuration: false }
+    }
+}
+
+/// Sends a configuration failure to Sentry once per process and reason, tagged with the
+/// capability and provider (the transcript is never part of a failure).
+fn report(failure: &Failure) {
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    if !failure.configuration {
+        return;
+    }
+    let key = format!("{}/{}/{}", failure.stage.as_str(), failure.provider, failure.reason);
+    let first = SEEN.get_or_init(Default::default).lock().map(|mut seen| seen.insert(key)).unwrap_or(false);
+    if first {
+        telemetry::capture_exception(
+            failure,
+            telemetry::ErrorContext::default()
+                .tag("capability", failure.stage.capability())
+                .tag("provider", failure.provider.as_str())
+                .tag("stage", failure.stage.as_str()),
+        );
+    }
 }
 
 /// Splits complete sentences off the front of `buffer`.
@@ -119,14 +203,31 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// Runs one turn until its reply has been handed to playback, or until `cancel` (barge-in).
+/// How a turn ended, before interruption is considered.
+enum Ended {
+    /// The whole reply was handed to playback.
+    Answered,
+    /// The transcript held no words.
+    NoSpeech,
+    /// A stage failed; the caller turn's timings up to the failure.
+    Failed(Failure, serde_json::Map<String, serde_json::Value>),
+    /// Playback is gone: the call ended under the turn.
+    PlaybackGone,
+}
+
+/// Runs one turn until its reply has been handed to playback, or until `cancel` (barge-in),
+/// then stores how it ended (`outcome`), counts it in `voice_turns_total` and, when hearing or
+/// the reply failed, says the fallback line.
 pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, cancel: CancellationToken) {
     let span = tracing::info_span!(
         "turn",
         otel.name = "turn",
+        otel.status_code = Empty,
         sentry.op = "voice.turn",
         call_id = %ctx.call_id,
         turn = input.caller_seq,
+        outcome = Empty,
+        failed_stage = Empty,
         interrupted = Empty,
         latency.end_of_turn = Empty,
         latency.stt = Empty,
@@ -137,9 +238,10 @@ pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, 
         latency.total = Empty,
     );
     let caller_seq = input.caller_seq;
-    let events = ctx.events.clone();
+    let speech_end = input.speech_end;
     let progress = Arc::new(Mutex::new(Progress::default()));
-    let outcome = async {
+    let caller_started_at = input.caller_started_at;
+    let ended = async {
         tokio::select! {
             biased;
             () = cancel.cancelled() => None,
@@ -148,32 +250,87 @@ pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, 
     }
     .instrument(span.clone())
     .await;
-    let event = match outcome {
-        None => {
-            // Interrupted: keep what was said so far and how fast it started.
+    let p = std::mem::take(&mut *progress.lock().expect("progress"));
+    let mut caller =
+        p.caller.clone().unwrap_or_else(|| Turn::new(caller_seq, Role::Caller, String::new(), caller_started_at));
+    let event = match ended {
+        Some(Ended::Answered) => {
+            caller.outcome = Some(TurnOutcome::Answered);
+            TurnEvent::Replied { caller_seq, text: p.spoken, interrupted: false }
+        }
+        Some(Ended::NoSpeech) => {
+            caller.outcome = Some(TurnOutcome::NoSpeech);
+            caller.reason = Some("no words were heard".into());
+            TurnEvent::Unanswered { caller_seq, failed: None, fallback_spoken: false }
+        }
+        Some(Ended::Failed(failure, timings)) => {
+            caller.outcome = Some(TurnOutcome::Failed);
+            caller.stage = Some(failure.stage);
+            caller.reason = Some(failure.reason.clone());
+            caller.latency = Some(serde_json::Value::Object(timings));
+            span.record("otel.status_code", "ERROR");
+            span.record("failed_stage", failure.stage.as_str());
+            report(&failure);
+            TurnEvent::Unanswered { caller_seq, failed: Some(failure), fallback_spoken: false }
+        }
+        // Interrupted (barge-in, the caller going on talking, or the call ending): keep what was
+        // said so far and how fast it started.
+        None | Some(Ended::PlaybackGone) => {
             span.record("interrupted", true);
-            let p = std::mem::take(&mut *progress.lock().expect("progress"));
+            caller.outcome = Some(TurnOutcome::Interrupted);
             if let Some(started_at) = p.agent_started_at {
                 let mut latency = p.latency.unwrap_or_default();
                 latency.insert("interrupted".into(), json!(true));
-                let agent_turn = Turn {
-                    seq: caller_seq + 1,
-                    role: Role::Agent,
-                    text: p.spoken.clone(),
-                    started_at,
-                    ended_at: Some(model::now()),
-                    latency: Some(serde_json::Value::Object(latency)),
-                    interrupted: true,
-                };
+                let mut agent_turn = Turn::new(caller_seq + 1, Role::Agent, p.spoken.clone(), started_at);
+                agent_turn.latency = Some(serde_json::Value::Object(latency));
+                agent_turn.interrupted = true;
                 if let Err(e) = ctx.db.insert_turn(ctx.call_id, &agent_turn).await {
                     tracing::warn!(error = %e, "could not store the interrupted turn");
                 }
             }
             TurnEvent::Replied { caller_seq, text: p.spoken, interrupted: true }
         }
-        Some(Ok(e)) | Some(Err(e)) => e,
     };
-    let _ = events.send(event).await;
+    let outcome = caller.outcome.unwrap_or(TurnOutcome::Interrupted);
+    span.record("outcome", outcome.as_str());
+    metrics::turn_outcome(outcome.as_str(), caller.stage.map(Stage::as_str));
+    if let Err(e) = ctx.db.insert_turn(ctx.call_id, &caller).await {
+        tracing::warn!(error = %e, "could not store the caller's turn");
+    }
+    let event = match event {
+        TurnEvent::Unanswered { caller_seq, failed: Some(failure), .. } => {
+            let spoken = match (&ctx.fallback, failure.stage) {
+                (Some(text), Stage::Stt | Stage::Llm) => tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => false,
+                    spoken = say_fallback(&ctx, caller_seq, text, speech_end).instrument(span) => spoken,
+                },
+                _ => false,
+            };
+            TurnEvent::Unanswered { caller_seq, failed: Some(failure), fallback_spoken: spoken }
+        }
+        other => other,
+    };
+    let _ = ctx.events.send(event).await;
+}
+
+/// Says the fallback line after a failed turn and stores it as the agent's turn (marked
+/// `fallback`, its latency the time from the end of the caller's speech to its first frame).
+/// Whether it was spoken.
+async fn say_fallback(ctx: &TurnContext, caller_seq: i64, text: &str, speech_end: Instant) -> bool {
+    let started_at = model::now();
+    let mut speaker = Speaker::new(ctx, caller_seq, Arc::default(), None);
+    speaker.fallback_from = Some(speech_end);
+    if speaker.speak(text.to_string()).await.is_err() || !speaker.first_frame {
+        return false;
+    }
+    let mut turn = Turn::new(caller_seq + 1, Role::Agent, speaker.spoken, started_at);
+    turn.fallback = true;
+    turn.latency = speaker.latency.map(serde_json::Value::Object);
+    if let Err(e) = ctx.db.insert_turn(ctx.call_id, &turn).await {
+        tracing::warn!(error = %e, "could not store the fallback turn");
+    }
+    true
 }
 
 /// Speech for one sentence, as μ-law at 8 kHz (what the carrier plays).
@@ -234,107 +391,100 @@ pub async fn greet(ctx: TurnContext, text: String, cancel: CancellationToken) {
     };
     let text = std::mem::take(&mut *spoken.lock().expect("spoken"));
     if text.is_empty() {
-        let _ = ctx
-            .events
-            .send(TurnEvent::Nothing { caller_seq: -1, reason: "the greeting produced no audio".into() })
-            .await;
+        let _ = ctx.events.send(TurnEvent::Unanswered { caller_seq: -1, failed: None, fallback_spoken: false }).await;
         return;
     }
-    let turn = Turn {
-        seq: 0,
-        role: Role::Agent,
-        text: text.clone(),
-        started_at,
-        ended_at: Some(model::now()),
-        latency: None,
-        interrupted,
-    };
+    let mut turn = Turn::new(0, Role::Agent, text.clone(), started_at);
+    turn.interrupted = interrupted;
     if let Err(e) = ctx.db.insert_turn(ctx.call_id, &turn).await {
         tracing::warn!(error = %e, "could not store the greeting");
     }
     let _ = ctx.events.send(TurnEvent::Replied { caller_seq: -1, text, interrupted }).await;
 }
 
-/// What a turn has done so far, for when it is interrupted.
+/// What a turn has done so far, for when it is interrupted or ends.
 #[derive(Default)]
 struct Progress {
+    /// The caller's turn, once heard (stored then, without an outcome).
+    caller: Option<Turn>,
     agent_started_at: Option<DateTime<Utc>>,
     spoken: String,
     latency: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The turn proper, in three stages: hear (transcribe), reply (chat, as a stream of sentences),
-/// speak (synthesis and playback of each sentence). `Err` carries the event to report when it
-/// ended early.
+/// speak (synthesis and playback of each sentence).
 async fn turn(
     ctx: &TurnContext,
     input: TurnInput,
     mut history: Vec<ChatMessage>,
     progress: Arc<Mutex<Progress>>,
-) -> Result<TurnEvent, TurnEvent> {
+) -> Ended {
     let caller_seq = input.caller_seq;
-    let nothing = |reason: String| TurnEvent::Nothing { caller_seq, reason };
     let mut clock = LatencyClock::new(input.speech_end, input.detected);
 
-    let text = hear(ctx, &input).await.map_err(nothing)?;
+    let text = match hear(ctx, &input).await {
+        Ok(text) => text,
+        Err(failure) => {
+            let timings = clock.failed(Stage::Stt);
+            return Ended::Failed(failure, timings);
+        }
+    };
     clock.heard();
     if text.is_empty() {
-        return Err(nothing("no words in the utterance".into()));
+        return Ended::NoSpeech;
     }
-    let caller_turn = Turn {
-        seq: caller_seq,
-        role: Role::Caller,
-        text: text.clone(),
-        started_at: input.caller_started_at,
-        ended_at: Some(model::now()),
-        latency: None,
-        interrupted: false,
-    };
+    let caller_turn = Turn::new(caller_seq, Role::Caller, text.clone(), input.caller_started_at);
     if let Err(e) = ctx.db.insert_turn(ctx.call_id, &caller_turn).await {
         tracing::warn!(error = %e, "could not store the caller's turn");
     }
+    progress.lock().expect("progress").caller = Some(caller_turn);
     let _ = ctx.events.send(TurnEvent::Heard { caller_seq, text: text.clone() }).await;
 
     let agent_started_at = model::now();
     progress.lock().expect("progress").agent_started_at = Some(agent_started_at);
     history.push(ChatMessage { role: ChatRole::User as i32, content: text });
-    let mut sentences = reply(ctx, history, &mut clock).await.map_err(nothing)?;
-    let mut speaker = Speaker {
-        ctx,
-        caller_seq,
-        progress,
-        clock,
-        first_frame: false,
-        latency: None,
-        spoken: String::new(),
-        sentences: 0,
+    let mut sentences = match reply(ctx, history, &mut clock).await {
+        Ok(sentences) => sentences,
+        Err(failure) => {
+            let timings = clock.failed(Stage::Llm);
+            return Ended::Failed(failure, timings);
+        }
     };
-    while let Some(sentence) = sentences.next(&mut speaker.clock).await {
-        speaker.speak(sentence).await.map_err(nothing)?;
+    let mut speaker = Speaker::new(ctx, caller_seq, progress.clone(), Some(clock));
+    let mut speech_failure = None;
+    while let Some(sentence) = sentences.next(speaker.clock.as_mut().expect("clock")).await {
+        match speaker.speak(sentence).await {
+            Ok(None) => {}
+            Ok(Some(failure)) => speech_failure = Some(failure),
+            Err(()) => return Ended::PlaybackGone,
+        }
     }
-    let Some(mut latency) = speaker.latency.filter(|_| speaker.first_frame) else {
-        return Err(nothing("the reply produced no audio".into()));
+    let Some(mut latency) = speaker.latency.take().filter(|_| speaker.first_frame) else {
+        // Nothing was said: the reply failed or was empty, or every sentence's speech failed.
+        let clock = speaker.clock.as_ref().expect("clock");
+        let failure = match (sentences.error.take(), speech_failure) {
+            (Some(failure), _) => failure,
+            (None, Some(failure)) => failure,
+            (None, None) if speaker.sentences == 0 => Failure::new(Stage::Llm, "the reply was empty"),
+            (None, None) => Failure::new(Stage::Tts, "speech synthesis produced no audio"),
+        };
+        let timings = clock.failed(failure.stage);
+        return Ended::Failed(failure, timings);
     };
     latency.insert("interrupted".into(), json!(false));
     tracing::Span::current().record("interrupted", false);
-    let agent_turn = Turn {
-        seq: caller_seq + 1,
-        role: Role::Agent,
-        text: speaker.spoken.clone(),
-        started_at: agent_started_at,
-        ended_at: Some(model::now()),
-        latency: Some(serde_json::Value::Object(latency)),
-        interrupted: false,
-    };
+    let mut agent_turn = Turn::new(caller_seq + 1, Role::Agent, speaker.spoken.clone(), agent_started_at);
+    agent_turn.latency = Some(serde_json::Value::Object(latency));
     if let Err(e) = ctx.db.insert_turn(ctx.call_id, &agent_turn).await {
         tracing::warn!(error = %e, "could not store the agent's turn");
     }
-    Ok(TurnEvent::Replied { caller_seq, text: speaker.spoken, interrupted: false })
+    progress.lock().expect("progress").spoken = speaker.spoken;
+    Ended::Answered
 }
 
-/// Hear: the caller's words, transcribed from their speech (or given as keypad text). `Err` is
-/// the reason the words could not be had.
-async fn hear(ctx: &TurnContext, input: &TurnInput) -> Result<String, String> {
+/// Hear: the caller's words, transcribed from their speech (or given as keypad text).
+async fn hear(ctx: &TurnContext, input: &TurnInput) -> Result<String, Failure> {
     match (&input.speech, &input.text) {
         (_, Some(text)) => Ok(text.clone()),
         (Some(pcm), None) => {
@@ -350,7 +500,7 @@ async fn hear(ctx: &TurnContext, input: &TurnInput) -> Result<String, String> {
             request.set_timeout(ctx.limits.transcribe_timeout);
             match ctx.peers.gateway.clone().transcribe(request).await {
                 Ok(r) => Ok(r.into_inner().text.trim().to_string()),
-                Err(s) => Err(format!("transcription failed: {}", s.message())),
+                Err(s) => Err(Failure::from_status(Stage::Stt, &s, ctx.limits.transcribe_timeout)),
             }
         }
         (None, None) => Ok(String::new()),
@@ -358,7 +508,7 @@ async fn hear(ctx: &TurnContext, input: &TurnInput) -> Result<String, String> {
 }
 
 /// Reply: the conversation so far to a streamed chat completion, read back as sentences.
-async fn reply(ctx: &TurnContext, history: Vec<ChatMessage>, clock: &mut LatencyClock) -> Result<Sentences, String> {
+async fn reply(ctx: &TurnContext, history: Vec<ChatMessage>, clock: &mut LatencyClock) -> Result<Sentences, Failure> {
     let mut messages = vec![ChatMessage { role: ChatRole::System as i32, content: ctx.system_prompt.clone() }];
     messages.extend(history);
     clock.reply_started();
@@ -370,8 +520,15 @@ async fn reply(ctx: &TurnContext, history: Vec<ChatMessage>, clock: &mut Latency
     });
     request.set_timeout(ctx.limits.reply_timeout);
     match ctx.peers.gateway.clone().stream_chat(request).await {
-        Ok(r) => Ok(Sentences { chat: r.into_inner(), buffer: String::new(), ready: Default::default(), done: false }),
-        Err(s) => Err(format!("chat failed: {}", s.message())),
+        Ok(r) => Ok(Sentences {
+            chat: r.into_inner(),
+            buffer: String::new(),
+            ready: Default::default(),
+            done: false,
+            error: None,
+            timeout: ctx.limits.reply_timeout,
+        }),
+        Err(s) => Err(Failure::from_status(Stage::Llm, &s, ctx.limits.reply_timeout)),
     }
 }
 
@@ -381,6 +538,9 @@ struct Sentences {
     buffer: String,
     ready: std::collections::VecDeque<String>,
     done: bool,
+    /// How the stream broke, if it did.
+    error: Option<Failure>,
+    timeout: Duration,
 }
 
 impl Sentences {
@@ -404,7 +564,8 @@ impl Sentences {
                     Some(Event::Done(_)) | None => self.done = true,
                 },
                 Some(Err(s)) => {
-                    tracing::warn!(code = ?s.code(), "chat stream failed");
+                    tracing::debug!(code = ?s.code(), "chat stream failed");
+                    self.error = Some(Failure::from_status(Stage::Llm, &s, self.timeout));
                     self.done = true;
                 }
                 None => self.done = true,
@@ -422,60 +583,98 @@ struct Speaker<'a> {
     ctx: &'a TurnContext,
     caller_seq: i64,
     progress: Arc<Mutex<Progress>>,
-    clock: LatencyClock,
+    /// The turn's stage clock; `None` for the fallback line.
+    clock: Option<LatencyClock>,
+    /// The fallback line: its latency is the time from this (the end of the caller's speech).
+    fallback_from: Option<Instant>,
     first_frame: bool,
     latency: Option<serde_json::Map<String, serde_json::Value>>,
     spoken: String,
     sentences: usize,
 }
 
-impl Speaker<'_> {
+impl<'a> Speaker<'a> {
+    fn new(ctx: &'a TurnContext, caller_seq: i64, progress: Arc<Mutex<Progress>>, clock: Option<LatencyClock>) -> Self {
+        Self {
+            ctx,
+            caller_seq,
+            progress,
+            clock,
+            fallback_from: None,
+            first_frame: false,
+            latency: None,
+            spoken: String::new(),
+            sentences: 0,
+        }
+    }
+
     /// `Err` when the call has ended (playback is gone). A sentence whose synthesis fails is
-    /// skipped.
-    async fn speak(&mut self, sentence: String) -> Result<(), String> {
+    /// skipped: `Ok(Some(failure))` says why.
+    async fn speak(&mut self, sentence: String) -> Result<Option<Failure>, ()> {
         let ctx = self.ctx;
-        self.clock.speech_started();
+        if let Some(clock) = self.clock.as_mut() {
+            clock.speech_started();
+        }
         self.sentences += 1;
         let mut audio = match ctx.peers.gateway.clone().synthesize_speech(speech_request(ctx, &sentence)).await {
             Ok(r) => r.into_inner(),
             Err(s) => {
-                tracing::warn!(code = ?s.code(), "speech synthesis failed");
-                return Ok(());
+                tracing::debug!(code = ?s.code(), "speech synthesis failed");
+                return Ok(Some(Failure::from_status(Stage::Tts, &s, ctx.limits.speech_timeout)));
             }
         };
+        let mut failure = None;
         while let Some(chunk) = audio.next().await {
-            let Ok(chunk) = chunk else { break };
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(s) => {
+                    failure = Some(Failure::from_status(Stage::Tts, &s, ctx.limits.speech_timeout));
+                    break;
+                }
+            };
             if chunk.audio.is_empty() {
                 continue;
             }
             let first = !self.first_frame;
             let (first_sent, sent) = if first {
                 self.first_frame = true;
-                self.clock.speech_first_byte();
+                if let Some(clock) = self.clock.as_mut() {
+                    clock.speech_first_byte();
+                }
                 let (tx, rx) = oneshot::channel();
                 (Some(tx), Some(rx))
             } else {
                 (None, None)
             };
             if ctx.playback.send(Command::Audio { bytes: chunk.audio, first_sent }).await.is_err() {
-                return Err("the call ended".into());
+                return Err(());
             }
             if let Some(rx) = sent {
                 // The first frame goes out at once (or after the previous reply's tail).
                 let sent = rx.await.unwrap_or_else(|_| Instant::now());
-                let latency = self.clock.record(sent);
+                let latency = match (&self.clock, self.fallback_from) {
+                    (Some(clock), _) => clock.record(sent),
+                    (None, from) => {
+                        let total = sent.saturating_duration_since(from.unwrap_or(sent));
+                        let mut latency = serde_json::Map::new();
+                        latency.insert("total".into(), json!(secs(total)));
+                        latency
+                    }
+                };
                 self.progress.lock().expect("progress").latency = Some(latency.clone());
                 self.latency = Some(latency);
             }
         }
-        let mark = format!("turn-{}-{}", self.caller_seq + 1, self.sentences);
-        let _ = ctx.playback.send(Command::Mark(mark)).await;
-        if !self.spoken.is_empty() {
-            self.spoken.push(' ');
+        if self.first_frame || failure.is_none() {
+            let mark = format!("turn-{}-{}", self.caller_seq + 1, self.sentences);
+            let _ = ctx.playback.send(Command::Mark(mark)).await;
+            if !self.spoken.is_empty() {
+                self.spoken.push(' ');
+            }
+            self.spoken.push_str(&sentence);
+            self.progress.lock().expect("progress").spoken = self.spoken.clone();
         }
-        self.spoken.push_str(&sentence);
-        self.progress.lock().expect("progress").spoken = self.spoken.clone();
-        Ok(())
+        Ok(failure)
     }
 }
 
@@ -532,6 +731,31 @@ impl LatencyClock {
 
     fn speech_first_byte(&mut self) {
         self.speech_first_byte.get_or_insert_with(Instant::now);
+    }
+
+    /// The timings of a turn whose `stage` failed: the stages done before it, `failed_after`
+    /// (how long the failing stage ran) and `total` (from the end of the caller's speech).
+    fn failed(&self, stage: Stage) -> serde_json::Map<String, serde_json::Value> {
+        let now = Instant::now();
+        let mut timings = serde_json::Map::new();
+        timings.insert("end_of_turn".into(), json!(secs(self.end_of_turn)));
+        let stage_started = match stage {
+            Stage::Stt => self.hear_started,
+            Stage::Llm => {
+                timings.insert("stt".into(), json!(secs(self.stt)));
+                self.reply_started.unwrap_or(now)
+            }
+            Stage::Tts => {
+                timings.insert("stt".into(), json!(secs(self.stt)));
+                if let (Some(started), Some(token)) = (self.reply_started, self.first_token) {
+                    timings.insert("llm_first_token".into(), json!(secs(token.saturating_duration_since(started))));
+                }
+                self.speech_started.unwrap_or(now)
+            }
+        };
+        timings.insert("failed_after".into(), json!(secs(now.saturating_duration_since(stage_started))));
+        timings.insert("total".into(), json!(secs(now.saturating_duration_since(self.speech_end))));
+        timings
     }
 
     /// The latency stages once the first frame was sent; recorded as metrics and on the `turn`

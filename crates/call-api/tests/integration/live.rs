@@ -160,6 +160,11 @@ async fn two_turn_conversation(backend: Backend) {
     let roles: Vec<&str> = turns.iter().map(|t| t["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["caller", "agent", "caller", "agent"]);
     assert_eq!(turns[0]["text"], HEARD[0]);
+    for caller in [&turns[0], &turns[2]] {
+        assert_eq!(caller["outcome"], "answered", "{caller}");
+        assert!(caller["stage"].is_null() && caller["reason"].is_null(), "{caller}");
+    }
+    assert_eq!(turns[1]["fallback"], false);
     assert_eq!(turns[1]["text"], REPLIES[0]);
     assert_eq!(turns[3]["text"], REPLIES[1]);
     for agent in [&turns[1], &turns[3]] {
@@ -182,6 +187,7 @@ async fn two_turn_conversation(backend: Backend) {
     let m = metrics(app).await;
     assert_eq!(metric(&m, "active_calls{provider=\"websocket\"}"), Some(0.0));
     assert_eq!(metric(&m, "voice_turn_latency_seconds_count{stage=\"total\"}"), Some(2.0));
+    assert_eq!(metric(&m, "voice_turns_total{outcome=\"answered\"}"), Some(2.0));
     assert_eq!(metric(&m, "voice_calls_total{provider=\"websocket\",status=\"completed\"}"), Some(1.0));
 }
 
