@@ -1,13 +1,13 @@
-//! `drills loadgen`: simulates carriers. Each simulated call creates a call, connects to
-//! its media WebSocket like Twilio does, and talks: a recorded utterance in real-time 20 ms
+//! `voice-kraliki loadgen` (also `drills loadgen`): simulates carriers. Each simulated call
+//! creates a call, connects to its media WebSocket like Twilio does, and talks: a recorded utterance in real-time 20 ms
 //! μ-law frames, then silence while the agent answers, for a number of turns. It measures what
 //! a caller would: the time from the end of their speech to the first reply frame, and how
 //! evenly the reply frames arrive; it also collects the server's per-stage latency of each turn
 //! and the services' memory, and prints a summary table.
 //!
 //! ```text
-//! drills loadgen [--calls N] [--turns T] [--ramp-seconds S] [--audio FILE.wav]
-//!                       [--url URL] [--metrics URL]...
+//! voice-kraliki loadgen [--calls N] [--turns T] [--ramp-seconds S] [--audio FILE.wav]
+//!                       [--url URL] [--key KEY] [--metrics URL]...
 //! ```
 //! `--audio` takes an 8 kHz μ-law WAV (mono, or stereo whose second channel is the caller);
 //! the default is the caller's words of the shipped two-party recording. The API key is read
@@ -26,7 +26,9 @@ use serde_json::{Value, json};
 use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::Message;
 
-pub(crate) const RECORDING: &[u8] = include_bytes!("../../audio-dsp/fixtures/call-stereo.wav");
+/// The shipped recording: 8 kHz stereo μ-law, channel 0 the agent, channel 1 the caller
+/// (`crates/audio-dsp/fixtures/call-stereo.wav`).
+pub const RECORDING: &[u8] = include_bytes!("../../audio-dsp/fixtures/call-stereo.wav");
 /// A turn without a first reply frame within this is an error.
 const TURN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reply audio is over when no frame came for this long.
@@ -51,7 +53,7 @@ pub struct Options {
 
 /// What a carrier sends first on a call's media WebSocket (Twilio Media Streams): `connected`,
 /// then `start` for call `id`, μ-law at 8 kHz.
-pub(crate) fn carrier_start(id: &str) -> [Message; 2] {
+pub fn carrier_start(id: &str) -> [Message; 2] {
     let send = |v: Value| Message::text(v.to_string());
     [
         send(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"})),
@@ -63,7 +65,7 @@ pub(crate) fn carrier_start(id: &str) -> [Message; 2] {
 
 fn usage_code() -> u8 {
     eprintln!(
-        "usage: drills loadgen [--calls N] [--turns T] [--ramp-seconds S] [--audio FILE.wav] [--url URL] [--key KEY] [--metrics URL]..."
+        "usage: voice-kraliki loadgen [--calls N] [--turns T] [--ramp-seconds S] [--audio FILE.wav] [--url URL] [--key KEY] [--metrics URL]..."
     );
     2
 }
@@ -99,7 +101,7 @@ fn mulaw_wav(wav: &[u8]) -> Result<(Vec<u8>, usize), String> {
 }
 
 /// The caller's channel, trimmed to its speech plus a little air.
-pub(crate) fn utterance(wav: &[u8]) -> Result<Vec<u8>, String> {
+pub fn utterance(wav: &[u8]) -> Result<Vec<u8>, String> {
     let (data, channels) = mulaw_wav(wav)?;
     let caller: Vec<u8> = data.iter().skip(channels - 1).step_by(channels).copied().collect();
     // Speech is what is not near-silent μ-law (0x7F/0xFF are zero).
@@ -111,7 +113,7 @@ pub(crate) fn utterance(wav: &[u8]) -> Result<Vec<u8>, String> {
     Ok(caller[from..to].to_vec())
 }
 
-/// `drills loadgen [options]`.
+/// `voice-kraliki loadgen [options]`.
 pub fn run(args: &[&str]) -> ExitCode {
     ExitCode::from(run_code(args))
 }
@@ -157,7 +159,7 @@ pub fn run_code(args: &[&str]) -> u8 {
         options.metrics.push(format!("{}/metrics", options.url));
     }
     let Some(key) = Some(options.key.clone()).filter(|k| !k.is_empty()).or_else(crate::api_key) else {
-        eprintln!("drills loadgen: no API key: set VOICE_KRALIKI_API_KEY, or start the stack with `make run` here");
+        eprintln!("loadgen: no API key: set VOICE_KRALIKI_API_KEY, or start the stack with `make run` here");
         return 2;
     };
     options.key = key;
@@ -165,7 +167,7 @@ pub fn run_code(args: &[&str]) -> u8 {
         Some(p) => match std::fs::read(p) {
             Ok(w) => w,
             Err(e) => {
-                eprintln!("drills loadgen: read {p}: {e}");
+                eprintln!("loadgen: read {p}: {e}");
                 return 2;
             }
         },
@@ -174,7 +176,7 @@ pub fn run_code(args: &[&str]) -> u8 {
     match utterance(&wav) {
         Ok(u) => options.utterance = Arc::new(u),
         Err(e) => {
-            eprintln!("drills loadgen: {e}");
+            eprintln!("loadgen: {e}");
             return 2;
         }
     }
@@ -188,21 +190,21 @@ pub fn run_code(args: &[&str]) -> u8 {
 
 /// What one call saw.
 #[derive(Debug, Default)]
-pub(crate) struct CallResult {
-    pub(crate) id: Option<String>,
-    pub(crate) error: Option<String>,
+pub struct CallResult {
+    pub id: Option<String>,
+    pub error: Option<String>,
     /// Caller-side latency per turn.
-    pub(crate) latencies: Vec<Duration>,
+    pub latencies: Vec<Duration>,
     /// Gaps between consecutive reply frames within a reply.
-    gaps: Vec<Duration>,
-    pub(crate) frames: usize,
+    pub gaps: Vec<Duration>,
+    pub frames: usize,
     /// How late our own frames went out (load generator health).
-    send_lateness: Vec<Duration>,
-    pub(crate) turns_without_reply: usize,
+    pub send_lateness: Vec<Duration>,
+    pub turns_without_reply: usize,
     /// The close code of the server's close frame (None: the connection ended without one).
-    pub(crate) close_code: Option<u16>,
+    pub close_code: Option<u16>,
     /// Media connections refused with 503 and tried again.
-    pub(crate) media_refusals: u32,
+    pub media_refusals: u32,
 }
 
 pub struct Report {
@@ -219,7 +221,8 @@ struct Inbox {
     close_code: Option<u16>,
 }
 
-pub(crate) async fn one_call(o: Options, http: reqwest::Client) -> CallResult {
+/// One simulated call.
+pub async fn one_call(o: Options, http: reqwest::Client) -> CallResult {
     let mut result = CallResult::default();
     if let Err(e) = talk(&o, &http, &mut result).await {
         result.error = Some(e);
