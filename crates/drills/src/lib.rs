@@ -7,7 +7,7 @@
 //!                      as `voice-kraliki serve <service>` processes: the `voice-kraliki`
 //!                      binary next to this one, or `VOICE_KRALIKI_BIN`
 //! drills loadgen [...] the same as `voice-kraliki loadgen [...]`: simulated carriers,
-//!                      concurrent live calls, latency table
+//!                      concurrent live calls, turn outcomes and latency table
 //! ```
 
 pub mod drill;

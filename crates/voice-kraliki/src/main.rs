@@ -7,7 +7,8 @@
 //! voice-kraliki demo               against a running stack: create a call, upload the shipped
 //!                                  recording, print its analysis
 //! voice-kraliki loadgen [options]  against a running stack: simulated carriers hold live
-//!                                  calls, then a latency table (`voice_kraliki::loadgen`)
+//!                                  calls, then a table of turn outcomes and latency
+//!                                  (`voice_kraliki::loadgen`)
 //! voice-kraliki sentry-test        send a test event to SENTRY_DSN
 //! ```
 //!

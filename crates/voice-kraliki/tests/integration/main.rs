@@ -8,6 +8,7 @@ mod artefacts;
 mod balancing;
 mod demo;
 mod health;
+mod loadgen;
 mod metrics;
 mod metrics_disabled_in_process;
 mod monitoring;
