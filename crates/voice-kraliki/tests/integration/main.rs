@@ -14,5 +14,6 @@ mod metrics_disabled_in_process;
 mod monitoring;
 mod process;
 mod prometheus;
+mod runner;
 mod secrets;
 mod trace;
