@@ -3,10 +3,11 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= /var/tmp/vk-target
 FUZZ_EXAMPLES ?= 100
 SOAK_MINUTES ?= 10
+LOADGEN_ARGS ?= --calls 3 --turns 2
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help run demo test lint fmt bench build check-deploy fuzz-api deny drill-shutdown drill-database drill-provider drill-soak drill-scale clean
+.PHONY: help run demo loadgen test lint fmt bench build check-deploy fuzz-api deny drill-shutdown drill-database drill-provider drill-soak drill-scale clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -18,6 +19,10 @@ run: ## build and start the whole stack on its embedded defaults (SQLite, no Sen
 demo: ## with the stack running (make run), upload the shipped recording and print its analysis
 	$(CARGO) build -q -p voice-kraliki
 	$(CARGO_TARGET_DIR)/debug/voice-kraliki demo
+
+loadgen: ## with the stack running (make run), hold live calls as a carrier would; turn outcomes and latency (LOADGEN_ARGS="--calls 3 --turns 2")
+	$(CARGO) build -q -p voice-kraliki
+	$(CARGO_TARGET_DIR)/debug/voice-kraliki loadgen $(LOADGEN_ARGS)
 
 build: ## build every crate
 	$(CARGO) build --workspace --all-targets

@@ -6,11 +6,15 @@
 //!                      reliability drills on loopback (docs/DRILLS.md); each starts the services
 //!                      as `voice-kraliki serve <service>` processes: the `voice-kraliki`
 //!                      binary next to this one, or `VOICE_KRALIKI_BIN`
-//! drills loadgen [...] simulated carriers: concurrent live calls, latency table
+//! drills loadgen [...] the same as `voice-kraliki loadgen [...]`: simulated carriers,
+//!                      concurrent live calls, turn outcomes and latency table
 //! ```
 
 pub mod drill;
-pub mod loadgen;
+
+/// The live-call load generator lives in `voice-kraliki`'s library; the drills' live calls are
+/// its simulated carriers ([`loadgen::one_call`]).
+pub use voice_kraliki::loadgen;
 
 pub use voice_kraliki::api_key;
 

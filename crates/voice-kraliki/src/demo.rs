@@ -10,9 +10,9 @@ use std::{fmt::Write as _, process::ExitCode, time::Duration};
 
 use serde_json::{Value, json};
 
-/// The shipped recording: 8 kHz stereo μ-law, channel 0 the agent, channel 1 the caller
-/// (`crates/audio-dsp/fixtures/call-stereo.wav`, made by `make-fixtures.sh` there).
-const RECORDING: &[u8] = include_bytes!("../../audio-dsp/fixtures/call-stereo.wav");
+// The shipped recording: 8 kHz stereo μ-law, channel 0 the agent, channel 1 the caller
+// (`crates/audio-dsp/fixtures/call-stereo.wav`, made by `make-fixtures.sh` there).
+use voice_kraliki::loadgen::RECORDING;
 
 pub fn run() -> ExitCode {
     let base = std::env::var("VOICE_KRALIKI_URL").unwrap_or_else(|_| "http://127.0.0.1:8000".to_string());

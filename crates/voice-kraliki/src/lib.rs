@@ -1,5 +1,8 @@
 //! What `voice-kraliki`'s clients share with the operator tools (`crates/drills`): where a
-//! client finds its API key.
+//! client finds its API key, and the live-call load generator ([`loadgen`], the
+//! `voice-kraliki loadgen` command; the drills' live calls are its simulated carriers).
+
+pub mod loadgen;
 
 /// The development API key `voice-kraliki run` writes when `API_KEYS` is unset.
 pub const DEV_API_KEY_FILE: &str = ".dev-api-key";

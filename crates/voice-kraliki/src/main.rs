@@ -6,18 +6,20 @@
 //! voice-kraliki serve <service>    run one service in this process (what `run` starts)
 //! voice-kraliki demo               against a running stack: create a call, upload the shipped
 //!                                  recording, print its analysis
+//! voice-kraliki loadgen [options]  against a running stack: simulated carriers hold live
+//!                                  calls, then a table of turn outcomes and latency
+//!                                  (`voice_kraliki::loadgen`)
 //! voice-kraliki sentry-test        send a test event to SENTRY_DSN
 //! ```
 //!
-//! The drills and the load generator are operator tools in their own crate (`crates/drills`).
+//! The reliability drills are operator tools in their own crate (`crates/drills`).
 
 mod demo;
 mod supervisor;
 
 use std::process::ExitCode;
 
-const USAGE: &str =
-    "usage: voice-kraliki [run | serve <call-api|audio-processor|provider-gateway> | demo | sentry-test | help]";
+const USAGE: &str = "usage: voice-kraliki [run | serve <call-api|audio-processor|provider-gateway> | demo | loadgen [options] | sentry-test | help]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
         ["serve", "audio-processor"] => audio_processor::main(),
         ["serve", "provider-gateway"] => provider_gateway::main(),
         ["demo"] => demo::run(),
+        ["loadgen", rest @ ..] => voice_kraliki::loadgen::run(rest),
         ["sentry-test"] => sentry_test(),
         ["help" | "--help" | "-h"] => {
             println!("{USAGE}");

@@ -296,6 +296,8 @@ impl Traffic {
                 utterance: Arc::new(loadgen::utterance(loadgen::RECORDING).expect("shipped recording")),
                 metrics: Vec::new(),
                 media_retries: 0,
+                // A drill's carriers wait for every reply as before and read no turns.
+                turn_outcomes: false,
             };
             tune(&mut options);
             for worker in 0..plan.live_calls {

@@ -101,8 +101,9 @@ async fn every_metric_used_by_rules_and_dashboards_is_exported() {
         .map(String::from)
         .collect();
     // Its own runtime, on its own thread.
-    let loadgen =
-        std::thread::spawn(move || drills::loadgen::run_code(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let loadgen = std::thread::spawn(move || {
+        voice_kraliki::loadgen::run_code(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    });
     let code = tokio::task::spawn_blocking(move || loadgen.join().expect("loadgen thread")).await.unwrap();
     assert_eq!(code, 0, "the load generator's live call succeeded");
 

@@ -96,14 +96,19 @@ fn rand_suffix() -> u64 {
 }
 
 /// Variables of the developer's shell that would change what a test sees.
-const SCRUBBED: [&str; 8] = [
+const SCRUBBED: [&str; 13] = [
     "SENTRY_DSN",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "LOG_FILE",
     "LOG_LEVEL",
     "LOG_FORMAT",
     "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
     "DEEPGRAM_API_KEY",
+    "DEEPGRAM_BASE_URL",
+    "STT_PROVIDERS",
+    "LLM_PROVIDERS",
+    "TTS_PROVIDERS",
     "ENABLE_METRICS",
 ];
 

@@ -1,0 +1,1183 @@
+//! `voice-kraliki loadgen` (also `drills loadgen`): simulates carriers. Each simulated call
+//! creates a call, connects to its media WebSocket like Twilio does, and talks: a recorded
+//! utterance in real-time 20 ms μ-law frames, then silence while the agent answers, for a
+//! number of turns. It measures what a caller would: the time from the end of their speech to
+//! the first reply frame, and how evenly the reply frames arrive; it also collects the server's
+//! per-stage latency and outcome of each turn and the services' memory, and prints a summary
+//! table.
+//!
+//! ```text
+//! voice-kraliki loadgen [--calls N] [--turns T] [--ramp-seconds S] [--audio FILE.wav]
+//!                       [--url URL] [--key KEY] [--metrics URL]... [--allow-unavailable]
+//! ```
+//! `--audio` takes an 8 kHz μ-law WAV (mono, or stereo whose second channel is the caller);
+//! the default is the caller's words of the shipped two-party recording. The API key is read
+//! like `demo` does.
+//!
+//! Before the first call it reads `GET /v1/providers`: a live call needs speech-to-text, chat
+//! and text-to-speech, each from at least one configured provider whose circuit is not open.
+//! When one is missing it names the capability with the server's reasons and exits 2 without
+//! calling; so does a failed request (no server, a wrong key). `--allow-unavailable` turns both
+//! into a warning.
+//!
+//! While a turn's reply is late (1.5 s after the caller's speech ended) it reads the call's
+//! turns every 500 ms; when the server has settled the newest caller turn as `failed` or
+//! `no_speech`, it prints why at once and goes on to the next turn instead of waiting 30 s.
+//! After each call it reads the call's turns once: the summary counts the caller turns by
+//! outcome (`answered`, `interrupted`, `no_speech`, `failed`, `unknown` when the server gives
+//! none) and the failed ones by stage with their most common reason.
+//!
+//! Exit status: 0 every call and turn went through; 1 a call failed, a turn failed, or a turn
+//! got no reply; 2 bad usage, no API key, or the provider check failed.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio::time::MissedTickBehavior;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The shipped recording: 8 kHz stereo μ-law, channel 0 the agent, channel 1 the caller
+/// (`crates/audio-dsp/fixtures/call-stereo.wav`).
+pub const RECORDING: &[u8] = include_bytes!("../../audio-dsp/fixtures/call-stereo.wav");
+/// A turn without a first reply frame within this is an error.
+const TURN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Reply audio is over when no frame came for this long.
+const REPLY_QUIET: Duration = Duration::from_millis(600);
+/// The caller listens to at most this much of a reply before speaking again (talking over the
+/// rest, which exercises barge-in).
+const LISTEN_MAX: Duration = Duration::from_secs(4);
+/// A reply later than this after the caller's speech: read the call's turns to see whether the
+/// server has given up on the turn.
+const POLL_AFTER: Duration = Duration::from_millis(1500);
+/// At most one read of a call's turns this often while a reply is late.
+const POLL_EVERY: Duration = Duration::from_millis(500);
+/// What a live call needs, as `GET /v1/providers` names the capabilities.
+pub const LIVE_CAPABILITIES: [&str; 3] = ["speech_to_text", "chat", "text_to_speech"];
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub url: String,
+    pub key: String,
+    pub calls: usize,
+    pub turns: usize,
+    pub ramp: Duration,
+    pub utterance: Arc<Vec<u8>>,
+    pub metrics: Vec<String>,
+    /// Times a media connection refused with 503 (a replica draining, or at capacity) is tried
+    /// again after its `Retry-After` (at most 2 s), as a carrier would; 0 = never.
+    pub media_retries: u32,
+    /// Follow the server's turn outcomes: while a reply is late, read the call's turns and stop
+    /// waiting for a turn the server settled `failed` or `no_speech`; read the call's turns
+    /// once at its end ([`CallResult::turns`]). The command sets it; the drills leave it off.
+    pub turn_outcomes: bool,
+}
+
+/// What a carrier sends first on a call's media WebSocket (Twilio Media Streams): `connected`,
+/// then `start` for call `id`, μ-law at 8 kHz.
+pub fn carrier_start(id: &str) -> [Message; 2] {
+    let send = |v: Value| Message::text(v.to_string());
+    [
+        send(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"})),
+        send(json!({"event": "start", "sequenceNumber": "1", "streamSid": format!("MZ{id}"),
+            "start": {"streamSid": format!("MZ{id}"), "callSid": format!("CA{id}"), "tracks": ["inbound"],
+                      "customParameters": {}, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})),
+    ]
+}
+
+const USAGE: &str = "usage: voice-kraliki loadgen [--calls N] [--turns T] [--ramp-seconds S] [--audio FILE.wav] [--url URL] [--key KEY] [--metrics URL]... [--allow-unavailable]";
+
+fn usage_code() -> u8 {
+    eprintln!("{USAGE}");
+    2
+}
+
+/// The `data` chunk and channel count of an 8 kHz μ-law WAV.
+fn mulaw_wav(wav: &[u8]) -> Result<(Vec<u8>, usize), String> {
+    if wav.len() < 12 || &wav[..4] != b"RIFF" || &wav[8..12] != b"WAVE" {
+        return Err("not a WAV file".into());
+    }
+    let (mut i, mut format) = (12, None);
+    while i + 8 <= wav.len() {
+        let len = u32::from_le_bytes([wav[i + 4], wav[i + 5], wav[i + 6], wav[i + 7]]) as usize;
+        let body = &wav[i + 8..(i + 8 + len).min(wav.len())];
+        match &wav[i..i + 4] {
+            b"fmt " if body.len() >= 16 => {
+                let tag = u16::from_le_bytes([body[0], body[1]]);
+                let channels = u16::from_le_bytes([body[2], body[3]]) as usize;
+                let rate = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
+                if tag != 7 || rate != 8000 || !(1..=2).contains(&channels) {
+                    return Err("the audio must be 8 kHz μ-law, mono or stereo".into());
+                }
+                format = Some(channels);
+            }
+            b"data" => {
+                let channels = format.ok_or("no fmt chunk before data")?;
+                return Ok((body.to_vec(), channels));
+            }
+            _ => {}
+        }
+        i += 8 + len + (len & 1);
+    }
+    Err("no data chunk".into())
+}
+
+/// The caller's channel, trimmed to its speech plus a little air.
+pub fn utterance(wav: &[u8]) -> Result<Vec<u8>, String> {
+    let (data, channels) = mulaw_wav(wav)?;
+    let caller: Vec<u8> = data.iter().skip(channels - 1).step_by(channels).copied().collect();
+    // Speech is what is not near-silent μ-law (0x7F/0xFF are zero).
+    let loud = |b: &u8| (b & 0x7F) < 0x70;
+    let first = caller.iter().position(loud).unwrap_or(0);
+    let last = caller.iter().rposition(loud).unwrap_or(caller.len().saturating_sub(1));
+    let from = first.saturating_sub(1600);
+    let to = (last + 1600).min(caller.len());
+    Ok(caller[from..to].to_vec())
+}
+
+/// `voice-kraliki loadgen [options]`.
+pub fn run(args: &[&str]) -> ExitCode {
+    ExitCode::from(run_code(args))
+}
+
+/// [`run`], with the exit code as a number: 0 every call and turn went through, 1 some failed,
+/// 2 bad usage or a failed provider check.
+pub fn run_code(args: &[&str]) -> u8 {
+    let mut options = Options {
+        url: std::env::var("VOICE_KRALIKI_URL").unwrap_or_else(|_| "http://127.0.0.1:8000".into()),
+        key: String::new(),
+        calls: 10,
+        turns: 2,
+        ramp: Duration::from_secs(2),
+        utterance: Arc::new(Vec::new()),
+        metrics: Vec::new(),
+        media_retries: 0,
+        turn_outcomes: true,
+    };
+    let mut audio_path = None;
+    let mut allow_unavailable = false;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        match *flag {
+            "--allow-unavailable" => {
+                allow_unavailable = true;
+                continue;
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return 0;
+            }
+            _ => {}
+        }
+        let Some(value) = it.next() else { return usage_code() };
+        match *flag {
+            "--calls" => match value.parse() {
+                Ok(n) if n > 0 && n <= 10_000 => options.calls = n,
+                _ => return usage_code(),
+            },
+            "--turns" => match value.parse() {
+                Ok(n) if n > 0 && n <= 100 => options.turns = n,
+                _ => return usage_code(),
+            },
+            "--ramp-seconds" => match value.parse::<f64>() {
+                Ok(s) if (0.0..=600.0).contains(&s) => options.ramp = Duration::from_secs_f64(s),
+                _ => return usage_code(),
+            },
+            "--audio" => audio_path = Some(value.to_string()),
+            "--url" => options.url = value.to_string(),
+            "--key" => options.key = value.to_string(),
+            "--metrics" => options.metrics.push(value.to_string()),
+            _ => return usage_code(),
+        }
+    }
+    options.url = options.url.trim_end_matches('/').to_string();
+    if options.metrics.is_empty() {
+        options.metrics.push(format!("{}/metrics", options.url));
+    }
+    let Some(key) = Some(options.key.clone()).filter(|k| !k.is_empty()).or_else(crate::api_key) else {
+        eprintln!("loadgen: no API key: set VOICE_KRALIKI_API_KEY, or start the stack with `make run` here");
+        return 2;
+    };
+    options.key = key;
+    let wav = match &audio_path {
+        Some(p) => match std::fs::read(p) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("loadgen: read {p}: {e}");
+                return 2;
+            }
+        },
+        None => RECORDING.to_vec(),
+    };
+    match utterance(&wav) {
+        Ok(u) => options.utterance = Arc::new(u),
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return 2;
+        }
+    }
+    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
+        return 1;
+    };
+    runtime.block_on(async {
+        let problems = match check_providers(&options).await {
+            Ok(missing) => missing.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            Err(e) => vec![format!("cannot check the providers: {e}")],
+        };
+        if !problems.is_empty() {
+            if !allow_unavailable {
+                for p in &problems {
+                    eprintln!("loadgen: {p}");
+                }
+                eprintln!("loadgen: no call started (--allow-unavailable starts them anyway)");
+                return 2;
+            }
+            for p in &problems {
+                eprintln!("loadgen: warning: {p}");
+            }
+            eprintln!("loadgen: starting the calls anyway (--allow-unavailable)");
+        }
+        let report = load(options).await;
+        print!("{}", report.table);
+        u8::from(report.failed)
+    })
+}
+
+/// A transport error with its causes (reqwest's own text names only the URL).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// `GET {url}/v1/providers`: the live-call capabilities no provider serves now, or why the
+/// server could not be asked.
+async fn check_providers(o: &Options) -> Result<Vec<Unavailable>, String> {
+    telemetry::install_crypto_provider();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
+    let url = format!("{}/v1/providers", o.url);
+    let response =
+        http.get(&url).bearer_auth(&o.key).send().await.map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+    let status = response.status();
+    let text = response.text().await.map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if !status.is_success() {
+        let why = body["error"]["message"].as_str().map(|m| format!(": {m}")).unwrap_or_default();
+        return Err(format!("GET {url} answered {status}{why}"));
+    }
+    unavailable_capabilities(&body).map_err(|e| format!("GET {url}: {e}"))
+}
+
+/// A capability of a live call that no provider serves now, with the server's reasons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable {
+    /// `speech_to_text`, `chat` or `text_to_speech`.
+    pub capability: String,
+    /// `name: why` per provider listed for it, in failover order (empty: none is listed).
+    pub reasons: Vec<String>,
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.reasons.is_empty() {
+            write!(f, "live calls need {}, but the server lists no provider for it", self.capability)
+        } else {
+            write!(f, "live calls need {}, but no provider is available: {}", self.capability, self.reasons.join("; "))
+        }
+    }
+}
+
+/// From a `GET /v1/providers` answer, the capabilities of [`LIVE_CAPABILITIES`] without a
+/// provider that is `configured` and whose `circuit_state` is not `open`. `Err` when the answer
+/// is not a provider list.
+pub fn unavailable_capabilities(body: &Value) -> Result<Vec<Unavailable>, String> {
+    let providers = body["providers"].as_array().ok_or("the answer has no `providers` list")?;
+    let mut missing = Vec::new();
+    for capability in LIVE_CAPABILITIES {
+        let mut rows: Vec<&Value> = providers.iter().filter(|p| p["capability"] == capability).collect();
+        rows.sort_by_key(|p| p["priority"].as_u64().unwrap_or(u64::MAX));
+        let usable = |p: &Value| p["configured"] == true && p["circuit_state"] != "open";
+        if rows.iter().any(|p| usable(p)) {
+            continue;
+        }
+        let reasons = rows
+            .iter()
+            .map(|p| {
+                let name = p["name"].as_str().unwrap_or("?");
+                let why = if p["configured"] == true {
+                    "circuit open (failing; tried again later)"
+                } else {
+                    p["reason"].as_str().filter(|r| !r.is_empty()).unwrap_or("not configured")
+                };
+                format!("{name}: {why}")
+            })
+            .collect();
+        missing.push(Unavailable { capability: capability.to_string(), reasons });
+    }
+    Ok(missing)
+}
+
+/// The turns of a `GET /v1/calls/{id}/turns` answer (`{"turns": [...]}`, or a bare array).
+fn turn_list(body: &Value) -> &[Value] {
+    body.get("turns").unwrap_or(body).as_array().map_or(&[], Vec::as_slice)
+}
+
+/// A caller's turn: `role` `caller` (or, without a role, an odd `seq`).
+fn is_caller(turn: &Value) -> bool {
+    match turn["role"].as_str() {
+        Some(role) => role == "caller",
+        None => turn["seq"].as_i64().is_some_and(|s| s % 2 == 1),
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    v.as_str().filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+/// A caller turn the server gave up on: outcome `failed` (with the stage) or `no_speech`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettledTurn {
+    pub seq: i64,
+    pub outcome: String,
+    pub stage: Option<String>,
+    pub reason: Option<String>,
+}
+
+impl fmt::Display for SettledTurn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.outcome)?;
+        if let Some(stage) = &self.stage {
+            write!(f, " at {stage}")?;
+        }
+        if let Some(reason) = &self.reason {
+            write!(f, ": {reason}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The newest caller turn after `after_seq` in a turns answer, when the server has settled it
+/// as `failed` or `no_speech`; `None` while it is in progress, went through, or does not exist.
+pub fn settled_turn(body: &Value, after_seq: i64) -> Option<SettledTurn> {
+    let newest = turn_list(body)
+        .iter()
+        .filter(|t| is_caller(t))
+        .filter_map(|t| Some((t["seq"].as_i64()?, t)))
+        .filter(|(seq, _)| *seq > after_seq)
+        .max_by_key(|(seq, _)| *seq)?;
+    let (seq, turn) = newest;
+    let outcome = turn["outcome"].as_str().filter(|o| matches!(*o, "failed" | "no_speech"))?;
+    Some(SettledTurn { seq, outcome: outcome.to_string(), stage: text(&turn["stage"]), reason: text(&turn["reason"]) })
+}
+
+/// Caller turns counted by the server's outcome.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TurnOutcomes {
+    pub answered: usize,
+    pub interrupted: usize,
+    pub no_speech: usize,
+    pub failed: usize,
+    /// No outcome (still in progress when read, or a server that does not report one).
+    pub unknown: usize,
+    /// `(stage, reason)` of each failed turn.
+    pub failures: Vec<(String, String)>,
+}
+
+impl TurnOutcomes {
+    /// The caller turns of a `GET /v1/calls/{id}/turns` answer.
+    pub fn count(body: &Value) -> Self {
+        let mut out = Self::default();
+        for turn in turn_list(body).iter().filter(|t| is_caller(t)) {
+            match turn["outcome"].as_str() {
+                Some("answered") => out.answered += 1,
+                Some("interrupted") => out.interrupted += 1,
+                Some("no_speech") => out.no_speech += 1,
+                Some("failed") => {
+                    out.failed += 1;
+                    out.failures.push((
+                        text(&turn["stage"]).unwrap_or_else(|| "unknown".into()),
+                        text(&turn["reason"]).unwrap_or_else(|| "no reason given".into()),
+                    ));
+                }
+                _ => out.unknown += 1,
+            }
+        }
+        out
+    }
+
+    pub fn add(&mut self, other: &Self) {
+        self.answered += other.answered;
+        self.interrupted += other.interrupted;
+        self.no_speech += other.no_speech;
+        self.failed += other.failed;
+        self.unknown += other.unknown;
+        self.failures.extend(other.failures.iter().cloned());
+    }
+
+    /// Failed turns per stage, most first: `(stage, count, most common reason)`.
+    pub fn failed_by_stage(&self) -> Vec<(String, usize, String)> {
+        let mut stages: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
+        for (stage, reason) in &self.failures {
+            *stages.entry(stage).or_default().entry(reason).or_insert(0) += 1;
+        }
+        let mut out: Vec<(String, usize, String)> = stages
+            .into_iter()
+            .map(|(stage, reasons)| {
+                let total = reasons.values().sum();
+                // The most common reason; the first in order among equals.
+                let top = reasons.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))).map_or("", |(r, _)| r);
+                (stage.to_string(), total, top.to_string())
+            })
+            .collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        out
+    }
+}
+
+/// What one call saw.
+#[derive(Debug, Default)]
+pub struct CallResult {
+    pub id: Option<String>,
+    pub error: Option<String>,
+    /// Caller-side latency per turn that got a reply.
+    pub latencies: Vec<Duration>,
+    /// Gaps between consecutive reply frames within a reply.
+    pub gaps: Vec<Duration>,
+    pub frames: usize,
+    /// How late our own frames went out (load generator health).
+    pub send_lateness: Vec<Duration>,
+    /// Turns that got no reply audio (timed out, or settled early: [`CallResult::settled_early`]).
+    pub turns_without_reply: usize,
+    /// Turns not waited for to the end: the server had settled them `failed` or `no_speech`
+    /// while their reply was late (with [`Options::turn_outcomes`]).
+    pub settled_early: Vec<SettledTurn>,
+    /// The call's turns as `GET /v1/calls/{id}/turns` answered at its end (with
+    /// [`Options::turn_outcomes`]; `None` when they could not be read).
+    pub turns: Option<Value>,
+    /// The close code of the server's close frame (None: the connection ended without one).
+    pub close_code: Option<u16>,
+    /// Media connections refused with 503 and tried again.
+    pub media_refusals: u32,
+}
+
+pub struct Report {
+    pub table: String,
+    pub failed: bool,
+}
+
+/// Shared view of the reply frames of one call.
+#[derive(Default)]
+struct Inbox {
+    frames: Vec<Instant>,
+    closed: bool,
+    /// The code of the server's close frame, once one came.
+    close_code: Option<u16>,
+}
+
+/// One simulated call (no progress lines).
+pub async fn one_call(o: Options, http: reqwest::Client) -> CallResult {
+    call(o, http, None).await
+}
+
+/// One simulated call; `number` (from 1) names it in the lines printed as turns settle.
+async fn call(o: Options, http: reqwest::Client, number: Option<usize>) -> CallResult {
+    let mut result = CallResult::default();
+    if let Err(e) = talk(&o, &http, &mut result, number).await {
+        result.error = Some(e);
+    }
+    if o.turn_outcomes
+        && let Some(id) = &result.id
+    {
+        result.turns = read_turns(http, format!("{}/v1/calls/{id}/turns", o.url), o.key.clone()).await;
+    }
+    result
+}
+
+/// `GET …/turns`, `None` on any failure.
+async fn read_turns(http: reqwest::Client, url: String, key: String) -> Option<Value> {
+    let response = http.get(url).bearer_auth(key).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.json().await.ok()
+}
+
+async fn talk(o: &Options, http: &reqwest::Client, r: &mut CallResult, number: Option<usize>) -> Result<(), String> {
+    let created: Value = http
+        .post(format!("{}/v1/calls", o.url))
+        .bearer_auth(&o.key)
+        .json(&json!({"provider": "websocket", "from": "+14155550100", "to": "+14155550199", "direction": "inbound",
+                       "metadata": {"source": "voice-kraliki loadgen"}}))
+        .send()
+        .await
+        .map_err(|e| format!("create call: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("create call: {e}"))?;
+    let id = created["id"].as_str().ok_or_else(|| format!("create call: {created}"))?.to_string();
+    r.id = Some(id.clone());
+    let turns_url = format!("{}/v1/calls/{id}/turns", o.url);
+    let media_url = created["media_url"].as_str().ok_or("no media_url")?;
+    // The media URL names the public host; a load test talks to the URL it was given.
+    let path = media_url.split_once("/v1/").map(|(_, p)| p).ok_or("bad media_url")?;
+    let ws_base = o.url.replacen("http", "ws", 1);
+    let ws = loop {
+        match tokio_tungstenite::connect_async(format!("{ws_base}/v1/{path}")).await {
+            Ok((ws, _)) => break ws,
+            Err(tokio_tungstenite::tungstenite::Error::Http(refused))
+                if refused.status() == 503 && r.media_refusals < o.media_retries =>
+            {
+                r.media_refusals += 1;
+                let wait = refused
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.trim().parse::<f64>().ok())
+                    .unwrap_or(1.0)
+                    .clamp(0.05, 2.0);
+                tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            }
+            Err(e) => return Err(format!("media websocket: {e}")),
+        }
+    };
+    let (mut sink, mut stream) = ws.split();
+    let inbox: Arc<Mutex<Inbox>> = Arc::default();
+    let reader_inbox = inbox.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            match message {
+                Message::Text(text) if text.contains("\"media\"") => {
+                    reader_inbox.lock().expect("inbox").frames.push(Instant::now());
+                }
+                Message::Close(frame) => {
+                    reader_inbox.lock().expect("inbox").close_code = Some(frame.map_or(1005, |f| u16::from(f.code)));
+                }
+                _ => {}
+            }
+        }
+        reader_inbox.lock().expect("inbox").closed = true;
+    });
+    let result: Result<(), String> = async {
+        for m in carrier_start(&id) {
+            sink.send(m).await.map_err(|e| e.to_string())?;
+        }
+        let send = |v: Value| Message::text(v.to_string());
+        let silence = [0xFFu8; 160];
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let (mut seq, mut media_ms) = (1u64, 0u64);
+        let mut frame =
+            async |sink: &mut futures_util::stream::SplitSink<_, Message>, payload: &[u8], r: &mut CallResult| {
+                let scheduled = tick.tick().await;
+                r.send_lateness.push(tokio::time::Instant::now().saturating_duration_since(scheduled));
+                seq += 1;
+                let m = json!({"event": "media", "sequenceNumber": seq.to_string(), "streamSid": "MZ",
+                           "media": {"track": "inbound", "chunk": seq.to_string(), "timestamp": media_ms.to_string(),
+                                     "payload": STANDARD.encode(payload)}});
+                media_ms += 20;
+                sink.send(Message::text(m.to_string())).await.map_err(|e| format!("send: {e}"))
+            };
+        // The newest caller turn already accounted for: a settled turn is looked for after it.
+        let mut settled_seq = 0i64;
+        for turn in 0..o.turns {
+            let before = inbox.lock().expect("inbox").frames.len();
+            for chunk in o.utterance.chunks(160) {
+                frame(&mut sink, chunk, r).await?;
+            }
+            let speech_end = Instant::now();
+            // This turn's caller turns are seq 2·turn + 1 or later (caller turns are odd).
+            let after_seq = settled_seq.max(2 * turn as i64);
+            // A read of the call's turns in flight, off the 20 ms frame loop.
+            let mut poll: Option<tokio::task::JoinHandle<Option<Value>>> = None;
+            let mut polled_at: Option<Instant> = None;
+            // Silence while the agent answers, as a phone line would carry.
+            loop {
+                frame(&mut sink, &silence, r).await?;
+                let (first, last, count, closed) = {
+                    let inbox = inbox.lock().expect("inbox");
+                    let reply = &inbox.frames[before.min(inbox.frames.len())..];
+                    (reply.first().copied(), reply.last().copied(), reply.len(), inbox.closed)
+                };
+                if closed {
+                    return Err("the server closed the media connection".into());
+                }
+                match (first, last) {
+                    (None, _) => {
+                        if o.turn_outcomes && speech_end.elapsed() >= POLL_AFTER {
+                            if let Some(done) = poll.take_if(|p| p.is_finished()) {
+                                let body = done.await.ok().flatten();
+                                if let Some(settled) = body.as_ref().and_then(|b| settled_turn(b, after_seq)) {
+                                    if let Some(n) = number {
+                                        eprintln!("loadgen: call {n} turn {}: {settled}", turn + 1);
+                                    }
+                                    settled_seq = settled.seq;
+                                    r.settled_early.push(settled);
+                                    r.turns_without_reply += 1;
+                                    break;
+                                }
+                            }
+                            if poll.is_none() && polled_at.is_none_or(|t| t.elapsed() >= POLL_EVERY) {
+                                polled_at = Some(Instant::now());
+                                poll = Some(tokio::spawn(read_turns(http.clone(), turns_url.clone(), o.key.clone())));
+                            }
+                        }
+                        if speech_end.elapsed() > TURN_TIMEOUT {
+                            r.turns_without_reply += 1;
+                            break;
+                        }
+                    }
+                    (Some(first), Some(last)) if last.elapsed() > REPLY_QUIET || first.elapsed() > LISTEN_MAX => {
+                        r.latencies.push(first.saturating_duration_since(speech_end));
+                        let inbox = inbox.lock().expect("inbox");
+                        let reply = &inbox.frames[before..before + count];
+                        r.gaps.extend(reply.windows(2).map(|w| w[1] - w[0]));
+                        r.frames += count;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(p) = poll {
+                p.abort();
+            }
+        }
+        sink.send(send(
+            json!({"event": "stop", "sequenceNumber": (seq + 1).to_string(), "streamSid": "MZ", "stop": {}}),
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+    .await;
+    // The reader ends with the connection: after `stop` the server closes it; after an error it
+    // is closing or gone already.
+    let wait = if result.is_ok() { Duration::from_secs(5) } else { Duration::from_secs(1) };
+    let _ = tokio::time::timeout(wait, reader).await;
+    r.close_code = inbox.lock().expect("inbox").close_code;
+    result
+}
+
+async fn rss(http: &reqwest::Client, url: &str) -> Option<f64> {
+    let text = http.get(url).send().await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix("process_resident_memory_bytes ")?.trim().parse().ok())
+}
+
+fn pct(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    values[((values.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: &Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub async fn load(o: Options) -> Report {
+    telemetry::install_crypto_provider();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client");
+    let mut rss_start = BTreeMap::new();
+    for url in &o.metrics {
+        if let Some(v) = rss(&http, url).await {
+            rss_start.insert(url.clone(), v);
+        }
+    }
+    let peak: Arc<Mutex<BTreeMap<String, f64>>> = Arc::new(Mutex::new(rss_start.clone()));
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(o.calls);
+    for i in 0..o.calls {
+        let delay = o.ramp.mul_f64(i as f64 / o.calls as f64);
+        let (o2, http2, done2) = (o.clone(), http.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let r = call(o2, http2, Some(i + 1)).await;
+            done2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            r
+        }));
+    }
+    // Progress and memory, every second, until every call is done.
+    let monitor = {
+        let (http, urls, peak, done, calls) = (http.clone(), o.metrics.clone(), peak.clone(), done.clone(), o.calls);
+        tokio::spawn(async move {
+            let mut last_print = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                for url in &urls {
+                    if let Some(v) = rss(&http, url).await {
+                        let mut p = peak.lock().expect("peak");
+                        let e = p.entry(url.clone()).or_insert(v);
+                        *e = e.max(v);
+                    }
+                }
+                let finished = done.load(std::sync::atomic::Ordering::Relaxed);
+                if last_print.elapsed() >= Duration::from_secs(5) {
+                    eprintln!("loadgen: {:>5.0} s  calls done {finished}/{calls}", started.elapsed().as_secs_f64());
+                    last_print = Instant::now();
+                }
+                if finished == calls {
+                    return;
+                }
+            }
+        })
+    };
+    let mut results = Vec::with_capacity(o.calls);
+    for t in tasks {
+        results
+            .push(t.await.unwrap_or_else(|e| CallResult { error: Some(format!("task: {e}")), ..Default::default() }));
+    }
+    monitor.abort();
+    let elapsed = started.elapsed();
+    let peak = peak.lock().expect("peak").clone();
+    summarize(&o, &results, elapsed, &rss_start, &peak)
+}
+
+/// The summary table of a run, and whether it failed: a call failed, a turn got no reply, or
+/// the server settled a turn `failed`.
+pub fn summarize(
+    o: &Options,
+    results: &[CallResult],
+    elapsed: Duration,
+    rss_start: &BTreeMap<String, f64>,
+    peak: &BTreeMap<String, f64>,
+) -> Report {
+    // The server's stages and outcomes of every turn.
+    let mut stages: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut outcomes = TurnOutcomes::default();
+    for turns in results.iter().filter_map(|r| r.turns.as_ref()) {
+        outcomes.add(&TurnOutcomes::count(turns));
+        for turn in turn_list(turns) {
+            if let Some(latency) = turn["latency"].as_object() {
+                for (stage, v) in latency {
+                    if let Some(v) = v.as_f64() {
+                        stages.entry(stage.clone()).or_default().push(v * 1000.0);
+                    }
+                }
+            }
+        }
+    }
+    let unread = results.iter().filter(|r| r.id.is_some() && r.turns.is_none()).count();
+    let failed_calls = results.iter().filter(|r| r.error.is_some()).count();
+    let no_reply: usize = results.iter().map(|r| r.turns_without_reply).sum();
+    let mut latencies: Vec<f64> = results.iter().flat_map(|r| r.latencies.iter().map(ms)).collect();
+    let mut gaps: Vec<f64> = results.iter().flat_map(|r| r.gaps.iter().map(ms)).collect();
+    let late = gaps.iter().filter(|g| **g > 40.0).count();
+    let frames: usize = results.iter().map(|r| r.frames).sum();
+    let mut lateness: Vec<f64> = results.iter().flat_map(|r| r.send_lateness.iter().map(ms)).collect();
+
+    let mut t = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        t,
+        "loadgen: {} calls x {} turns against {} in {:.1} s (utterance {:.1} s)",
+        results.len(),
+        o.turns,
+        o.url,
+        elapsed.as_secs_f64(),
+        o.utterance.len() as f64 / 8000.0
+    );
+    let _ = writeln!(
+        t,
+        "calls: {} ok, {failed_calls} failed; turns: {} with a reply, {no_reply} without reply",
+        results.len() - failed_calls,
+        latencies.len()
+    );
+    if o.turn_outcomes {
+        let TurnOutcomes { answered, interrupted, no_speech, failed, unknown, .. } = outcomes;
+        let _ = writeln!(
+            t,
+            "turns by outcome: {answered} answered, {interrupted} interrupted, {no_speech} no_speech, {failed} failed, {unknown} unknown"
+        );
+        for (stage, count, reason) in outcomes.failed_by_stage() {
+            let _ = writeln!(t, "  failed at {stage}: {count} (most often: {reason})");
+        }
+        if unread > 0 {
+            let _ = writeln!(t, "turns not counted: {unread} call(s) whose turns could not be read");
+        }
+    }
+    let ids: Vec<&str> = results.iter().filter_map(|r| r.id.as_deref()).collect();
+    if !ids.is_empty() {
+        let shown = ids.len().min(5);
+        let more = if ids.len() > shown { format!(" and {} more", ids.len() - shown) } else { String::new() };
+        let _ = writeln!(t, "call ids: {}{more}", ids[..shown].join(" "));
+    }
+    let _ = writeln!(t, "{:<44} {:>9} {:>9} {:>9}", "ms", "p50", "p95", "p99");
+    let row = |t: &mut String, name: &str, v: &mut Vec<f64>| {
+        let _ = writeln!(t, "{name:<44} {:>9.1} {:>9.1} {:>9.1}", pct(v, 0.5), pct(v, 0.95), pct(v, 0.99));
+    };
+    row(&mut t, "turn latency, caller side (speech end → audio)", &mut latencies);
+    for stage in ["end_of_turn", "stt", "llm_first_token", "llm_first_sentence", "tts_first_byte", "overhead", "total"]
+    {
+        if let Some(v) = stages.get_mut(stage) {
+            row(&mut t, &format!("  server stage {stage}"), v);
+        }
+    }
+    row(&mut t, "reply frame inter-arrival", &mut gaps);
+    row(&mut t, "loadgen frame send lateness", &mut lateness);
+    let _ = writeln!(
+        t,
+        "reply frames: {frames}; late by more than one frame (gap > 40 ms): {late} ({:.2} %)",
+        if gaps.is_empty() { 0.0 } else { late as f64 * 100.0 / gaps.len() as f64 }
+    );
+    for (url, start) in rss_start {
+        let top = peak.get(url).copied().unwrap_or(*start);
+        let _ = writeln!(
+            t,
+            "memory {url}: start {:.1} MiB, peak {:.1} MiB, {:.0} KiB per live call",
+            start / 1048576.0,
+            top / 1048576.0,
+            (top - start).max(0.0) / 1024.0 / results.len().max(1) as f64
+        );
+    }
+    for e in results.iter().filter_map(|r| r.error.as_deref()).take(10) {
+        let _ = writeln!(t, "error: {e}");
+    }
+    Report { table: t, failed: failed_calls > 0 || no_reply > 0 || outcomes.failed > 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call-api stand-in: creates answer a media URL whose WebSocket is refused (503,
+    /// `Retry-After: 0`) `refusals` times, then accepted and closed with 1001 after `start`.
+    async fn refusing_server(refusals: usize) -> String {
+        use axum::{
+            Json, Router,
+            extract::ws::{CloseFrame, Message as WsMessage, WebSocketUpgrade},
+            http::StatusCode,
+            response::IntoResponse,
+            routing::{get, post},
+        };
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let app = Router::new()
+            .route(
+                "/v1/calls",
+                post(|| async {
+                    Json(json!({"id": "c1", "media_url": "wss://public.example/v1/calls/c1/media?token=t"}))
+                }),
+            )
+            .route(
+                "/v1/calls/c1/media",
+                get(move |ws: WebSocketUpgrade| async move {
+                    if refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < refusals {
+                        return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "0")], "draining").into_response();
+                    }
+                    ws.on_upgrade(|mut socket| async move {
+                        // `connected` and `start`, then the server goes away.
+                        for _ in 0..2 {
+                            let _ = socket.recv().await;
+                        }
+                        let frame = CloseFrame { code: 1001, reason: "going away".into() };
+                        let _ = socket.send(WsMessage::Close(Some(frame))).await;
+                    })
+                    .into_response()
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+
+    /// A call-api stand-in whose media WebSocket never replies (it reads until `stop`, then
+    /// closes) and whose turns answer `turns`.
+    async fn silent_server(turns: Value) -> String {
+        use axum::{
+            Json, Router,
+            extract::ws::{Message as WsMessage, WebSocketUpgrade},
+            routing::{get, post},
+        };
+        let app = Router::new()
+            .route(
+                "/v1/calls",
+                post(|| async {
+                    Json(json!({"id": "c1", "media_url": "wss://public.example/v1/calls/c1/media?token=t"}))
+                }),
+            )
+            .route("/v1/calls/c1/turns", get(move || async move { Json(turns) }))
+            .route(
+                "/v1/calls/c1/media",
+                get(|ws: WebSocketUpgrade| async move {
+                    ws.on_upgrade(|mut socket| async move {
+                        while let Some(Ok(m)) = socket.recv().await {
+                            if let WsMessage::Text(t) = m
+                                && t.contains("\"stop\"")
+                            {
+                                let _ = socket.send(WsMessage::Close(None)).await;
+                                return;
+                            }
+                        }
+                    })
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+
+    fn options(url: String, media_retries: u32) -> Options {
+        Options {
+            url,
+            key: "k".into(),
+            calls: 1,
+            turns: 1,
+            ramp: Duration::ZERO,
+            utterance: Arc::new(vec![0xFF; 1600]),
+            metrics: Vec::new(),
+            media_retries,
+            turn_outcomes: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_media_connection_is_tried_again_and_the_close_code_kept() {
+        telemetry::install_crypto_provider();
+        let http = reqwest::Client::new();
+        let r = one_call(options(refusing_server(2).await, 3), http.clone()).await;
+        assert_eq!(r.media_refusals, 2);
+        assert!(r.error.is_some(), "the call was cut");
+        assert_eq!(r.close_code, Some(1001), "{r:?}");
+        let r = one_call(options(refusing_server(2).await, 1), http).await;
+        assert_eq!(r.media_refusals, 1);
+        assert!(r.error.as_deref().is_some_and(|e| e.starts_with("media websocket:") && e.contains("503")), "{r:?}");
+    }
+
+    /// The server has settled the caller's turn `failed` and plays nothing: the turn is given up
+    /// as soon as a read of the turns says so, not after the 30 s reply timeout.
+    #[tokio::test]
+    async fn a_turn_the_server_failed_is_given_up_as_soon_as_its_outcome_is_read() {
+        telemetry::install_crypto_provider();
+        let turns = json!({"turns": [
+            {"seq": 1, "role": "caller", "text": "", "outcome": "failed", "stage": "stt",
+             "reason": "no stt provider is configured", "fallback": false},
+        ]});
+        let mut o = options(silent_server(turns.clone()).await, 0);
+        o.turn_outcomes = true;
+        let started = Instant::now();
+        let r = one_call(o, reqwest::Client::new()).await;
+        assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+        assert_eq!(r.error, None);
+        assert_eq!(r.turns_without_reply, 1);
+        assert!(r.latencies.is_empty());
+        assert_eq!(
+            r.settled_early,
+            [SettledTurn {
+                seq: 1,
+                outcome: "failed".into(),
+                stage: Some("stt".into()),
+                reason: Some("no stt provider is configured".into())
+            }]
+        );
+        assert_eq!(r.settled_early[0].to_string(), "failed at stt: no stt provider is configured");
+        assert_eq!(r.turns, Some(turns), "the turns are read once more at the call's end");
+    }
+
+    #[test]
+    fn the_shipped_recording_gives_the_callers_words() {
+        let u = utterance(RECORDING).unwrap();
+        let seconds = u.len() as f64 / 8000.0;
+        assert!((3.0..5.0).contains(&seconds), "{seconds}");
+        assert!(utterance(b"RIFF....WAVEjunk").is_err());
+    }
+
+    /// `GET /v1/providers` of a gateway without any provider key (its defaults).
+    fn nothing_configured() -> Value {
+        let row = |name: &str, capability: &str, priority: u32, reason: &str| {
+            json!({"name": name, "capability": capability, "configured": false, "reason": reason,
+                   "priority": priority, "circuit_state": "closed"})
+        };
+        let openai = "OPENAI_API_KEY is not set (api.openai.com needs a key)";
+        let deepgram = "DEEPGRAM_API_KEY is not set (api.deepgram.com needs a key)";
+        json!({"providers": [
+            row("openai", "speech_to_text", 1, openai),
+            row("deepgram", "speech_to_text", 0, deepgram),
+            row("openai", "chat", 0, openai),
+            row("openai", "text_to_speech", 1, openai),
+            row("deepgram", "text_to_speech", 0, deepgram),
+            {"name": "local", "capability": "sentiment", "configured": true, "priority": 0, "circuit_state": "closed"},
+        ]})
+    }
+
+    #[test]
+    fn the_provider_check_names_each_missing_capability_with_the_servers_reasons() {
+        let missing = unavailable_capabilities(&nothing_configured()).unwrap();
+        let lines: Vec<String> = missing.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "live calls need speech_to_text, but no provider is available: deepgram: DEEPGRAM_API_KEY is not set (api.deepgram.com needs a key); openai: OPENAI_API_KEY is not set (api.openai.com needs a key)",
+                "live calls need chat, but no provider is available: openai: OPENAI_API_KEY is not set (api.openai.com needs a key)",
+                "live calls need text_to_speech, but no provider is available: deepgram: DEEPGRAM_API_KEY is not set (api.deepgram.com needs a key); openai: OPENAI_API_KEY is not set (api.openai.com needs a key)",
+            ]
+        );
+
+        // One configured provider with a closed (or half-open) circuit is enough.
+        let mut body = nothing_configured();
+        for row in body["providers"].as_array_mut().unwrap() {
+            if row["name"] == "openai" {
+                row["configured"] = json!(true);
+                row["circuit_state"] = json!("half_open");
+                row.as_object_mut().unwrap().remove("reason");
+            }
+        }
+        assert_eq!(unavailable_capabilities(&body).unwrap(), []);
+
+        // An open circuit is not available; a capability turned off lists no provider.
+        let body = json!({"providers": [
+            {"name": "simulated", "capability": "speech_to_text", "configured": true, "priority": 0, "circuit_state": "open"},
+            {"name": "simulated", "capability": "chat", "configured": true, "priority": 0, "circuit_state": "closed"},
+        ]});
+        let lines: Vec<String> = unavailable_capabilities(&body).unwrap().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "live calls need speech_to_text, but no provider is available: simulated: circuit open (failing; tried again later)",
+                "live calls need text_to_speech, but the server lists no provider for it",
+            ]
+        );
+        assert!(unavailable_capabilities(&json!({"error": {"code": "unauthorized"}})).is_err());
+    }
+
+    #[test]
+    fn a_settled_turn_is_the_newest_caller_turn_failed_or_without_speech() {
+        let caller = |seq: i64, outcome: Value| json!({"seq": seq, "role": "caller", "text": "", "outcome": outcome});
+        let agent = |seq: i64| json!({"seq": seq, "role": "agent", "text": "hi", "outcome": null, "fallback": false});
+        let no_speech = json!({"turns": [agent(0), caller(1, json!("answered")), agent(2),
+            {"seq": 3, "role": "caller", "text": "", "outcome": "no_speech", "stage": null, "reason": "no words in the utterance"}]});
+        let settled = settled_turn(&no_speech, 2).expect("settled");
+        assert_eq!((settled.seq, settled.outcome.as_str()), (3, "no_speech"));
+        assert_eq!(settled.to_string(), "no_speech: no words in the utterance");
+        // Turns up to `after_seq` belong to earlier turns of the load generator.
+        assert_eq!(settled_turn(&no_speech, 4), None);
+        // The newest caller turn still in progress (null) or answered: keep waiting, whatever
+        // an earlier one was.
+        let in_progress = json!({"turns": [caller(1, json!("failed")), agent(2), caller(3, Value::Null)]});
+        assert_eq!(settled_turn(&in_progress, 0), None);
+        let answered = json!({"turns": [caller(1, json!("failed")), caller(3, json!("answered"))]});
+        assert_eq!(settled_turn(&answered, 0), None);
+        // A server without outcomes, a bare array, nothing stored yet.
+        assert_eq!(settled_turn(&json!({"turns": [{"seq": 1, "role": "caller", "text": "hello"}]}), 0), None);
+        assert_eq!(settled_turn(&json!([caller(1, json!("failed"))]), 0).map(|s| s.seq), Some(1));
+        assert_eq!(settled_turn(&json!({"turns": []}), 0), None);
+    }
+
+    #[test]
+    fn caller_turns_are_counted_by_outcome_and_failures_by_stage() {
+        let body = json!({"turns": [
+            {"seq": 0, "role": "agent", "text": "Hello", "outcome": null},
+            {"seq": 1, "role": "caller", "text": "hi", "outcome": "answered"},
+            {"seq": 2, "role": "agent", "text": "yes", "outcome": null},
+            {"seq": 3, "role": "caller", "text": "", "outcome": "failed", "stage": "stt", "reason": "no stt provider is configured"},
+            {"seq": 4, "role": "agent", "text": "Sorry?", "fallback": true},
+            {"seq": 5, "role": "caller", "text": "", "outcome": "failed", "stage": "llm", "reason": "timed out"},
+            {"seq": 7, "role": "caller", "text": "", "outcome": "failed", "stage": "stt", "reason": "no stt provider is configured"},
+            {"seq": 9, "role": "caller", "text": "", "outcome": "failed", "stage": "stt", "reason": "provider unavailable"},
+            {"seq": 11, "role": "caller", "text": "wait", "outcome": "interrupted"},
+            {"seq": 13, "role": "caller", "text": "", "outcome": "no_speech", "reason": "no words"},
+            {"seq": 15, "role": "caller", "text": "still going", "outcome": null},
+            {"seq": 17, "role": "caller", "text": "from an older server"},
+        ]});
+        let counted = TurnOutcomes::count(&body);
+        assert_eq!(
+            (counted.answered, counted.interrupted, counted.no_speech, counted.failed, counted.unknown),
+            (1, 1, 1, 4, 2)
+        );
+        assert_eq!(
+            counted.failed_by_stage(),
+            [
+                ("stt".to_string(), 3, "no stt provider is configured".to_string()),
+                ("llm".to_string(), 1, "timed out".to_string())
+            ]
+        );
+        // The turns of a server that reports no outcome: all unknown, nothing failed.
+        let old = json!({"turns": [{"seq": 1, "role": "caller", "text": "hi"}, {"seq": 2, "role": "agent", "text": "yes",
+            "latency": {"total": 0.5}, "interrupted": false}]});
+        let counted = TurnOutcomes::count(&old);
+        assert_eq!((counted.unknown, counted.failed, counted.answered), (1, 0, 0));
+    }
+
+    #[test]
+    fn the_summary_counts_turns_by_outcome_and_a_failed_turn_fails_the_run() {
+        let o = Options { turn_outcomes: true, turns: 2, ..options("http://vk.example".into(), 0) };
+        let answered = || CallResult {
+            id: Some("c1".into()),
+            latencies: vec![Duration::from_millis(800), Duration::from_millis(900)],
+            turns: Some(json!({"turns": [
+                {"seq": 1, "role": "caller", "text": "hi", "outcome": "answered"},
+                {"seq": 2, "role": "agent", "text": "yes", "latency": {"stt": 0.1, "total": 0.8}, "interrupted": false},
+                {"seq": 3, "role": "caller", "text": "bye", "outcome": "answered"},
+                {"seq": 4, "role": "agent", "text": "bye", "latency": {"stt": 0.2, "total": 0.9}, "interrupted": false},
+            ]})),
+            ..Default::default()
+        };
+        let none = BTreeMap::new();
+        let report = summarize(&o, &[answered(), answered()], Duration::from_secs(10), &none, &none);
+        assert!(!report.failed, "{}", report.table);
+        assert!(
+            report.table.contains("turns by outcome: 4 answered, 0 interrupted, 0 no_speech, 0 failed, 0 unknown"),
+            "{}",
+            report.table
+        );
+        assert!(!report.table.contains("failed at"), "{}", report.table);
+        assert!(report.table.contains("calls: 2 ok, 0 failed; turns: 4 with a reply, 0 without reply"));
+        assert!(report.table.contains("  server stage stt"), "{}", report.table);
+
+        // A turn whose transcription failed, its fallback line heard: a reply, yet a failed turn.
+        let failed = CallResult {
+            id: Some("c2".into()),
+            latencies: vec![Duration::from_millis(300)],
+            settled_early: vec![SettledTurn {
+                seq: 3,
+                outcome: "failed".into(),
+                stage: Some("stt".into()),
+                reason: Some("no stt provider is configured".into()),
+            }],
+            turns_without_reply: 1,
+            turns: Some(json!({"turns": [
+                {"seq": 1, "role": "caller", "text": "", "outcome": "failed", "stage": "stt", "reason": "no stt provider is configured"},
+                {"seq": 2, "role": "agent", "text": "Sorry, could you say that again?", "fallback": true},
+                {"seq": 3, "role": "caller", "text": "", "outcome": "failed", "stage": "stt", "reason": "no stt provider is configured"},
+            ]})),
+            ..Default::default()
+        };
+        let unread =
+            CallResult { id: Some("c3".into()), error: Some("media websocket: refused".into()), ..Default::default() };
+        let report = summarize(&o, &[answered(), failed, unread], Duration::from_secs(10), &none, &none);
+        assert!(report.failed);
+        for line in [
+            "calls: 2 ok, 1 failed; turns: 3 with a reply, 1 without reply",
+            "turns by outcome: 2 answered, 0 interrupted, 0 no_speech, 2 failed, 0 unknown",
+            "  failed at stt: 2 (most often: no stt provider is configured)",
+            "turns not counted: 1 call(s) whose turns could not be read",
+            "call ids: c1 c2 c3",
+            "error: media websocket: refused",
+        ] {
+            assert!(report.table.lines().any(|l| l == line), "no line {line:?} in\n{}", report.table);
+        }
+
+        // Unknown outcomes (a server that reports none) fail nothing by themselves.
+        let old = CallResult {
+            id: Some("c4".into()),
+            latencies: vec![Duration::from_millis(500)],
+            turns: Some(json!({"turns": [{"seq": 1, "role": "caller", "text": "hi"}]})),
+            ..Default::default()
+        };
+        let report = summarize(&Options { turns: 1, ..o }, &[old], Duration::from_secs(3), &none, &none);
+        assert!(!report.failed, "{}", report.table);
+        assert!(report.table.contains("0 failed, 1 unknown"), "{}", report.table);
+    }
+}
