@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Live-call load: the three services on loopback with the `simulated` AI provider at zero
-# latency, then `drills loadgen` at each concurrency in $CALLS (default "10 50 100").
+# latency, then `voice-kraliki loadgen` at each concurrency in $CALLS (default "10 50 100").
 #
 #   scripts/bench-live.sh [release|debug]      (make bench runs it with release)
 #
@@ -11,9 +11,9 @@ profile="${1:-release}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
 if [[ "$profile" == release ]]; then
-  cargo build -q --release -p voice-kraliki -p drills
+  cargo build -q --release -p voice-kraliki
 else
-  cargo build -q -p voice-kraliki -p drills
+  cargo build -q -p voice-kraliki
 fi
 bin="$target/$profile/voice-kraliki"
 work="$(mktemp -d)"
@@ -41,7 +41,7 @@ for url in http://127.0.0.1:18000/ready http://127.0.0.1:19091/ready http://127.
 done
 for calls in ${CALLS:-10 50 100}; do
   echo "== $calls concurrent live calls ($profile build) =="
-  "$target/$profile/drills" loadgen --url http://127.0.0.1:18000 --calls "$calls" --turns "${TURNS:-2}" --ramp-seconds 2 \
+  "$bin" loadgen --url http://127.0.0.1:18000 --calls "$calls" --turns "${TURNS:-2}" --ramp-seconds 2 \
     --metrics http://127.0.0.1:18000/metrics --metrics http://127.0.0.1:19091/metrics \
     --metrics http://127.0.0.1:19092/metrics || echo "loadgen reported failures at $calls calls"
 done
