@@ -500,7 +500,20 @@ async fn call(o: Options, http: reqwest::Client, number: Option<usize>) -> CallR
     if o.turn_outcomes
         && let Some(id) = &result.id
     {
-        result.turns = read_turns(http, format!("{}/v1/calls/{id}/turns", o.url), o.key.clone()).await;
+        // A turn cut by the hang-up is stored as its session stops, just after the call ended:
+        // read again (for up to 3 s) while a caller turn has no outcome yet.
+        let url = format!("{}/v1/calls/{id}/turns", o.url);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            result.turns = read_turns(http.clone(), url.clone(), o.key.clone()).await;
+            let pending = result.turns.as_ref().is_some_and(|body| {
+                turn_list(body).iter().any(|t| t["role"] == "caller" && t.get("outcome").is_some_and(Value::is_null))
+            });
+            if !pending || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     result
 }
@@ -591,11 +604,13 @@ async fn talk(o: &Options, http: &reqwest::Client, r: &mut CallResult, number: O
         // The newest caller turn already accounted for: a settled turn is looked for after it.
         let mut settled_seq = 0i64;
         for turn in 0..o.turns {
-            let before = inbox.lock().expect("inbox").frames.len();
             for chunk in o.utterance.chunks(160) {
                 frame(&mut sink, chunk, r).await?;
             }
             let speech_end = Instant::now();
+            // The reply is what arrives after the caller stopped speaking: the rest of the
+            // previous reply, talked over, is not it.
+            let before = inbox.lock().expect("inbox").frames.len();
             // This turn's caller turns are seq 2·turn + 1 or later (caller turns are odd).
             let after_seq = settled_seq.max(2 * turn as i64);
             // A read of the call's turns in flight, off the 20 ms frame loop.

@@ -40,10 +40,10 @@ impl Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TurnOutcome {
-    /// The agent's reply was produced in full and handed to playback (the caller may still
-    /// talk over its playback: the agent turn's `interrupted` says so).
+    /// The agent's reply reached the caller: its first frame was sent (the caller may talk
+    /// over the rest: the agent turn's `interrupted` says so).
     Answered,
-    /// The caller talked over the turn before its reply was complete, or hung up.
+    /// The caller talked over the turn, or hung up, before any of its reply was sent.
     Interrupted,
     /// The utterance held no words (a cough, noise).
     NoSpeech,

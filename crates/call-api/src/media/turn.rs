@@ -277,7 +277,8 @@ pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, 
         // said so far and how fast it started.
         None | Some(Ended::PlaybackGone) => {
             span.record("interrupted", true);
-            caller.outcome = Some(TurnOutcome::Interrupted);
+            // Answered once the reply's first frame went out; interrupted before that.
+            caller.outcome = Some(if p.latency.is_some() { TurnOutcome::Answered } else { TurnOutcome::Interrupted });
             if let Some(started_at) = p.agent_started_at {
                 let mut latency = p.latency.unwrap_or_default();
                 latency.insert("interrupted".into(), json!(true));

@@ -229,9 +229,11 @@ async fn barge_in_clears_the_reply_and_the_callers_words_get_an_answer() {
     let turns = get(app, &format!("/v1/calls/{}/turns", carrier.id)).await;
     let agent: Vec<&Value> = turns["turns"].as_array().unwrap().iter().filter(|t| t["role"] == "agent").collect();
     assert_eq!(agent[0]["interrupted"], true, "{turns:#}");
+    assert_eq!(turns["turns"][0]["outcome"], "answered", "the reply had started: the caller was answered");
     assert_eq!(turns["turns"][2]["text"], HEARD[1], "the caller's words became the next turn");
     let m = metrics(app).await;
     assert_eq!(metric(&m, "voice_barge_ins_total"), Some(1.0));
+    assert_eq!(metric(&m, "voice_turns_total{outcome=\"interrupted\"}"), None);
     drop(carrier.sink);
 }
 
@@ -429,8 +431,12 @@ async fn talking_while_the_agent_thinks_cancels_the_provider_stream() {
     assert_eq!(agent_turns[0]["interrupted"], true, "{turns:#}");
     assert_eq!(agent_turns[0]["text"], "");
     assert_eq!(agent_turns.last().unwrap()["interrupted"], false);
+    let callers: Vec<&Value> = turns["turns"].as_array().unwrap().iter().filter(|t| t["role"] == "caller").collect();
+    let outcomes: Vec<&str> = callers.iter().map(|t| t["outcome"].as_str().unwrap_or("null")).collect();
+    assert_eq!(outcomes, ["interrupted", "answered"], "cut before any reply was sent: {turns:#}");
     let m = metrics(app).await;
     assert_eq!(metric(&m, "voice_barge_ins_total"), Some(1.0));
+    assert_eq!(metric(&m, "voice_turns_total{outcome=\"interrupted\"}"), Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
