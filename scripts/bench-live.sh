@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Live-call load: the three services on loopback with the `simulated` AI provider at zero
-# latency, then `voice-kraliki loadgen` at each concurrency in $CALLS (default "10 50 100").
+# latency, then `voice-kraliki loadgen` at each concurrency in $CALLS (default "100 300 500").
 #
 #   scripts/bench-live.sh [release|debug]      (make bench runs it with release)
 #
+# Environment: CALLS (levels), TURNS (per call, default 2), SETTLE_SECONDS (default 60: after
+# the last level, how long to wait before reading each service's memory again; 0 = not at all).
+#
 # Prints loadgen's table per level: caller-side turn latency, the server's stages (our own
-# overhead is `overhead`), reply frame timing, and memory per live call of each service.
+# overhead is `overhead`), reply frame timing, memory per live call and CPU per live
+# call-second of each service; then one Markdown table of every level from loadgen's
+# `bench-row` lines (whose per-service lists follow the --metrics order below: call-api,
+# audio-processor, provider-gateway).
 set -euo pipefail
 profile="${1:-release}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -39,9 +45,43 @@ done
 for url in http://127.0.0.1:18000/ready http://127.0.0.1:19091/ready http://127.0.0.1:19092/ready; do
   for _ in $(seq 100); do curl -fs "$url" >/dev/null && break; sleep 0.1; done
 done
-for calls in ${CALLS:-10 50 100}; do
+read -ra levels <<<"${CALLS:-100 300 500}"
+last="${levels[${#levels[@]}-1]}"
+for calls in "${levels[@]}"; do
   echo "== $calls concurrent live calls ($profile build) =="
+  settle=()
+  if [[ "$calls" == "$last" && "${SETTLE_SECONDS:-60}" != 0 ]]; then
+    settle=(--settle-seconds "${SETTLE_SECONDS:-60}")
+  fi
   "$bin" loadgen --url http://127.0.0.1:18000 --calls "$calls" --turns "${TURNS:-2}" --ramp-seconds 2 \
     --metrics http://127.0.0.1:18000/metrics --metrics http://127.0.0.1:19091/metrics \
-    --metrics http://127.0.0.1:19092/metrics || echo "loadgen reported failures at $calls calls"
+    --metrics http://127.0.0.1:19092/metrics "${settle[@]}" | tee "$work/level.out" ||
+    echo "loadgen reported failures at $calls calls"
+  grep '^bench-row ' "$work/level.out" >>"$work/rows" || true
 done
+
+# One row per level from the `bench-row` fields; per-service lists are call-api,
+# audio-processor, provider-gateway.
+echo
+echo "## Live calls, $profile build, ${TURNS:-2} turns per call"
+echo
+if [[ ! -s "$work/rows" ]]; then
+  echo "(no level finished with a bench-row line)"
+  exit 1
+fi
+awk -v settle="${SETTLE_SECONDS:-60}" '
+  function at(list, i,   parts) { split(list, parts, ","); return (i in parts) ? parts[i] : "-" }
+  BEGIN {
+    print "| calls | failed | late frames % | turn p50 ms | turn p99 ms | p99-p50 ms | CPU ms/call-s call-api | audio-processor | provider-gateway | total | call-api KiB/call | call-api RSS start / after MiB |"
+    print "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  }
+  {
+    delete f
+    for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+    after = at(f["rss_after_mib"], 1)
+    rss = at(f["rss_start_mib"], 1) (after == "-" ? "" : " / " after " (" settle " s)")
+    printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+      f["calls"], f["failed_calls"], f["late_pct"], f["p50_ms"], f["p99_ms"], f["p99_p50_ms"],
+      at(f["cpu_ms"], 1), at(f["cpu_ms"], 2), at(f["cpu_ms"], 3), f["cpu_total_ms"],
+      at(f["kib_per_call"], 1), rss
+  }' "$work/rows"

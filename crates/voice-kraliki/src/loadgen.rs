@@ -3,12 +3,13 @@
 //! utterance in real-time 20 ms μ-law frames, then silence while the agent answers, for a
 //! number of turns. It measures what a caller would: the time from the end of their speech to
 //! the first reply frame, and how evenly the reply frames arrive; it also collects the server's
-//! per-stage latency and outcome of each turn and the services' memory, and prints a summary
-//! table.
+//! per-stage latency and outcome of each turn and the services' memory and CPU, and prints a
+//! summary table.
 //!
 //! ```text
 //! voice-kraliki loadgen [--calls N] [--turns T] [--ramp-seconds S] [--audio FILE.wav]
-//!                       [--url URL] [--key KEY] [--metrics URL]... [--allow-unavailable]
+//!                       [--url URL] [--key KEY] [--metrics URL]... [--settle-seconds S]
+//!                       [--allow-unavailable]
 //! ```
 //! `--audio` takes an 8 kHz μ-law WAV (mono, or stereo whose second channel is the caller);
 //! the default is the caller's words of the shipped two-party recording. The API key is read
@@ -26,6 +27,15 @@
 //! After each call it reads the call's turns once: the summary counts the caller turns by
 //! outcome (`answered`, `interrupted`, `no_speech`, `failed`, `unknown` when the server gives
 //! none) and the failed ones by stage with their most common reason.
+//!
+//! Each `--metrics` URL (default: the call-api's `/metrics`) is read every second for
+//! `process_resident_memory_bytes` (start, peak, KiB per live call), and once more at each end
+//! of the steady window — from the moment the last call connected to the moment the first call
+//! ended, every call that connected being live throughout — for `process_cpu_seconds_total`:
+//! the service's CPU per live call-second is Δcpu / (live calls × Δwall), in milliseconds, and
+//! the summary sums it over the services. With `--settle-seconds S` it waits S seconds after the
+//! calls ended and reads the memory once more. The summary's last line, `bench-row …`, repeats
+//! the headline numbers as `key=value` fields for scripts ([`bench_row`]).
 //!
 //! Exit status: 0 every call and turn went through; 1 a call failed, a turn failed, or a turn
 //! got no reply; 2 bad usage, no API key, or the provider check failed.
@@ -92,7 +102,7 @@ pub fn carrier_start(id: &str) -> [Message; 2] {
     ]
 }
 
-const USAGE: &str = "usage: voice-kraliki loadgen [--calls N] [--turns T] [--ramp-seconds S] [--audio FILE.wav] [--url URL] [--key KEY] [--metrics URL]... [--allow-unavailable]";
+const USAGE: &str = "usage: voice-kraliki loadgen [--calls N] [--turns T] [--ramp-seconds S] [--audio FILE.wav] [--url URL] [--key KEY] [--metrics URL]... [--settle-seconds S] [--allow-unavailable]";
 
 fn usage_code() -> u8 {
     eprintln!("{USAGE}");
@@ -163,6 +173,7 @@ pub fn run_code(args: &[&str]) -> u8 {
     };
     let mut audio_path = None;
     let mut allow_unavailable = false;
+    let mut settle = Duration::ZERO;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         match *flag {
@@ -194,6 +205,10 @@ pub fn run_code(args: &[&str]) -> u8 {
             "--url" => options.url = value.to_string(),
             "--key" => options.key = value.to_string(),
             "--metrics" => options.metrics.push(value.to_string()),
+            "--settle-seconds" => match value.parse::<f64>() {
+                Ok(s) if (0.0..=3600.0).contains(&s) => settle = Duration::from_secs_f64(s),
+                _ => return usage_code(),
+            },
             _ => return usage_code(),
         }
     }
@@ -244,7 +259,7 @@ pub fn run_code(args: &[&str]) -> u8 {
             }
             eprintln!("loadgen: starting the calls anyway (--allow-unavailable)");
         }
-        let report = load(options).await;
+        let report = load(options, settle).await;
         print!("{}", report.table);
         u8::from(report.failed)
     })
@@ -486,17 +501,69 @@ struct Inbox {
     close_code: Option<u16>,
 }
 
+/// What a call tells the run's monitor (for the steady window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LiveEvent {
+    /// Its media connection is open: the call is live.
+    Connected,
+    /// It ended without ever being live.
+    NeverConnected,
+    /// It was live and has ended (sent `stop`, or failed).
+    Ended,
+}
+
+/// Sends a call's [`LiveEvent`]s, each once, however the call ends.
+struct LiveReport {
+    tx: Option<tokio::sync::mpsc::UnboundedSender<LiveEvent>>,
+    connected: bool,
+    finished: bool,
+}
+
+impl LiveReport {
+    fn new(tx: Option<tokio::sync::mpsc::UnboundedSender<LiveEvent>>) -> Self {
+        Self { tx, connected: false, finished: false }
+    }
+
+    fn send(&self, event: LiveEvent) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(event);
+        }
+    }
+
+    fn connected(&mut self) {
+        if !self.connected && !self.finished {
+            self.connected = true;
+            self.send(LiveEvent::Connected);
+        }
+    }
+
+    /// The call is over: `Ended` if it was live, `NeverConnected` otherwise.
+    fn finish(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            self.send(if self.connected { LiveEvent::Ended } else { LiveEvent::NeverConnected });
+        }
+    }
+}
+
+impl Drop for LiveReport {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 /// One simulated call (no progress lines).
 pub async fn one_call(o: Options, http: reqwest::Client) -> CallResult {
-    call(o, http, None).await
+    call(o, http, None, LiveReport::new(None)).await
 }
 
 /// One simulated call; `number` (from 1) names it in the lines printed as turns settle.
-async fn call(o: Options, http: reqwest::Client, number: Option<usize>) -> CallResult {
+async fn call(o: Options, http: reqwest::Client, number: Option<usize>, mut live: LiveReport) -> CallResult {
     let mut result = CallResult::default();
-    if let Err(e) = talk(&o, &http, &mut result, number).await {
+    if let Err(e) = talk(&o, &http, &mut result, number, &mut live).await {
         result.error = Some(e);
     }
+    live.finish();
     if o.turn_outcomes
         && let Some(id) = &result.id
     {
@@ -527,7 +594,13 @@ async fn read_turns(http: reqwest::Client, url: String, key: String) -> Option<V
     response.json().await.ok()
 }
 
-async fn talk(o: &Options, http: &reqwest::Client, r: &mut CallResult, number: Option<usize>) -> Result<(), String> {
+async fn talk(
+    o: &Options,
+    http: &reqwest::Client,
+    r: &mut CallResult,
+    number: Option<usize>,
+    live: &mut LiveReport,
+) -> Result<(), String> {
     let created: Value = http
         .post(format!("{}/v1/calls", o.url))
         .bearer_auth(&o.key)
@@ -564,6 +637,7 @@ async fn talk(o: &Options, http: &reqwest::Client, r: &mut CallResult, number: O
             Err(e) => return Err(format!("media websocket: {e}")),
         }
     };
+    live.connected();
     let (mut sink, mut stream) = ws.split();
     let inbox: Arc<Mutex<Inbox>> = Arc::default();
     let reader_inbox = inbox.clone();
@@ -675,6 +749,8 @@ async fn talk(o: &Options, http: &reqwest::Client, r: &mut CallResult, number: O
         Ok(())
     }
     .await;
+    // Live no more: `stop` is sent, or the call failed.
+    live.finish();
     // The reader ends with the connection: after `stop` the server closes it; after an error it
     // is closing or gone already.
     let wait = if result.is_ok() { Duration::from_secs(5) } else { Duration::from_secs(1) };
@@ -683,9 +759,232 @@ async fn talk(o: &Options, http: &reqwest::Client, r: &mut CallResult, number: O
     result
 }
 
-async fn rss(http: &reqwest::Client, url: &str) -> Option<f64> {
-    let text = http.get(url).send().await.ok()?.text().await.ok()?;
-    text.lines().find_map(|l| l.strip_prefix("process_resident_memory_bytes ")?.trim().parse().ok())
+/// The value of metric `name` in a Prometheus text exposition: the sum of its samples over
+/// every label set, `None` when it has none. Comments (`# HELP`, `# TYPE`) and other metrics —
+/// longer names starting with `name` too — are skipped, and so is a sample's timestamp.
+pub fn metric_value(body: &str, name: &str) -> Option<f64> {
+    let mut total = None;
+    for line in body.lines() {
+        let line = line.trim_start();
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let rest = if let Some(labels) = rest.strip_prefix('{') {
+            // The label set ends at the first `}` outside a quoted value.
+            let (mut quoted, mut escaped, mut end) = (false, false, None);
+            for (i, c) in labels.char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' if quoted => escaped = true,
+                    '"' => quoted = !quoted,
+                    '}' if !quoted => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let Some(end) = end else { continue };
+            &labels[end + 1..]
+        } else if rest.starts_with([' ', '\t']) {
+            rest
+        } else {
+            continue;
+        };
+        let Some(value) = rest.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) else { continue };
+        *total.get_or_insert(0.0) += value;
+    }
+    total
+}
+
+/// One read of a service's `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scrape {
+    /// When, since the run started: the middle of the request.
+    pub at: Duration,
+    /// `process_cpu_seconds_total`.
+    pub cpu_seconds: Option<f64>,
+    /// `process_resident_memory_bytes`.
+    pub rss_bytes: Option<f64>,
+}
+
+/// Milliseconds of CPU per live call-second between two scrapes of one service, `calls` calls
+/// live throughout: Δ`process_cpu_seconds_total` × 1000 / (calls × Δwall). `None` without
+/// both counter values, without time between the scrapes or without calls, and when the
+/// counter went back (the service restarted).
+pub fn cpu_ms_per_call_second(start: &Scrape, end: &Scrape, calls: usize) -> Option<f64> {
+    let cpu = end.cpu_seconds? - start.cpu_seconds?;
+    let wall = end.at.checked_sub(start.at)?.as_secs_f64();
+    if calls == 0 || wall <= 0.0 || cpu < 0.0 {
+        return None;
+    }
+    Some(cpu * 1000.0 / (calls as f64 * wall))
+}
+
+async fn scrape(http: &reqwest::Client, url: &str, started: Instant) -> Option<Scrape> {
+    let sent = Instant::now();
+    let text = http.get(url).send().await.ok()?.error_for_status().ok()?.text().await.ok()?;
+    let at = (sent + sent.elapsed() / 2).saturating_duration_since(started);
+    Some(Scrape {
+        at,
+        cpu_seconds: metric_value(&text, "process_cpu_seconds_total"),
+        rss_bytes: metric_value(&text, "process_resident_memory_bytes"),
+    })
+}
+
+/// Every URL at once, in order.
+async fn scrape_all(http: &reqwest::Client, urls: &[String], started: Instant) -> Vec<Option<Scrape>> {
+    futures_util::future::join_all(urls.iter().map(|u| scrape(http, u, started))).await
+}
+
+/// What one `--metrics` URL said during a run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServiceUse {
+    pub url: String,
+    /// Resident memory before the first call, in bytes.
+    pub rss_start: Option<f64>,
+    /// The most resident memory seen during the run.
+    pub rss_peak: Option<f64>,
+    /// Resident memory `--settle-seconds` after the calls ended.
+    pub rss_after: Option<f64>,
+    /// The scrapes at the start and end of the steady window.
+    pub steady_start: Option<Scrape>,
+    pub steady_end: Option<Scrape>,
+}
+
+impl ServiceUse {
+    /// [`cpu_ms_per_call_second`] over the steady window.
+    pub fn cpu_ms_per_call_second(&self, calls: usize) -> Option<f64> {
+        cpu_ms_per_call_second(self.steady_start.as_ref()?, self.steady_end.as_ref()?, calls)
+    }
+
+    /// The steady window as this service's scrapes saw it, in seconds.
+    pub fn steady_seconds(&self) -> Option<f64> {
+        Some(self.steady_end?.at.checked_sub(self.steady_start?.at)?.as_secs_f64())
+    }
+
+    /// (peak − start) resident memory per call, in KiB.
+    pub fn kib_per_call(&self, calls: usize) -> Option<f64> {
+        let start = self.rss_start?;
+        Some((self.rss_peak.unwrap_or(start) - start).max(0.0) / 1024.0 / calls.max(1) as f64)
+    }
+}
+
+/// What the services' `/metrics` said during a run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resources {
+    /// One per `--metrics` URL, in the order given.
+    pub services: Vec<ServiceUse>,
+    /// Calls live throughout the steady window: every call that connected, from the moment the
+    /// last one connected to the moment the first one ended (0: there was no such window).
+    pub steady_calls: usize,
+    /// Why there was no steady window.
+    pub no_steady: Option<String>,
+    /// How long after the calls [`ServiceUse::rss_after`] was read (zero: it was not).
+    pub settle: Duration,
+}
+
+/// Tracks the calls' [`LiveEvent`]s: the steady window opens when every call has connected or
+/// given up before connecting, and closes when the first live call ends.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct LiveCount {
+    calls: usize,
+    connected: usize,
+    never_connected: usize,
+    ended: usize,
+}
+
+impl LiveCount {
+    fn new(calls: usize) -> Self {
+        Self { calls, ..Self::default() }
+    }
+
+    /// Counts `event`; `Some(true)` when it opens the steady window, `Some(false)` when it
+    /// closes it (the first call that ended), `None` otherwise.
+    fn add(&mut self, event: LiveEvent) -> Option<bool> {
+        match event {
+            LiveEvent::Connected => self.connected += 1,
+            LiveEvent::NeverConnected => self.never_connected += 1,
+            LiveEvent::Ended => {
+                self.ended += 1;
+                return (self.ended == 1).then_some(false);
+            }
+        }
+        let opens = self.ended == 0 && self.connected > 0 && self.connected + self.never_connected == self.calls;
+        opens.then_some(true)
+    }
+}
+
+/// Keeps the highest resident memory of each service.
+fn note_peak(services: &mut [ServiceUse], scrapes: &[Option<Scrape>]) {
+    for (s, scrape) in services.iter_mut().zip(scrapes) {
+        if let Some(v) = scrape.and_then(|s| s.rss_bytes) {
+            s.rss_peak = Some(s.rss_peak.map_or(v, |p| p.max(v)));
+        }
+    }
+}
+
+/// The run's monitor: memory every second, progress every 5 s, the steady window's scrapes;
+/// until every call is over.
+async fn monitor(
+    http: reqwest::Client,
+    urls: Vec<String>,
+    calls: usize,
+    started: Instant,
+    done: Arc<std::sync::atomic::AtomicUsize>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<LiveEvent>,
+    mut services: Vec<ServiceUse>,
+) -> Resources {
+    let mut count = LiveCount::new(calls);
+    let mut steady_calls = 0;
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_print = Instant::now();
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                // Every call is over once every sender is gone.
+                let Some(event) = event else { break };
+                match count.add(event) {
+                    Some(true) => {
+                        let scrapes = scrape_all(&http, &urls, started).await;
+                        note_peak(&mut services, &scrapes);
+                        for (s, scrape) in services.iter_mut().zip(&scrapes) {
+                            s.steady_start = *scrape;
+                        }
+                        steady_calls = count.connected;
+                    }
+                    Some(false) if steady_calls > 0 => {
+                        let scrapes = scrape_all(&http, &urls, started).await;
+                        note_peak(&mut services, &scrapes);
+                        for (s, scrape) in services.iter_mut().zip(&scrapes) {
+                            s.steady_end = *scrape;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ = tick.tick() => {
+                let scrapes = scrape_all(&http, &urls, started).await;
+                note_peak(&mut services, &scrapes);
+                if last_print.elapsed() >= Duration::from_secs(5) {
+                    let finished = done.load(std::sync::atomic::Ordering::Relaxed);
+                    eprintln!("loadgen: {:>5.0} s  calls done {finished}/{calls}", started.elapsed().as_secs_f64());
+                    last_print = Instant::now();
+                }
+            }
+        }
+    }
+    let no_steady = if count.connected == 0 {
+        Some("no call connected".to_string())
+    } else if steady_calls == 0 {
+        Some("a call ended before every call had connected (a ramp longer than a call?)".to_string())
+    } else {
+        None
+    };
+    Resources { services, steady_calls, no_steady, settle: Duration::ZERO }
 }
 
 fn pct(values: &mut [f64], p: f64) -> f64 {
@@ -700,74 +999,122 @@ fn ms(d: &Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-pub async fn load(o: Options) -> Report {
+/// The calls of `o`, then, with a non-zero `settle`, that long a wait and one more read of the
+/// services' memory; the summary.
+pub async fn load(o: Options, settle: Duration) -> Report {
     telemetry::install_crypto_provider();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client");
-    let mut rss_start = BTreeMap::new();
-    for url in &o.metrics {
-        if let Some(v) = rss(&http, url).await {
-            rss_start.insert(url.clone(), v);
-        }
-    }
-    let peak: Arc<Mutex<BTreeMap<String, f64>>> = Arc::new(Mutex::new(rss_start.clone()));
+    let services: Vec<ServiceUse> = scrape_all(&http, &o.metrics, Instant::now())
+        .await
+        .into_iter()
+        .zip(&o.metrics)
+        .map(|(scrape, url)| {
+            let rss = scrape.and_then(|s| s.rss_bytes);
+            ServiceUse { url: url.clone(), rss_start: rss, rss_peak: rss, ..ServiceUse::default() }
+        })
+        .collect();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (tx, events) = tokio::sync::mpsc::unbounded_channel();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(o.calls);
     for i in 0..o.calls {
         let delay = o.ramp.mul_f64(i as f64 / o.calls as f64);
-        let (o2, http2, done2) = (o.clone(), http.clone(), done.clone());
+        let (o2, http2, done2, live) = (o.clone(), http.clone(), done.clone(), LiveReport::new(Some(tx.clone())));
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let r = call(o2, http2, Some(i + 1)).await;
+            let r = call(o2, http2, Some(i + 1), live).await;
             done2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             r
         }));
     }
-    // Progress and memory, every second, until every call is done.
-    let monitor = {
-        let (http, urls, peak, done, calls) = (http.clone(), o.metrics.clone(), peak.clone(), done.clone(), o.calls);
-        tokio::spawn(async move {
-            let mut last_print = Instant::now();
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                for url in &urls {
-                    if let Some(v) = rss(&http, url).await {
-                        let mut p = peak.lock().expect("peak");
-                        let e = p.entry(url.clone()).or_insert(v);
-                        *e = e.max(v);
-                    }
-                }
-                let finished = done.load(std::sync::atomic::Ordering::Relaxed);
-                if last_print.elapsed() >= Duration::from_secs(5) {
-                    eprintln!("loadgen: {:>5.0} s  calls done {finished}/{calls}", started.elapsed().as_secs_f64());
-                    last_print = Instant::now();
-                }
-                if finished == calls {
-                    return;
-                }
-            }
-        })
-    };
+    drop(tx);
+    let monitor = tokio::spawn(monitor(http.clone(), o.metrics.clone(), o.calls, started, done, events, services));
     let mut results = Vec::with_capacity(o.calls);
     for t in tasks {
         results
             .push(t.await.unwrap_or_else(|e| CallResult { error: Some(format!("task: {e}")), ..Default::default() }));
     }
-    monitor.abort();
     let elapsed = started.elapsed();
-    let peak = peak.lock().expect("peak").clone();
-    summarize(&o, &results, elapsed, &rss_start, &peak)
+    let mut resources = monitor.await.expect("monitor");
+    if !settle.is_zero() {
+        eprintln!("loadgen: the calls are over; reading memory again in {:.0} s", settle.as_secs_f64());
+        tokio::time::sleep(settle).await;
+        let scrapes = scrape_all(&http, &o.metrics, started).await;
+        for (s, scrape) in resources.services.iter_mut().zip(scrapes) {
+            s.rss_after = scrape.and_then(|s| s.rss_bytes);
+        }
+        resources.settle = settle;
+    }
+    summarize(&o, &results, elapsed, &resources)
+}
+
+/// The headline numbers of a run, for [`bench_row`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BenchRow {
+    pub calls: usize,
+    pub failed_calls: usize,
+    pub no_reply: usize,
+    /// Reply frames late by more than one frame (gap > 40 ms), in percent of the gaps.
+    pub late_pct: f64,
+    /// Caller-side turn latency (NaN: no turn got a reply).
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub steady_calls: usize,
+    pub steady_s: Option<f64>,
+    /// Per `--metrics` URL, in order (`None`: not measured).
+    pub cpu_ms: Vec<Option<f64>>,
+    pub kib_per_call: Vec<Option<f64>>,
+    pub rss_start_mib: Vec<Option<f64>>,
+    pub rss_after_mib: Vec<Option<f64>>,
+}
+
+/// One line of space-separated `key=value` fields, for scripts (`scripts/bench-live.sh`):
+///
+/// ```text
+/// bench-row calls=100 failed_calls=0 no_reply=0 late_pct=0.05 p50_ms=812.0 p99_ms=880.4 p99_p50_ms=68.4
+///   steady_calls=100 steady_s=7.9 cpu_ms=0.91,0.35,0.12 cpu_total_ms=1.38 kib_per_call=180,12,3
+///   rss_start_mib=21.3,15.0,14.2 rss_after_mib=-,-,-
+/// ```
+/// (on one line). The comma-separated lists have one value per `--metrics` URL, in the order
+/// given; `-` is a value not measured (a NaN latency too). `cpu_ms` is milliseconds of CPU per
+/// live call-second, `cpu_total_ms` their sum over the measured services, `kib_per_call` the
+/// resident memory growth (peak − start) per call, `rss_after_mib` the resident memory
+/// `--settle-seconds` after the calls.
+pub fn bench_row(row: &BenchRow) -> String {
+    let num = |v: Option<f64>, decimals: usize| match v {
+        Some(v) if v.is_finite() => format!("{v:.decimals$}"),
+        _ => "-".to_string(),
+    };
+    let list = |values: &[Option<f64>], decimals: usize| {
+        if values.is_empty() {
+            return "-".to_string();
+        }
+        values.iter().map(|v| num(*v, decimals)).collect::<Vec<_>>().join(",")
+    };
+    let measured: Vec<f64> = row.cpu_ms.iter().flatten().copied().collect();
+    let total = (!measured.is_empty()).then(|| measured.iter().sum());
+    format!(
+        "bench-row calls={} failed_calls={} no_reply={} late_pct={:.2} p50_ms={} p99_ms={} p99_p50_ms={} steady_calls={} steady_s={} cpu_ms={} cpu_total_ms={} kib_per_call={} rss_start_mib={} rss_after_mib={}",
+        row.calls,
+        row.failed_calls,
+        row.no_reply,
+        row.late_pct,
+        num(Some(row.p50_ms), 1),
+        num(Some(row.p99_ms), 1),
+        num(Some(row.p99_ms - row.p50_ms), 1),
+        row.steady_calls,
+        num(row.steady_s, 1),
+        list(&row.cpu_ms, 2),
+        num(total, 2),
+        list(&row.kib_per_call, 0),
+        list(&row.rss_start_mib, 1),
+        list(&row.rss_after_mib, 1),
+    )
 }
 
 /// The summary table of a run, and whether it failed: a call failed, a turn got no reply, or
 /// the server settled a turn `failed`.
-pub fn summarize(
-    o: &Options,
-    results: &[CallResult],
-    elapsed: Duration,
-    rss_start: &BTreeMap<String, f64>,
-    peak: &BTreeMap<String, f64>,
-) -> Report {
+pub fn summarize(o: &Options, results: &[CallResult], elapsed: Duration, resources: &Resources) -> Report {
     // The server's stages and outcomes of every turn.
     let mut stages: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut outcomes = TurnOutcomes::default();
@@ -828,6 +1175,7 @@ pub fn summarize(
         let more = if ids.len() > shown { format!(" and {} more", ids.len() - shown) } else { String::new() };
         let _ = writeln!(t, "call ids: {}{more}", ids[..shown].join(" "));
     }
+    let (p50, p99) = (pct(&mut latencies, 0.5), pct(&mut latencies, 0.99));
     let _ = writeln!(t, "{:<44} {:>9} {:>9} {:>9}", "ms", "p50", "p95", "p99");
     let row = |t: &mut String, name: &str, v: &mut Vec<f64>| {
         let _ = writeln!(t, "{name:<44} {:>9.1} {:>9.1} {:>9.1}", pct(v, 0.5), pct(v, 0.95), pct(v, 0.99));
@@ -841,24 +1189,72 @@ pub fn summarize(
     }
     row(&mut t, "reply frame inter-arrival", &mut gaps);
     row(&mut t, "loadgen frame send lateness", &mut lateness);
-    let _ = writeln!(
-        t,
-        "reply frames: {frames}; late by more than one frame (gap > 40 ms): {late} ({:.2} %)",
-        if gaps.is_empty() { 0.0 } else { late as f64 * 100.0 / gaps.len() as f64 }
-    );
-    for (url, start) in rss_start {
-        let top = peak.get(url).copied().unwrap_or(*start);
+    let _ = writeln!(t, "turn latency, caller side: p50 {p50:.1} ms, p99 {p99:.1} ms, p99 - p50 {:.1} ms", p99 - p50);
+    let late_pct = if gaps.is_empty() { 0.0 } else { late as f64 * 100.0 / gaps.len() as f64 };
+    let _ = writeln!(t, "reply frames: {frames}; late by more than one frame (gap > 40 ms): {late} ({late_pct:.2} %)");
+    let mib = |bytes: f64| bytes / 1048576.0;
+    for s in &resources.services {
+        let Some(start) = s.rss_start else { continue };
+        let after = match s.rss_after {
+            Some(after) => format!(", after {:.0} s {:.1} MiB", resources.settle.as_secs_f64(), mib(after)),
+            None => String::new(),
+        };
         let _ = writeln!(
             t,
-            "memory {url}: start {:.1} MiB, peak {:.1} MiB, {:.0} KiB per live call",
-            start / 1048576.0,
-            top / 1048576.0,
-            (top - start).max(0.0) / 1024.0 / results.len().max(1) as f64
+            "memory {}: start {:.1} MiB, peak {:.1} MiB{after}, {:.0} KiB per live call",
+            s.url,
+            mib(start),
+            mib(s.rss_peak.unwrap_or(start)),
+            s.kib_per_call(results.len()).unwrap_or(0.0)
         );
+    }
+    let calls = resources.steady_calls;
+    let cpu: Vec<Option<f64>> = resources.services.iter().map(|s| s.cpu_ms_per_call_second(calls)).collect();
+    if let Some(why) = &resources.no_steady {
+        let _ = writeln!(t, "cpu: not measured: no steady window ({why})");
+    } else {
+        for (s, cpu) in resources.services.iter().zip(&cpu) {
+            match (cpu, s.steady_seconds()) {
+                (Some(cpu), Some(seconds)) => {
+                    let _ = writeln!(
+                        t,
+                        "cpu {}: {cpu:.2} ms per call-second (steady {seconds:.1} s, {calls} calls)",
+                        s.url
+                    );
+                }
+                _ => {
+                    let _ = writeln!(t, "cpu {}: not measured (no process_cpu_seconds_total at both ends)", s.url);
+                }
+            }
+        }
+        let measured: Vec<f64> = cpu.iter().flatten().copied().collect();
+        if !measured.is_empty() {
+            let of = if measured.len() < cpu.len() {
+                format!(" ({} of {} services)", measured.len(), cpu.len())
+            } else {
+                String::new()
+            };
+            let _ = writeln!(t, "cpu total: {:.2} ms per call-second{of}", measured.iter().sum::<f64>());
+        }
     }
     for e in results.iter().filter_map(|r| r.error.as_deref()).take(10) {
         let _ = writeln!(t, "error: {e}");
     }
+    let row = BenchRow {
+        calls: results.len(),
+        failed_calls,
+        no_reply,
+        late_pct,
+        p50_ms: p50,
+        p99_ms: p99,
+        steady_calls: calls,
+        steady_s: if calls > 0 { resources.services.iter().find_map(ServiceUse::steady_seconds) } else { None },
+        cpu_ms: cpu,
+        kib_per_call: resources.services.iter().map(|s| s.kib_per_call(results.len())).collect(),
+        rss_start_mib: resources.services.iter().map(|s| s.rss_start.map(mib)).collect(),
+        rss_after_mib: resources.services.iter().map(|s| s.rss_after.map(mib)).collect(),
+    };
+    let _ = writeln!(t, "{}", bench_row(&row));
     Report { table: t, failed: failed_calls > 0 || no_reply > 0 || outcomes.failed > 0 }
 }
 
@@ -1139,8 +1535,8 @@ mod tests {
             ]})),
             ..Default::default()
         };
-        let none = BTreeMap::new();
-        let report = summarize(&o, &[answered(), answered()], Duration::from_secs(10), &none, &none);
+        let none = Resources::default();
+        let report = summarize(&o, &[answered(), answered()], Duration::from_secs(10), &none);
         assert!(!report.failed, "{}", report.table);
         assert!(
             report.table.contains("turns by outcome: 4 answered, 0 interrupted, 0 no_speech, 0 failed, 0 unknown"),
@@ -1171,7 +1567,7 @@ mod tests {
         };
         let unread =
             CallResult { id: Some("c3".into()), error: Some("media websocket: refused".into()), ..Default::default() };
-        let report = summarize(&o, &[answered(), failed, unread], Duration::from_secs(10), &none, &none);
+        let report = summarize(&o, &[answered(), failed, unread], Duration::from_secs(10), &none);
         assert!(report.failed);
         for line in [
             "calls: 2 ok, 1 failed; turns: 3 with a reply, 1 without reply",
@@ -1191,8 +1587,150 @@ mod tests {
             turns: Some(json!({"turns": [{"seq": 1, "role": "caller", "text": "hi"}]})),
             ..Default::default()
         };
-        let report = summarize(&Options { turns: 1, ..o }, &[old], Duration::from_secs(3), &none, &none);
+        let report = summarize(&Options { turns: 1, ..o }, &[old], Duration::from_secs(3), &none);
         assert!(!report.failed, "{}", report.table);
         assert!(report.table.contains("0 failed, 1 unknown"), "{}", report.table);
+    }
+
+    #[test]
+    fn a_metric_is_read_from_prometheus_text_with_comments_labels_and_timestamps() {
+        let body = "\
+# HELP process_cpu_seconds_total User and system CPU time in seconds
+# TYPE process_cpu_seconds_total counter
+process_cpu_seconds_total 12.5
+# HELP process_resident_memory_bytes Resident memory size in bytes
+# TYPE process_resident_memory_bytes gauge
+process_resident_memory_bytes 2.5e7
+process_cpu_seconds_total_created 1700000000
+voice_live_calls 3
+";
+        assert_eq!(metric_value(body, "process_cpu_seconds_total"), Some(12.5));
+        assert_eq!(metric_value(body, "process_resident_memory_bytes"), Some(25_000_000.0));
+        assert_eq!(metric_value(body, "process_cpu"), None, "a prefix is not the name");
+        assert_eq!(metric_value(body, "process_threads"), None);
+        assert_eq!(metric_value("", "process_cpu_seconds_total"), None);
+        // Label sets are summed (a `}` or `"` inside a quoted value does not end them); a
+        // timestamp after the value is not part of it; an unreadable value is skipped.
+        let labelled = r#"
+process_cpu_seconds_total{mode="user",service="call-api"} 1.25 1700000000000
+process_cpu_seconds_total{mode="system",note="a } and \" in a value"} 0.75
+process_cpu_seconds_total{mode="broken"} not-a-number
+process_cpu_seconds_total{unterminated="x 9
+"#;
+        assert_eq!(metric_value(labelled, "process_cpu_seconds_total"), Some(2.0));
+    }
+
+    fn at(seconds: f64, cpu: f64) -> Scrape {
+        Scrape { at: Duration::from_secs_f64(seconds), cpu_seconds: Some(cpu), rss_bytes: None }
+    }
+
+    #[test]
+    fn cpu_per_call_second_is_the_counters_growth_over_calls_times_wall_time() {
+        // 1.5 CPU-seconds over 10 s with 100 calls live: 1.5 ms per call-second.
+        let cpu = cpu_ms_per_call_second(&at(2.0, 40.0), &at(12.0, 41.5), 100).unwrap();
+        assert!((cpu - 1.5).abs() < 1e-9, "{cpu}");
+        let cpu = cpu_ms_per_call_second(&at(0.5, 3.0), &at(3.0, 3.25), 1).unwrap();
+        assert!((cpu - 100.0).abs() < 1e-9, "{cpu}");
+        // No time, no calls, a counter that went back (a restart), a missing counter.
+        assert_eq!(cpu_ms_per_call_second(&at(2.0, 1.0), &at(2.0, 2.0), 10), None);
+        assert_eq!(cpu_ms_per_call_second(&at(3.0, 1.0), &at(2.0, 2.0), 10), None);
+        assert_eq!(cpu_ms_per_call_second(&at(1.0, 1.0), &at(2.0, 2.0), 0), None);
+        assert_eq!(cpu_ms_per_call_second(&at(1.0, 5.0), &at(2.0, 0.1), 10), None);
+        let unknown = Scrape { cpu_seconds: None, ..at(2.0, 0.0) };
+        assert_eq!(cpu_ms_per_call_second(&at(1.0, 1.0), &unknown, 10), None);
+        assert_eq!(cpu_ms_per_call_second(&at(1.0, 1.0), &at(2.0, 1.0), 10), Some(0.0));
+    }
+
+    #[test]
+    fn the_steady_window_opens_when_the_last_call_connected_and_closes_when_the_first_ended() {
+        use LiveEvent::*;
+        let mut count = LiveCount::new(3);
+        assert_eq!(count.add(Connected), None);
+        assert_eq!(count.add(NeverConnected), None);
+        assert_eq!(count.add(Connected), Some(true), "every call connected or gave up");
+        assert_eq!(count.connected, 2);
+        assert_eq!(count.add(Ended), Some(false));
+        assert_eq!(count.add(Ended), None, "only the first end closes it");
+
+        // A call ended before the last one connected: the window never opens.
+        let mut count = LiveCount::new(2);
+        assert_eq!(count.add(Connected), None);
+        assert_eq!(count.add(Ended), Some(false));
+        assert_eq!(count.add(Connected), None);
+
+        // No call connected at all.
+        let mut count = LiveCount::new(1);
+        assert_eq!(count.add(NeverConnected), None);
+    }
+
+    #[test]
+    fn the_summary_gives_cpu_per_call_second_memory_after_settling_and_a_bench_row() {
+        let o = Options { turns: 1, ..options("http://vk.example".into(), 0) };
+        let call = |ms: u64| CallResult {
+            id: Some("c".into()),
+            latencies: vec![Duration::from_millis(ms)],
+            gaps: vec![Duration::from_millis(20); 99].into_iter().chain([Duration::from_millis(61)]).collect(),
+            frames: 101,
+            turns: Some(json!({"turns": [{"seq": 1, "role": "caller", "text": "hi", "outcome": "answered"}]})),
+            ..Default::default()
+        };
+        let results: Vec<CallResult> = [800, 820, 900, 1000].into_iter().map(call).collect();
+        let mib = 1048576.0;
+        let service = |url: &str, cpu: (f64, f64), rss: (f64, f64, Option<f64>)| ServiceUse {
+            url: url.into(),
+            rss_start: Some(rss.0 * mib),
+            rss_peak: Some(rss.1 * mib),
+            rss_after: rss.2.map(|r| r * mib),
+            steady_start: Some(Scrape { rss_bytes: None, ..at(2.0, cpu.0) }),
+            steady_end: Some(Scrape { rss_bytes: None, ..at(12.0, cpu.1) }),
+        };
+        let resources = Resources {
+            services: vec![
+                service("http://a/metrics", (1.0, 1.1), (20.0, 21.0, Some(20.5))),
+                service("http://b/metrics", (5.0, 5.02), (10.0, 10.0, Some(10.0))),
+                ServiceUse { url: "http://c/metrics".into(), ..ServiceUse::default() },
+            ],
+            steady_calls: 4,
+            no_steady: None,
+            settle: Duration::from_secs(60),
+        };
+        let report = summarize(&o, &results, Duration::from_secs(15), &resources);
+        for line in [
+            "turn latency, caller side: p50 900.0 ms, p99 1000.0 ms, p99 - p50 100.0 ms",
+            "reply frames: 404; late by more than one frame (gap > 40 ms): 4 (1.00 %)",
+            "memory http://a/metrics: start 20.0 MiB, peak 21.0 MiB, after 60 s 20.5 MiB, 256 KiB per live call",
+            "memory http://b/metrics: start 10.0 MiB, peak 10.0 MiB, after 60 s 10.0 MiB, 0 KiB per live call",
+            "cpu http://a/metrics: 2.50 ms per call-second (steady 10.0 s, 4 calls)",
+            "cpu http://b/metrics: 0.50 ms per call-second (steady 10.0 s, 4 calls)",
+            "cpu http://c/metrics: not measured (no process_cpu_seconds_total at both ends)",
+            "cpu total: 3.00 ms per call-second (2 of 3 services)",
+            "bench-row calls=4 failed_calls=0 no_reply=0 late_pct=1.00 p50_ms=900.0 p99_ms=1000.0 p99_p50_ms=100.0 \
+             steady_calls=4 steady_s=10.0 cpu_ms=2.50,0.50,- cpu_total_ms=3.00 kib_per_call=256,0,- \
+             rss_start_mib=20.0,10.0,- rss_after_mib=20.5,10.0,-",
+        ] {
+            assert!(report.table.lines().any(|l| l == line), "no line {line:?} in\n{}", report.table);
+        }
+        assert!(!report.failed, "{}", report.table);
+        assert_eq!(report.table.lines().last().map(|l| l.starts_with("bench-row ")), Some(true));
+
+        // Without `--settle-seconds` the memory line is as before; without a steady window
+        // the CPU is not measured, and says why.
+        let resources = Resources {
+            services: vec![ServiceUse { rss_after: None, ..resources.services[0].clone() }],
+            steady_calls: 0,
+            no_steady: Some("no call connected".into()),
+            settle: Duration::ZERO,
+        };
+        let failed = CallResult { error: Some("create call: refused".into()), ..Default::default() };
+        let report = summarize(&o, &[failed], Duration::from_secs(1), &resources);
+        for line in [
+            "memory http://a/metrics: start 20.0 MiB, peak 21.0 MiB, 1024 KiB per live call",
+            "cpu: not measured: no steady window (no call connected)",
+            "bench-row calls=1 failed_calls=1 no_reply=0 late_pct=0.00 p50_ms=- p99_ms=- p99_p50_ms=- \
+             steady_calls=0 steady_s=- cpu_ms=- cpu_total_ms=- kib_per_call=1024 rss_start_mib=20.0 rss_after_mib=-",
+        ] {
+            assert!(report.table.lines().any(|l| l == line), "no line {line:?} in\n{}", report.table);
+        }
+        assert!(!report.table.contains("cpu total"), "{}", report.table);
     }
 }
