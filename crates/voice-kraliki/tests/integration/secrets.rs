@@ -1,6 +1,7 @@
 //! No secrets or personal data in telemetry: a full recording pipeline run (three service
 //! processes, OTLP collector, Sentry sink, a fake OpenAI server, one failing provider answer that
-//! echoes the provider key, refused requests) and a scan of everything the services sent and
+//! echoes the provider key, refused requests), a live call whose reply fails (a failed turn:
+//! its WARN, its Sentry event, its error span, the fallback line) and a scan of everything the services sent and
 //! logged — OTLP export requests, Sentry envelopes, stdout and stderr — and every error body, for
 //! the API keys, the provider key, the phone numbers and the transcript text used. With
 //! `PROVIDER_CAPTURE_CONTENT=true` the same scan must find the transcript on spans: the scan can
@@ -64,8 +65,12 @@ async fn run(capture: bool) -> Produced {
     let sentry = SentrySink::start().await;
     let fail = Arc::new(AtomicBool::new(false));
     let failing = fail.clone();
-    let openai = FakeHttp::start(move |_| {
-        if failing.load(Ordering::Relaxed) {
+    let openai = FakeHttp::start(move |req| {
+        if req.path == "/v1/audio/speech" {
+            // The fallback line: 0.2 s of quiet 24 kHz PCM16.
+            return FakeReply::raw(200, "application/octet-stream", vec![0; 9600]);
+        }
+        if failing.load(Ordering::Relaxed) || req.path == "/v1/chat/completions" {
             // What a provider says about a bad key: the key, echoed.
             return FakeReply::json(
                 401,
@@ -89,6 +94,8 @@ async fn run(capture: bool) -> Produced {
         ("OPENAI_API_KEY".to_string(), OPENAI_KEY.to_string()),
         ("OPENAI_BASE_URL".to_string(), openai.base_url()),
         ("STT_PROVIDERS".to_string(), "openai".to_string()),
+        ("LLM_PROVIDERS".to_string(), "openai".to_string()),
+        ("TTS_PROVIDERS".to_string(), "openai".to_string()),
         ("LOG_LEVEL".to_string(), "debug".to_string()),
         ("PROVIDER_CAPTURE_CONTENT".to_string(), capture.to_string()),
     ]);
@@ -123,6 +130,26 @@ async fn run(capture: bool) -> Produced {
     let doc: serde_json::Value = r.json().await.unwrap();
     assert_eq!(doc["transcript"]["status"], "done", "{doc:#}");
     assert!(doc.to_string().contains(TRANSCRIPT_MARK), "the transcript is stored: {doc:#}");
+    // A live call: the caller's words are heard (the transcript), the reply fails with the key
+    // and the transcript echoed, the fallback line is said. The failed turn is logged, sent to
+    // Sentry (refused credentials) and its span marked.
+    let live = voice_kraliki::loadgen::Options {
+        url: base.clone(),
+        key: API_KEY.to_string(),
+        calls: 1,
+        turns: 1,
+        ramp: Duration::ZERO,
+        utterance: Arc::new(voice_kraliki::loadgen::utterance(voice_kraliki::loadgen::RECORDING).unwrap()),
+        metrics: Vec::new(),
+        media_retries: 0,
+        turn_outcomes: true,
+    };
+    let call = voice_kraliki::loadgen::one_call(live, c.clone()).await;
+    let turns = call.turns.expect("the live call's turns");
+    let caller = &turns["turns"][0];
+    assert_eq!((caller["outcome"].as_str(), caller["stage"].as_str()), (Some("failed"), Some("llm")), "{turns:#}");
+    assert!(caller["text"].as_str().unwrap().contains(TRANSCRIPT_MARK), "the words are stored: {turns:#}");
+    assert_eq!(turns["turns"][1]["fallback"], true, "{turns:#}");
     // A provider that fails and echoes its key.
     fail.store(true, Ordering::Relaxed);
     let r = upload().await.unwrap();
@@ -159,11 +186,17 @@ async fn run(capture: bool) -> Produced {
     assert!(spans.iter().any(|s| s.service_name == "provider-gateway"), "gateway spans arrived");
     let envelopes = sentry.raw();
     assert!(envelopes.iter().any(|e| e.contains("call_analysis")), "Sentry transactions arrived");
+    assert!(envelopes.iter().any(|e| e.contains("turn failed at llm")), "the failed turn's Sentry event arrived");
+    assert!(
+        spans.iter().any(|s| s.name == "turn" && s.status_code == 2),
+        "the failed turn's span arrived, marked as an error"
+    );
     let logs: Vec<(String, String)> = services
         .iter()
         .flat_map(|s| s.stdout().into_iter().chain(s.stderr()).map(|l| (s.name.to_string(), l)))
         .collect();
     assert!(logs.len() > 20, "services logged: {}", logs.len());
+    assert!(logs.iter().any(|(_, l)| l.contains("turn failed")), "the failed turn was logged");
     Produced { otlp: receiver.raw(), sentry: envelopes, logs, error_bodies }
 }
 
