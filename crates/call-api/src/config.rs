@@ -33,6 +33,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `TWILIO_*`: the Twilio carrier integration; `None` when no credentials are set.
     pub twilio: Option<TwilioConfig>,
+    /// `CALL_API_PPROF`: serve `GET /debug/pprof/profile?seconds=N` (a CPU profile) on
+    /// `CALL_API_ADDR`, default `false`. Unauthenticated like `/metrics`: turn it on where that
+    /// port is private.
+    pub pprof: bool,
     pub telemetry: TelemetryConfig,
 }
 
@@ -63,6 +67,7 @@ impl Config {
         let replica = crate::media::replicas::ReplicaConfig::read(&mut r);
         let limits = LimitsConfig::read(&mut r);
         let twilio = TwilioConfig::read(&mut r);
+        let pprof = r.bool_or("CALL_API_PPROF", false);
         r.errors.into_result(Self {
             addr,
             peers,
@@ -75,6 +80,7 @@ impl Config {
             replica,
             limits,
             twilio,
+            pprof,
             telemetry,
         })
     }

@@ -153,7 +153,11 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
     if state.twilio.is_none() {
         tracing::info!("Twilio is not configured: no outbound dialling, the Twilio webhooks answer 503");
     }
-    let router = app(state, &ctx);
+    let mut router = app(state, &ctx);
+    if config.pprof {
+        tracing::info!("CALL_API_PPROF=true: CPU profiles at /debug/pprof/profile");
+        router = router.merge(telemetry::pprof::router());
+    }
     ctx.health.set_started().await;
     tracing::info!(addr = %listener.local_addr()?, database = db.system(), "serving");
     let server_limits = telemetry::HttpServerLimits {

@@ -253,6 +253,10 @@ impl LiveCalls {
     }
 }
 
+/// Read buffer of a media WebSocket (it grows for a larger message, up to
+/// `MEDIA_WS_MAX_MESSAGE_BYTES`).
+const WS_READ_BUFFER: usize = 4096;
+
 /// `GET /v1/calls/{id}/media`: the WebSocket a carrier streams the call to. The token travels in
 /// the URL (`?token=`) or as the `token` custom parameter of the `start` message. A live-call
 /// slot is taken only once the token is proven: here for a URL token, after `start` otherwise.
@@ -289,6 +293,10 @@ pub async fn media(
     let live = state.live.clone();
     let max_message = state.limits.ws_max_message_bytes;
     upgrade
+        // A carrier's messages are a few hundred bytes: 128 KiB per call of read buffer (the
+        // default) was most of a live call's memory. Each message is written as sent.
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket| {

@@ -1,6 +1,11 @@
 //! Paces synthesised audio to the carrier: one 160-byte μ-law frame (20 ms) per tick, marks
 //! after the frames they follow, and `clear` (dropping everything queued) on barge-in. The first
 //! frame after silence goes out at once; the rest follow the 20 ms clock.
+//!
+//! The player runs inside the task that owns the WebSocket's sending half and writes each
+//! message to it itself: a frame costs one timer wake-up and one allocation (its message);
+//! audio is copied into whole frames as it arrives, and the count of queued frames is kept as
+//! frames come and go.
 
 use std::{
     collections::VecDeque,
@@ -16,12 +21,16 @@ use tokio::{
     time::Instant,
 };
 
-use super::protocol::{self, FRAME_BYTES};
+use super::protocol::{Encoder, FRAME_BYTES};
 
 /// The duration of one frame.
 const FRAME_TIME: Duration = Duration::from_millis(20);
 /// μ-law silence, used to pad the last frame of a sentence.
 const SILENCE: u8 = 0xFF;
+/// Queue capacity kept when it empties (frames and marks; 2.5 s of audio).
+const SHRINK_ABOVE: usize = 128;
+/// Commands waiting for the player: a reply's sentences arrive in a few chunks each.
+const COMMANDS: usize = 64;
 
 pub enum Command {
     /// Audio to play; `first_sent` learns when its first frame went out.
@@ -33,14 +42,33 @@ pub enum Command {
 }
 
 enum Item {
-    Frame(Vec<u8>, Option<oneshot::Sender<Instant>>),
+    Frame([u8; FRAME_BYTES], Option<oneshot::Sender<Instant>>),
     Mark(String),
 }
 
-/// Handle of the playback task.
+/// Where the player's messages go: the WebSocket, or a channel in tests. `false` once it is
+/// gone.
+pub trait Out {
+    fn send(&mut self, text: String) -> impl Future<Output = bool> + Send;
+}
+
+impl Out for mpsc::Sender<String> {
+    async fn send(&mut self, text: String) -> bool {
+        mpsc::Sender::send(self, text).await.is_ok()
+    }
+}
+
+/// Handle of the playback: commands in, and how many frames wait.
 #[derive(Clone)]
 pub struct Playback {
     pub commands: mpsc::Sender<Command>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// The playing side, run by the WebSocket's writer ([`Player::run`]).
+pub struct Player {
+    encoder: Encoder,
+    commands: mpsc::Receiver<Command>,
     queued: Arc<AtomicUsize>,
 }
 
@@ -50,102 +78,167 @@ impl Playback {
         self.queued.load(Ordering::Relaxed)
     }
 
-    /// Starts the task; `out` is the WebSocket writer's channel.
-    pub fn start(stream_sid: String, out: mpsc::Sender<String>) -> Self {
-        let (commands, rx) = mpsc::channel(256);
+    /// A playback for stream `stream_sid` and its player.
+    pub fn new(stream_sid: &str) -> (Self, Player) {
+        let (commands, rx) = mpsc::channel(COMMANDS);
         let queued = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(run(stream_sid, rx, out, queued.clone()));
-        Self { commands, queued }
+        (Self { commands, queued: queued.clone() }, Player { encoder: Encoder::new(stream_sid), commands: rx, queued })
+    }
+
+    /// A playback whose player runs on its own task, writing to `out`.
+    pub fn start(stream_sid: &str, mut out: mpsc::Sender<String>) -> Self {
+        let (playback, player) = Self::new(stream_sid);
+        tokio::spawn(async move { player.run(&mut out).await });
+        playback
     }
 }
 
-async fn run(stream_sid: String, mut rx: mpsc::Receiver<Command>, out: mpsc::Sender<String>, queued: Arc<AtomicUsize>) {
-    let mut queue: VecDeque<Item> = VecDeque::new();
-    let mut partial: Vec<u8> = Vec::with_capacity(FRAME_BYTES);
-    let mut partial_first: Option<oneshot::Sender<Instant>> = None;
-    // When the next frame may go: 20 ms after the previous one, or at once after silence.
-    let mut next_due = Instant::now();
-    loop {
-        tokio::select! {
-            command = rx.recv() => match command {
-                None => return,
-                Some(Command::Audio { bytes, first_sent }) => {
-                    let mut first_sent = first_sent;
-                    for byte in bytes {
-                        if partial.is_empty() && partial_first.is_none() {
-                            partial_first = first_sent.take();
-                        }
-                        partial.push(byte);
-                        if partial.len() == FRAME_BYTES {
-                            queue.push_back(Item::Frame(std::mem::take(&mut partial), partial_first.take()));
-                        }
-                    }
-                    // Not handed to a frame above (no bytes, or a frame already waiting with its
-                    // own report): wait for the partial frame, or report at once rather than never.
-                    if let Some(tx) = first_sent {
-                        if partial_first.is_none() && !partial.is_empty() {
-                            partial_first = Some(tx);
-                        } else {
-                            let _ = tx.send(Instant::now());
-                        }
-                    }
-                }
-                Some(Command::Mark(name)) => {
-                    if !partial.is_empty() {
-                        partial.resize(FRAME_BYTES, SILENCE);
-                        queue.push_back(Item::Frame(std::mem::take(&mut partial), partial_first.take()));
-                    }
-                    queue.push_back(Item::Mark(name));
-                }
-                Some(Command::Clear) => {
-                    queue.clear();
-                    partial.clear();
-                    partial_first = None;
-                    if out.send(protocol::clear(&stream_sid)).await.is_err() { return; }
-                }
-            },
-            () = tokio::time::sleep_until(next_due), if !queue.is_empty() => {
-                if !send_next(&stream_sid, &mut queue, &out).await { return; }
-                let now = Instant::now();
-                // On schedule: exactly 20 ms later. After a stall or silence: 20 ms from now.
-                next_due = if next_due + FRAME_TIME < now { now + FRAME_TIME } else { next_due + FRAME_TIME };
+/// Frames queued for sending, and the one being filled.
+struct Queue {
+    items: VecDeque<Item>,
+    frames: usize,
+    partial: [u8; FRAME_BYTES],
+    partial_len: usize,
+    partial_first: Option<oneshot::Sender<Instant>>,
+}
+
+impl Queue {
+    fn new() -> Self {
+        Self { items: VecDeque::new(), frames: 0, partial: [SILENCE; FRAME_BYTES], partial_len: 0, partial_first: None }
+    }
+
+    /// Cuts `bytes` into frames (the rest waits in the partial frame); `first_sent` goes with
+    /// the frame its first byte starts, or is answered at once when there is none.
+    fn audio(&mut self, bytes: &[u8], mut first_sent: Option<oneshot::Sender<Instant>>) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            if self.partial_len == 0 && self.partial_first.is_none() {
+                self.partial_first = first_sent.take();
+            }
+            let n = (FRAME_BYTES - self.partial_len).min(rest.len());
+            self.partial[self.partial_len..self.partial_len + n].copy_from_slice(&rest[..n]);
+            self.partial_len += n;
+            rest = &rest[n..];
+            if self.partial_len == FRAME_BYTES {
+                self.push_partial();
             }
         }
-        queued.store(queue.iter().filter(|i| matches!(i, Item::Frame(..))).count(), Ordering::Relaxed);
+        // Not handed to a frame above (no bytes, or a frame already waiting with its own
+        // report): wait for the partial frame, or report at once rather than never.
+        if let Some(tx) = first_sent {
+            if self.partial_first.is_none() && self.partial_len > 0 {
+                self.partial_first = Some(tx);
+            } else {
+                let _ = tx.send(Instant::now());
+            }
+        }
+    }
+
+    fn push_partial(&mut self) {
+        self.items.push_back(Item::Frame(self.partial, self.partial_first.take()));
+        self.frames += 1;
+        self.partial_len = 0;
+    }
+
+    /// A mark after everything so far: the partial frame is padded with silence and queued.
+    fn mark(&mut self, name: String) {
+        if self.partial_len > 0 {
+            self.partial[self.partial_len..].fill(SILENCE);
+            self.push_partial();
+        }
+        self.items.push_back(Item::Mark(name));
+    }
+
+    fn clear(&mut self) {
+        self.items.clear();
+        self.shrink();
+        self.frames = 0;
+        self.partial_len = 0;
+        self.partial_first = None;
+    }
+
+    fn pop(&mut self) -> Option<Item> {
+        let item = self.items.pop_front();
+        if let Some(Item::Frame(..)) = item {
+            self.frames -= 1;
+        }
+        if self.items.is_empty() {
+            self.shrink();
+        }
+        item
+    }
+
+    /// A long reply grew the queue (176 bytes a frame): give the memory back once it has played.
+    fn shrink(&mut self) {
+        if self.items.capacity() > SHRINK_ABOVE {
+            self.items.shrink_to(SHRINK_ABOVE);
+        }
     }
 }
 
-/// Sends the marks at the head of the queue and then one frame.
-async fn send_next(stream_sid: &str, queue: &mut VecDeque<Item>, out: &mpsc::Sender<String>) -> bool {
-    while let Some(item) = queue.pop_front() {
-        match item {
-            Item::Mark(name) => {
-                if out.send(protocol::mark(stream_sid, &name)).await.is_err() {
-                    return false;
+impl Player {
+    /// Plays until every [`Playback`] handle is gone or `out` is.
+    pub async fn run(mut self, out: &mut impl Out) {
+        let mut queue = Queue::new();
+        // When the next frame may go: 20 ms after the previous one, or at once after silence.
+        let mut next_due = Instant::now();
+        let mut counted = 0;
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    None => return,
+                    Some(Command::Audio { bytes, first_sent }) => queue.audio(&bytes, first_sent),
+                    Some(Command::Mark(name)) => queue.mark(name),
+                    Some(Command::Clear) => {
+                        queue.clear();
+                        if !out.send(self.encoder.clear()).await { return; }
+                    }
+                },
+                () = tokio::time::sleep_until(next_due), if !queue.items.is_empty() => {
+                    if !self.send_next(&mut queue, out).await { return; }
+                    let now = Instant::now();
+                    // On schedule: exactly 20 ms later. After a stall or silence: 20 ms from now.
+                    next_due = if next_due + FRAME_TIME < now { now + FRAME_TIME } else { next_due + FRAME_TIME };
                 }
             }
-            Item::Frame(frame, first_sent) => {
-                if out.send(protocol::media(stream_sid, &frame)).await.is_err() {
-                    return false;
-                }
-                if let Some(tx) = first_sent {
-                    let _ = tx.send(Instant::now());
-                }
-                // Marks right behind the frame go with it.
-                while let Some(Item::Mark(_)) = queue.front() {
-                    if let Some(Item::Mark(name)) = queue.pop_front()
-                        && out.send(protocol::mark(stream_sid, &name)).await.is_err()
-                    {
+            if queue.frames != counted {
+                counted = queue.frames;
+                self.queued.store(counted, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Sends the marks at the head of the queue and then one frame (and the marks right behind
+    /// it).
+    async fn send_next(&self, queue: &mut Queue, out: &mut impl Out) -> bool {
+        while let Some(item) = queue.pop() {
+            match item {
+                Item::Mark(name) => {
+                    if !out.send(self.encoder.mark(&name)).await {
                         return false;
                     }
                 }
-                return true;
+                Item::Frame(frame, first_sent) => {
+                    if !out.send(self.encoder.media(&frame[..])).await {
+                        return false;
+                    }
+                    if let Some(tx) = first_sent {
+                        let _ = tx.send(Instant::now());
+                    }
+                    while let Some(Item::Mark(_)) = queue.items.front() {
+                        if let Some(Item::Mark(name)) = queue.pop()
+                            && !out.send(self.encoder.mark(&name)).await
+                        {
+                            return false;
+                        }
+                    }
+                    return true;
+                }
             }
         }
+        true
     }
-    true
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,7 +250,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn frames_are_paced_at_20_ms_with_marks_after_them_and_clear_drops_the_rest() {
         let (out_tx, mut out) = mpsc::channel(1024);
-        let playback = Playback::start("MZ1".into(), out_tx);
+        let playback = Playback::start("MZ1", out_tx);
         let (first_tx, first_rx) = oneshot::channel();
         // 3.5 frames of audio, then a mark: four frames (the last padded), then the mark.
         playback.commands.send(Command::Audio { bytes: vec![1; 560], first_sent: Some(first_tx) }).await.unwrap();
@@ -197,7 +290,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn audio_arriving_frame_by_frame_is_still_paced() {
         let (out_tx, mut out) = mpsc::channel(1024);
-        let playback = Playback::start("MZ1".into(), out_tx);
+        let playback = Playback::start("MZ1", out_tx);
         // A fast synthesiser: 50 one-frame chunks at once.
         for _ in 0..50 {
             playback.commands.send(Command::Audio { bytes: vec![3; FRAME_BYTES], first_sent: None }).await.unwrap();

@@ -6,7 +6,10 @@
 use std::{collections::VecDeque, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::{SinkExt as _, StreamExt as _, stream::SplitStream};
+use futures_util::{
+    SinkExt as _, StreamExt as _,
+    stream::{SplitSink, SplitStream},
+};
 use kraliki_proto::{
     audio::v1::{
         AudioEncoding, AudioFormat, AudioFrame, StreamAudioRequest, StreamAudioResponse, StreamConfig, VadOptions,
@@ -21,7 +24,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::{
-    playback::{Command, Playback},
+    playback::{self, Command, Playback, Player},
     protocol::{self, Inbound},
     turn::{self, TurnContext, TurnEvent, TurnInput},
 };
@@ -86,31 +89,49 @@ impl End {
     }
 }
 
+/// The sending half of the media WebSocket, as the player's output.
+struct WsOut(SplitSink<WebSocket, Message>);
+
+impl playback::Out for WsOut {
+    async fn send(&mut self, text: String) -> bool {
+        self.0.send(Message::Text(text.into())).await.is_ok()
+    }
+}
+
 /// Serves one media WebSocket until the call ends.
 pub async fn run(state: AppState, id: Uuid, admission: Admission, socket: WebSocket, end_all: CancellationToken) {
-    let (mut sink, mut stream) = socket.split();
-    let (out_tx, mut out_rx) = mpsc::channel::<String>(512);
+    let (sink, mut stream) = socket.split();
+    let (player_tx, player_rx) = tokio::sync::oneshot::channel::<Player>();
     let (close_tx, close_rx) = tokio::sync::oneshot::channel::<(u16, String)>();
+    // The writer: once the call has started, the player writes the reply's frames to the socket
+    // itself (no task hop per frame); the session's close code ends it.
     let writer = tokio::spawn(async move {
+        let mut out = WsOut(sink);
         let mut close_rx = close_rx;
-        let close = loop {
-            tokio::select! {
-                biased;
-                close = &mut close_rx => break close.ok(),
-                text = out_rx.recv() => match text {
-                    Some(text) => if sink.send(Message::Text(text.into())).await.is_err() { return },
-                    // The session is over; its close code follows.
-                    None => break tokio::time::timeout(Duration::from_secs(1), close_rx).await.ok().and_then(Result::ok),
+        let close = tokio::select! {
+            biased;
+            close = &mut close_rx => close.ok(),
+            player = player_rx => match player {
+                Ok(player) => tokio::select! {
+                    biased;
+                    close = &mut close_rx => close.ok(),
+                    // The socket is gone, or the session is over: its close code follows.
+                    () = player.run(&mut out) => {
+                        tokio::time::timeout(Duration::from_secs(1), close_rx).await.ok().and_then(Result::ok)
+                    }
                 },
-            }
+                // The call never started: only its close code is sent.
+                Err(_) => close_rx.await.ok(),
+            },
         };
+        let mut sink = out.0;
         if let Some((code, reason)) = close {
             let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
         }
         let _ = sink.close().await;
     });
     let span = tracing::info_span!("media_session", call_id = %id, stream_sid = tracing::field::Empty);
-    let close = session(state, id, admission, &mut stream, out_tx, end_all).instrument(span).await;
+    let close = session(state, id, admission, &mut stream, player_tx, end_all).instrument(span).await;
     let _ = close_tx.send(close);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
 }
@@ -121,7 +142,7 @@ async fn session(
     id: Uuid,
     admission: Admission,
     stream: &mut SplitStream<WebSocket>,
-    out: mpsc::Sender<String>,
+    player: tokio::sync::oneshot::Sender<Player>,
     end_all: CancellationToken,
 ) -> (u16, String) {
     // Handshake: `connected` (optional), then `start`.
@@ -178,7 +199,7 @@ async fn session(
     let registration = state.live.register(id);
     tracing::info!(replica = %state.replica.id, "live call started");
 
-    let mut live = match Live::start(&state, &call, stream_sid, out).await {
+    let mut live = match Live::start(&state, &call, &stream_sid, player).await {
         Ok(live) => live,
         Err(end) => return finish(&state, &call, end).await,
     };
@@ -293,13 +314,19 @@ struct Live {
 }
 
 impl Live {
-    async fn start(state: &AppState, call: &Call, stream_sid: String, out: mpsc::Sender<String>) -> Result<Self, End> {
+    async fn start(
+        state: &AppState,
+        call: &Call,
+        stream_sid: &str,
+        player: tokio::sync::oneshot::Sender<Player>,
+    ) -> Result<Self, End> {
         let end_of_turn = state.live_config.end_of_turn;
         let (audio_tx, audio_events) = open_audio(&state.peers, call.id, end_of_turn).await.map_err(|s| {
             tracing::warn!(code = ?s.code(), "audio-processor refused the stream");
             End::AudioLost
         })?;
-        let playback = Playback::start(stream_sid, out);
+        let (playback, player_half) = Playback::new(stream_sid);
+        let _ = player.send(player_half);
         let (turn_tx, turn_events) = mpsc::channel(16);
         let system_prompt = call
             .metadata

@@ -192,7 +192,8 @@ async fn an_unconfigured_transcription_fails_turns_once_in_sentry_and_as_error_s
         carrier.speak(&silence(1.0)).await;
         let id = carrier.id.clone();
         wait_until(
-            async || failed_at(&caller_turns(&app, &id).await, "stt") == n,
+            // At least: under load the detector may cut an utterance in two turns.
+            async || failed_at(&caller_turns(&app, &id).await, "stt") >= n,
             Duration::from_secs(20),
             "a failed caller turn",
         )
@@ -201,7 +202,7 @@ async fn an_unconfigured_transcription_fails_turns_once_in_sentry_and_as_error_s
     carrier.hang_up().await;
 
     let turns = caller_turns(&app, &carrier.id).await;
-    assert_eq!(turns.len(), 2, "{turns:?}");
+    assert!(turns.len() >= 2, "{turns:?}");
     assert!(turns.iter().all(|t| t["reason"] == "transcription failed: no stt provider is configured"), "{turns:?}");
     let all = get(&app, &format!("/v1/calls/{}/turns", carrier.id)).await;
     assert!(all["turns"].as_array().unwrap().iter().all(|t| t["role"] == "caller"), "no fallback when it is off");
@@ -229,10 +230,12 @@ async fn an_unconfigured_transcription_fails_turns_once_in_sentry_and_as_error_s
     let is_failed_turn = |s: &telemetry::testing::ReceivedSpan| {
         s.name == "turn" && s.attributes.iter().any(|(k, v)| k == "outcome" && v == "failed")
     };
-    let spans =
-        otlp.wait_for(Duration::from_secs(20), |spans| spans.iter().filter(|s| is_failed_turn(s)).count() == 2).await;
+    let stored = turns.len();
+    let spans = otlp
+        .wait_for(Duration::from_secs(20), |spans| spans.iter().filter(|s| is_failed_turn(s)).count() == stored)
+        .await;
     let failed: Vec<_> = spans.iter().filter(|s| is_failed_turn(s)).collect();
-    assert_eq!(failed.len(), 2, "{:?}", spans.iter().map(|s| (&s.name, &s.attributes)).collect::<Vec<_>>());
+    assert_eq!(failed.len(), stored, "{:?}", spans.iter().map(|s| (&s.name, &s.attributes)).collect::<Vec<_>>());
     for span in failed {
         assert_eq!(span.status_code, 2, "marked as an error: {span:?}");
         assert!(span.attributes.iter().any(|(k, v)| k == "failed_stage" && v == "stt"), "{span:?}");

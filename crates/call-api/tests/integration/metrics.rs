@@ -96,3 +96,31 @@ async fn active_calls_counts_live_media_sessions() {
     });
     assert_eq!(gauge(&app.metrics().await) - base, 0.0);
 }
+
+/// `CALL_API_PPROF=true` serves CPU profiles (gzipped pprof protobuf) on the API port; off by
+/// default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_profiles_are_served_only_when_turned_on() {
+    let off = spawn_app(Backend::Sqlite).await.expect("sqlite");
+    let r = off.client.get(format!("{}/debug/pprof/profile?seconds=1", off.base)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    let db = common::TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let url = db.url().to_string();
+    let on = common::spawn_app_with(db, &url, &[("CALL_API_PPROF", "true")]).await;
+    let busy = tokio::spawn({
+        let (client, base) = (on.client.clone(), on.base.clone());
+        async move {
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+            while std::time::Instant::now() < until {
+                let _ = client.get(format!("{base}/metrics")).send().await;
+            }
+        }
+    });
+    let r = on.client.get(format!("{}/debug/pprof/profile?seconds=1", on.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.bytes().await.unwrap();
+    busy.await.unwrap();
+    assert_eq!(&body[..2], &[0x1f, 0x8b], "a gzipped profile");
+    assert!(body.len() > 100, "with samples: {} bytes", body.len());
+}
