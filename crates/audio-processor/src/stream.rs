@@ -97,17 +97,24 @@ impl StreamTask {
         let mut reported_seconds = 0.0;
         let mut utterances = 0u64;
 
+        // The two timers live for the whole stream (one idle timer reset per message, rather than
+        // a new timer per 20 ms frame).
+        let deadline = sleep_until(self.deadline);
+        tokio::pin!(deadline);
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
         let end = loop {
             let message = tokio::select! {
                 biased;
                 () = self.stopping.cancelled() => break End::Flush(Status::unavailable("server is shutting down; reconnect to another replica")),
-                () = sleep_until(self.deadline) => break End::Flush(Status::deadline_exceeded("stream deadline reached")),
-                () = tokio::time::sleep(self.idle_timeout) => break End::Flush(Status::deadline_exceeded(format!(
+                () = &mut deadline => break End::Flush(Status::deadline_exceeded("stream deadline reached")),
+                () = &mut idle => break End::Flush(Status::deadline_exceeded(format!(
                     "no message for {} s: the stream is idle",
                     self.idle_timeout.as_secs_f64()
                 ))),
                 m = self.inbound.message() => m,
             };
+            idle.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
             let frame = match message {
                 Ok(Some(pb::StreamAudioRequest { payload: Some(Payload::Frame(frame)) })) => frame,
                 Ok(Some(pb::StreamAudioRequest { payload: Some(Payload::Config(_)) })) => {

@@ -255,26 +255,47 @@ fn chat_events(stream: ChatStream) -> impl Stream<Item = Result<StreamChatRespon
     })
 }
 
-/// The audio chunks, provider and model on the first; an error item ends the stream.
+/// Chunks of synthesised audio already waiting are sent as one message, at most this many.
+const COALESCE_CHUNKS: usize = 32;
+
+/// The audio chunks, provider and model on the first; an error item ends the stream. Chunks the
+/// provider has already produced when the next message goes out are joined into it (a provider
+/// that yields one 20 ms frame at a time costs one message per frame otherwise); nothing waits
+/// for more, so the first audio leaves as soon as it comes.
 fn audio_chunks(stream: AudioStream) -> impl Stream<Item = Result<SynthesizeSpeechResponse, Status>> + Send + 'static {
     let provider = stream.provider.to_owned();
     let model = stream.model.clone();
     let mut first = true;
     let mut ended = false;
-    stream.filter_map(move |item| {
-        let out = match item {
-            _ if ended => None,
-            Ok(audio) if audio.is_empty() => None,
-            Ok(audio) => {
+    stream.ready_chunks(COALESCE_CHUNKS).flat_map(move |batch| {
+        let mut out = Vec::with_capacity(1);
+        let mut audio: Vec<u8> = Vec::new();
+        let mut message = |audio: &mut Vec<u8>, out: &mut Vec<_>| {
+            if !audio.is_empty() {
                 let (provider, model) =
                     if std::mem::take(&mut first) { (provider.clone(), model.clone()) } else { Default::default() };
-                Some(Ok(SynthesizeSpeechResponse { audio: audio.to_vec(), provider, model }))
-            }
-            Err(error) => {
-                ended = true;
-                Some(Err(failed("synthesize", &error)))
+                out.push(Ok(SynthesizeSpeechResponse { audio: std::mem::take(audio), provider, model }));
             }
         };
-        std::future::ready(out)
+        for item in batch {
+            if ended {
+                break;
+            }
+            match item {
+                Ok(bytes) => {
+                    if audio.is_empty() {
+                        audio.reserve_exact(bytes.len());
+                    }
+                    audio.extend_from_slice(&bytes);
+                }
+                Err(error) => {
+                    message(&mut audio, &mut out);
+                    out.push(Err(failed("synthesize", &error)));
+                    ended = true;
+                }
+            }
+        }
+        message(&mut audio, &mut out);
+        futures_util::stream::iter(out)
     })
 }

@@ -55,8 +55,9 @@ const AUDIO_BUFFER: usize = 100;
 /// How long a live call tries to reopen its audio stream before it ends as `audio-processor
 /// unavailable`.
 const AUDIO_RECONNECT_WINDOW: Duration = Duration::from_secs(10);
-/// Arrival times kept to map media time to wall time (20 s of frames).
-const ARRIVALS: usize = 1000;
+/// Arrival times kept to map media time to wall time (15 s of frames: a speech end is reported
+/// after the end-of-turn silence, at most 10 s).
+const ARRIVALS: usize = 750;
 
 /// Why a session ended.
 #[derive(Debug)]

@@ -417,14 +417,14 @@ struct Progress {
 /// speak (synthesis and playback of each sentence).
 async fn turn(
     ctx: &TurnContext,
-    input: TurnInput,
+    mut input: TurnInput,
     mut history: Vec<ChatMessage>,
     progress: Arc<Mutex<Progress>>,
 ) -> Ended {
     let caller_seq = input.caller_seq;
     let mut clock = LatencyClock::new(input.speech_end, input.detected);
 
-    let text = match hear(ctx, &input).await {
+    let text = match hear(ctx, &mut input).await {
         Ok(text) => text,
         Err(failure) => {
             let timings = clock.failed(Stage::Stt);
@@ -485,12 +485,13 @@ async fn turn(
 }
 
 /// Hear: the caller's words, transcribed from their speech (or given as keypad text).
-async fn hear(ctx: &TurnContext, input: &TurnInput) -> Result<String, Failure> {
-    match (&input.speech, &input.text) {
+async fn hear(ctx: &TurnContext, input: &mut TurnInput) -> Result<String, Failure> {
+    match (input.speech.take(), &input.text) {
         (_, Some(text)) => Ok(text.clone()),
+        // The utterance moves into the request (a few hundred KB: no copy).
         (Some(pcm), None) => {
             let mut request = tonic::Request::new(TranscribeRequest {
-                audio: pcm.clone(),
+                audio: pcm,
                 encoding: pb::AudioEncoding::Pcm16 as i32,
                 sample_rate_hz: 16_000,
                 channels: 1,

@@ -430,3 +430,41 @@ async fn dropping_a_chat_stream_cancels_the_upstream_request() {
     tokio::time::timeout(HANG, openai.wait_closed(1)).await.expect("the upstream request was not cancelled");
     assert_eq!(openai.count("/v1/chat/completions"), 1);
 }
+
+/// Audio a provider has already produced is sent in few messages, not one per 20 ms frame (the
+/// simulated provider yields frame by frame, all at once at zero latency); nothing is lost or
+/// reordered.
+#[tokio::test]
+async fn audio_already_produced_is_sent_in_few_messages() {
+    let mut app = spawn_app(
+        &env(
+            None,
+            None,
+            &[
+                ("TTS_PROVIDERS", "simulated"),
+                ("SIMULATED_LATENCY", "fixed:0"),
+                ("SIMULATED_TTFB_SECONDS", "0"),
+                ("SIMULATED_TOKENS_PER_SECOND", "0"),
+            ],
+        ),
+        None,
+    )
+    .await;
+    let text = "Your parcel arrives tomorrow before noon.";
+    let request = SynthesizeSpeechRequest {
+        text: text.into(),
+        encoding: AudioEncoding::Mulaw as i32,
+        sample_rate_hz: 8000,
+        ..Default::default()
+    };
+    let stream =
+        app.client.synthesize_speech(with_timeout(request, Duration::from_secs(10))).await.unwrap().into_inner();
+    let messages: Vec<_> = tokio::time::timeout(HANG, stream.collect::<Vec<_>>()).await.expect("hang");
+    let messages: Vec<_> = messages.into_iter().map(Result::unwrap).collect();
+    let frames = text.chars().count() * 3;
+    let bytes: usize = messages.iter().map(|m| m.audio.len()).sum();
+    assert_eq!(bytes, frames * 160, "every frame arrives");
+    assert!(messages.len() <= frames.div_ceil(32) + 1, "{} messages for {frames} frames", messages.len());
+    assert_eq!(messages[0].provider, "simulated");
+    assert!(messages.iter().all(|m| m.audio.len() % 160 == 0), "whole frames");
+}

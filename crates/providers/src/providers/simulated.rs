@@ -197,23 +197,31 @@ impl Simulated {
         let stall_at = plan.stall.then_some(frames / 2);
         let gap = self.token_gap();
         let (encoding, rate) = (req.encoding, req.sample_rate);
-        let stream = futures_util::stream::iter(0..frames).then(move |i| async move {
-            if stall_at == Some(i) {
-                pending::<()>().await;
-            }
-            if i > 0 {
-                Self::wait(gap).await;
-            }
-            let mut out = BytesMut::with_capacity(frame_samples * encoding.bytes_per_sample());
-            for s in 0..frame_samples {
-                let t = (i * frame_samples + s) as f64 / f64::from(rate);
-                let v = (6_000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16;
-                match encoding {
-                    OutputEncoding::Pcm16 => out.put_i16_le(v),
-                    OutputEncoding::Mulaw => out.put_u8(mulaw_encode(v)),
+        // One period of the tone pattern (440 Hz at `rate` repeats every rate / gcd(rate, 440)
+        // samples), computed once per request rather than a sine per sample.
+        let period = (rate / gcd(rate, 440)).max(1) as usize;
+        let tone: std::sync::Arc<[i16]> = (0..period)
+            .map(|n| (6_000.0 * (2.0 * std::f64::consts::PI * 440.0 * n as f64 / f64::from(rate)).sin()) as i16)
+            .collect();
+        let stream = futures_util::stream::iter(0..frames).then(move |i| {
+            let tone = tone.clone();
+            async move {
+                if stall_at == Some(i) {
+                    pending::<()>().await;
                 }
+                if i > 0 {
+                    Self::wait(gap).await;
+                }
+                let mut out = BytesMut::with_capacity(frame_samples * encoding.bytes_per_sample());
+                for s in 0..frame_samples {
+                    let v = tone[(i * frame_samples + s) % tone.len()];
+                    match encoding {
+                        OutputEncoding::Pcm16 => out.put_i16_le(v),
+                        OutputEncoding::Mulaw => out.put_u8(mulaw_encode(v)),
+                    }
+                }
+                Ok(out.freeze())
             }
-            Ok(out.freeze())
         });
         Ok(Opened { model: MODEL.to_owned(), stream: Box::pin(stream) })
     }
@@ -233,6 +241,10 @@ impl Simulated {
 
 /// Wait as a client would for an answer that never comes: until the first-byte timeout or
 /// the deadline, whichever is first.
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a.max(1) } else { gcd(b, a % b) }
+}
+
 async fn hang(ctx: &CallCtx, first_byte: Duration) -> ProviderError {
     let limit = (tokio::time::Instant::now() + first_byte).min(ctx.deadline);
     tokio::time::sleep_until(limit).await;
@@ -240,5 +252,26 @@ async fn hang(ctx: &CallCtx, first_byte: Duration) -> ProviderError {
         ProviderError::DeadlineExceeded
     } else {
         ProviderError::FirstByteTimeout { provider: NAME, timeout: first_byte }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tone_repeats_every_period_samples() {
+        assert_eq!(gcd(8000, 440), 40);
+        assert_eq!(8000 / gcd(8000, 440), 200);
+        assert_eq!(gcd(0, 440), 440);
+        assert_eq!(gcd(7, 0), 7);
+        // The sine at n and at n + period agree: the table is the whole signal.
+        for rate in [8000u32, 16_000, 24_000, 44_100] {
+            let period = rate / gcd(rate, 440);
+            for n in [0u32, 3, 17, 199] {
+                let at = |n: u32| (2.0 * std::f64::consts::PI * 440.0 * f64::from(n) / f64::from(rate)).sin();
+                assert!((at(n) - at(n + period)).abs() < 1e-9, "{rate} {n}");
+            }
+        }
     }
 }
