@@ -5,7 +5,9 @@
 #   scripts/bench-live.sh [release|debug]      (make bench runs it with release)
 #
 # Environment: CALLS (levels), TURNS (per call, default 2), SETTLE_SECONDS (default 60: after
-# the last level, how long to wait before reading each service's memory again; 0 = not at all).
+# the last level, how long to wait before reading each service's memory again; 0 = not at all),
+# VK_BIN (a voice-kraliki binary to run instead of building one, e.g. one built with
+# `--no-default-features` to compare the system allocator).
 #
 # Prints loadgen's table per level: caller-side turn latency, the server's stages (our own
 # overhead is `overhead`), reply frame timing, memory per live call and CPU per live
@@ -16,12 +18,18 @@ set -euo pipefail
 profile="${1:-release}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
-if [[ "$profile" == release ]]; then
-  cargo build -q --release -p voice-kraliki
+if [[ -n "${VK_BIN:-}" ]]; then
+  # A binary built elsewhere (e.g. `--no-default-features`: the system allocator), as is.
+  bin="$VK_BIN"
+  profile="$(basename "$(dirname "$VK_BIN")")"
 else
-  cargo build -q -p voice-kraliki
+  if [[ "$profile" == release ]]; then
+    cargo build -q --release -p voice-kraliki
+  else
+    cargo build -q -p voice-kraliki
+  fi
+  bin="$target/$profile/voice-kraliki"
 fi
-bin="$target/$profile/voice-kraliki"
 work="$(mktemp -d)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }

@@ -33,6 +33,7 @@ where
         }
     };
     let tc = telemetry_of(&config).clone();
+    crate::memory::start_trimmer();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(tc.workers).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

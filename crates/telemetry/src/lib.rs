@@ -19,6 +19,7 @@
 //! grpc.rs            tonic layers: server/client spans + grpc_server_*/grpc_client_* metrics,
 //!                    deadlines, oversize → ResourceExhausted (INPUT_TOO_LARGE)
 //! health.rs          readiness registry, /health, /ready, grpc.health.v1
+//! memory.rs          freed heap memory back to the system (malloc_trim every 10 s)
 //! pprof.rs           /debug/pprof/profile
 //! shutdown.rs        SIGTERM → not ready → drain (bounded) → flush (bounded); a second signal forces
 //! testing.rs         in-test OTLP receiver, Sentry sink and fake HTTP servers (feature `testing`)
@@ -33,6 +34,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod otel;
 pub mod pprof;

@@ -6,6 +6,11 @@
 //! message to it itself: a frame costs one timer wake-up and one allocation (its message);
 //! audio is copied into whole frames as it arrives, and the count of queued frames is kept as
 //! frames come and go.
+//!
+//! A call's buffered audio is bounded: the player takes new audio only while less than
+//! [`MAX_QUEUED_FRAMES`] (5 s) wait, so a long reply waits upstream (the turn's synthesis
+//! stream, and through HTTP/2 flow control the provider) instead of in memory. `clear` does not
+//! wait behind that audio: it is signalled apart, and drops what the commands still hold too.
 
 use std::{
     collections::VecDeque,
@@ -17,7 +22,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{Notify, mpsc, oneshot},
     time::Instant,
 };
 
@@ -30,15 +35,15 @@ const SILENCE: u8 = 0xFF;
 /// Queue capacity kept when it empties (frames and marks; 2.5 s of audio).
 const SHRINK_ABOVE: usize = 128;
 /// Commands waiting for the player: a reply's sentences arrive in a few chunks each.
-const COMMANDS: usize = 64;
+const COMMANDS: usize = 16;
+/// Frames the player holds before it takes more audio (5 s).
+pub const MAX_QUEUED_FRAMES: usize = 250;
 
 pub enum Command {
     /// Audio to play; `first_sent` learns when its first frame went out.
     Audio { bytes: Vec<u8>, first_sent: Option<oneshot::Sender<Instant>> },
     /// A mark after everything queued so far.
     Mark(String),
-    /// Drop everything queued and tell the carrier to drop its buffer.
-    Clear,
 }
 
 enum Item {
@@ -63,6 +68,7 @@ impl Out for mpsc::Sender<String> {
 pub struct Playback {
     pub commands: mpsc::Sender<Command>,
     queued: Arc<AtomicUsize>,
+    clear: Arc<Notify>,
 }
 
 /// The playing side, run by the WebSocket's writer ([`Player::run`]).
@@ -70,6 +76,7 @@ pub struct Player {
     encoder: Encoder,
     commands: mpsc::Receiver<Command>,
     queued: Arc<AtomicUsize>,
+    clear: Arc<Notify>,
 }
 
 impl Playback {
@@ -78,11 +85,21 @@ impl Playback {
         self.queued.load(Ordering::Relaxed)
     }
 
+    /// Drops everything queued (and the audio still in the commands) and tells the carrier to
+    /// drop its buffer: barge-in. Not queued behind audio.
+    pub fn clear(&self) {
+        self.clear.notify_one();
+    }
+
     /// A playback for stream `stream_sid` and its player.
     pub fn new(stream_sid: &str) -> (Self, Player) {
         let (commands, rx) = mpsc::channel(COMMANDS);
         let queued = Arc::new(AtomicUsize::new(0));
-        (Self { commands, queued: queued.clone() }, Player { encoder: Encoder::new(stream_sid), commands: rx, queued })
+        let clear = Arc::new(Notify::new());
+        (
+            Self { commands, queued: queued.clone(), clear: clear.clone() },
+            Player { encoder: Encoder::new(stream_sid), commands: rx, queued, clear },
+        )
     }
 
     /// A playback whose player runs on its own task, writing to `out`.
@@ -185,14 +202,21 @@ impl Player {
         let mut counted = 0;
         loop {
             tokio::select! {
-                command = self.commands.recv() => match command {
+                biased;
+                () = self.clear.notified() => {
+                    queue.clear();
+                    // What was sent before the clear and not yet taken is dropped with it.
+                    while let Ok(command) = self.commands.try_recv() {
+                        if let Command::Audio { first_sent: Some(tx), .. } = command {
+                            let _ = tx.send(Instant::now());
+                        }
+                    }
+                    if !out.send(self.encoder.clear()).await { return; }
+                }
+                command = self.commands.recv(), if queue.frames < MAX_QUEUED_FRAMES => match command {
                     None => return,
                     Some(Command::Audio { bytes, first_sent }) => queue.audio(&bytes, first_sent),
                     Some(Command::Mark(name)) => queue.mark(name),
-                    Some(Command::Clear) => {
-                        queue.clear();
-                        if !out.send(self.encoder.clear()).await { return; }
-                    }
                 },
                 () = tokio::time::sleep_until(next_due), if !queue.items.is_empty() => {
                     if !self.send_next(&mut queue, out).await { return; }
@@ -277,7 +301,7 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(event(&out.recv().await.unwrap())["event"], "media");
         }
-        playback.commands.send(Command::Clear).await.unwrap();
+        playback.clear();
         let mut after = Vec::new();
         while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(500), out.recv()).await {
             after.push(event(&e)["event"].as_str().unwrap().to_string());
@@ -300,6 +324,48 @@ mod tests {
             assert_eq!(event(&out.recv().await.unwrap())["event"], "media");
         }
         assert_eq!(started.elapsed(), Duration::from_millis(49 * 20), "one frame per 20 ms, not a burst");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_reply_waits_upstream_and_clear_drops_it_at_once() {
+        let (out_tx, mut out) = mpsc::channel(100_000);
+        let playback = Playback::start("MZ1", out_tx);
+        // 60 s of audio offered in 0.64 s chunks, as fast as the player takes them.
+        let feeder = tokio::spawn({
+            let commands = playback.commands.clone();
+            async move {
+                for _ in 0..94 {
+                    if commands
+                        .send(Command::Audio { bytes: vec![5; 32 * FRAME_BYTES], first_sent: None })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        let mut most = 0;
+        for _ in 0..100 {
+            assert_eq!(event(&out.recv().await.unwrap())["event"], "media");
+            most = most.max(playback.queued_frames());
+        }
+        assert!(most <= MAX_QUEUED_FRAMES + 32, "at most 5 s (and a chunk) held: {most}");
+        assert!(!feeder.is_finished(), "the rest waits upstream");
+        // Barge-in (the reply's turn is cancelled with it): nothing more is played, neither the
+        // queue nor what the commands hold.
+        feeder.abort();
+        playback.clear();
+        let mut after = Vec::new();
+        while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(500), out.recv()).await {
+            let kind = event(&e)["event"].as_str().unwrap().to_string();
+            if kind == "clear" {
+                break;
+            }
+            after.push(kind);
+        }
+        assert!(after.len() <= 1, "at most one frame raced the clear: {after:?}");
+        assert_eq!(playback.queued_frames(), 0);
     }
 
     fn base64_len(e: &serde_json::Value) -> usize {

@@ -24,7 +24,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::{
-    playback::{self, Command, Playback, Player},
+    playback::{self, Playback, Player},
     protocol::{self, Inbound},
     turn::{self, TurnContext, TurnEvent, TurnInput},
 };
@@ -625,7 +625,7 @@ impl Live {
     async fn interrupt(&mut self) {
         metrics::barge_in();
         tracing::info!("barge-in");
-        let _ = self.playback.commands.send(Command::Clear).await;
+        self.playback.clear();
         if let Some((cancel, caller_seq)) = self.current.take() {
             cancel.cancel();
             self.last_agent_seq = Some(caller_seq + 1);

@@ -343,8 +343,15 @@ fn speech_request(ctx: &TurnContext, sentence: &str) -> tonic::Request<Synthesiz
         call_id: ctx.call_id.to_string(),
         ..Default::default()
     });
-    request.set_timeout(ctx.limits.speech_timeout);
+    // Playback takes the audio only as fast as it plays (5 s ahead): a long sentence's stream
+    // stays open about as long as it is spoken, on top of the synthesis bound.
+    request.set_timeout(ctx.limits.speech_timeout + spoken_for(sentence));
     request
+}
+
+/// A generous bound of how long `text` takes to say (10 characters a second; speech is faster).
+fn spoken_for(text: &str) -> Duration {
+    Duration::from_secs_f64(text.chars().count() as f64 / 10.0)
 }
 
 /// The agent's greeting, spoken before the caller says anything: each sentence synthesised and
