@@ -1,8 +1,10 @@
 //! What `voice-kraliki`'s clients share with the operator tools (`crates/drills`): where a
 //! client finds its API key, and the live-call load generator ([`loadgen`], the
-//! `voice-kraliki loadgen` command; the drills' live calls are its simulated carriers).
+//! `voice-kraliki loadgen` command; the drills' live calls are its simulated carriers), and
+//! the Sentry alert rules as code ([`sentry_alerts`], `voice-kraliki sentry-alerts apply`).
 
 pub mod loadgen;
+pub mod sentry_alerts;
 
 /// The development API key `voice-kraliki run` writes when `API_KEYS` is unset.
 pub const DEV_API_KEY_FILE: &str = ".dev-api-key";

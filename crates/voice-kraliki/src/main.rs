@@ -10,6 +10,9 @@
 //!                                  calls, then a table of turn outcomes and latency
 //!                                  (`voice_kraliki::loadgen`)
 //! voice-kraliki sentry-test        send a test event to SENTRY_DSN
+//! voice-kraliki sentry-alerts apply --org ORG --project PROJECT [--file PATH] [--dry-run]
+//!                                  create or update the Sentry alert rules of
+//!                                  monitoring/sentry/alerts.json (`voice_kraliki::sentry_alerts`)
 //! ```
 //!
 //! The reliability drills are operator tools in their own crate (`crates/drills`).
@@ -19,7 +22,7 @@ mod supervisor;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: voice-kraliki [run | serve <call-api|audio-processor|provider-gateway> | demo | loadgen [options] | sentry-test | help]";
+const USAGE: &str = "usage: voice-kraliki [run | serve <call-api|audio-processor|provider-gateway> | demo | loadgen [options] | sentry-test | sentry-alerts apply [options] | help]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
         ["demo"] => demo::run(),
         ["loadgen", rest @ ..] => voice_kraliki::loadgen::run(rest),
         ["sentry-test"] => sentry_test(),
+        ["sentry-alerts", rest @ ..] => voice_kraliki::sentry_alerts::run(rest),
         ["help" | "--help" | "-h"] => {
             println!("{USAGE}");
             ExitCode::SUCCESS

@@ -16,4 +16,5 @@ mod process;
 mod prometheus;
 mod runner;
 mod secrets;
+mod sentry_alerts;
 mod trace;
