@@ -33,8 +33,15 @@ pub(crate) fn init(info: &ServiceInfo, config: &TelemetryConfig, release: &str) 
     options.dsn = config.sentry_dsn.clone();
     options.server_name = Some(Cow::Owned(info.name.clone()));
     let guard = sentry::init(options);
-    let service = info.name.clone();
-    sentry::configure_scope(|scope| scope.set_tag("service", service));
+    // `init` binds the client to this thread's hub. The process hub (whose top every thread's
+    // hub copies when first used) belongs to whichever thread used Sentry first, which need not
+    // be this one: bind it there too, so that every thread's events are sent.
+    let main = sentry::Hub::main();
+    if main.client().is_none() {
+        main.bind_client(sentry::Hub::current().client());
+    }
+    sentry::configure_scope(|scope| scope.set_tag("service", &info.name));
+    main.configure_scope(|scope| scope.set_tag("service", &info.name));
     guard
 }
 
@@ -77,7 +84,14 @@ impl ErrorContext {
 /// Sends an error to Sentry with its source chain and the given context; returns the event id
 /// (nil when Sentry is off).
 pub fn capture_exception(error: &(dyn std::error::Error + 'static), context: ErrorContext) -> sentry::types::Uuid {
-    sentry::with_scope(
+    // A thread that used Sentry before `init` keeps a hub without the client; capture on the
+    // main hub then, rather than lose the event.
+    let current = sentry::Hub::current();
+    let hub = match (current.client(), sentry::Hub::main()) {
+        (None, main) if main.client().is_some() => main,
+        _ => current,
+    };
+    hub.with_scope(
         |scope| {
             if let Some(id) = &context.user_id {
                 scope.set_user(Some(sentry::User { id: Some(id.clone()), ..Default::default() }));
@@ -92,7 +106,7 @@ pub fn capture_exception(error: &(dyn std::error::Error + 'static), context: Err
                 scope.set_tag("trace_id", trace_id);
             }
         },
-        || sentry::capture_error(error),
+        || hub.capture_error(error),
     )
 }
 

@@ -72,3 +72,30 @@ async fn errors_panics_and_transactions_reach_sentry_without_pii() {
         assert!(!raw.contains("4155550123"), "phone number sent to Sentry: {raw}");
     }
 }
+
+/// A thread that touched Sentry before `init` (a runtime worker serving a peer started first)
+/// keeps a hub without the client: errors captured there still reach Sentry.
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_captured_on_a_thread_older_than_init_are_sent() {
+    let sink = SentrySink::start().await;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let early = std::thread::spawn(move || {
+        // This thread's hub is made now, before any client exists.
+        assert!(sentry::Hub::current().client().is_none());
+        ready_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+        let error = std::io::Error::other("captured on an early thread");
+        telemetry::capture_exception(&error, telemetry::ErrorContext::default().tag("where", "early"))
+    });
+    ready_rx.recv().unwrap();
+    let telemetry = start(&[("SENTRY_DSN", sink.dsn())]);
+    go_tx.send(()).unwrap();
+    let id = early.join().unwrap();
+    assert!(!id.is_nil(), "the event was captured");
+    telemetry.shutdown().await;
+    let items = sink
+        .wait_for(Duration::from_secs(10), |items| items.iter().any(|i| i.payload["tags"]["where"] == "early"))
+        .await;
+    assert!(items.iter().any(|i| i.kind == "event" && i.payload["tags"]["where"] == "early"), "{items:?}");
+}
