@@ -1,13 +1,8 @@
 //! Provider failures as gRPC statuses, and the one place they are logged and sent to Sentry.
 
-use std::{
-    collections::HashSet,
-    sync::{Mutex, OnceLock},
-};
-
 use kraliki_proto::errors::{self, Reason};
 use providers::{ErrorCode, ProviderError};
-use telemetry::ErrorContext;
+use telemetry::{ErrorContext, sentry_support::first_time};
 use tonic::{Code, Status};
 
 /// The gRPC code of a provider error.
@@ -66,12 +61,6 @@ fn is_configuration(error: &ProviderError) -> bool {
     )
 }
 
-/// Whether this process has not reported `key` yet (and now has).
-fn first_time(key: String) -> bool {
-    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    SEEN.get_or_init(Default::default).lock().map(|mut seen| seen.insert(key)).unwrap_or(false)
-}
-
 /// The capability an operation uses, as providers name it in errors (`stt`, `llm`, `tts`,
 /// `sentiment`).
 fn capability_of(operation: &str) -> &'static str {
@@ -110,7 +99,7 @@ pub fn failed(operation: &'static str, error: &ProviderError) -> Status {
         [("capability", capability.to_string()), ("provider", provider.to_string())],
     );
     if is_configuration(error) {
-        if first_time(format!("{capability}/{provider}/{}", error.outcome())) {
+        if first_time(format!("provider/{capability}/{provider}/{}", error.outcome())) {
             tracing::warn!(operation, provider, code = code.as_str(), error = %error, "provider refused by configuration");
             telemetry::capture_exception(
                 error,

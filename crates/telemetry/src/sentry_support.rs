@@ -81,6 +81,13 @@ impl ErrorContext {
     }
 }
 
+/// Whether this process meets `key` for the first time (and now has): for the errors worth one
+/// Sentry event per process and reason, such as a provider left unconfigured.
+pub fn first_time(key: String) -> bool {
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> = std::sync::OnceLock::new();
+    SEEN.get_or_init(Default::default).lock().map(|mut seen| seen.insert(key)).unwrap_or(false)
+}
+
 /// Sends an error to Sentry with its source chain and the given context; returns the event id
 /// (nil when Sentry is off).
 pub fn capture_exception(error: &(dyn std::error::Error + 'static), context: ErrorContext) -> sentry::types::Uuid {

@@ -4,8 +4,7 @@
 //! from the end of their speech to the first reply frame sent, in stages that add up to it.
 
 use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -163,13 +162,11 @@ impl Failure {
 /// Sends a configuration failure to Sentry once per process and reason, tagged with the
 /// capability and provider (the transcript is never part of a failure).
 fn report(failure: &Failure) {
-    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
     if !failure.configuration {
         return;
     }
-    let key = format!("{}/{}/{}", failure.stage.as_str(), failure.provider, failure.reason);
-    let first = SEEN.get_or_init(Default::default).lock().map(|mut seen| seen.insert(key)).unwrap_or(false);
-    if first {
+    let key = format!("turn/{}/{}/{}", failure.stage.as_str(), failure.provider, failure.reason);
+    if telemetry::sentry_support::first_time(key) {
         telemetry::capture_exception(
             failure,
             telemetry::ErrorContext::default()

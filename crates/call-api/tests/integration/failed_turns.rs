@@ -11,27 +11,12 @@ use crate::common::{
     carrier::{Carrier, get, metric, metrics, silence, wait_until},
     stack,
 };
+use crate::live::{speech_pcm, sse};
 use serde_json::{Value, json};
 use telemetry::testing::{FakeHttp, FakeReply, FakeRequest, OtlpReceiver, SentrySink};
 
 const HEARD: &str = "My account number is four four seven.";
 const FALLBACK: &str = "Sorry, the line is bad. Please say that again.";
-
-fn sse(text: &str) -> Vec<u8> {
-    let mut out = String::new();
-    for word in text.split_inclusive(' ') {
-        out.push_str(&format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": {"content": word}}]})));
-    }
-    out.push_str(&format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})));
-    out.push_str("data: [DONE]\n\n");
-    out.into_bytes()
-}
-
-/// 24 kHz PCM16 of `seconds`: a quiet tone.
-fn speech_pcm(seconds: f64) -> Vec<u8> {
-    let n = (24_000.0 * seconds) as usize;
-    (0..n).flat_map(|i| (((i as f64 * 0.1).sin() * 3000.0) as i16).to_le_bytes()).collect()
-}
 
 /// Fake OpenAI-compatible providers: transcription answers `stt_status` (200 with [`HEARD`]
 /// otherwise), chat `chat_status` (a short reply when 200), speech always works.

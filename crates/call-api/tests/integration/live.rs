@@ -22,12 +22,13 @@ const HEARD: [&str; 2] = ["I would like to check my order.", "Thank you, goodbye
 const REPLIES: [&str; 2] = ["Sure, let me check. Your order ships today.", "You are welcome. Goodbye!"];
 
 /// 24 kHz PCM16 (OpenAI's `pcm`) of `seconds`: a quiet tone.
-fn speech_pcm(seconds: f64) -> Vec<u8> {
+pub(crate) fn speech_pcm(seconds: f64) -> Vec<u8> {
     let n = (24_000.0 * seconds) as usize;
     (0..n).flat_map(|i| (((i as f64 * 0.1).sin() * 3000.0) as i16).to_le_bytes()).collect()
 }
 
-fn sse(text: &str) -> Vec<u8> {
+/// A streamed chat completion (OpenAI's SSE) saying `text`, a word per event.
+pub(crate) fn sse(text: &str) -> Vec<u8> {
     let mut out = String::new();
     for word in text.split_inclusive(' ') {
         out.push_str(&format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": {"content": word}}]})));
