@@ -104,7 +104,10 @@ BUCKETS = {
     "grpc_server_handling_seconds": [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
     "grpc_client_handling_seconds": [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
     "call_duration_seconds": [1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600],
-    "voice_turn_latency_seconds": [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5],
+    # LIVE_TURN_SLO_SECONDS (default 1.5) is made a boundary by call-api; the turn SLO uses it
+    "voice_turn_latency_seconds": [0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10],
+    "call_analysis_stage_seconds": [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600],
+    "audio_realtime_factor": [10, 100, 1000, 5000, 10000, 50000, 100000],
     "provider_request_duration_seconds": [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60],
     "provider_time_to_first_byte_seconds": [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60],
 }
@@ -117,7 +120,14 @@ DASHBOARD_UIDS = {
     "calls.json": "vk-calls",
     "providers.json": "vk-providers",
     "audio.json": "vk-audio",
+    "voice-slo.json": "vk-voice-slo",
 }
+# This product's scrape jobs: the dashboards' `job` variable offers these only.
+PRODUCT_JOBS = ("call-api", "audio-processor", "provider-gateway")
+# Labels every aggregation of the rules keeps, and the dashboard variables every panel
+# selector filters on: one Prometheus may scrape several environments (namespaces) and,
+# with a global view, clusters.
+SCOPE_LABELS = ("cluster", "namespace")
 
 errors: list[str] = []
 
@@ -252,6 +262,25 @@ def check_thresholds(where: str, ast) -> None:
                         fail(f"{where}: threshold {other.val} is not a bucket boundary of {metric} {BUCKETS[metric]}")
 
 
+def check_rule_aggregations(where: str, ast) -> None:
+    """Rules aggregate `by (cluster, namespace, job, ...)`: environments stay apart."""
+    import promql_parser as pp
+
+    for n in walk_selectors(ast):
+        if not isinstance(n, pp.AggregateExpr) or str(n.op) in ("topk", "bottomk", "count_values"):
+            continue
+        mod = n.modifier
+        kind = str(mod.type).lower() if mod is not None else ""
+        labels = set(mod.labels) if mod is not None else set()
+        if mod is None or "without" in kind:
+            if mod is None or {"cluster", "namespace", "job"} & labels:
+                fail(f"{where}: `{n.op}` must aggregate by (cluster, namespace, job, ...), not over everything")
+            continue
+        missing = [lbl for lbl in ("cluster", "namespace", "job") if lbl not in labels]
+        if missing:
+            fail(f"{where}: `{n.op} by ({', '.join(mod.labels)})` drops {', '.join(missing)}")
+
+
 def cmd_promql(out_metrics: str, out_rules: str) -> None:
     import promql_parser as pp
 
@@ -273,6 +302,8 @@ def cmd_promql(out_metrics: str, out_rules: str) -> None:
             continue
         names |= metric_names(ast)
         check_thresholds(where, ast)
+        if i < len(exprs) - len(keda):
+            check_rule_aggregations(where, ast)
         if i >= len(exprs) - len(keda):
             promtool_rules.append({"record": f"dashboard_query:{i}", "expr": concrete})
     # The same dashboard (and KEDA) expressions, for the real Prometheus parser (promtool).
@@ -339,6 +370,62 @@ def cmd_alerts() -> None:
 # --- dashboards -------------------------------------------------------------
 
 
+VAR_MARK = re.compile(r"\$\{?(\w+)(?::\w+)?\}?")
+
+
+def check_dashboard_scope(name: str, d: dict) -> None:
+    """`cluster` and `namespace` variables; every panel selector filters on both; `job` lists
+    this product's jobs only."""
+    import promql_parser as pp
+
+    variables = {v["name"]: v for v in d.get("templating", {}).get("list", [])}
+    for var in SCOPE_LABELS:
+        v = variables.get(var)
+        if not v or v.get("type") != "query":
+            fail(f"{name}: no `{var}` query variable")
+            continue
+        q = v.get("query")
+        q = q.get("query") if isinstance(q, dict) else q
+        if not re.fullmatch(rf"\s*label_values\(.*,\s*{var}\s*\)\s*", q or ""):
+            fail(f"{name} variable {var}: should be label_values(..., {var}), is {q!r}")
+        # absent label (compose, no cluster label): "All" must still match every series
+        if not v.get("includeAll") or v.get("allValue") != ".*":
+            fail(f"{name} variable {var}: needs includeAll with allValue \".*\" (matches series without the label)")
+    job = variables.get("job")
+    if job:
+        q = job.get("query")
+        q = q.get("query") if isinstance(q, dict) else q
+        want = "|".join(PRODUCT_JOBS)
+        if f'job=~"{want}"' not in (q or "") or job.get("allValue") != want:
+            fail(f"{name} variable job: must offer only {want} (query matcher job=~\"{want}\" and allValue {want!r})")
+
+    def marked(expr: str) -> str:
+        expr = re.sub(r"\$\{?(__rate_interval|__interval|__range)\}?", "5m", expr)
+        return VAR_MARK.sub(lambda m: f"__var_{m.group(1)}__", expr)
+
+    def panels(ps):
+        for p in ps:
+            yield p
+            yield from panels(p.get("panels", []))
+
+    for p in panels(d.get("panels", [])):
+        for t in p.get("targets", []):
+            expr = t.get("expr")
+            if not expr:
+                continue
+            try:
+                ast = pp.parse(marked(expr))
+            except Exception:
+                continue  # `promql` reports it
+            for n in walk_selectors(ast):
+                if not isinstance(n, pp.VectorSelector):
+                    continue
+                have = {(m.name, m.value) for m in n.matchers.matchers if str(m.op) == "MatchOp.Re"}
+                for var in SCOPE_LABELS:
+                    if (var, f"__var_{var}__") not in have:
+                        fail(f"{name} panel {p.get('title')!r}: selector {n.name or n} lacks {var}=~\"${var}\"")
+
+
 def cmd_dashboards() -> None:
     found = {f.name for f in DASHBOARDS.glob("*.json")}
     if found != set(DASHBOARD_UIDS):
@@ -363,6 +450,7 @@ def cmd_dashboards() -> None:
         tvars = {v["name"] for v in d.get("templating", {}).get("list", [])}
         if "datasource" not in tvars:
             fail(f"{name}: no `datasource` variable")
+        check_dashboard_scope(name, d)
         for p in d.get("panels", []):
             if p.get("id") in ids:
                 fail(f"{name}: duplicate panel id {p.get('id')}")
