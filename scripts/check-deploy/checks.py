@@ -16,7 +16,8 @@ the metric names the PromQL uses.
     checks.py replicas RENDER...                  headless gRPC Services, REPLICA_ID, call-api rollout
     checks.py keda KEDA_RENDER HPA_RENDER         the KEDA ScaledObject replacing call-api's HPA
     checks.py core RENDER OUT                     RENDER without CRD objects (for kubernetes-validate)
-    checks.py operator RENDER                     ServiceMonitor / PrometheusRule structure
+    checks.py operator RENDER BASE [no-rules]     ServiceMonitor / PrometheusRule structure
+    checks.py grafana RENDER                      dashboard ConfigMaps for the Grafana sidecar
     checks.py otel                                collector pipelines reference real components
 """
 
@@ -39,7 +40,7 @@ KEDA_COMPONENT = ROOT / "k8s" / "components" / "keda"
 # --- the contract (SPEC §1, §3, §6, §7 and the binaries' defaults) ---------
 
 SERVICES = {
-    "call-api": {"http": 8000},
+    "call-api": {"http": 8000, "admin": 9090},
     "audio-processor": {"grpc": 50051, "metrics": 9091},
     "provider-gateway": {"grpc": 50052, "metrics": 9092},
 }
@@ -49,6 +50,7 @@ GRPC_HEALTH_SERVICE = {
 }
 ADDR_VARS = {
     "CALL_API_ADDR": 8000,
+    "CALL_API_ADMIN_ADDR": 9090,
     "AUDIO_PROCESSOR_GRPC_ADDR": 50051,
     "AUDIO_PROCESSOR_ADMIN_ADDR": 9091,
     "PROVIDER_GATEWAY_GRPC_ADDR": 50052,
@@ -64,7 +66,7 @@ KNOWN_ENV = set(
     APM_ENVIRONMENT ENVIRONMENT ENABLE_METRICS LOG_LEVEL LOG_FORMAT LOG_FILE WORKERS RUST_LOG
     OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_PROTOCOL OTEL_SERVICE_NAME OTEL_TRACES_SAMPLER
     OTEL_TRACES_SAMPLER_ARG OTEL_RESOURCE_ATTRIBUTES
-    CALL_API_ADDR AUDIO_PROCESSOR_GRPC_ADDR AUDIO_PROCESSOR_ADMIN_ADDR PROVIDER_GATEWAY_GRPC_ADDR
+    CALL_API_ADDR CALL_API_ADMIN_ADDR AUDIO_PROCESSOR_GRPC_ADDR AUDIO_PROCESSOR_ADMIN_ADDR PROVIDER_GATEWAY_GRPC_ADDR
     PROVIDER_GATEWAY_ADMIN_ADDR AUDIO_PROCESSOR_URL PROVIDER_GATEWAY_URL DATABASE_URL API_KEYS
     PUBLIC_BASE_URL TWILIO_ACCOUNT_SID TWILIO_AUTH_TOKEN TWILIO_API_BASE_URL
     OPENAI_API_KEY OPENAI_BASE_URL DEEPGRAM_API_KEY DEEPGRAM_BASE_URL
@@ -89,6 +91,11 @@ SHUTDOWN_DEFAULTS = {
 }
 LIVE_DRAIN_SERVICES = {"call-api"}  # the services that drain live calls
 SHUTDOWN_MARGIN_SECONDS = 5  # what we want left before SIGKILL
+# The namespace of each render: dev has its own, so that one Prometheus can tell the
+# environments apart (every rule and dashboard keeps `namespace`).
+RENDER_NAMESPACES = {"dev.yaml": "voice-kraliki-dev"}
+# Where Prometheus runs: the only namespace the admin (metrics) ports admit.
+MONITORING_NAMESPACE = "monitoring"
 # Where each render comes from (for messages that name the file to change).
 RENDER_SOURCES = {
     "top.yaml": "k8s/ (kubectl kustomize k8s)",
@@ -503,14 +510,45 @@ def check_addr_values(where: str, env: dict) -> None:
                 fail(f"{where}: {var}={env[var]}: {url.strip()!r} should be http://{host}:{port}")
 
 
+def check_admin_ports_private(tag: str, policies: dict) -> None:
+    """The admin ports (/metrics, /debug/pprof/profile) admit the monitoring namespace only."""
+    for svc, ports in SERVICES.items():
+        admin = ports.get("admin", ports.get("metrics"))
+        pol = next((p for p in policies.values()
+                    if p["spec"].get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") == svc), None)
+        if not pol:
+            fail(f"{tag}: no NetworkPolicy selects {svc}")
+            continue
+        allowed = False
+        for rule in pol["spec"].get("ingress", []) or []:
+            covered = not rule.get("ports") or any(pt.get("port") in (admin, "admin", "metrics") for pt in rule["ports"])
+            if not covered:
+                continue
+            sources = rule.get("from") or []
+            private = bool(sources) and all(
+                set(src) == {"namespaceSelector"}
+                and src["namespaceSelector"].get("matchLabels") == {"kubernetes.io/metadata.name": MONITORING_NAMESPACE}
+                for src in sources)
+            if not private:
+                fail(f"{tag} NetworkPolicy/{pol['metadata']['name']}: an ingress rule opens {svc}'s admin port {admin} "
+                     f"to more than namespace {MONITORING_NAMESPACE}: {rule}")
+            allowed = True
+        if not allowed:
+            fail(f"{tag} NetworkPolicy/{pol['metadata']['name']}: Prometheus (namespace {MONITORING_NAMESPACE}) cannot reach {svc}'s admin port {admin}")
+
+
 def check_render(path: Path) -> None:
     docs = load_yaml_docs(path)
     tag = path.name
+    namespace = RENDER_NAMESPACES.get(tag, "voice-kraliki")
     by_kind: dict[str, dict[str, dict]] = {}
     for d in docs:
         by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
-        if d["kind"] != "Namespace" and d["metadata"].get("namespace") != "voice-kraliki":
-            fail(f"{tag}: {d['kind']}/{d['metadata']['name']} is not in namespace voice-kraliki")
+        if d["kind"] == "Namespace":
+            if d["metadata"]["name"] != namespace:
+                fail(f"{tag}: Namespace {d['metadata']['name']} rendered, expected {namespace}")
+        elif d["metadata"].get("namespace") != namespace:
+            fail(f"{tag}: {d['kind']}/{d['metadata']['name']} is not in namespace {namespace}")
     cm = by_kind.get("ConfigMap", {}).get("voice-kraliki-config", {}).get("data", {})
     if not cm:
         fail(f"{tag}: ConfigMap voice-kraliki-config missing")
@@ -519,6 +557,7 @@ def check_render(path: Path) -> None:
     if "Secret" in by_kind:
         fail(f"{tag}: a Secret is rendered; only the template outside the kustomization may hold one")
     np = by_kind.get("NetworkPolicy", {})
+    check_admin_ports_private(tag, np)
     if not any(p["spec"].get("podSelector") == {} and set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"} and not p["spec"].get("ingress") and not p["spec"].get("egress") for p in np.values()):
         fail(f"{tag}: no deny-by-default NetworkPolicy (podSelector {{}}, Ingress+Egress, no rules)")
 
@@ -1131,7 +1170,8 @@ PROMETHEUSRULE_SCHEMA = {
 }
 
 
-def cmd_operator(render: str, base_render: str) -> None:
+def cmd_operator(render: str, base_render: str, rules_wanted: str = "rules") -> None:
+    """RENDER's operator objects against the Services of BASE_RENDER; `no-rules`: ServiceMonitors only."""
     import jsonschema
 
     docs = load_yaml_docs(Path(render))
@@ -1152,8 +1192,12 @@ def cmd_operator(render: str, base_render: str) -> None:
                 fail(f"ServiceMonitor/{d['metadata']['name']}: selects {len(matches)} Services, expected 1")
                 continue
             svc = matches[0]
+            ns = svc["metadata"].get("namespace")
+            if d["spec"].get("namespaceSelector", {}).get("matchNames", [d["metadata"].get("namespace")]) != [ns]:
+                fail(f"ServiceMonitor/{d['metadata']['name']}: namespaceSelector should select {ns}, the Services' namespace")
             names = {p["name"] for p in svc["spec"]["ports"]}
-            want_port = "http" if svc["metadata"]["name"] == "call-api" else "metrics"
+            # the admin ports: call-api's /metrics is not on its public port
+            want_port = "admin" if svc["metadata"]["name"] == "call-api" else "metrics"
             for ep in d["spec"]["endpoints"]:
                 if ep.get("port") not in names or ep.get("port") != want_port:
                     fail(f"ServiceMonitor/{d['metadata']['name']}: scrapes port {ep.get('port')!r}, expected {want_port!r}")
@@ -1164,11 +1208,52 @@ def cmd_operator(render: str, base_render: str) -> None:
     if monitored != set(SERVICES):
         fail(f"ServiceMonitors cover {sorted(monitored)}, expected {sorted(SERVICES)}")
     rules = [d for d in docs if d["kind"] == "PrometheusRule"]
-    if len(rules) != 1:
+    if rules and rules_wanted == "no-rules":
+        fail("a PrometheusRule is rendered here: the rules must be loaded once per Prometheus (k8s/prometheus-operator)")
+    elif rules_wanted == "no-rules":
+        pass
+    elif len(rules) != 1:
         fail("expected exactly one PrometheusRule")
     elif rules[0]["spec"] != yaml.safe_load(ALERTS.read_text()):
         fail("PrometheusRule spec differs from monitoring/prometheus-alerts.yml")
     finish(f"{len(docs)} operator objects match their structural schemas; ServiceMonitors scrape the named ports")
+
+
+# --- Grafana dashboards as ConfigMaps (k8s/grafana-dashboards) --------------
+
+# `kubectl apply` (client side) keeps the whole object in an annotation of at most 256 KiB.
+CONFIGMAP_APPLY_LIMIT = 262144
+
+
+def cmd_grafana(render: str) -> None:
+    """One sidecar ConfigMap per dashboard, each the dashboard byte for byte."""
+    docs = load_yaml_docs(Path(render))
+    seen: dict[str, str] = {}
+    for d in docs:
+        name = d["metadata"]["name"]
+        if d["kind"] != "ConfigMap":
+            fail(f"k8s/grafana-dashboards: unexpected {d['kind']}/{name}")
+            continue
+        if d["metadata"].get("labels", {}).get("grafana_dashboard") != "1":
+            fail(f"ConfigMap/{name}: lacks the sidecar label grafana_dashboard: \"1\"")
+        data = d.get("data", {}) or {}
+        if len(data) != 1:
+            fail(f"ConfigMap/{name}: expected one dashboard, has {sorted(data)}")
+        for key, text in data.items():
+            src = DASHBOARDS / key
+            if not src.exists():
+                fail(f"ConfigMap/{name}: {key} is not a dashboard of monitoring/grafana/dashboards")
+            elif text != src.read_text():
+                fail(f"ConfigMap/{name}: {key} differs from monitoring/grafana/dashboards/{key}: run scripts/check-deploy/gen-grafana-dashboards.sh")
+            if key in seen:
+                fail(f"{key} is in ConfigMaps {seen[key]} and {name}")
+            seen[key] = name
+            if len(json.dumps(d)) >= CONFIGMAP_APPLY_LIMIT:
+                fail(f"ConfigMap/{name}: too large for `kubectl apply` ({len(json.dumps(d))} bytes)")
+    missing = set(DASHBOARD_UIDS) - set(seen)
+    if missing:
+        fail(f"k8s/grafana-dashboards: no ConfigMap for {sorted(missing)}: run scripts/check-deploy/gen-grafana-dashboards.sh")
+    finish(f"{len(seen)} dashboards as sidecar ConfigMaps, identical to monitoring/grafana/dashboards")
 
 
 # --- OpenTelemetry Collector ------------------------------------------------
@@ -1323,6 +1408,7 @@ def main() -> None:
         "core": lambda: cmd_core(*args),
         "operator": lambda: cmd_operator(*args),
         "otel": cmd_otel,
+        "grafana": lambda: cmd_grafana(*args),
     }[cmd]()
 
 

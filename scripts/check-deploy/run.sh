@@ -22,10 +22,16 @@
 #   alert conventions: severity, summary, description, runbook anchor, tests
 #   Grafana dashboards and provisioning
 #   PrometheusRule == monitoring/prometheus-alerts.yml (regenerated and diffed)
+#   Grafana sidecar ConfigMaps (k8s/grafana-dashboards) == the dashboards
+#     (regenerated and diffed, then checked in the render)
+#   Alertmanager: amtool check-config monitoring/alertmanager.yml, where a
+#     critical and a warning alert are routed (amtool config routes test), and
+#     its inhibitions on a real Alertmanager started on loopback
 #   kustomize renders of k8s/, base, dev, prod, prod-keda (prod + the KEDA
-#     component) and prometheus-operator
+#     component), prometheus-operator, dev-monitoring and grafana-dashboards
 #   kubernetes-validate --strict on every rendered object and the plain files
-#   Prometheus Operator objects (CRDs): structural schema of the fields we use
+#   Prometheus Operator objects (CRDs): structural schema of the fields we use,
+#     ServiceMonitors of prod (base) and dev (dev-monitoring, no rules)
 #   KEDA ScaledObject (CRD): target, prometheus trigger, exported metric names,
 #     floor/ceiling of the HPA it replaces, that HPA gone
 #   contract of SPEC §3/§7: ports, probes, security, env names
@@ -66,6 +72,9 @@ apt_install() {
 }
 
 command -v promtool >/dev/null || apt_install prometheus
+# amtool (Debian's prometheus-alertmanager) checks monitoring/alertmanager.yml. If it cannot be
+# installed the check is skipped loudly, and fails with REQUIRE_TOOLS=1 (CI).
+command -v amtool >/dev/null || apt_install prometheus-alertmanager || true
 command -v kubectl >/dev/null || {
   log "check-deploy: kubectl (with its built-in kustomize) is required and not installed"
   exit 1
@@ -150,6 +159,101 @@ prometheusrule_in_sync() {
   echo "prometheusrule.yaml is monitoring/prometheus-alerts.yml"
 }
 
+grafana_dashboards_in_sync() {
+  "$HERE/gen-grafana-dashboards.sh" "$WORK/grafana-dashboards"
+  if ! diff -ru k8s/grafana-dashboards "$WORK/grafana-dashboards"; then
+    echo "k8s/grafana-dashboards is stale: run scripts/check-deploy/gen-grafana-dashboards.sh"
+    return 1
+  fi
+  echo "k8s/grafana-dashboards is monitoring/grafana/dashboards"
+}
+
+alertmanager() {
+  if ! command -v amtool >/dev/null; then
+    if [[ "${REQUIRE_TOOLS:-}" == 1 ]]; then
+      echo "amtool is not installed and REQUIRE_TOOLS=1 (apt-get install prometheus-alertmanager)"
+      return 1
+    fi
+    echo "SKIPPED: amtool is not installed (apt-get install prometheus-alertmanager); REQUIRE_TOOLS=1 fails instead"
+    return 0
+  fi
+  amtool check-config monitoring/alertmanager.yml
+  # where alerts go: critical pages, warning opens a ticket, whatever the alert
+  local got want labels
+  while IFS='|' read -r want labels; do
+    # shellcheck disable=SC2086  # one argument per label
+    got="$(amtool config routes test --config.file=monitoring/alertmanager.yml $labels)"
+    if [[ "$got" != "$want" ]]; then
+      echo "alertmanager.yml routes {$labels} to '$got', expected '$want'"
+      return 1
+    fi
+  done <<'ROUTES'
+pager|alertname=ServiceDown severity=critical job=call-api namespace=voice-kraliki
+pager|alertname=VoiceTurnLatencyBudgetBurn severity=critical slo=voice-turn-latency job=call-api namespace=voice-kraliki
+ticket|alertname=HighLatency severity=warning job=call-api namespace=voice-kraliki
+ticket|alertname=VoiceTurnLatencyBudgetBurn severity=warning slo=voice-turn-latency job=call-api namespace=voice-kraliki
+ticket|alertname=SomethingNew job=call-api
+ROUTES
+  echo "alertmanager.yml valid; critical -> pager, warning -> ticket"
+}
+
+alertmanager_inhibitions() {
+  # The inhibitions, on a real Alertmanager (loopback, throwaway storage): fire alerts with
+  # amtool and see which ones it suppresses.
+  local bin
+  bin="$(command -v prometheus-alertmanager || command -v alertmanager || true)"
+  if [[ -z "$bin" ]] || ! command -v amtool >/dev/null; then
+    if [[ "${REQUIRE_TOOLS:-}" == 1 ]]; then
+      echo "alertmanager is not installed and REQUIRE_TOOLS=1 (apt-get install prometheus-alertmanager)"
+      return 1
+    fi
+    echo "SKIPPED: alertmanager is not installed (apt-get install prometheus-alertmanager); REQUIRE_TOOLS=1 fails instead"
+    return 0
+  fi
+  local port pid url got want
+  port="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  url="http://127.0.0.1:$port"
+  mkdir -p "$WORK/alertmanager"
+  "$bin" --config.file=monitoring/alertmanager.yml --storage.path="$WORK/alertmanager" \
+    --web.listen-address="127.0.0.1:$port" --cluster.listen-address= >"$WORK/alertmanager.log" 2>&1 &
+  pid=$!
+  # stop this Alertmanager however the check ends (each check runs in its own subshell)
+  # shellcheck disable=SC2064
+  trap "kill $pid 2>/dev/null || true" EXIT
+  for _ in $(seq 50); do
+    amtool --alertmanager.url="$url" config show >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  while read -r labels; do
+    # shellcheck disable=SC2086  # one argument per label
+    amtool --alertmanager.url="$url" alert add $labels
+  done <<'ALERTS'
+alertname=ServiceDown severity=critical job=audio-processor namespace=voice-kraliki
+alertname=HighErrorRate severity=critical job=audio-processor namespace=voice-kraliki
+alertname=PeerUnreachable severity=critical job=call-api peer=audio-processor namespace=voice-kraliki
+alertname=PeerUnreachable severity=critical job=call-api peer=provider-gateway namespace=voice-kraliki
+alertname=HighErrorRate severity=critical job=audio-processor namespace=voice-kraliki-dev
+alertname=HighErrorRate severity=critical job=call-api namespace=voice-kraliki
+alertname=VoiceTurnLatencyBudgetBurn severity=critical slo=voice-turn-latency job=call-api namespace=voice-kraliki
+alertname=VoiceTurnLatencyBudgetBurn severity=warning slo=voice-turn-latency job=call-api namespace=voice-kraliki
+ALERTS
+  sleep 1
+  got="$(amtool --alertmanager.url="$url" alert query --inhibited -o json | "$PY" -c '
+import json, sys
+for a in sorted(json.load(sys.stdin), key=lambda a: sorted(a["labels"].items())):
+    if a["status"]["state"] == "suppressed":
+        l = a["labels"]
+        print(l["alertname"], l["job"], l.get("peer", "-"), l["namespace"], l["severity"])')"
+  want="HighErrorRate audio-processor - voice-kraliki critical
+PeerUnreachable call-api audio-processor voice-kraliki critical
+VoiceTurnLatencyBudgetBurn call-api - voice-kraliki warning"
+  if [[ "$got" != "$want" ]]; then
+    printf 'suppressed:\n%s\nexpected:\n%s\n' "$got" "$want"
+    return 1
+  fi
+  echo "ServiceDown silences its job's HighErrorRate and PeerUnreachable, a page its ticket; other namespaces untouched"
+}
+
 render() {
   mkdir -p "$WORK/render"
   kubectl kustomize k8s >"$WORK/render/top.yaml"
@@ -157,6 +261,8 @@ render() {
   kubectl kustomize k8s/overlays/dev >"$WORK/render/dev.yaml"
   kubectl kustomize k8s/overlays/prod >"$WORK/render/prod.yaml"
   kubectl kustomize k8s/prometheus-operator >"$WORK/render/operator.yaml"
+  kubectl kustomize k8s/overlays/dev-monitoring >"$WORK/render/dev-operator.yaml"
+  kubectl kustomize k8s/grafana-dashboards >"$WORK/render/grafana.yaml"
   # the optional KEDA component on top of prod (k8s/overlays/prod-keda)
   kubectl kustomize k8s/overlays/prod-keda >"$WORK/render/prod-keda.yaml"
   # kubernetes-validate has no schema for KEDA's ScaledObject (checks.py keda
@@ -166,14 +272,14 @@ render() {
     echo "k8s/ (kubectl apply -k k8s/) does not render the base"
     return 1
   fi
-  echo "rendered k8s/, base, dev, prod, prod-keda, prometheus-operator ($(grep -c '^kind:' "$WORK/render/base.yaml") objects in the base)"
+  echo "rendered k8s/, base, dev, prod, prod-keda, prometheus-operator, dev-monitoring, grafana-dashboards ($(grep -c '^kind:' "$WORK/render/base.yaml") objects in the base)"
 }
 
 kubernetes_validate() {
   # Every rendered object, plus the plain files for `kubectl apply -f`.
   "$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" \
     "$WORK/render/base.yaml" "$WORK/render/dev.yaml" "$WORK/render/prod.yaml" \
-    "$WORK/render/prod-keda-core.yaml" k8s/base/*.yaml k8s/secret.template.yaml
+    "$WORK/render/prod-keda-core.yaml" "$WORK/render/grafana.yaml" k8s/base/*.yaml k8s/secret.template.yaml
   echo "all objects valid against Kubernetes $K8S_VERSION (strict)"
 }
 
@@ -185,6 +291,12 @@ operator_objects() {
   # kubernetes-validate has no schema for the operator's CRDs (it would only
   # warn and skip them): checks.py validates the fields we use instead.
   "$PY" "$HERE/checks.py" operator "$WORK/render/operator.yaml" "$WORK/render/base.yaml"
+  # dev's ServiceMonitors watch dev's namespace; the rules are loaded once (no PrometheusRule)
+  "$PY" "$HERE/checks.py" operator "$WORK/render/dev-operator.yaml" "$WORK/render/dev.yaml" no-rules
+}
+
+grafana_configmaps() {
+  "$PY" "$HERE/checks.py" grafana "$WORK/render/grafana.yaml"
 }
 
 contract() {
@@ -255,10 +367,14 @@ check "alert conventions and runbooks" "$PY" "$HERE/checks.py" alerts
 check "PromQL parses, metric names" promql
 check "Grafana dashboards" "$PY" "$HERE/checks.py" dashboards
 check "PrometheusRule in sync" prometheusrule_in_sync
+check "Grafana ConfigMaps in sync" grafana_dashboards_in_sync
+check "Alertmanager config and routes" alertmanager
+check "Alertmanager inhibitions" alertmanager_inhibitions
 check "kustomize render" render
 if [[ -s "$WORK/render/prod-keda-core.yaml" && -s "$WORK/render/operator.yaml" ]]; then
   check "kubernetes-validate $K8S_VERSION" kubernetes_validate
   check "Prometheus Operator objects" operator_objects
+  check "Grafana sidecar ConfigMaps" grafana_configmaps
   check "KEDA ScaledObject" keda_object
   check "contract (SPEC 3, 7)" contract
   check "shutdown budget" shutdown_budget
@@ -266,8 +382,8 @@ if [[ -s "$WORK/render/prod-keda-core.yaml" && -s "$WORK/render/operator.yaml" ]
   check "memory limits and recording sizes" memory_limits
   check "checkov" checkov_scan
 else
-  failed=$((failed + 8))
-  echo "FAIL  kubernetes-validate, operator objects, KEDA, contract, shutdown budget, replicas, memory, checkov: nothing rendered"
+  failed=$((failed + 9))
+  echo "FAIL  kubernetes-validate, operator objects, Grafana ConfigMaps, KEDA, contract, shutdown budget, replicas, memory, checkov: nothing rendered"
 fi
 check "docker compose config" compose_config
 check "systemd-analyze verify" systemd_verify
