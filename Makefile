@@ -70,7 +70,7 @@ drill-scale: ## drill: two replicas of each service behind a balancer on a throw
 	$(CARGO) build -q -p voice-kraliki -p drills
 	$(CARGO_TARGET_DIR)/debug/drills scale
 
-check-deploy: ## validate k8s, Prometheus rules and dashboards with the real tools
+check-deploy: ## validate k8s, Prometheus rules, Alertmanager config and dashboards with the real tools
 	bash scripts/check-deploy/run.sh
 
 clean: ## remove build output
