@@ -371,7 +371,48 @@ def cmd_alerts() -> None:
             fail(f"{name}: no test in monitoring/tests/ where it does not fire")
     for name in sorted((fires | silent) - alerts):
         fail(f"monitoring/tests/ tests an alert that does not exist: {name}")
+    check_provider_label_values(doc)
     finish(f"{len(alerts)} alerts have severity, annotations, a runbook section, and firing and silent tests")
+
+
+def provider_label_values() -> tuple[set[str], set[str]]:
+    """The `outcome` and `operation` values of provider_requests_total, read from crates/providers."""
+    src = ROOT / "crates" / "providers" / "src"
+    error_rs = (src / "error.rs").read_text()
+    m = re.search(r"pub fn outcome\(&self\) -> &'static str \{(.*?)\n    \}", error_rs, re.S)
+    outcomes = set(re.findall(r'=> "(\w+)"', m.group(1))) if m else set()
+    # outcomes the gateway records itself (metrics::request(..., "literal"))
+    outcomes |= set(re.findall(r'metrics::request\([^;]*?"(\w+)"\)', (src / "gateway.rs").read_text()))
+    types_rs = (src / "types.rs").read_text()
+    m = re.search(r"pub fn operation\(self\) -> &'static str \{(.*?)\n    \}", types_rs, re.S)
+    operations = set(re.findall(r'=> "(\w+)"', m.group(1))) if m else set()
+    if not outcomes or not operations:
+        fail("could not read provider_requests_total's outcome/operation values from crates/providers")
+    return outcomes, operations
+
+
+def check_provider_label_values(doc: dict) -> None:
+    """Rules and their tests name only outcome/operation values the gateway exports."""
+    outcomes, operations = provider_label_values()
+    if not outcomes:
+        return
+    known = {"outcome": outcomes, "operation": operations}
+    for g in doc["groups"]:
+        for r in g["rules"]:
+            for sel in re.findall(r"provider_requests_total\{([^}]*)\}", r["expr"]):
+                for label, _op, value in re.findall(r'(outcome|operation)\s*(=~|!~|=|!=)\s*"([^"]*)"', sel):
+                    for v in value.split("|"):
+                        if v not in known[label]:
+                            fail(f"{r.get('alert') or r.get('record')}: {label} value {v!r} is not one crates/providers exports {sorted(known[label])}")
+    for t in sorted((MON / "tests").glob("*.yml")):
+        for case in yaml.safe_load(t.read_text()).get("tests", []):
+            for series in case.get("input_series", []):
+                m = re.fullmatch(r"provider_requests_total\{(.*)\}", series["series"])
+                if not m:
+                    continue
+                for label, value in re.findall(r'(outcome|operation)="([^"]*)"', m.group(1)):
+                    if value not in known[label]:
+                        fail(f"{t.name} {case['name']!r}: {label}={value!r} is not one crates/providers exports {sorted(known[label])}")
 
 
 # --- dashboards -------------------------------------------------------------
