@@ -132,6 +132,7 @@ pub fn transcription_request(request: pb::TranscribeRequest) -> Result<Transcrip
     out.channels = channels;
     out.language = optional(request.language);
     out.model = optional(request.model);
+    out.conversation_id = optional(request.call_id);
     Ok(out)
 }
 
@@ -191,6 +192,7 @@ pub fn chat_request(request: pb::StreamChatRequest) -> Result<ChatRequest, Statu
         model: optional(request.model),
         temperature: request.temperature,
         max_tokens: (request.max_tokens > 0).then_some(request.max_tokens),
+        conversation_id: optional(request.call_id),
     })
 }
 
@@ -255,6 +257,7 @@ pub fn synthesis_request(request: pb::SynthesizeSpeechRequest) -> Result<Synthes
     }
     out.voice = optional(request.voice);
     out.model = optional(request.model);
+    out.conversation_id = optional(request.call_id);
     Ok(out)
 }
 

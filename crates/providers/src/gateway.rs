@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use opentelemetry::{Array, StringValue, Value};
 use tokio::time::Instant;
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::ProvidersConfig;
 use crate::error::ProviderError;
@@ -21,13 +23,27 @@ use crate::resilience::breaker::{CircuitBreaker, Ticket};
 use crate::resilience::limiter::{Limiter, Slot};
 use crate::resilience::retry::backoff;
 use crate::types::{
-    AudioFormat, AudioStream, BoxStream, Capability, ChatChunk, ChatRequest, ChatStream, CircuitState, ProviderInfo,
-    ProviderKind, SentimentResult, SynthesisRequest, Transcript, TranscriptionRequest,
+    AudioFormat, AudioStream, BoxStream, Capability, ChatChunk, ChatMessage, ChatRequest, ChatStream, CircuitState,
+    FinishReason, ProviderInfo, ProviderKind, Role, SentimentResult, SynthesisRequest, Transcript,
+    TranscriptionRequest,
 };
 
 const MAX_AUDIO_BYTES: usize = 200 * 1024 * 1024;
 const MAX_TEXT_CHARS: usize = 100_000;
+/// Longest text of one captured message (`PROVIDER_CAPTURE_CONTENT`).
 const CAPTURE_CHARS: usize = 4_000;
+/// Captured chat input: the last this many messages.
+const CAPTURE_MESSAGES: usize = 16;
+/// Longest `gen_ai.conversation.id` kept.
+const CONVERSATION_ID_CHARS: usize = 64;
+
+/// What a request asks of every attempt: the model (and voice) it names, and its conversation.
+#[derive(Default)]
+struct Ask {
+    model: Option<String>,
+    voice: Option<String>,
+    conversation_id: Option<String>,
+}
 
 /// The provider layer: cheap to clone (shared state behind an `Arc`).
 #[derive(Clone)]
@@ -183,16 +199,18 @@ impl Gateway {
     ) -> Result<Transcript, ProviderError> {
         validate_transcription(&request)?;
         let deadline = self.deadline(deadline);
+        let ask = Ask { model: request.model.clone(), voice: None, conversation_id: request.conversation_id.clone() };
         let request = Arc::new(request);
         let attempted = self
-            .execute(Capability::Stt, deadline, move |backend, ctx| {
+            .execute(Capability::Stt, deadline, ask, move |backend, ctx| {
                 let request = Arc::clone(&request);
                 async move { backend.transcribe(&request, &ctx).await }
             })
             .await?;
         let Attempted { value, ctx, mut ticket, slot } = attempted;
+        ctx.span.record("gen_ai.response.model", value.model.as_str());
         if ctx.capture_content {
-            ctx.span.record("gen_ai.output.messages", truncate(&value.text, CAPTURE_CHARS).as_str());
+            ctx.span.record("gen_ai.output.messages", messages_json(&[(Role::Assistant, &value.text)], None).as_str());
         }
         finish_ok(&ctx, &mut ticket);
         drop(slot);
@@ -206,14 +224,14 @@ impl Gateway {
     pub async fn chat(&self, request: ChatRequest, deadline: Option<Instant>) -> Result<ChatStream, ProviderError> {
         validate_chat(&request)?;
         let deadline = self.deadline(deadline);
+        let ask = Ask { model: request.model.clone(), voice: None, conversation_id: request.conversation_id.clone() };
         let request = Arc::new(request);
         let attempted = self
-            .execute(Capability::Llm, deadline, move |backend, ctx| {
+            .execute(Capability::Llm, deadline, ask, move |backend, ctx| {
                 let request = Arc::clone(&request);
                 async move {
                     if ctx.capture_content {
-                        let prompt = request.messages.last().map(|m| m.content.as_str()).unwrap_or_default();
-                        ctx.span.record("gen_ai.input.messages", truncate(prompt, CAPTURE_CHARS).as_str());
+                        ctx.span.record("gen_ai.input.messages", chat_input_json(&request.messages).as_str());
                     }
                     let opened = backend.chat(&request, &ctx).await?;
                     open_stream(opened, &ctx).await
@@ -224,21 +242,31 @@ impl Gateway {
         let model = attempted.value.0.clone();
         let capture = attempted.ctx.capture_content;
         let mut completion = String::new();
+        let mut first = true;
         let observe = move |chunk: &ChatChunk, ctx: &CallCtx| {
-            if capture && completion.len() < CAPTURE_CHARS {
+            if std::mem::take(&mut first) {
+                // The model the server named, else the one asked for.
+                ctx.span.record("gen_ai.response.model", chunk.model.as_deref().unwrap_or(&model));
+            }
+            if capture && completion.chars().count() < CAPTURE_CHARS {
                 completion.push_str(&chunk.delta);
-                if chunk.finish_reason.is_some() {
-                    ctx.span.record("gen_ai.output.messages", truncate(&completion, CAPTURE_CHARS).as_str());
-                }
             }
             if let Some(reason) = &chunk.finish_reason {
-                ctx.span.record("gen_ai.response.finish_reasons", format!("{reason:?}").to_lowercase().as_str());
+                // A string array, as the conventions define it (the `tracing` fields cannot
+                // carry one, so it goes straight to the OpenTelemetry span).
+                let reasons = Array::String(vec![StringValue::from(reason.as_str().to_owned())]);
+                ctx.span.set_attribute("gen_ai.response.finish_reasons", Value::Array(reasons));
+                if capture {
+                    let output = messages_json(&[(Role::Assistant, &completion)], Some(reason));
+                    ctx.span.record("gen_ai.output.messages", output.as_str());
+                }
             }
             if let Some(usage) = chunk.usage {
                 ctx.span.record("gen_ai.usage.input_tokens", usage.prompt_tokens);
                 ctx.span.record("gen_ai.usage.output_tokens", usage.completion_tokens);
                 ctx.span.record("response_tokens", usage.completion_tokens);
                 metrics::tokens(ctx.provider, &model, usage.prompt_tokens, usage.completion_tokens);
+                metrics::gen_ai_tokens(&ctx.gen_ai, usage.prompt_tokens, usage.completion_tokens);
             }
         };
         let model = attempted.value.0.clone();
@@ -255,13 +283,19 @@ impl Gateway {
         validate_synthesis(&request)?;
         let deadline = self.deadline(deadline);
         let format = AudioFormat { encoding: request.encoding, sample_rate: request.sample_rate, channels: 1 };
+        let ask = Ask {
+            model: request.model.clone(),
+            voice: request.voice.clone(),
+            conversation_id: request.conversation_id.clone(),
+        };
         let request = Arc::new(request);
         let attempted = self
-            .execute(Capability::Tts, deadline, move |backend, ctx| {
+            .execute(Capability::Tts, deadline, ask, move |backend, ctx| {
                 let request = Arc::clone(&request);
                 async move {
                     if ctx.capture_content {
-                        ctx.span.record("gen_ai.input.messages", truncate(&request.text, CAPTURE_CHARS).as_str());
+                        let input = messages_json(&[(Role::User, &request.text)], None);
+                        ctx.span.record("gen_ai.input.messages", input.as_str());
                     }
                     let opened = backend.synthesize(&request, &ctx).await?;
                     open_stream(opened, &ctx).await
@@ -270,6 +304,7 @@ impl Gateway {
             .await?;
         let provider = attempted.ctx.provider;
         let model = attempted.value.0.clone();
+        attempted.ctx.span.record("gen_ai.response.model", model.as_str());
         Ok(AudioStream { provider, model, format, inner: guard(attempted, |_: &Bytes, _: &CallCtx| {}) })
     }
 
@@ -281,17 +316,18 @@ impl Gateway {
         let deadline = self.deadline(deadline);
         let text: Arc<str> = Arc::from(text);
         let attempted = self
-            .execute(Capability::Sentiment, deadline, move |backend, ctx| {
+            .execute(Capability::Sentiment, deadline, Ask::default(), move |backend, ctx| {
                 let text = Arc::clone(&text);
                 async move {
                     if ctx.capture_content {
-                        ctx.span.record("gen_ai.input.messages", truncate(&text, CAPTURE_CHARS).as_str());
+                        ctx.span.record("gen_ai.input.messages", messages_json(&[(Role::User, &text)], None).as_str());
                     }
                     backend.sentiment(&text, &ctx).await
                 }
             })
             .await?;
         let Attempted { value, ctx, mut ticket, slot } = attempted;
+        ctx.span.record("gen_ai.response.model", ctx.model.as_str());
         finish_ok(&ctx, &mut ticket);
         drop(slot);
         Ok(value)
@@ -302,6 +338,7 @@ impl Gateway {
         &self,
         capability: Capability,
         deadline: Instant,
+        ask: Ask,
         mut call: F,
     ) -> Result<Attempted<T>, ProviderError>
     where
@@ -314,6 +351,7 @@ impl Gateway {
             return Err(ProviderError::NotConfigured(capability));
         }
         let cfg = &self.inner.config;
+        let conversation = ask.conversation_id.as_deref().map(conversation_id);
         let mut last_error = None;
         let mut previous: Option<ProviderKind> = None;
         for kind in order {
@@ -339,6 +377,14 @@ impl Gateway {
                     continue;
                 }
             };
+            let model = backend.model_for(capability, ask.model.as_deref(), ask.voice.as_deref());
+            let configured = backend.default_model(capability);
+            let gen_ai = metrics::GenAiLabels::new(
+                capability.gen_ai_operation(),
+                kind.gen_ai_name(),
+                &model,
+                configured.as_deref(),
+            );
             let mut attempt: u32 = 0;
             loop {
                 if Instant::now() >= deadline {
@@ -349,10 +395,13 @@ impl Gateway {
                     last_error = Some(ProviderError::CircuitOpen { provider, capability });
                     break;
                 };
-                let span = client_span(provider, operation, attempt);
+                let span = client_span(kind, capability, attempt, &model, conversation.as_deref());
                 let ctx = CallCtx {
                     provider,
                     operation,
+                    capability,
+                    model: model.clone(),
+                    gen_ai: gen_ai.clone(),
                     deadline,
                     started: Instant::now(),
                     timeouts: cfg.timeouts,
@@ -404,19 +453,35 @@ fn order_variable(capability: Capability) -> &'static str {
     }
 }
 
-fn client_span(provider: &'static str, operation: &'static str, attempt: u32) -> Span {
+/// A conversation id as a span attribute: printable, at most 64 characters.
+fn conversation_id(id: &str) -> String {
+    id.chars().filter(|c| !c.is_control()).take(CONVERSATION_ID_CHARS).collect()
+}
+
+/// One attempt's client span, named and attributed after the OpenTelemetry GenAI semantic
+/// conventions (`metrics::SEMCONV_VERSION`): `{gen_ai.operation.name} {gen_ai.request.model}`.
+/// `gen_ai.response.finish_reasons` (a string array) is set on the OpenTelemetry span directly.
+fn client_span(
+    kind: ProviderKind,
+    capability: Capability,
+    attempt: u32,
+    model: &str,
+    conversation: Option<&str>,
+) -> Span {
+    let gen_ai_operation = capability.gen_ai_operation();
     tracing::info_span!(
         "provider_call",
-        otel.name = %format_args!("{operation} {provider}"),
+        otel.name = %format_args!("{gen_ai_operation} {model}"),
         otel.kind = "client",
         otel.status_code = Empty,
-        provider,
-        operation,
+        provider = kind.as_str(),
+        operation = capability.operation(),
         retry.attempt = attempt,
-        gen_ai.system = provider,
-        gen_ai.operation.name = operation,
-        gen_ai.request.model = Empty,
-        gen_ai.response.finish_reasons = Empty,
+        gen_ai.operation.name = gen_ai_operation,
+        gen_ai.provider.name = kind.gen_ai_name(),
+        gen_ai.request.model = model,
+        gen_ai.response.model = Empty,
+        gen_ai.conversation.id = conversation,
         gen_ai.usage.input_tokens = Empty,
         gen_ai.usage.output_tokens = Empty,
         response_tokens = Empty,
@@ -433,6 +498,7 @@ fn client_span(provider: &'static str, operation: &'static str, attempt: u32) ->
 fn record_failure(ctx: &CallCtx, error: &ProviderError, attempt: u32) {
     metrics::request(ctx.provider, ctx.operation, error.outcome());
     metrics::duration(ctx.provider, ctx.operation, ctx.started.elapsed());
+    metrics::gen_ai_duration(&ctx.gen_ai, ctx.started.elapsed(), Some(error.outcome()));
     ctx.span.record("otel.status_code", "ERROR");
     ctx.span.record("error.type", error.outcome());
     tracing::warn!(
@@ -451,6 +517,7 @@ fn finish_ok(ctx: &CallCtx, ticket: &mut Ticket) {
     ticket.success();
     metrics::request(ctx.provider, ctx.operation, "success");
     metrics::duration(ctx.provider, ctx.operation, ctx.started.elapsed());
+    metrics::gen_ai_duration(&ctx.gen_ai, ctx.started.elapsed(), None);
     ctx.span.record("otel.status_code", "OK");
 }
 
@@ -495,6 +562,7 @@ impl Finisher {
             Ok(()) => {
                 metrics::request(self.ctx.provider, self.ctx.operation, "success");
                 metrics::duration(self.ctx.provider, self.ctx.operation, self.ctx.started.elapsed());
+                metrics::gen_ai_duration(&self.ctx.gen_ai, self.ctx.started.elapsed(), None);
                 self.ctx.span.record("otel.status_code", "OK");
             }
             Err(error) => {
@@ -513,6 +581,7 @@ impl Drop for Finisher {
             self.settled = true;
             metrics::request(self.ctx.provider, self.ctx.operation, "cancelled");
             metrics::duration(self.ctx.provider, self.ctx.operation, self.ctx.started.elapsed());
+            metrics::gen_ai_duration(&self.ctx.gen_ai, self.ctx.started.elapsed(), Some("cancelled"));
         }
     }
 }
@@ -579,6 +648,33 @@ where
 
 fn truncate(text: &str, max: usize) -> String {
     text.chars().take(max).collect()
+}
+
+/// Messages as the conventions' `gen_ai.input.messages` / `gen_ai.output.messages` JSON:
+/// `[{"role": …, "parts": [{"type": "text", "content": …}], "finish_reason"?: …}]`, each text
+/// cut to `CAPTURE_CHARS` characters. Only with `PROVIDER_CAPTURE_CONTENT=true`.
+fn messages_json(messages: &[(Role, &str)], finish_reason: Option<&FinishReason>) -> String {
+    let list: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|(role, text)| {
+            let mut message = serde_json::json!({
+                "role": role.as_str(),
+                "parts": [{"type": "text", "content": truncate(text, CAPTURE_CHARS)}],
+            });
+            if let Some(reason) = finish_reason {
+                message["finish_reason"] = serde_json::Value::from(reason.as_str());
+            }
+            message
+        })
+        .collect();
+    serde_json::Value::Array(list).to_string()
+}
+
+/// The last `CAPTURE_MESSAGES` messages of a chat request, as `gen_ai.input.messages`.
+fn chat_input_json(messages: &[ChatMessage]) -> String {
+    let from = messages.len().saturating_sub(CAPTURE_MESSAGES);
+    let list: Vec<(Role, &str)> = messages[from..].iter().map(|m| (m.role, m.content.as_str())).collect();
+    messages_json(&list, None)
 }
 
 fn validate_transcription(r: &TranscriptionRequest) -> Result<(), ProviderError> {

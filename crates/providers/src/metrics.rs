@@ -5,6 +5,14 @@
 //! [`describe`] once for the help texts. Label values are bounded: provider and operation
 //! names are fixed, `outcome` comes from [`crate::ProviderError::outcome`], `model` is cut to
 //! 64 characters.
+//!
+//! The `gen_ai_client_*` metrics follow the OpenTelemetry GenAI semantic conventions
+//! ([`SEMCONV_VERSION`], development status) as Prometheus names: `gen_ai.client.token.usage`
+//! → `gen_ai_client_token_usage`, `gen_ai.client.operation.duration` →
+//! `gen_ai_client_operation_duration_seconds`, `gen_ai.client.operation.time_to_first_chunk`
+//! → `gen_ai_client_operation_time_to_first_chunk_seconds`, with the conventions' bucket
+//! boundaries. Their `gen_ai_request_model` is the configured model of the provider for the
+//! operation, or `_OTHER` when a request named another one: a request never adds a series.
 
 use std::time::Duration;
 
@@ -27,13 +35,57 @@ pub const CIRCUIT_STATE: &str = "provider_circuit_state";
 /// `provider_inflight_requests{provider}`.
 pub const INFLIGHT_REQUESTS: &str = "provider_inflight_requests";
 
+/// The OpenTelemetry semantic conventions release the `gen_ai` spans and metrics follow.
+pub const SEMCONV_VERSION: &str = "1.38.0";
+
+/// `gen_ai_client_token_usage{gen_ai_operation_name,gen_ai_provider_name,gen_ai_request_model,gen_ai_token_type}`:
+/// tokens per chat completion, `gen_ai_token_type` = `input` | `output` (as the provider reports
+/// them).
+pub const GEN_AI_TOKEN_USAGE: &str = "gen_ai_client_token_usage";
+/// `gen_ai_client_operation_duration_seconds{gen_ai_operation_name,gen_ai_provider_name,gen_ai_request_model[,error_type]}`:
+/// one per attempt, start → result (streams: → end of stream); `error_type` (the `outcome` of
+/// `provider_requests_total`) only on failure.
+pub const GEN_AI_OPERATION_DURATION_SECONDS: &str = "gen_ai_client_operation_duration_seconds";
+/// `gen_ai_client_operation_time_to_first_chunk_seconds{gen_ai_operation_name,gen_ai_provider_name,gen_ai_request_model}`:
+/// streaming operations only (`chat`, `speech`), attempt start → first token / audio chunk.
+pub const GEN_AI_TIME_TO_FIRST_CHUNK_SECONDS: &str = "gen_ai_client_operation_time_to_first_chunk_seconds";
+/// `gen_ai_request_model` of a request that named a model other than the configured one.
+pub const OTHER_MODEL: &str = "_OTHER";
+
+/// The conventions' boundaries for `gen_ai.client.token.usage`.
+const GEN_AI_TOKEN_BUCKETS: &[f64] = &[
+    1.0,
+    4.0,
+    16.0,
+    64.0,
+    256.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    67_108_864.0,
+];
+/// The conventions' boundaries for `gen_ai.client.operation.duration` and
+/// `gen_ai.client.operation.time_to_first_chunk`.
+const GEN_AI_DURATION_BUCKETS: &[f64] =
+    &[0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92];
+
 const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0];
 const TTFB_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0];
 
 /// Each histogram this crate records and its explicit buckets (seconds). Alert thresholds
 /// should be one of these boundaries.
-pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] =
-    &[(REQUEST_DURATION_SECONDS, LATENCY_BUCKETS), (TIME_TO_FIRST_BYTE_SECONDS, TTFB_BUCKETS)];
+pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
+    (REQUEST_DURATION_SECONDS, LATENCY_BUCKETS),
+    (TIME_TO_FIRST_BYTE_SECONDS, TTFB_BUCKETS),
+    (GEN_AI_TOKEN_USAGE, GEN_AI_TOKEN_BUCKETS),
+    (GEN_AI_OPERATION_DURATION_SECONDS, GEN_AI_DURATION_BUCKETS),
+    (GEN_AI_TIME_TO_FIRST_CHUNK_SECONDS, GEN_AI_DURATION_BUCKETS),
+];
 
 /// Register help texts and units with the installed recorder.
 pub fn describe() {
@@ -52,6 +104,66 @@ pub fn describe() {
     describe_counter!(FAILOVERS_TOTAL, "Moves from one provider to the next in the failover order");
     describe_gauge!(CIRCUIT_STATE, "Circuit breaker state per provider and operation: 0 closed, 1 half-open, 2 open");
     describe_gauge!(INFLIGHT_REQUESTS, "Provider calls in flight (streams count until they end)");
+    describe_histogram!(
+        GEN_AI_TOKEN_USAGE,
+        "Number of input and output tokens used per chat completion (OpenTelemetry gen_ai.client.token.usage)"
+    );
+    describe_histogram!(
+        GEN_AI_OPERATION_DURATION_SECONDS,
+        Unit::Seconds,
+        "GenAI operation duration per provider attempt; streams until their end (OpenTelemetry gen_ai.client.operation.duration)"
+    );
+    describe_histogram!(
+        GEN_AI_TIME_TO_FIRST_CHUNK_SECONDS,
+        Unit::Seconds,
+        "Time from sending a streaming request to its first chunk (OpenTelemetry gen_ai.client.operation.time_to_first_chunk)"
+    );
+}
+
+/// The `gen_ai_*` labels of one attempt, fixed when it starts.
+#[derive(Debug, Clone)]
+pub(crate) struct GenAiLabels {
+    pub operation: &'static str,
+    pub provider: &'static str,
+    /// The configured model, or [`OTHER_MODEL`].
+    pub model: String,
+}
+
+impl GenAiLabels {
+    /// Labels for an attempt that uses `model` where `configured` is the provider's model for
+    /// the operation: any other model is [`OTHER_MODEL`], so that requests cannot add series.
+    pub(crate) fn new(operation: &'static str, provider: &'static str, model: &str, configured: Option<&str>) -> Self {
+        let model = if configured == Some(model) { model.chars().take(64).collect() } else { OTHER_MODEL.to_owned() };
+        Self { operation, provider, model }
+    }
+
+    fn base(&self) -> [(&'static str, String); 3] {
+        [
+            ("gen_ai_operation_name", self.operation.to_owned()),
+            ("gen_ai_provider_name", self.provider.to_owned()),
+            ("gen_ai_request_model", self.model.clone()),
+        ]
+    }
+}
+
+pub(crate) fn gen_ai_duration(labels: &GenAiLabels, elapsed: Duration, error_type: Option<&'static str>) {
+    let mut all: Vec<(&'static str, String)> = labels.base().into();
+    if let Some(error_type) = error_type {
+        all.push(("error_type", error_type.to_owned()));
+    }
+    histogram!(GEN_AI_OPERATION_DURATION_SECONDS, &all).record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn gen_ai_first_chunk(labels: &GenAiLabels, elapsed: Duration) {
+    histogram!(GEN_AI_TIME_TO_FIRST_CHUNK_SECONDS, &labels.base()).record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn gen_ai_tokens(labels: &GenAiLabels, input: u64, output: u64) {
+    for (kind, count) in [("input", input), ("output", output)] {
+        let mut all: Vec<(&'static str, String)> = labels.base().into();
+        all.push(("gen_ai_token_type", kind.to_owned()));
+        histogram!(GEN_AI_TOKEN_USAGE, &all).record(count as f64);
+    }
 }
 
 pub(crate) fn request(provider: &'static str, operation: &'static str, outcome: &'static str) {

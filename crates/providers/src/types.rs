@@ -47,6 +47,24 @@ impl Capability {
             Self::Sentiment => "sentiment",
         }
     }
+
+    /// `gen_ai.operation.name` (OpenTelemetry GenAI semantic conventions): `chat` is the
+    /// conventions' own value; they define none for audio or sentiment, so speech-to-text is
+    /// `transcription`, text-to-speech `speech` (the OpenAI endpoints' names) and sentiment
+    /// `sentiment`.
+    pub fn gen_ai_operation(self) -> &'static str {
+        match self {
+            Self::Stt => "transcription",
+            Self::Llm => "chat",
+            Self::Tts => "speech",
+            Self::Sentiment => "sentiment",
+        }
+    }
+
+    /// Whether the answer is streamed (time to first chunk is measured for these).
+    pub fn is_streaming(self) -> bool {
+        matches!(self, Self::Llm | Self::Tts)
+    }
 }
 
 impl fmt::Display for Capability {
@@ -75,6 +93,17 @@ impl ProviderKind {
 
     /// Name used in configuration, metrics and listings.
     pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Deepgram => "deepgram",
+            Self::Local => "local",
+            Self::Simulated => "simulated",
+        }
+    }
+
+    /// `gen_ai.provider.name`: the conventions' well-known value where there is one (`openai`),
+    /// else our name (`deepgram`, `local`, `simulated`).
+    pub fn gen_ai_name(self) -> &'static str {
         match self {
             Self::OpenAi => "openai",
             Self::Deepgram => "deepgram",
@@ -178,6 +207,8 @@ pub struct TranscriptionRequest {
     pub diarize: bool,
     /// Transcribe each channel separately (Deepgram `multichannel`; ignored by OpenAI).
     pub per_channel: bool,
+    /// The conversation (call) this belongs to: `gen_ai.conversation.id` on the span.
+    pub conversation_id: Option<String>,
 }
 
 impl TranscriptionRequest {
@@ -192,6 +223,7 @@ impl TranscriptionRequest {
             model: None,
             diarize: false,
             per_channel: false,
+            conversation_id: None,
         }
     }
 }
@@ -300,6 +332,8 @@ pub struct ChatRequest {
     pub temperature: Option<f32>,
     /// Upper bound on generated tokens.
     pub max_tokens: Option<u32>,
+    /// The conversation (call) this belongs to: `gen_ai.conversation.id` on the span.
+    pub conversation_id: Option<String>,
 }
 
 /// Why generation ended.
@@ -319,6 +353,17 @@ pub enum FinishReason {
 }
 
 impl FinishReason {
+    /// The wire name: `stop`, `length`, `content_filter`, `tool_calls`, or the provider's own.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::ContentFilter => "content_filter",
+            Self::ToolCalls => "tool_calls",
+            Self::Other(other) => other,
+        }
+    }
+
     pub(crate) fn from_wire(value: &str) -> Self {
         match value {
             "stop" => Self::Stop,
@@ -351,6 +396,10 @@ pub struct ChatChunk {
     pub finish_reason: Option<FinishReason>,
     /// Set once, at the end, when the provider reports usage.
     pub usage: Option<Usage>,
+    /// The model that answered, as the provider names it (OpenAI-compatible servers name it
+    /// in every event; it is kept on the first chunk only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send>>;
@@ -419,12 +468,21 @@ pub struct SynthesisRequest {
     pub encoding: OutputEncoding,
     /// Output sample rate (8000, 16000, 24000, 48000).
     pub sample_rate: u32,
+    /// The conversation (call) this belongs to: `gen_ai.conversation.id` on the span.
+    pub conversation_id: Option<String>,
 }
 
 impl SynthesisRequest {
     /// Telephone defaults: μ-law at 8 kHz.
     pub fn new(text: impl Into<String>) -> Self {
-        Self { text: text.into(), voice: None, model: None, encoding: OutputEncoding::Mulaw, sample_rate: 8_000 }
+        Self {
+            text: text.into(),
+            voice: None,
+            model: None,
+            encoding: OutputEncoding::Mulaw,
+            sample_rate: 8_000,
+            conversation_id: None,
+        }
     }
 }
 

@@ -88,6 +88,11 @@ fn any_value(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> St
         Some(V::IntValue(i)) => i.to_string(),
         Some(V::BoolValue(b)) => b.to_string(),
         Some(V::DoubleValue(d)) => d.to_string(),
+        // A string array as JSON-like text: `["stop"]`.
+        Some(V::ArrayValue(array)) => {
+            let items: Vec<String> = array.values.iter().map(|v| format!("{:?}", any_value(Some(v)))).collect();
+            format!("[{}]", items.join(","))
+        }
         Some(other) => format!("{other:?}"),
         None => String::new(),
     }

@@ -4,6 +4,7 @@
 #[macro_use]
 mod common;
 
+mod genai;
 mod grpc;
 mod hardening;
 mod metrics;

@@ -50,8 +50,7 @@ impl Deepgram {
         req: &TranscriptionRequest,
         ctx: &CallCtx,
     ) -> Result<Transcript, ProviderError> {
-        let model = req.model.clone().unwrap_or_else(|| self.config.stt_model.clone());
-        ctx.span.record("gen_ai.request.model", model.as_str());
+        let model = ctx.model.clone();
         let mut query = vec![
             ("model", model.clone()),
             ("punctuate", "true".to_owned()),
@@ -97,9 +96,8 @@ impl Deepgram {
         req: &SynthesisRequest,
         ctx: &CallCtx,
     ) -> Result<Opened<Bytes>, ProviderError> {
-        // For Deepgram the voice is the model (`aura-2-thalia-en`).
-        let model = req.voice.clone().or_else(|| req.model.clone()).unwrap_or_else(|| self.config.tts_model.clone());
-        ctx.span.record("gen_ai.request.model", model.as_str());
+        // For Deepgram the voice is the model (`aura-2-thalia-en`): see `Backend::model_for`.
+        let model = ctx.model.clone();
         // Ask for the caller's format when Deepgram offers it, else 24 kHz PCM and convert here.
         let native = match req.encoding {
             OutputEncoding::Pcm16 => [8_000, 16_000, 24_000, 32_000, 48_000].contains(&req.sample_rate),

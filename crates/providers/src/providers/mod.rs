@@ -25,6 +25,11 @@ use crate::types::{
 pub(crate) struct CallCtx {
     pub provider: &'static str,
     pub operation: &'static str,
+    pub capability: crate::Capability,
+    /// The model this attempt asks for ([`Backend::model_for`]).
+    pub model: String,
+    /// The `gen_ai_*` metric labels.
+    pub gen_ai: crate::metrics::GenAiLabels,
     pub deadline: Instant,
     pub started: Instant,
     pub timeouts: Timeouts,
@@ -37,9 +42,14 @@ impl CallCtx {
         self.timeouts.idle
     }
 
-    /// Record the time to first byte (response head for unary calls).
+    /// Record the time to first byte (response head for unary calls; for streams, the first
+    /// item, which is also the GenAI time to first chunk).
     pub(crate) fn mark_first_byte(&self) {
-        crate::metrics::ttfb(self.provider, self.operation, self.started.elapsed());
+        let elapsed = self.started.elapsed();
+        crate::metrics::ttfb(self.provider, self.operation, elapsed);
+        if self.capability.is_streaming() {
+            crate::metrics::gen_ai_first_chunk(&self.gen_ai, elapsed);
+        }
     }
 }
 
@@ -74,6 +84,18 @@ impl Backend {
             (Self::Simulated(_), _) => Some(simulated::MODEL.to_owned()),
             _ => None,
         }
+    }
+
+    /// The model an attempt uses: the request's, else the configured one. For Deepgram speech
+    /// the voice is the model, so a voice named in the request wins; `local` and `simulated`
+    /// have one model each.
+    pub(crate) fn model_for(&self, capability: crate::Capability, model: Option<&str>, voice: Option<&str>) -> String {
+        let asked = match (self, capability) {
+            (Self::Deepgram(_), crate::Capability::Tts) => voice.or(model),
+            (Self::Local(_) | Self::Simulated(_), _) => None,
+            _ => model,
+        };
+        asked.map(str::to_owned).or_else(|| self.default_model(capability)).unwrap_or_default()
     }
 
     pub(crate) async fn transcribe(

@@ -51,8 +51,7 @@ impl OpenAi {
     }
 
     pub(crate) async fn chat(&self, req: &ChatRequest, ctx: &CallCtx) -> Result<Opened<ChatChunk>, ProviderError> {
-        let model = req.model.clone().unwrap_or_else(|| self.config.chat_model.clone());
-        ctx.span.record("gen_ai.request.model", model.as_str());
+        let model = ctx.model.clone();
         let messages: Vec<Value> =
             req.messages.iter().map(|m| json!({"role": m.role.as_str(), "content": m.content})).collect();
         let mut body = json!({
@@ -92,8 +91,7 @@ impl OpenAi {
         req: &TranscriptionRequest,
         ctx: &CallCtx,
     ) -> Result<Transcript, ProviderError> {
-        let model = req.model.clone().unwrap_or_else(|| self.config.stt_model.clone());
-        ctx.span.record("gen_ai.request.model", model.as_str());
+        let model = ctx.model.clone();
         let audio = if req.encoding.is_raw() {
             wav_wrap(req.encoding, req.sample_rate, req.channels, &req.audio)
         } else {
@@ -161,9 +159,8 @@ impl OpenAi {
         req: &SynthesisRequest,
         ctx: &CallCtx,
     ) -> Result<Opened<Bytes>, ProviderError> {
-        let model = req.model.clone().unwrap_or_else(|| self.config.tts_model.clone());
+        let model = ctx.model.clone();
         let voice = req.voice.clone().unwrap_or_else(|| self.config.tts_voice.clone());
-        ctx.span.record("gen_ai.request.model", model.as_str());
         let body = json!({
             "model": model,
             "input": req.text,
@@ -216,6 +213,7 @@ struct WordBody {
 struct StreamChunk {
     #[serde(default)]
     choices: Vec<StreamChoice>,
+    model: Option<String>,
     usage: Option<UsageBody>,
     error: Option<Value>,
 }
@@ -253,6 +251,9 @@ impl From<UsageBody> for Usage {
     }
 }
 
+/// Longest model name kept from an answer.
+const MODEL_CHARS: usize = 128;
+
 fn to_chunk(parsed: StreamChunk) -> Option<ChatChunk> {
     let mut chunk = ChatChunk { usage: parsed.usage.map(Usage::from), ..ChatChunk::default() };
     for choice in parsed.choices {
@@ -267,12 +268,15 @@ fn to_chunk(parsed: StreamChunk) -> Option<ChatChunk> {
 }
 
 fn parse_completion(raw: &[u8]) -> Result<ChatChunk, ProviderError> {
-    let parsed: StreamChunk = serde_json::from_slice(raw).map_err(|e| malformed(&e))?;
+    let mut parsed: StreamChunk = serde_json::from_slice(raw).map_err(|e| malformed(&e))?;
     if parsed.error.is_some() {
         return Err(ProviderError::Malformed { provider: NAME, detail: "error object in a 200 answer".into() });
     }
-    to_chunk(parsed)
-        .ok_or_else(|| ProviderError::Malformed { provider: NAME, detail: "completion without content".into() })
+    let model = parsed.model.take().map(|m| m.chars().take(MODEL_CHARS).collect());
+    let mut chunk = to_chunk(parsed)
+        .ok_or_else(|| ProviderError::Malformed { provider: NAME, detail: "completion without content".into() })?;
+    chunk.model = model;
+    Ok(chunk)
 }
 
 /// State of one SSE chat stream.
@@ -283,6 +287,9 @@ struct ChatState<S> {
     scratch: Vec<SseEvent>,
     finished: bool,
     saw_finish: bool,
+    /// The model the server named, until it rides on the first chunk out.
+    model: Option<String>,
+    model_sent: bool,
     secrets: Vec<String>,
     operation: &'static str,
 }
@@ -302,6 +309,8 @@ where
         scratch: Vec::new(),
         finished: false,
         saw_finish: false,
+        model: None,
+        model_sent: false,
         secrets,
         operation,
     };
@@ -361,7 +370,7 @@ impl<S> ChatState<S> {
         if data.is_empty() {
             return Ok(None);
         }
-        let parsed: StreamChunk = serde_json::from_str(data).map_err(|e| malformed(&e))?;
+        let mut parsed: StreamChunk = serde_json::from_str(data).map_err(|e| malformed(&e))?;
         if let Some(error) = &parsed.error {
             let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
             tracing::warn!(
@@ -372,7 +381,16 @@ impl<S> ChatState<S> {
             );
             return Err(ProviderError::Interrupted { provider: NAME, detail: "error event in stream".into() });
         }
-        let chunk = to_chunk(parsed);
+        if !self.model_sent && self.model.is_none() {
+            self.model = parsed.model.take().map(|m| m.chars().take(MODEL_CHARS).collect());
+        }
+        let mut chunk = to_chunk(parsed);
+        if let Some(c) = chunk.as_mut()
+            && !self.model_sent
+        {
+            c.model = self.model.take();
+            self.model_sent = true;
+        }
         if chunk.as_ref().is_some_and(|c| c.finish_reason.is_some()) {
             self.saw_finish = true;
         }

@@ -108,7 +108,6 @@ impl Simulated {
         ctx: &CallCtx,
     ) -> Result<Transcript, ProviderError> {
         let mut plan = self.plan();
-        ctx.span.record("gen_ai.request.model", MODEL);
         if plan.stall {
             // A transcription that never answers, cut like a silent HTTP server would be.
             return Err(hang(ctx, ctx.timeouts.transcribe).await);
@@ -146,9 +145,8 @@ impl Simulated {
         })
     }
 
-    pub(crate) async fn chat(&self, req: &ChatRequest, ctx: &CallCtx) -> Result<Opened<ChatChunk>, ProviderError> {
+    pub(crate) async fn chat(&self, req: &ChatRequest, _ctx: &CallCtx) -> Result<Opened<ChatChunk>, ProviderError> {
         let mut plan = self.plan();
-        ctx.span.record("gen_ai.request.model", MODEL);
         self.head(&plan, self.config.time_to_first_byte).await?;
         let prompt_tokens: u64 = req.messages.iter().map(|m| m.content.split_whitespace().count() as u64 + 4).sum();
         let count = req.max_tokens.unwrap_or(24).clamp(1, 4_096) as usize;
@@ -168,6 +166,7 @@ impl Simulated {
                         completion_tokens: count as u64,
                         total_tokens: prompt_tokens + count as u64,
                     }),
+                    model: None,
                 });
             }
             if i > 0 {
@@ -186,10 +185,9 @@ impl Simulated {
     pub(crate) async fn synthesize(
         &self,
         req: &SynthesisRequest,
-        ctx: &CallCtx,
+        _ctx: &CallCtx,
     ) -> Result<Opened<Bytes>, ProviderError> {
         let plan = self.plan();
-        ctx.span.record("gen_ai.request.model", MODEL);
         self.head(&plan, self.config.time_to_first_byte).await?;
         // 60 ms of a 440 Hz tone per character, in 20 ms frames.
         let frames = (req.text.chars().count() * 3).clamp(1, 30_000);
@@ -228,7 +226,6 @@ impl Simulated {
 
     pub(crate) async fn sentiment(&self, text: &str, ctx: &CallCtx) -> Result<SentimentResult, ProviderError> {
         let plan = self.plan();
-        ctx.span.record("gen_ai.request.model", MODEL);
         if plan.stall {
             return Err(hang(ctx, ctx.timeouts.first_byte).await);
         }

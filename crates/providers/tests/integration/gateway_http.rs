@@ -24,6 +24,7 @@ fn chat_request() -> ChatRequest {
         model: None,
         temperature: Some(0.2),
         max_tokens: Some(64),
+        conversation_id: None,
     }
 }
 

@@ -77,8 +77,11 @@ async fn client_span_has_http_and_usage_attributes_but_no_secrets_or_content() {
         ("http.request.method", "POST"),
         ("server.address", "127.0.0.1"),
         ("http.response.status_code", "200"),
-        ("gen_ai.system", "openai"),
+        ("otel.name", "chat gpt-4o-mini"),
+        ("gen_ai.operation.name", "chat"),
+        ("gen_ai.provider.name", "openai"),
         ("gen_ai.request.model", "gpt-4o-mini"),
+        ("gen_ai.response.model", "gpt-4o-mini-2024-07-18"),
         ("gen_ai.usage.input_tokens", "21"),
         ("gen_ai.usage.output_tokens", "7"),
         ("response_tokens", "7"),
@@ -101,8 +104,14 @@ async fn content_is_captured_only_when_enabled() {
     fake.on("/v1/chat/completions", vec![Reply::sse_split(&openai_sse(&["I am ", "sorry"], (21, 7)), 9)]);
     let gateway = Gateway::new(config(Some(&fake), None, &[("PROVIDER_CAPTURE_CONTENT", "true")])).unwrap();
     let _: Vec<_> = gateway.chat(request(), None).await.unwrap().collect().await;
-    assert_eq!(field(&seen, "gen_ai.input.messages").as_deref(), Some(PROMPT));
-    assert_eq!(field(&seen, "gen_ai.output.messages").as_deref(), Some("I am sorry"));
+    // The conventions' message JSON.
+    let input: serde_json::Value = serde_json::from_str(&field(&seen, "gen_ai.input.messages").unwrap()).unwrap();
+    assert_eq!(input, json!([{"role": "user", "parts": [{"type": "text", "content": PROMPT}]}]));
+    let output: serde_json::Value = serde_json::from_str(&field(&seen, "gen_ai.output.messages").unwrap()).unwrap();
+    assert_eq!(
+        output,
+        json!([{"role": "assistant", "parts": [{"type": "text", "content": "I am sorry"}], "finish_reason": "stop"}])
+    );
 }
 
 #[tokio::test]
@@ -136,4 +145,30 @@ async fn provider_error_body_is_logged_as_codes_and_as_scrubbed_text_only_with_c
         .expect("error text logged");
     assert!(logged.2.contains("[redacted]") && logged.2.contains("PIN"), "{}", logged.2);
     assert!(all.iter().all(|(_, _, v)| !v.contains("sk-test-0123456789abcdef")));
+}
+
+#[tokio::test]
+async fn a_model_the_request_names_is_on_the_span_and_other_in_the_gen_ai_metrics() {
+    let (seen, _guard) = capture();
+    let (metrics, _recorder) = crate::common::Metrics::install();
+    let fake = Fake::scripted().await;
+    fake.on("/v1/chat/completions", vec![Reply::sse_split(&openai_sse(&["Hi"], (5, 1)), 64)]);
+    let gateway = Gateway::new(config(Some(&fake), None, &[])).unwrap();
+    let asked = ChatRequest {
+        model: Some("gpt-4.1-nano".into()),
+        conversation_id: Some("call-\u{7}0190f0a0".into()),
+        ..request()
+    };
+    let _: Vec<_> = gateway.chat(asked, None).await.unwrap().collect().await;
+    assert_eq!(fake.requests()[0].json()["model"], "gpt-4.1-nano", "the named model is asked for");
+    assert_eq!(field(&seen, "otel.name").as_deref(), Some("chat gpt-4.1-nano"));
+    assert_eq!(field(&seen, "gen_ai.request.model").as_deref(), Some("gpt-4.1-nano"));
+    assert_eq!(field(&seen, "gen_ai.conversation.id").as_deref(), Some("call-0190f0a0"), "control characters dropped");
+    let base = [("gen_ai_operation_name", "chat"), ("gen_ai_provider_name", "openai")];
+    let other = [base.as_slice(), &[("gen_ai_request_model", "_OTHER")]].concat();
+    assert_eq!(metrics.histogram_count("gen_ai_client_operation_duration_seconds", &other), 1);
+    assert_eq!(metrics.histogram_count("gen_ai_client_operation_time_to_first_chunk_seconds", &other), 1);
+    assert_eq!(metrics.histogram_count("gen_ai_client_token_usage", &other), 2, "input and output");
+    let named = [base.as_slice(), &[("gen_ai_request_model", "gpt-4.1-nano")]].concat();
+    assert_eq!(metrics.histogram_count("gen_ai_client_operation_duration_seconds", &named), 0);
 }
