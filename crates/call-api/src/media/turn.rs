@@ -214,7 +214,9 @@ enum Ended {
 
 /// Runs one turn until its reply has been handed to playback, or until `cancel` (barge-in),
 /// then stores how it ended (`outcome`), counts it in `voice_turns_total` and, when hearing or
-/// the reply failed, says the fallback line.
+/// the reply failed, says the fallback line. Its `turn` span carries `turn.number` (the caller
+/// turn's `seq`), `turn.interrupted` and, once the reply's first audio went out, the latency
+/// stages, `latency.total` being the seconds from the end of the caller's speech to it.
 pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, cancel: CancellationToken) {
     let span = tracing::info_span!(
         "turn",
@@ -222,10 +224,10 @@ pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, 
         otel.status_code = Empty,
         sentry.op = "voice.turn",
         call_id = %ctx.call_id,
-        turn = input.caller_seq,
+        turn.number = input.caller_seq,
+        turn.interrupted = Empty,
         outcome = Empty,
         failed_stage = Empty,
-        interrupted = Empty,
         latency.end_of_turn = Empty,
         latency.stt = Empty,
         latency.llm_first_token = Empty,
@@ -273,7 +275,6 @@ pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, 
         // Interrupted (barge-in, the caller going on talking, or the call ending): keep what was
         // said so far and how fast it started.
         None | Some(Ended::PlaybackGone) => {
-            span.record("interrupted", true);
             // Answered once the reply's first frame went out; interrupted before that.
             caller.outcome = Some(if p.latency.is_some() { TurnOutcome::Answered } else { TurnOutcome::Interrupted });
             if let Some(started_at) = p.agent_started_at {
@@ -291,6 +292,7 @@ pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, 
     };
     let outcome = caller.outcome.unwrap_or(TurnOutcome::Interrupted);
     span.record("outcome", outcome.as_str());
+    span.record("turn.interrupted", matches!(event, TurnEvent::Replied { interrupted: true, .. }));
     metrics::turn_outcome(outcome.as_str(), caller.stage.map(Stage::as_str));
     if let Err(e) = ctx.db.insert_turn(ctx.call_id, &caller).await {
         tracing::warn!(error = %e, "could not store the caller's turn");
@@ -478,7 +480,6 @@ async fn turn(
         return Ended::Failed(failure, timings);
     };
     latency.insert("interrupted".into(), json!(false));
-    tracing::Span::current().record("interrupted", false);
     let mut agent_turn = Turn::new(caller_seq + 1, Role::Agent, speaker.spoken.clone(), agent_started_at);
     agent_turn.latency = Some(serde_json::Value::Object(latency));
     if let Err(e) = ctx.db.insert_turn(ctx.call_id, &agent_turn).await {

@@ -224,6 +224,8 @@ async fn an_unconfigured_transcription_fails_turns_once_in_sentry_and_as_error_s
     for span in failed {
         assert_eq!(span.status_code, 2, "marked as an error: {span:?}");
         assert!(span.attributes.iter().any(|(k, v)| k == "failed_stage" && v == "stt"), "{span:?}");
+        assert!(span.attributes.iter().any(|(k, v)| k == "turn.interrupted" && v == "false"), "{span:?}");
+        assert!(span.attributes.iter().any(|(k, v)| k == "turn.number" && v.parse::<i64>().is_ok()), "{span:?}");
     }
 }
 

@@ -15,7 +15,7 @@ use crate::common::{
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
-use telemetry::testing::{FakeHttp, FakeReply, FakeRequest};
+use telemetry::testing::{FakeHttp, FakeReply, FakeRequest, OtlpReceiver, ReceivedSpan};
 use tokio_tungstenite::tungstenite::Message;
 
 const HEARD: [&str; 2] = ["I would like to check my order.", "Thank you, goodbye."];
@@ -543,4 +543,75 @@ async fn the_end_of_turn_silence_is_configurable() {
     let agent = turns["turns"].as_array().unwrap().iter().find(|t| t["role"] == "agent").cloned().expect("a reply");
     let end_of_turn = agent["latency"]["end_of_turn"].as_f64().unwrap();
     assert!(end_of_turn >= 1.9, "end_of_turn {end_of_turn} s: {agent}");
+}
+
+/// The exported `turn` spans: the turn's number, whether it was cut before its reply was
+/// handed to playback, and the seconds from the end of the caller's speech to the reply's first
+/// audio (as stored with the agent's turn); the provider spans under them name the call as their
+/// GenAI conversation.
+#[tokio::test(flavor = "multi_thread")]
+async fn turn_spans_carry_the_number_the_interruption_and_the_latency() {
+    let otlp = OtlpReceiver::start().await;
+    let endpoint = otlp.endpoint();
+    let Some(db) = TestDb::new(Backend::Sqlite).await else { return };
+    // The first chat answer takes 6 s to start: the caller speaks again meanwhile.
+    let fake = FakeHttp::start(providers_with(0.5, Duration::from_secs(6))).await;
+    let env = [("APM_ENABLED", "true"), ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("LOG_LEVEL", "info")];
+    let s = live_stack_env(db, fake, stack::start_audio(None).await, &env).await;
+    let app = &s.app;
+    let mut carrier = Carrier::connect(app).await;
+    let caller = caller_audio();
+    let utterance = &caller[(4.0 * 8000.0) as usize..(9.0 * 8000.0) as usize];
+    carrier.speak(utterance).await;
+    carrier.speak(&silence(0.8)).await;
+    wait_until(
+        async || s.fake.requests().iter().any(|r| r.path == "/v1/chat/completions"),
+        Duration::from_secs(10),
+        "the first chat request",
+    )
+    .await;
+    carrier.speak(utterance).await;
+    carrier.speak(&silence(1.0)).await;
+    carrier.wait_for_mark("turn-4-2", Duration::from_secs(20)).await;
+
+    let turns = get(app, &format!("/v1/calls/{}/turns", carrier.id)).await;
+    let stored = |seq: i64| {
+        turns["turns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["seq"] == seq)
+            .cloned()
+            .unwrap_or_else(|| panic!("{turns:#}"))
+    };
+    let attr = |s: &ReceivedSpan, key: &str| s.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let turn_span = |spans: &[ReceivedSpan], n: &str| {
+        spans.iter().find(|s| s.name == "turn" && attr(s, "turn.number").as_deref() == Some(n)).cloned()
+    };
+    let spans = otlp
+        .wait_for(Duration::from_secs(20), |spans| turn_span(spans, "1").is_some() && turn_span(spans, "3").is_some())
+        .await;
+    // Turn 1 was cut before any reply audio: interrupted, no latency.
+    let first = turn_span(&spans, "1").expect("turn 1 span");
+    assert_eq!(attr(&first, "turn.interrupted").as_deref(), Some("true"), "{first:?}");
+    assert_eq!(attr(&first, "outcome").as_deref(), Some("interrupted"), "{first:?}");
+    assert_eq!(attr(&first, "latency.total"), None, "{first:?}");
+    assert_eq!(stored(2)["interrupted"], true);
+    // Turn 3 was answered: not interrupted, its latency as stored.
+    let second = turn_span(&spans, "3").expect("turn 3 span");
+    assert_eq!(attr(&second, "turn.interrupted").as_deref(), Some("false"), "{second:?}");
+    assert_eq!(attr(&second, "outcome").as_deref(), Some("answered"), "{second:?}");
+    let latency: f64 = attr(&second, "latency.total").and_then(|v| v.parse().ok()).expect("latency.total");
+    let agent = stored(4);
+    assert_eq!(agent["interrupted"], false);
+    let want = agent["latency"]["total"].as_f64().unwrap();
+    assert!(latency > 0.0 && (latency - want).abs() < 1e-9, "span {latency} vs stored {want}");
+    // The provider calls under the turns name the call as their conversation.
+    let chats: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.name == "chat gpt-4o-mini").collect();
+    assert!(!chats.is_empty(), "{:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>());
+    for chat in chats {
+        assert_eq!(attr(chat, "gen_ai.conversation.id"), Some(carrier.id.clone()), "{chat:?}");
+        assert_eq!(attr(chat, "gen_ai.provider.name").as_deref(), Some("openai"), "{chat:?}");
+    }
+    carrier.hang_up().await;
 }
