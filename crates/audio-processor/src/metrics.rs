@@ -39,6 +39,9 @@ pub fn describe() {
     describe_counter!(VAD_EVENTS_TOTAL, "Live-stream voice-activity events sent, by event");
     // Exported from the start (0), so dashboards and alerts see the series before any stream.
     gauge!(ACTIVE_STREAMS).set(0.0);
+    for codec in [Encoding::Pcm16, Encoding::Mulaw, Encoding::Alaw] {
+        counter!(PROCESSED_SECONDS_TOTAL, "codec" => codec.as_str()).absolute(0);
+    }
     for event in ["speech_started", "speech_ended", "dtmf"] {
         counter!(VAD_EVENTS_TOTAL, "event" => event).increment(0);
     }

@@ -12,11 +12,22 @@ use crate::{
     twilio::TwilioConfig,
 };
 
+/// `LIVE_TURN_SLO_SECONDS` when unset.
+pub const DEFAULT_TURN_SLO_SECONDS: f64 = 1.5;
+
 /// Everything call-api reads from the environment.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `CALL_API_ADDR`: API, health, readiness and metrics; default `0.0.0.0:8000`.
+    /// `CALL_API_ADDR`: API, health, readiness and (without an admin address) metrics; default
+    /// `0.0.0.0:8000`.
     pub addr: SocketAddr,
+    /// `CALL_API_ADMIN_ADDR`: when set, `/metrics` and `/debug/pprof/profile` (with `/health` and
+    /// `/ready`) are served there and `/metrics` no longer on `CALL_API_ADDR`; unset by default.
+    pub admin_addr: Option<SocketAddr>,
+    /// `LIVE_TURN_SLO_SECONDS`: the caller-perceived turn latency objective (end of caller
+    /// speech to first reply audio), a boundary of `voice_turn_latency_seconds`; default 1.5,
+    /// more than 0 and at most 60.
+    pub turn_slo_seconds: f64,
     /// `AUDIO_PROCESSOR_URL`, `PROVIDER_GATEWAY_URL` (lists) and `PEER_RESOLVE_INTERVAL_SECONDS`.
     pub peers: crate::peers::PeersConfig,
     /// `PUBLIC_BASE_URL`: how carriers reach this service, default `http://127.0.0.1:8000`.
@@ -35,7 +46,7 @@ pub struct Config {
     pub twilio: Option<TwilioConfig>,
     /// `CALL_API_PPROF`: serve `GET /debug/pprof/profile?seconds=N` (a CPU profile) on
     /// `CALL_API_ADDR`, default `false`. Unauthenticated like `/metrics`: turn it on where that
-    /// port is private.
+    /// port is private. The admin address (`CALL_API_ADMIN_ADDR`) always serves it.
     pub pprof: bool,
     pub telemetry: TelemetryConfig,
 }
@@ -45,6 +56,25 @@ impl Config {
         let mut r = Reader::new(env);
         let telemetry = TelemetryConfig::read(&mut r);
         let addr = r.addr_or("CALL_API_ADDR", "0.0.0.0:8000");
+        let admin_addr = match r.string("CALL_API_ADMIN_ADDR").map(|v| v.trim().to_string()) {
+            None => None,
+            Some(raw) if raw.is_empty() => None,
+            Some(raw) => match raw.parse::<SocketAddr>() {
+                Ok(a) if a == addr => {
+                    r.error("CALL_API_ADMIN_ADDR", "must differ from CALL_API_ADDR");
+                    None
+                }
+                Ok(a) => Some(a),
+                Err(_) => {
+                    r.error("CALL_API_ADMIN_ADDR", format!("{raw:?} is not a socket address such as 0.0.0.0:9090"));
+                    None
+                }
+            },
+        };
+        let turn_slo_seconds = r.f64_in("LIVE_TURN_SLO_SECONDS", DEFAULT_TURN_SLO_SECONDS, 0.0, 60.0);
+        if turn_slo_seconds <= 0.0 {
+            r.error("LIVE_TURN_SLO_SECONDS", "must be more than 0 seconds");
+        }
         let peers = crate::peers::PeersConfig::read(&mut r);
         let public_base_url = r.url_or("PUBLIC_BASE_URL", "http://127.0.0.1:8000", &["http", "https"]);
         let api_keys = match r.secret("API_KEYS") {
@@ -70,6 +100,8 @@ impl Config {
         let pprof = r.bool_or("CALL_API_PPROF", false);
         r.errors.into_result(Self {
             addr,
+            admin_addr,
+            turn_slo_seconds,
             peers,
             public_base_url,
             api_keys,
@@ -160,6 +192,37 @@ mod tests {
             ("REPLICA_ID", "two words"),
             ("LIVE_LEASE_SECONDS", "0.2"),
             ("LIVE_DRAIN_TIMEOUT_SECONDS", "soon"),
+        ] {
+            assert_eq!(bad_variables(&[(name, bad)]), [name], "{name}={bad}");
+        }
+    }
+
+    #[test]
+    fn admin_address_and_turn_objective() {
+        let c = Config::from_env(&Env::default()).unwrap();
+        assert_eq!((c.admin_addr, c.turn_slo_seconds), (None, 1.5));
+        assert_eq!(c.database.probe_interval, Duration::from_secs(5));
+        let c = Config::from_env(&Env::from_pairs([
+            ("CALL_API_ADMIN_ADDR", "127.0.0.1:9090"),
+            ("LIVE_TURN_SLO_SECONDS", "1.2"),
+            ("DATABASE_PROBE_INTERVAL_SECONDS", "0.2"),
+        ]))
+        .unwrap();
+        assert_eq!(c.admin_addr, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(c.turn_slo_seconds, 1.2);
+        assert_eq!(c.database.probe_interval, Duration::from_millis(200));
+        assert_eq!(Config::from_env(&Env::from_pairs([("CALL_API_ADMIN_ADDR", "")])).unwrap().admin_addr, None);
+        for (name, bad) in [
+            ("CALL_API_ADMIN_ADDR", "localhost"),
+            ("CALL_API_ADMIN_ADDR", "0.0.0.0:8000"),
+            ("LIVE_TURN_SLO_SECONDS", "0"),
+            ("LIVE_TURN_SLO_SECONDS", "-1"),
+            ("LIVE_TURN_SLO_SECONDS", "61"),
+            ("LIVE_TURN_SLO_SECONDS", "NaN"),
+            ("LIVE_TURN_SLO_SECONDS", "inf"),
+            ("LIVE_TURN_SLO_SECONDS", "fast"),
+            ("DATABASE_PROBE_INTERVAL_SECONDS", "0.01"),
+            ("DATABASE_PROBE_INTERVAL_SECONDS", "often"),
         ] {
             assert_eq!(bad_variables(&[(name, bad)]), [name], "{name}={bad}");
         }

@@ -46,13 +46,20 @@ use tokio::net::TcpListener;
 
 pub use config::Config;
 
-/// This service's identity for telemetry, with the buckets of its histograms.
+/// This service's identity for telemetry, with the buckets of its histograms (the default
+/// turn objective, `LIVE_TURN_SLO_SECONDS` unset).
 pub fn service_info() -> ServiceInfo {
+    service_info_with_turn_slo(config::DEFAULT_TURN_SLO_SECONDS)
+}
+
+/// [`service_info`] with `turn_slo_seconds` (`LIVE_TURN_SLO_SECONDS`) a boundary of
+/// `voice_turn_latency_seconds`.
+pub fn service_info_with_turn_slo(turn_slo_seconds: f64) -> ServiceInfo {
     ServiceInfo::new("call-api", env!("CARGO_PKG_VERSION"))
         .with_histogram(metrics::CALL_DURATION_SECONDS, metrics::CALL_DURATION_BUCKETS)
         .with_histogram(metrics::DB_QUERY_DURATION_SECONDS, metrics::DB_QUERY_BUCKETS)
         .with_histogram(metrics::CALL_ANALYSIS_STAGE_SECONDS, metrics::CALL_ANALYSIS_BUCKETS)
-        .with_histogram(metrics::VOICE_TURN_LATENCY_SECONDS, metrics::TURN_LATENCY_BUCKETS)
+        .with_histogram(metrics::VOICE_TURN_LATENCY_SECONDS, &metrics::turn_latency_buckets(turn_slo_seconds))
 }
 
 /// How media URLs are made.
@@ -109,8 +116,25 @@ pub fn app(state: AppState, ctx: &ServiceContext) -> Router {
     router
 }
 
-/// Serves on `listener` until shutdown (tests pass a listener bound to port 0).
+/// Serves on `listener` until shutdown (tests pass a listener bound to port 0), and on
+/// `CALL_API_ADMIN_ADDR` when it is set.
 pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> anyhow::Result<()> {
+    let admin = match config.admin_addr {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("bind CALL_API_ADMIN_ADDR {addr}"))?),
+        None => None,
+    };
+    run_with_admin(config, listener, admin, ctx).await
+}
+
+/// [`run`] with the admin listener given (tests pass one bound to port 0): with `admin`, it
+/// serves `/health`, `/ready`, `/metrics` and `/debug/pprof/profile`, and `listener` serves no
+/// `/metrics`; without, `listener` serves `/metrics` as well.
+pub async fn run_with_admin(
+    config: Config,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    ctx: ServiceContext,
+) -> anyhow::Result<()> {
     if config.api_keys.is_empty() {
         tracing::warn!("API_KEYS is not set: every /v1 request will be refused with 401");
     }
@@ -128,6 +152,7 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
     let replica = media::replicas::Replica::new(&config.replica, db.clone(), live.clone());
     let background = tokio_util::sync::CancellationToken::new();
     replica.spawn(background.clone());
+    db.spawn_probe(config.database.probe_interval, background.clone());
     let state = AppState {
         gate: auth::Gate::new(config.api_keys.clone(), config.limits.rate_per_second, config.limits.rate_burst),
         limits: config.limits.clone(),
@@ -153,13 +178,23 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
     if state.twilio.is_none() {
         tracing::info!("Twilio is not configured: no outbound dialling, the Twilio webhooks answer 503");
     }
-    let mut router = app(state, &ctx);
+    let mut router = match &admin {
+        Some(_) => routes::api(state).merge(ctx.health.router()),
+        None => app(state, &ctx),
+    };
+    let admin_router = admin.as_ref().map(|_| telemetry::admin_router(&ctx.health, ctx.metrics.clone(), true));
     if config.pprof {
         tracing::info!("CALL_API_PPROF=true: CPU profiles at /debug/pprof/profile");
         router = router.merge(telemetry::pprof::router());
     }
     ctx.health.set_started().await;
-    tracing::info!(addr = %listener.local_addr()?, database = db.system(), "serving");
+    let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        admin_addr = admin_addr.map(|a| a.to_string()),
+        database = db.system(),
+        "serving"
+    );
     let server_limits = telemetry::HttpServerLimits {
         header_read_timeout: config.limits.header_timeout,
         // The server's own hard bound; the API answers over HTTP_HEADER_MAX_BYTES itself (431,
@@ -180,15 +215,25 @@ pub async fn run(config: Config, listener: TcpListener, ctx: ServiceContext) -> 
         }
         served
     };
+    // The admin listener stops with the public one (shutdown's stopping phase).
+    let serve_admin = async {
+        let (Some(admin), Some(router)) = (admin, admin_router) else { return Ok(()) };
+        let served = telemetry::serve_http(admin, router, &ctx.shutdown).await;
+        if served.is_err() {
+            ctx.shutdown.trigger();
+        }
+        served
+    };
     let drain_live = async {
         ctx.shutdown.draining().await;
         live.drain(config.replica.drain_timeout, ctx.shutdown.forced()).await;
     };
-    let (served, ()) = tokio::join!(serve, drain_live);
+    let (served, admin_served, ()) = tokio::join!(serve, serve_admin, drain_live);
     background.cancel();
     peers.close();
     db.close().await;
     served?;
+    admin_served.context("serve CALL_API_ADMIN_ADDR")?;
     Ok(())
 }
 
@@ -201,7 +246,13 @@ pub async fn serve(config: Config, ctx: ServiceContext) -> anyhow::Result<()> {
 
 /// The binary's `main`.
 pub fn main() -> ExitCode {
-    telemetry::entry::run_service(service_info(), Config::from_env, |c| &c.telemetry, serve)
+    telemetry::entry::run_service_configured(
+        service_info(),
+        Config::from_env,
+        |_, c| service_info_with_turn_slo(c.turn_slo_seconds),
+        |c| &c.telemetry,
+        serve,
+    )
 }
 
 #[cfg(test)]

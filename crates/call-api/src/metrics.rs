@@ -19,7 +19,8 @@ pub const DB_QUERY_DURATION_SECONDS: &str = "db_query_duration_seconds";
 pub const DB_ERRORS_TOTAL: &str = "db_errors_total";
 /// Gauge of pool connections: `state` (`idle`, `in_use`, `max`).
 pub const DB_POOL_CONNECTIONS: &str = "db_pool_connections";
-/// Gauge, 1 when the last readiness check reached the database, else 0.
+/// Gauge, 1 when the last database probe (every `DATABASE_PROBE_INTERVAL_SECONDS`, and each
+/// readiness check) reached the database, else 0.
 pub const DB_UP: &str = "db_up";
 
 /// Histogram of recording analysis time per stage: `stage` (`audio`, `transcription`,
@@ -40,9 +41,26 @@ pub const VOICE_BARGE_INS_TOTAL: &str = "voice_barge_ins_total";
 /// Counter of inbound media frames dropped because audio-processor fell behind.
 pub const VOICE_MEDIA_FRAMES_DROPPED_TOTAL: &str = "voice_media_frames_dropped_total";
 
-/// Turn latency: the alert threshold (1.5 s) is a boundary.
+/// Turn latency: the default turn objective (`LIVE_TURN_SLO_SECONDS`, 1.5 s) is a boundary;
+/// [`turn_latency_buckets`] adds another objective.
 pub const TURN_LATENCY_BUCKETS: &[f64] =
     &[0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0];
+
+/// [`TURN_LATENCY_BUCKETS`] with `slo` (seconds) among the boundaries, so that the share of
+/// turns within the objective is exact: `le="<slo>"`.
+pub fn turn_latency_buckets(slo: f64) -> Vec<f64> {
+    let mut buckets = TURN_LATENCY_BUCKETS.to_vec();
+    if slo.is_finite() && slo > 0.0 && !buckets.iter().any(|b| (b - slo).abs() < 1e-9) {
+        buckets.push(slo);
+        buckets.sort_by(f64::total_cmp);
+    }
+    buckets
+}
+
+/// Outcomes of a caller turn that carry no stage; `failed` carries one of [`TURN_FAILED_STAGES`].
+pub const TURN_OUTCOMES: &[&str] = &["answered", "interrupted", "no_speech"];
+/// Stages a failed turn is counted by.
+pub const TURN_FAILED_STAGES: &[&str] = &["stt", "llm", "tts"];
 
 /// Pipeline stages, from a few milliseconds (sentiment) to minutes (long transcriptions).
 pub const CALL_ANALYSIS_BUCKETS: &[f64] =
@@ -88,7 +106,9 @@ pub const PEER_RETRIES_TOTAL: &str = "peer_retries_total";
 /// Statement latency, from an in-process SQLite read to a slow network round trip.
 pub const DB_QUERY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
-/// Describes the metrics and starts the gauges at zero so dashboards see them from the start.
+/// Describes the metrics and starts the gauges, and the counters whose label values are known in
+/// advance (carriers × outcomes, turn outcomes, limits, …; never per-call values), at zero: a
+/// first event then shows in `increase()` and dashboards see the series from the start.
 pub fn init() {
     describe_counter!(VOICE_CALLS_TOTAL, "Calls ended, by carrier and outcome");
     describe_histogram!(CALL_DURATION_SECONDS, Unit::Seconds, "Call duration observed when a call ends, by carrier");
@@ -96,7 +116,7 @@ pub fn init() {
     describe_histogram!(DB_QUERY_DURATION_SECONDS, Unit::Seconds, "Database statement latency, by operation");
     describe_counter!(DB_ERRORS_TOTAL, "Failed database statements, by operation and kind");
     describe_gauge!(DB_POOL_CONNECTIONS, "Database pool connections, by state (idle, in_use, max)");
-    describe_gauge!(DB_UP, "1 when the last readiness check reached the database, else 0");
+    describe_gauge!(DB_UP, "1 when the last database probe or readiness check reached the database, else 0");
     describe_histogram!(CALL_ANALYSIS_STAGE_SECONDS, Unit::Seconds, "Recording analysis time, by pipeline stage");
     describe_counter!(CALL_ANALYSES_TOTAL, "Recording uploads, by result (done, failed, rejected, replayed)");
     describe_histogram!(
@@ -155,6 +175,15 @@ pub fn init() {
     }
     for provider in Provider::ALL {
         gauge!(ACTIVE_CALLS, "provider" => provider.as_str()).set(0.0);
+        for outcome in Outcome::ALL {
+            counter!(VOICE_CALLS_TOTAL, "provider" => provider.as_str(), "status" => outcome.as_str()).absolute(0);
+        }
+    }
+    for outcome in TURN_OUTCOMES {
+        counter!(VOICE_TURNS_TOTAL, "outcome" => *outcome).absolute(0);
+    }
+    for stage in TURN_FAILED_STAGES {
+        counter!(VOICE_TURNS_TOTAL, "outcome" => "failed", "stage" => *stage).absolute(0);
     }
 }
 
@@ -263,4 +292,19 @@ pub(crate) fn db_pool(idle: usize, size: u32, max: u32) {
 
 pub(crate) fn db_up(up: bool) {
     gauge!(DB_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_turn_objective_is_a_bucket_boundary() {
+        assert_eq!(turn_latency_buckets(1.5), TURN_LATENCY_BUCKETS, "1.5 is one already");
+        let buckets = turn_latency_buckets(1.2);
+        assert_eq!(buckets.len(), TURN_LATENCY_BUCKETS.len() + 1);
+        let at = buckets.iter().position(|b| *b == 1.2).expect("1.2 inserted");
+        assert_eq!((buckets[at - 1], buckets[at + 1]), (1.0, 1.5), "in order: {buckets:?}");
+        assert_eq!(*turn_latency_buckets(60.0).last().unwrap(), 60.0);
+    }
 }

@@ -76,6 +76,7 @@ pub async fn run(config: Config, grpc: TcpListener, admin: TcpListener, ctx: Ser
     let gateway = providers::Gateway::new(config.providers)?;
     metrics::describe();
     metrics::record_configuration(&gateway.list_providers());
+    providers::metrics::register_known(&gateway.list_providers());
     metrics::log_configuration(&gateway);
     let limits = service::Limits {
         max_tokens_cap: config.llm_max_tokens_cap,

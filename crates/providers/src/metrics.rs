@@ -166,6 +166,53 @@ pub(crate) fn gen_ai_tokens(labels: &GenAiLabels, input: u64, output: u64) {
     }
 }
 
+/// Outcomes of `provider_requests_total` started at zero: success and every error class
+/// ([`crate::ProviderError::outcome`]) that a serving provider can report.
+pub const OUTCOMES: &[&str] = &[
+    "success",
+    "cancelled",
+    "invalid_argument",
+    "rejected",
+    "unauthorized",
+    "rate_limited",
+    "upstream_error",
+    "connect_error",
+    "first_byte_timeout",
+    "stalled",
+    "interrupted",
+    "malformed",
+    "deadline_exceeded",
+    "circuit_open",
+    "saturated",
+    "internal",
+];
+
+/// Starts at zero the counters whose labels the configuration fixes, so that a first request,
+/// error or failover shows in `increase()`: `provider_requests_total` for each provider in a
+/// capability's failover order and each of [`OUTCOMES`], and `provider_failovers_total` for
+/// each step of each order (`rows` is [`crate::Gateway::list_providers`]).
+pub fn register_known(rows: &[crate::ProviderInfo]) {
+    for capability in crate::Capability::ALL {
+        let operation = capability.operation();
+        let mut order: Vec<(usize, &str)> = rows
+            .iter()
+            .filter(|r| r.capability == capability && r.configured)
+            .filter_map(|r| r.order.map(|o| (o, r.name.as_str())))
+            .collect();
+        order.sort_unstable();
+        for (_, provider) in &order {
+            for outcome in OUTCOMES {
+                counter!(REQUESTS_TOTAL, "provider" => provider.to_string(), "operation" => operation, "outcome" => *outcome)
+                    .absolute(0);
+            }
+        }
+        for pair in order.windows(2) {
+            counter!(FAILOVERS_TOTAL, "operation" => operation, "from" => pair[0].1.to_string(), "to" => pair[1].1.to_string())
+                .absolute(0);
+        }
+    }
+}
+
 pub(crate) fn request(provider: &'static str, operation: &'static str, outcome: &'static str) {
     counter!(REQUESTS_TOTAL, "provider" => provider, "operation" => operation, "outcome" => outcome).increment(1);
 }

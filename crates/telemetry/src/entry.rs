@@ -22,6 +22,23 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    run_service_configured(info, read, |info, _| info, telemetry_of, run)
+}
+
+/// [`run_service`] where the configuration adjusts the service's identity before telemetry
+/// starts (`configure`), e.g. a histogram bucket that a variable sets.
+pub fn run_service_configured<C, F, Fut, E>(
+    info: ServiceInfo,
+    read: impl FnOnce(&Env) -> Result<C, ConfigErrors>,
+    configure: impl FnOnce(ServiceInfo, &C) -> ServiceInfo,
+    telemetry_of: impl Fn(&C) -> &TelemetryConfig,
+    run: F,
+) -> ExitCode
+where
+    F: FnOnce(C, ServiceContext) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let env = Env::from_process();
     let config = match read(&env) {
         Ok(c) => c,
@@ -32,6 +49,7 @@ where
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let info = configure(info, &config);
     let tc = telemetry_of(&config).clone();
     crate::memory::start_trimmer();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(tc.workers).enable_all().build() {

@@ -1,7 +1,9 @@
 //! The HTTP server layer: a server span per request (continuing an incoming W3C trace) and the
 //! RED metrics `http_requests_total`, `http_request_duration_seconds` and
 //! `http_requests_inprogress`, labelled by route template (`unmatched` for anything unrouted).
-//! Health, readiness and metrics endpoints are neither counted nor traced.
+//! Health, readiness and metrics endpoints are neither counted nor traced. A request that
+//! matches no route names its Sentry transaction [`UNMATCHED_TRANSACTION`], never its raw path
+//! (which may carry ids and would make one transaction name per URL).
 
 use std::{
     future::Future,
@@ -16,6 +18,9 @@ use tower::{Layer, Service};
 use tracing::{Instrument, field::Empty};
 
 use crate::metrics::{HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_INPROGRESS, HTTP_REQUESTS_TOTAL};
+
+/// The Sentry transaction name of every request that matches no route.
+pub const UNMATCHED_TRANSACTION: &str = "<unmatched>";
 
 /// Paths that are never counted or traced.
 const NOT_COUNTED: [&str; 3] = ["/health", "/ready", "/metrics"];
@@ -82,6 +87,7 @@ where
         if endpoint.as_deref().is_some_and(|e| NOT_COUNTED.contains(&e)) {
             return Box::pin(self.inner.call(req));
         }
+        let matched = endpoint.is_some();
         let endpoint = endpoint.unwrap_or_else(|| "unmatched".to_string());
         let method = method_label(req.method());
         let span = tracing::info_span!(
@@ -100,8 +106,7 @@ where
         let guard = InProgress { method, endpoint };
         let start = Instant::now();
         let fut = self.inner.call(req);
-        Box::pin(
-            async move {
+        let served = async move {
                 let result = fut.await;
                 let status = match &result {
                     Ok(res) => res.status().as_u16(),
@@ -129,7 +134,22 @@ where
                 drop(guard);
                 result
             }
-            .instrument(span),
-        )
+            .instrument(span);
+        Box::pin(async move {
+            // The Sentry transaction (started by `SentryHttpLayer`, outside this layer, on the
+            // first poll) is named by the raw path when no route matched: rename it, before the
+            // request span becomes the scope's current span.
+            if !matched {
+                name_unmatched_transaction();
+            }
+            served.await
+        })
+    }
+}
+
+/// Renames the current Sentry transaction, if any, to [`UNMATCHED_TRANSACTION`].
+fn name_unmatched_transaction() {
+    if let Some(sentry::TransactionOrSpan::Transaction(tx)) = sentry::configure_scope(|scope| scope.get_span()) {
+        tx.set_name(UNMATCHED_TRANSACTION);
     }
 }

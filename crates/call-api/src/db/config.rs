@@ -21,6 +21,9 @@ pub struct DatabaseConfig {
     /// `DATABASE_STATEMENT_TIMEOUT_SECONDS`: longest statement (PostgreSQL `statement_timeout`,
     /// SQLite busy timeout), default 5.
     pub statement_timeout: Duration,
+    /// `DATABASE_PROBE_INTERVAL_SECONDS`: how often a background `SELECT 1` keeps `db_up`
+    /// current, default 5 (0.1 to 3600).
+    pub probe_interval: Duration,
 }
 
 impl DatabaseConfig {
@@ -40,6 +43,7 @@ impl DatabaseConfig {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(5),
+            probe_interval: Duration::from_secs(5),
         }
     }
 
@@ -62,7 +66,11 @@ impl DatabaseConfig {
         if statement_timeout.is_zero() {
             r.error("DATABASE_STATEMENT_TIMEOUT_SECONDS", "must be more than 0 seconds");
         }
-        Self { url, backend, max_connections, acquire_timeout, statement_timeout }
+        let probe_interval = r.seconds_or("DATABASE_PROBE_INTERVAL_SECONDS", Duration::from_secs(5), 3600.0);
+        if probe_interval < Duration::from_millis(100) {
+            r.error("DATABASE_PROBE_INTERVAL_SECONDS", "must be at least 0.1 seconds");
+        }
+        Self { url, backend, max_connections, acquire_timeout, statement_timeout, probe_interval }
     }
 }
 

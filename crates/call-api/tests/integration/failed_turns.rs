@@ -125,7 +125,7 @@ async fn transcription_answering_500(backend: Backend) {
     let stored = failed_at(&caller_turns(&app, &carrier.id).await, "stt");
     assert_eq!(stored, 2);
     assert_eq!(metric(&m, "voice_turns_total{outcome=\"failed\",stage=\"stt\"}"), Some(stored as f64));
-    assert_eq!(metric(&m, "voice_turns_total{outcome=\"answered\"}"), None);
+    assert_eq!(metric(&m, "voice_turns_total{outcome=\"answered\"}"), Some(0.0));
     assert_eq!(metric(&m, "voice_turn_latency_seconds_count{stage=\"total\"}"), None, "fallbacks are not replies");
 
     // One WARN for the call and reason, not one per turn.

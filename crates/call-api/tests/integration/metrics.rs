@@ -124,3 +124,69 @@ async fn cpu_profiles_are_served_only_when_turned_on() {
     assert_eq!(&body[..2], &[0x1f, 0x8b], "a gzipped profile");
     assert!(body.len() > 100, "with samples: {} bytes", body.len());
 }
+
+/// Counters whose label values are known in advance are exported at 0 from the start, so that a
+/// first event shows in `increase()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_counters_start_at_zero() {
+    let app = spawn_app(Backend::Sqlite).await.expect("sqlite");
+    let m = app.metrics().await;
+    for p in Provider::ALL {
+        for o in call_api::model::Outcome::ALL {
+            let labels = [("provider", p.as_str()), ("status", o.as_str())];
+            assert_eq!(m.find("voice_calls_total", &labels), Some(0.0), "voice_calls_total{labels:?}");
+        }
+    }
+    for outcome in ["answered", "interrupted", "no_speech"] {
+        assert_eq!(m.find("voice_turns_total", &[("outcome", outcome)]), Some(0.0), "{outcome}");
+    }
+    for stage in ["stt", "llm", "tts"] {
+        let labels = [("outcome", "failed"), ("stage", stage)];
+        assert_eq!(m.find("voice_turns_total", &labels), Some(0.0), "failed {stage}");
+    }
+    for limit in call_api::metrics::LIMITS {
+        assert_eq!(m.find("api_requests_limited_total", &[("limit", limit)]), Some(0.0), "{limit}");
+    }
+    for result in ["done", "failed", "rejected", "replayed"] {
+        assert_eq!(m.find("call_analyses_total", &[("result", result)]), Some(0.0), "{result}");
+    }
+    for name in ["voice_barge_ins_total", "voice_media_frames_dropped_total", "voice_audio_reconnects_total"] {
+        assert_eq!(m.find(name, &[]), Some(0.0), "{name}");
+    }
+}
+
+/// With `CALL_API_ADMIN_ADDR`, `/metrics` and CPU profiles are served there (profiles without
+/// `CALL_API_PPROF`), `/metrics` no longer on the public address, and shutdown closes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_profiles_move_to_the_admin_address() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let admin = format!("127.0.0.1:{port}");
+    let db = common::TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let url = db.url().to_string();
+    let mut app = common::spawn_app_with(db, &url, &[("CALL_API_ADMIN_ADDR", admin.as_str())]).await;
+    let get = |url: String| {
+        let client = app.client.clone();
+        async move { client.get(url).send().await.unwrap() }
+    };
+    assert_eq!(get(app.url("/metrics")).await.status(), 404, "no /metrics on the public address");
+    assert_eq!(get(app.url("/debug/pprof/profile?seconds=1")).await.status(), 404);
+    assert_eq!(get(app.url("/ready")).await.status(), 200, "probes stay on the public address too");
+    app.create("telnyx").await;
+
+    let metrics = get(format!("http://{admin}/metrics")).await;
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    let parsed = common::Metrics::parse(&text);
+    let created = [("method", "POST"), ("endpoint", "/v1/calls"), ("status", "201")];
+    assert_eq!(parsed.value("http_requests_total", &created), 1.0, "the public traffic, counted");
+    assert_eq!(get(format!("http://{admin}/ready")).await.status(), 200);
+    let profile = get(format!("http://{admin}/debug/pprof/profile?seconds=1")).await;
+    assert_eq!(profile.status(), 200);
+    let body = profile.bytes().await.unwrap();
+    assert_eq!(&body[..2], &[0x1f, 0x8b], "a gzipped profile");
+
+    app.trigger_shutdown();
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(30), &mut app.server).await;
+    stopped.expect("stopped within the bound").expect("joined").expect("clean stop");
+    assert!(tokio::net::TcpStream::connect(&admin).await.is_err(), "the admin listener is closed");
+}

@@ -77,3 +77,29 @@ async fn debug_level_logs_every_statement_with_its_duration() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A request that matches no route reaches Sentry as one transaction name, not its raw path
+/// (ids in paths would make a transaction name per URL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmatched_requests_are_one_sentry_transaction_name() {
+    let sentry = telemetry::testing::SentrySink::start().await;
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let url = db.url().to_string();
+    let dsn = sentry.dsn();
+    let extra = [("APM_ENABLED", "true"), ("SENTRY_DSN", dsn.as_str()), ("SENTRY_TRACES_SAMPLE_RATE", "1")];
+    let app = spawn_app_with(db, &url, &extra).await;
+    let r = app.client.get(app.url("/no/such/path/123")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    app.create("twilio").await;
+
+    let is_tx = |i: &&telemetry::testing::EnvelopeItem| i.kind == "transaction";
+    let items = sentry
+        .wait_for(Duration::from_secs(30), |items| {
+            let names: Vec<_> = items.iter().filter(is_tx).map(|i| i.payload["transaction"].clone()).collect();
+            names.iter().any(|n| n == "POST /v1/calls") && names.iter().any(|n| n == "<unmatched>")
+        })
+        .await;
+    let names: Vec<String> =
+        items.iter().filter(is_tx).filter_map(|i| i.payload["transaction"].as_str().map(String::from)).collect();
+    assert!(names.iter().all(|n| !n.contains("/no/such")), "the raw path named a transaction: {names:?}");
+}

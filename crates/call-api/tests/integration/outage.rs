@@ -57,3 +57,31 @@ async fn postgres_outage_gives_503_and_recovers_without_restart() {
     let (_, page) = app.get("/v1/calls", KEY).await;
     assert_eq!(page["calls"].as_array().unwrap().len(), 2);
 }
+
+/// `db_up` follows the database by itself (a background probe every
+/// `DATABASE_PROBE_INTERVAL_SECONDS`): nobody calls `/ready` here, only `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_up_follows_the_database_without_readiness_checks() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else { return };
+    let TestDb::Postgres { schema, .. } = &db else { unreachable!() };
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let url = pg_url_for_schema(&proxy.addr.to_string(), schema);
+    let extra = [("DATABASE_ACQUIRE_TIMEOUT_SECONDS", "1"), ("DATABASE_PROBE_INTERVAL_SECONDS", "0.2")];
+    let app = spawn_app_with(db, &url, &extra).await;
+    let db_up = || async { app.metrics().await.find("db_up", &[]) };
+    assert_eq!(db_up().await, Some(1.0));
+
+    proxy.cut();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while db_up().await != Some(0.0) {
+        assert!(tokio::time::Instant::now() < deadline, "db_up stayed 1 with the database cut off");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    proxy.restore();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while db_up().await != Some(1.0) {
+        assert!(tokio::time::Instant::now() < deadline, "db_up stayed 0 after the database came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

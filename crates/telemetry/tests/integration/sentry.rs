@@ -99,3 +99,25 @@ async fn errors_captured_on_a_thread_older_than_init_are_sent() {
         .await;
     assert!(items.iter().any(|i| i.kind == "event" && i.payload["tags"]["where"] == "early"), "{items:?}");
 }
+
+/// A request that matches no route is one transaction name, whatever its path: raw paths carry
+/// ids and would make a transaction name per URL.
+#[tokio::test(flavor = "multi_thread")]
+async fn unmatched_requests_share_one_transaction_name() {
+    let sink = SentrySink::start().await;
+    let telemetry = start(&[("SENTRY_DSN", sink.dsn()), ("SENTRY_TRACES_SAMPLE_RATE", "1".into())]);
+    let url = serve(app()).await;
+    let c = client();
+    assert_eq!(c.get(format!("{url}/no/such/path/123")).send().await.unwrap().status(), 404);
+    assert_eq!(c.get(format!("{url}/v1/hello")).send().await.unwrap().status(), 200);
+
+    telemetry.shutdown().await;
+    let items = sink
+        .wait_for(Duration::from_secs(10), |items| items.iter().filter(|i| i.kind == "transaction").count() >= 2)
+        .await;
+    let names: Vec<&str> =
+        items.iter().filter(|i| i.kind == "transaction").filter_map(|i| i.payload["transaction"].as_str()).collect();
+    assert!(names.contains(&"GET /v1/hello"), "a matched route keeps its template: {names:?}");
+    assert!(names.contains(&telemetry::http::UNMATCHED_TRANSACTION), "{names:?}");
+    assert!(names.iter().all(|n| !n.contains("/no/such/path")), "{names:?}");
+}

@@ -57,6 +57,14 @@ fn services() -> Vec<Service> {
     ]
 }
 
+/// `CALL_API_ADMIN_ADDR` of the base ConfigMap, parsed as call-api parses it.
+fn k8s_call_api_admin_addr() -> Option<std::net::SocketAddr> {
+    let docs = yaml_docs("k8s/base/configmap.yaml");
+    let value = docs.iter().find_map(|d| d["data"]["CALL_API_ADMIN_ADDR"].as_str().map(str::to_string))?;
+    let env = Env::from_pairs([("CALL_API_ADMIN_ADDR", value.as_str())]);
+    call_api::Config::from_env(&env).expect("the ConfigMap's CALL_API_ADMIN_ADDR is valid").admin_addr
+}
+
 fn all_reads(services: &[Service]) -> BTreeSet<String> {
     services.iter().flat_map(|s| s.reads.iter().cloned()).collect()
 }
@@ -103,12 +111,19 @@ fn kubernetes_sets_only_variables_the_services_read_and_probes_match() {
             .iter()
             .map(|p| (p["name"].as_str().unwrap().to_string(), p["containerPort"].as_u64().unwrap()))
             .collect();
-        let expected: Vec<(String, u64)> = service.ports.iter().map(|(n, p)| (n.to_string(), u64::from(*p))).collect();
+        let mut expected: Vec<(String, u64)> =
+            service.ports.iter().map(|(n, p)| (n.to_string(), u64::from(*p))).collect();
+        // call-api has an admin port only where CALL_API_ADMIN_ADDR is set (as call-api reads it).
+        if service.name == "call-api"
+            && let Some(admin) = k8s_call_api_admin_addr()
+        {
+            expected.push(("admin".to_string(), u64::from(admin.port())));
+        }
         assert_eq!(ports, expected, "{} container ports", service.name);
         let svc = docs.iter().find(|d| d["kind"] == "Service").expect("a Service");
         let svc_ports: Vec<&str> =
             svc["spec"]["ports"].as_sequence().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
-        assert_eq!(svc_ports, service.ports.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "{} Service", service.name);
+        assert_eq!(svc_ports, expected.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), "{} Service", service.name);
 
         let probe = |kind: &str| &container[kind];
         if service.name == "call-api" {

@@ -7,6 +7,7 @@ mod common;
 mod artefacts;
 mod balancing;
 mod demo;
+mod exposition;
 mod health;
 mod loadgen;
 mod metrics;
