@@ -53,6 +53,9 @@ pub fn service_info() -> ServiceInfo {
         .with_histogram(metrics::DB_QUERY_DURATION_SECONDS, metrics::DB_QUERY_BUCKETS)
         .with_histogram(metrics::CALL_ANALYSIS_STAGE_SECONDS, metrics::CALL_ANALYSIS_BUCKETS)
         .with_histogram(metrics::VOICE_TURN_LATENCY_SECONDS, metrics::TURN_LATENCY_BUCKETS)
+        .with_histogram(metrics::VOICE_INBOUND_JITTER_SECONDS, metrics::JITTER_BUCKETS)
+        .with_histogram(metrics::VOICE_PLAYBACK_DELAY_SECONDS, metrics::PLAYBACK_DELAY_BUCKETS)
+        .with_histogram(metrics::VOICE_CALL_MOS, metrics::MOS_BUCKETS)
 }
 
 /// How media URLs are made.
