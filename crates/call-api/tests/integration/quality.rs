@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use crate::common::{
     ACME_KEY, Backend, KEY, TestApp, TestDb,
-    carrier::{Carrier, get, metric, metrics},
+    carrier::{Carrier, get, metric, metrics, silence, wait_until},
     stack,
 };
-use crate::live::{caller_audio, live_stack_env, providers};
+use crate::live::{caller_audio, live_stack, live_stack_env, providers};
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use futures_util::SinkExt as _;
 use serde_json::{Value, json};
@@ -133,6 +133,14 @@ async fn injected_faults_are_measured(backend: Backend, otlp: Option<&OtlpReceiv
             } else {
                 waiting.push((name, at));
             }
+        }
+        if k == 40 {
+            // The echo of a mark never sent: not waited for, not counted (its number is no loss).
+            seq += 1;
+            carrier
+                .send(json!({"event": "mark", "sequenceNumber": seq.to_string(), "streamSid": "MZtest",
+                             "mark": {"name": "turn-9-9"}}))
+                .await;
         }
         if stop_at.is_none() && echoes.iter().any(|(n, ..)| n == "turn-2-2") {
             stop_at = Some(k + TRAILING_SILENCE);
@@ -302,6 +310,43 @@ async fn injected_faults_are_measured_on_sqlite() {
 #[tokio::test(flavor = "multi_thread")]
 async fn injected_faults_are_measured_on_postgres() {
     injected_faults_are_measured(Backend::Postgres, None).await;
+}
+
+/// A barge-in is counted; the echo of a mark whose audio the barge-in cleared is not a delay.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_barge_in_is_counted_and_cleared_marks_are_not() {
+    // Each sentence is 5 s of speech: the caller talks over the first one.
+    let Some(s) = live_stack(Backend::Sqlite, 5.0).await else { return };
+    let app = &s.app;
+    let mut carrier = Carrier::connect(app).await;
+    let caller = caller_audio();
+    carrier.speak(&caller[(4.0 * 8000.0) as usize..(9.0 * 8000.0) as usize]).await;
+    carrier.speak(&silence(1.0)).await;
+    wait_until(async || carrier.events("media").len() >= 25, Duration::from_secs(20), "the reply to start").await;
+    carrier.speak(&caller[(4.6 * 8000.0) as usize..(9.0 * 8000.0) as usize]).await;
+    carrier.speak(&silence(1.0)).await;
+    wait_until(async || !carrier.events("clear").is_empty(), Duration::from_secs(10), "clear").await;
+    // Echoes without numbers (counted as unknown): the cleared sentence's mark, then the next
+    // reply's first one.
+    let echo = |name: &str| json!({"event": "mark", "streamSid": "MZtest", "mark": {"name": name}});
+    carrier.send(echo("turn-2-1")).await;
+    carrier.wait_for_mark("turn-4-1", Duration::from_secs(20)).await;
+    carrier.send(echo("turn-4-1")).await;
+    carrier.speak(&silence(0.5)).await;
+    carrier.hang_up().await;
+
+    let report = get(app, &format!("/v1/calls/{}/quality", carrier.id)).await;
+    assert_eq!(report["status"], "measured", "{report}");
+    let q = &report["quality"];
+    assert_eq!(q["conversation"]["barge_ins"], 1, "{q}");
+    assert_eq!(q["playback"]["marks_returned"], 1, "only turn-4-1 was waited for: {q}");
+    assert_eq!(q["inbound"]["frames_unknown"], 2, "{q}");
+    assert_eq!(q["inbound"]["frames_lost"], 0, "{q}");
+    // The agent's audio counts what was sent, not the cleared rest of the 5 s sentence.
+    let agent = f(&q["conversation"]["agent_speech_seconds"]);
+    let sent = carrier.events("media").len() as f64 * 0.02;
+    assert!((agent - sent).abs() < 1e-9, "{agent} vs {sent}");
+    assert_eq!(metric(&metrics(app).await, "voice_playback_delay_seconds_count"), Some(1.0));
 }
 
 on_both_databases!(a_call_without_media_has_no_quality);
