@@ -60,6 +60,9 @@ pub fn service_info_with_turn_slo(turn_slo_seconds: f64) -> ServiceInfo {
         .with_histogram(metrics::DB_QUERY_DURATION_SECONDS, metrics::DB_QUERY_BUCKETS)
         .with_histogram(metrics::CALL_ANALYSIS_STAGE_SECONDS, metrics::CALL_ANALYSIS_BUCKETS)
         .with_histogram(metrics::VOICE_TURN_LATENCY_SECONDS, &metrics::turn_latency_buckets(turn_slo_seconds))
+        .with_histogram(metrics::VOICE_INBOUND_JITTER_SECONDS, metrics::JITTER_BUCKETS)
+        .with_histogram(metrics::VOICE_PLAYBACK_DELAY_SECONDS, metrics::PLAYBACK_DELAY_BUCKETS)
+        .with_histogram(metrics::VOICE_CALL_MOS, metrics::MOS_BUCKETS)
 }
 
 /// How media URLs are made.

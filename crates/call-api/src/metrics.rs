@@ -294,6 +294,81 @@ pub(crate) fn db_up(up: bool) {
     gauge!(DB_UP).set(if up { 1.0 } else { 0.0 });
 }
 
+/// Histogram of a live call's inbound interarrival jitter (RFC 3550), observed when it ends.
+pub const VOICE_INBOUND_JITTER_SECONDS: &str = "voice_inbound_jitter_seconds";
+/// Histogram of playback delay, observed per mark the carrier echoes (see SPEC "Call quality").
+pub const VOICE_PLAYBACK_DELAY_SECONDS: &str = "voice_playback_delay_seconds";
+/// Histogram of a live call's MOS estimate (simplified E-model), observed when it ends.
+pub const VOICE_CALL_MOS: &str = "voice_call_mos";
+/// Counter of a live call's inbound frames, added when it ends: `result` (`received`, `lost`,
+/// `late`, `duplicated`, `unknown`).
+pub const VOICE_INBOUND_FRAMES_TOTAL: &str = "voice_inbound_frames_total";
+/// Counter of dead-air periods (neither side spoke for `LIVE_DEAD_AIR_SECONDS`).
+pub const VOICE_DEAD_AIR_TOTAL: &str = "voice_dead_air_total";
+
+/// Jitter: a few ms on a good line; a jitter buffer of 2 × 50 ms is a bad one.
+pub const JITTER_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5];
+/// Playback delay: tens of ms on a good line; above 300 ms callers talk over the agent.
+pub const PLAYBACK_DELAY_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0];
+/// MOS: 4.3–4.4 is G.711 at its best, below 3.6 many callers are dissatisfied (G.107 Annex B).
+pub const MOS_BUCKETS: &[f64] = &[1.0, 1.5, 2.0, 2.5, 3.0, 3.3, 3.6, 3.8, 4.0, 4.1, 4.2, 4.3, 4.4, 4.5];
+/// The `result`s of [`VOICE_INBOUND_FRAMES_TOTAL`].
+pub const INBOUND_FRAME_RESULTS: &[&str] = &["received", "lost", "late", "duplicated", "unknown"];
+
+/// Describes the line-quality metrics and starts their counters at zero (once per process).
+pub fn quality_init() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        describe_histogram!(
+            VOICE_INBOUND_JITTER_SECONDS,
+            Unit::Seconds,
+            "Inbound interarrival jitter (RFC 3550) of a live call, observed when it ends"
+        );
+        describe_histogram!(
+            VOICE_PLAYBACK_DELAY_SECONDS,
+            Unit::Seconds,
+            "How much later than due the carrier finished playing a sentence (its mark's echo), per mark"
+        );
+        describe_histogram!(VOICE_CALL_MOS, "MOS estimate (simplified E-model) of a live call, observed when it ends");
+        describe_counter!(
+            VOICE_INBOUND_FRAMES_TOTAL,
+            "Inbound media frames of ended live calls, by result (received, lost, late, duplicated, unknown)"
+        );
+        describe_counter!(
+            VOICE_DEAD_AIR_TOTAL,
+            "Periods where neither the caller nor the agent spoke for LIVE_DEAD_AIR_SECONDS"
+        );
+        for result in INBOUND_FRAME_RESULTS {
+            counter!(VOICE_INBOUND_FRAMES_TOTAL, "result" => *result).absolute(0);
+        }
+        counter!(VOICE_DEAD_AIR_TOTAL).absolute(0);
+    });
+}
+
+/// A mark came back `seconds` later than its audio was due to end.
+pub fn playback_delay(seconds: f64) {
+    histogram!(VOICE_PLAYBACK_DELAY_SECONDS).record(seconds);
+}
+
+/// A live call's line quality, when it ends.
+pub fn call_quality(q: &crate::media::quality::CallQuality) {
+    histogram!(VOICE_INBOUND_JITTER_SECONDS).record(q.inbound.jitter_seconds);
+    if let Some(e) = &q.estimate {
+        histogram!(VOICE_CALL_MOS).record(e.mos);
+    }
+    let i = &q.inbound;
+    for (result, n) in [
+        ("received", i.frames_received),
+        ("lost", i.frames_lost),
+        ("late", i.frames_late),
+        ("duplicated", i.frames_duplicated),
+        ("unknown", i.frames_unknown),
+    ] {
+        counter!(VOICE_INBOUND_FRAMES_TOTAL, "result" => result).increment(n);
+    }
+    counter!(VOICE_DEAD_AIR_TOTAL).increment(q.conversation.dead_air_count);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,10 @@ use sqlx::{AssertSqlSafe, types::Json};
 use uuid::Uuid;
 
 use super::{Database, DbError, with_pool};
-use crate::model::{self, Call, Direction, Outcome, Provider, Status};
+use crate::{
+    media::quality::CallQuality,
+    model::{self, Call, Direction, Outcome, Provider, Status},
+};
 
 /// The columns of a [`Call`], in the order [`decode_call!`] reads them.
 macro_rules! call_columns {
@@ -476,7 +479,49 @@ impl Database {
         })
         .await
     }
+
+    /// Stores the line quality of call `id` (its media session's replica, when the session
+    /// ends; a second write replaces the first).
+    pub async fn store_quality(&self, id: Uuid, q: &CallQuality) -> Result<(), DbError> {
+        self.observe("store_quality", STORE_QUALITY, async {
+            with_pool!(self, pool => sqlx::query(STORE_QUALITY)
+                .bind(id)
+                .bind(q.measured_at)
+                .bind(q.estimate.as_ref().map(|e| e.mos))
+                .bind(q.inbound.jitter_seconds)
+                .bind(i64::try_from(q.inbound.frames_lost).unwrap_or(i64::MAX))
+                .bind(q.playback.delay_mean_seconds)
+                .bind(Json(q))
+                .execute(pool)
+                .await
+                .map(drop))
+        })
+        .await
+    }
+
+    /// The stored line quality of call `id` of `tenant`, if any.
+    pub async fn get_quality(&self, tenant: &str, id: Uuid) -> Result<Option<CallQuality>, DbError> {
+        self.observe("get_quality", GET_QUALITY, async {
+            with_pool!(self, pool => {
+                let row = sqlx::query(GET_QUALITY).bind(id).bind(tenant).fetch_optional(pool).await?;
+                row.map(|row| {
+                    use sqlx::Row as _;
+                    row.try_get::<Json<CallQuality>, _>("figures").map(|j| j.0)
+                })
+                .transpose()
+            })
+        })
+        .await
+    }
 }
+
+const STORE_QUALITY: &str = "INSERT INTO call_quality \
+     (call_id, measured_at, mos, jitter_seconds, frames_lost, playback_delay_seconds, figures) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (call_id) DO UPDATE SET measured_at = excluded.measured_at, \
+     mos = excluded.mos, jitter_seconds = excluded.jitter_seconds, frames_lost = excluded.frames_lost, \
+     playback_delay_seconds = excluded.playback_delay_seconds, figures = excluded.figures";
+const GET_QUALITY: &str =
+    "SELECT q.figures FROM call_quality q JOIN calls c ON c.id = q.call_id WHERE q.call_id = $1 AND c.tenant = $2";
 
 /// A fresh media URL token (256 random bits, base64url) and the hash stored for it.
 pub fn new_media_token() -> (String, String) {

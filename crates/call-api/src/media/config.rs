@@ -32,6 +32,9 @@ pub struct LiveConfig {
     /// (speech synthesis still working), so the caller is not left in silence; empty turns it
     /// off.
     pub fallback: Option<std::sync::Arc<str>>,
+    /// `LIVE_DEAD_AIR_SECONDS`: silence on both sides longer than this counts as dead air in
+    /// the call's line quality, default 3.
+    pub dead_air: Duration,
 }
 
 /// Longest greeting, in bytes (a few sentences).
@@ -54,6 +57,7 @@ impl Default for LiveConfig {
             end_of_turn: Duration::from_millis(700),
             turn: TurnLimits::default(),
             fallback: Some(DEFAULT_FALLBACK_TEXT.into()),
+            dead_air: Duration::from_secs(3),
         }
     }
 }
@@ -96,6 +100,10 @@ impl LiveConfig {
             speech_timeout: at_least_one_second(r, "LIVE_SPEECH_TIMEOUT_SECONDS", d.turn.speech_timeout),
             max_tokens: r.positive_or("LIVE_MAX_TOKENS", d.turn.max_tokens as usize, 100_000) as u32,
         };
+        let dead_air = r.seconds_or("LIVE_DEAD_AIR_SECONDS", d.dead_air, 600.0);
+        if dead_air < Duration::from_millis(500) {
+            r.error("LIVE_DEAD_AIR_SECONDS", "must be at least 0.5 seconds");
+        }
         Self {
             system_prompt: system_prompt.unwrap_or(d.system_prompt),
             language,
@@ -104,6 +112,7 @@ impl LiveConfig {
             end_of_turn,
             turn,
             fallback,
+            dead_air,
         }
     }
 }

@@ -7,12 +7,14 @@
 //! session.rs    one call: WebSocket reader, audio-processor stream, events, ending the call
 //! turn.rs       one caller turn → one agent reply, its latency stages, storing both turns
 //! playback.rs   paces synthesised audio out in 20 ms frames with marks; `clear` on barge-in
+//! quality.rs    line quality: inbound jitter/loss, playback delay from mark echoes, dead air, MOS
 //! replicas.rs   many replicas: owner and lease of each live call, the reaper, hang-up anywhere
 //! ```
 
 pub mod config;
 pub mod playback;
 pub mod protocol;
+pub mod quality;
 pub mod replicas;
 pub mod session;
 pub mod turn;
@@ -82,6 +84,7 @@ impl LiveCalls {
     /// per client address (`MEDIA_UNAUTHENTICATED_PER_IP`).
     pub fn new(max: usize, unproven_per_ip: usize) -> Self {
         crate::metrics::live_calls_max(max);
+        crate::metrics::quality_init();
         Self {
             tracker: TaskTracker::new(),
             end_all: CancellationToken::new(),

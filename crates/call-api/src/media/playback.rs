@@ -26,7 +26,10 @@ use tokio::{
     time::Instant,
 };
 
-use super::protocol::{Encoder, FRAME_BYTES};
+use super::{
+    protocol::{Encoder, FRAME_BYTES},
+    quality::{Outbound, Sentence},
+};
 
 /// The duration of one frame.
 const FRAME_TIME: Duration = Duration::from_millis(20);
@@ -69,6 +72,8 @@ pub struct Playback {
     pub commands: mpsc::Sender<Command>,
     queued: Arc<AtomicUsize>,
     clear: Arc<Notify>,
+    /// What was played and when its marks are due back (line quality).
+    pub quality: Arc<Outbound>,
 }
 
 /// The playing side, run by the WebSocket's writer ([`Player::run`]).
@@ -77,6 +82,7 @@ pub struct Player {
     commands: mpsc::Receiver<Command>,
     queued: Arc<AtomicUsize>,
     clear: Arc<Notify>,
+    quality: Arc<Outbound>,
 }
 
 impl Playback {
@@ -91,20 +97,21 @@ impl Playback {
         self.clear.notify_one();
     }
 
-    /// A playback for stream `stream_sid` and its player.
-    pub fn new(stream_sid: &str) -> (Self, Player) {
+    /// A playback for stream `stream_sid` and its player, recording what it plays in
+    /// `quality`.
+    pub fn new(stream_sid: &str, quality: Arc<Outbound>) -> (Self, Player) {
         let (commands, rx) = mpsc::channel(COMMANDS);
         let queued = Arc::new(AtomicUsize::new(0));
         let clear = Arc::new(Notify::new());
         (
-            Self { commands, queued: queued.clone(), clear: clear.clone() },
-            Player { encoder: Encoder::new(stream_sid), commands: rx, queued, clear },
+            Self { commands, queued: queued.clone(), clear: clear.clone(), quality: quality.clone() },
+            Player { encoder: Encoder::new(stream_sid), commands: rx, queued, clear, quality },
         )
     }
 
     /// A playback whose player runs on its own task, writing to `out`.
     pub fn start(stream_sid: &str, mut out: mpsc::Sender<String>) -> Self {
-        let (playback, player) = Self::new(stream_sid);
+        let (playback, player) = Self::new(stream_sid, Arc::new(Outbound::new(Duration::from_secs(3))));
         tokio::spawn(async move { player.run(&mut out).await });
         playback
     }
@@ -200,6 +207,7 @@ impl Player {
         // When the next frame may go: 20 ms after the previous one, or at once after silence.
         let mut next_due = Instant::now();
         let mut counted = 0;
+        let mut sentence = Sentence::default();
         loop {
             tokio::select! {
                 biased;
@@ -212,6 +220,7 @@ impl Player {
                         }
                     }
                     if !out.send(self.encoder.clear()).await { return; }
+                    self.quality.cleared(&mut sentence);
                 }
                 command = self.commands.recv(), if queue.frames < MAX_QUEUED_FRAMES => match command {
                     None => return,
@@ -219,7 +228,7 @@ impl Player {
                     Some(Command::Mark(name)) => queue.mark(name),
                 },
                 () = tokio::time::sleep_until(next_due), if !queue.items.is_empty() => {
-                    if !self.send_next(&mut queue, out).await { return; }
+                    if !self.send_next(&mut queue, &mut sentence, out).await { return; }
                     let now = Instant::now();
                     // On schedule: exactly 20 ms later. After a stall or silence: 20 ms from now.
                     next_due = if next_due + FRAME_TIME < now { now + FRAME_TIME } else { next_due + FRAME_TIME };
@@ -234,26 +243,30 @@ impl Player {
 
     /// Sends the marks at the head of the queue and then one frame (and the marks right behind
     /// it).
-    async fn send_next(&self, queue: &mut Queue, out: &mut impl Out) -> bool {
+    async fn send_next(&self, queue: &mut Queue, sentence: &mut Sentence, out: &mut impl Out) -> bool {
         while let Some(item) = queue.pop() {
             match item {
                 Item::Mark(name) => {
                     if !out.send(self.encoder.mark(&name)).await {
                         return false;
                     }
+                    self.quality.mark_sent(sentence, name, Instant::now());
                 }
                 Item::Frame(frame, first_sent) => {
                     if !out.send(self.encoder.media(&frame[..])).await {
                         return false;
                     }
+                    let now = Instant::now();
+                    self.quality.frame_sent(sentence, now);
                     if let Some(tx) = first_sent {
-                        let _ = tx.send(Instant::now());
+                        let _ = tx.send(now);
                     }
                     while let Some(Item::Mark(_)) = queue.items.front() {
-                        if let Some(Item::Mark(name)) = queue.pop()
-                            && !out.send(self.encoder.mark(&name)).await
-                        {
-                            return false;
+                        if let Some(Item::Mark(name)) = queue.pop() {
+                            if !out.send(self.encoder.mark(&name)).await {
+                                return false;
+                            }
+                            self.quality.mark_sent(sentence, name, now);
                         }
                     }
                     return true;

@@ -89,10 +89,26 @@ struct Raw<'a> {
 #[derive(Debug)]
 pub enum Inbound {
     Connected,
-    Start { stream_sid: String, call_sid: Option<String>, custom_parameters: BTreeMap<String, String> },
-    Media { sequence_number: u64, timestamp_ms: u64, payload: Vec<u8> },
-    Mark { name: String },
-    Dtmf { digit: char },
+    Start {
+        stream_sid: String,
+        call_sid: Option<String>,
+        custom_parameters: BTreeMap<String, String>,
+    },
+    Media {
+        sequence_number: u64,
+        timestamp_ms: u64,
+        payload: Vec<u8>,
+    },
+    /// `sequence_number`: the message's number (shared with the media frames), `None` when
+    /// missing or not a number (only line quality reads it).
+    Mark {
+        name: String,
+        sequence_number: Option<u64>,
+    },
+    Dtmf {
+        digit: char,
+        sequence_number: Option<u64>,
+    },
     Stop,
 }
 
@@ -151,7 +167,7 @@ pub fn parse(text: &str) -> Result<Inbound, String> {
             if mark.name.len() > 256 {
                 return Err("mark: name longer than 256 characters".into());
             }
-            Inbound::Mark { name: mark.name }
+            Inbound::Mark { name: mark.name, sequence_number: number(raw.sequence_number.as_deref()) }
         }
         "dtmf" => {
             let dtmf = raw.dtmf.ok_or_else(|| missing("dtmf", "dtmf"))?;
@@ -159,7 +175,7 @@ pub fn parse(text: &str) -> Result<Inbound, String> {
             match (chars.next(), chars.next()) {
                 (Some(d), None) if d.is_ascii_digit() || matches!(d, '*' | '#' | 'A'..='D') => {
                     let _ = &dtmf.track;
-                    Inbound::Dtmf { digit: d }
+                    Inbound::Dtmf { digit: d, sequence_number: number(raw.sequence_number.as_deref()) }
                 }
                 _ => return Err("dtmf: digit must be one of 0-9, *, #, A-D".into()),
             }
@@ -172,6 +188,11 @@ pub fn parse(text: &str) -> Result<Inbound, String> {
             ));
         }
     })
+}
+
+/// A message's `sequenceNumber`, when it is a whole number.
+fn number(text: Option<&str>) -> Option<u64> {
+    text.and_then(|t| t.parse().ok())
 }
 
 /// The messages we send on one stream, with the parts that repeat made once: a `media` message
@@ -254,10 +275,22 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse(r#"{"event":"mark","mark":{"name":"t1"},"streamSid":"MZ"}"#), Ok(Inbound::Mark { .. })));
+        assert!(matches!(
+            parse(r#"{"event":"mark","mark":{"name":"t1"},"streamSid":"MZ"}"#),
+            Ok(Inbound::Mark { sequence_number: None, .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"event":"mark","sequenceNumber":"12","mark":{"name":"t1"},"streamSid":"MZ"}"#),
+            Ok(Inbound::Mark { sequence_number: Some(12), .. })
+        ));
+        // A number that is no number changes nothing on the wire: the mark is still taken.
+        assert!(matches!(
+            parse(r#"{"event":"mark","sequenceNumber":"x","mark":{"name":"t1"},"streamSid":"MZ"}"#),
+            Ok(Inbound::Mark { sequence_number: None, .. })
+        ));
         assert!(matches!(
             parse(r#"{"event":"dtmf","dtmf":{"track":"inbound_track","digit":"5"}}"#),
-            Ok(Inbound::Dtmf { digit: '5' })
+            Ok(Inbound::Dtmf { digit: '5', sequence_number: None })
         ));
         assert!(matches!(parse(r#"{"event":"stop","stop":{"callSid":"CA1"},"streamSid":"MZ"}"#), Ok(Inbound::Stop)));
     }

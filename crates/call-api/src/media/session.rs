@@ -3,7 +3,7 @@
 //! drive the turns; barge-in; DTMF; and ending the call exactly once, with the reason, however
 //! the session stops (`stop`, connection lost, protocol error, audio-processor lost, shutdown).
 
-use std::{collections::VecDeque, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{
@@ -20,12 +20,13 @@ use kraliki_proto::{
 use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
+use tracing::{Instrument as _, field::Empty};
 use uuid::Uuid;
 
 use super::{
     playback::{self, Playback, Player},
     protocol::{self, Inbound},
+    quality::{self, CallQuality},
     turn::{self, TurnContext, TurnEvent, TurnInput},
 };
 use crate::{
@@ -131,7 +132,24 @@ pub async fn run(state: AppState, id: Uuid, admission: Admission, socket: WebSoc
         }
         let _ = sink.close().await;
     });
-    let span = tracing::info_span!("media_session", call_id = %id, stream_sid = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "media_session",
+        call_id = %id,
+        stream_sid = Empty,
+        quality.mos = Empty,
+        quality.r_factor = Empty,
+        quality.jitter_ms = Empty,
+        quality.frames_expected = Empty,
+        quality.lost = Empty,
+        quality.late = Empty,
+        quality.duplicated = Empty,
+        quality.playback_delay_ms = Empty,
+        quality.marks_returned = Empty,
+        quality.barge_ins = Empty,
+        quality.dead_air_count = Empty,
+        quality.dead_air_seconds = Empty,
+        quality.talk_ratio = Empty,
+    );
     let close = session(state, id, admission, &mut stream, player_tx, end_all).instrument(span).await;
     let _ = close_tx.send(close);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
@@ -202,7 +220,7 @@ async fn session(
 
     let mut live = match Live::start(&state, &call, &stream_sid, player).await {
         Ok(live) => live,
-        Err(end) => return finish(&state, &call, end).await,
+        Err(end) => return finish(&state, &call, end, None).await,
     };
     let greeting = match call.metadata.get("greeting") {
         Some(serde_json::Value::String(g)) => Some(g.trim().to_string()).filter(|g| !g.is_empty()),
@@ -213,7 +231,8 @@ async fn session(
     }
     let end = live.serve(stream, &end_all, &registration.hang_up).await;
     live.stop();
-    finish(&state, &call, end).await
+    let quality = live.quality();
+    finish(&state, &call, end, Some(quality)).await
 }
 
 async fn handshake(
@@ -250,8 +269,16 @@ fn event_name(m: &Inbound) -> &'static str {
 }
 
 /// Ends the call with the session's outcome (exactly once; a call ended meanwhile by the API or
-/// the carrier's status callback stays as it is) and picks the WebSocket close code.
-async fn finish(state: &AppState, call: &Call, end: End) -> (u16, String) {
+/// the carrier's status callback stays as it is) and picks the WebSocket close code. The line
+/// quality is stored first (by this replica, which holds the media, whoever ends the call), so
+/// that an ended call's quality is there as soon as it reads as ended.
+async fn finish(state: &AppState, call: &Call, end: End, quality: Option<CallQuality>) -> (u16, String) {
+    if let Some(q) = &quality {
+        record_quality(q);
+        if let Err(e) = state.db.store_quality(call.id, q).await {
+            tracing::warn!(error = %e, "could not store the call's line quality");
+        }
+    }
     let (outcome, reason) = end.outcome();
     let result = match &reason {
         None => state.db.end_call(&call.tenant, call.id, outcome).await,
@@ -275,6 +302,41 @@ async fn finish(state: &AppState, call: &Call, end: End) -> (u16, String) {
         End::Shutdown => (1001, "service shutting down".into()),
         End::Idle(_) => (1008, "no media received in time".into()),
     }
+}
+
+/// The call's line quality on its metrics and on the session's span.
+fn record_quality(q: &CallQuality) {
+    metrics::call_quality(q);
+    let span = tracing::Span::current();
+    let i = &q.inbound;
+    span.record("quality.jitter_ms", i.jitter_seconds * 1000.0);
+    span.record("quality.frames_expected", i.frames_expected);
+    span.record("quality.lost", i.frames_lost);
+    span.record("quality.late", i.frames_late);
+    span.record("quality.duplicated", i.frames_duplicated);
+    if let Some(e) = &q.estimate {
+        span.record("quality.mos", e.mos);
+        span.record("quality.r_factor", e.r_factor);
+    }
+    if let Some(d) = q.playback.delay_mean_seconds {
+        span.record("quality.playback_delay_ms", d * 1000.0);
+    }
+    span.record("quality.marks_returned", q.playback.marks_returned);
+    let c = &q.conversation;
+    span.record("quality.barge_ins", c.barge_ins);
+    span.record("quality.dead_air_count", c.dead_air_count);
+    span.record("quality.dead_air_seconds", c.dead_air_seconds);
+    if let Some(r) = c.talk_ratio {
+        span.record("quality.talk_ratio", r);
+    }
+    tracing::info!(
+        mos = q.estimate.as_ref().map(|e| e.mos),
+        jitter_ms = i.jitter_seconds * 1000.0,
+        lost = i.frames_lost,
+        late = i.frames_late,
+        duplicated = i.frames_duplicated,
+        "live call line quality"
+    );
 }
 
 /// A started live call.
@@ -312,6 +374,15 @@ struct Live {
     dtmf_deadline: Option<Instant>,
     /// The failures already logged at WARN for this call (by stage and reason): each once.
     warned: std::collections::HashSet<String>,
+    /// Line quality: the inbound frames' numbers, measured against `epoch`.
+    inbound: quality::Inbound,
+    epoch: Instant,
+    /// Playback delays of the marks that came back.
+    delays: quality::Delays,
+    barge_ins: u64,
+    /// The caller's speech so far (voice activity), and when the current speech began.
+    caller_speech: Duration,
+    caller_since: Option<Instant>,
 }
 
 impl Live {
@@ -326,7 +397,8 @@ impl Live {
             tracing::warn!(code = ?s.code(), "audio-processor refused the stream");
             End::AudioLost
         })?;
-        let (playback, player_half) = Playback::new(stream_sid);
+        let (playback, player_half) =
+            Playback::new(stream_sid, Arc::new(quality::Outbound::new(state.live_config.dead_air)));
         let _ = player.send(player_half);
         let (turn_tx, turn_events) = mpsc::channel(16);
         let system_prompt = call
@@ -369,6 +441,12 @@ impl Live {
             dtmf: String::new(),
             dtmf_deadline: None,
             warned: Default::default(),
+            inbound: quality::Inbound::default(),
+            epoch: Instant::now(),
+            delays: quality::Delays::default(),
+            barge_ins: 0,
+            caller_speech: Duration::ZERO,
+            caller_since: None,
         })
     }
 
@@ -418,8 +496,10 @@ impl Live {
                             }
                         }
                         Ok(Inbound::Stop) => return End::Stopped,
-                        Ok(Inbound::Mark { .. } | Inbound::Connected) => {}
-                        Ok(Inbound::Dtmf { digit }) => {
+                        Ok(Inbound::Mark { name, sequence_number }) => self.mark_echoed(&name, sequence_number),
+                        Ok(Inbound::Connected) => {}
+                        Ok(Inbound::Dtmf { digit, sequence_number }) => {
+                            self.inbound.other(sequence_number);
                             self.dtmf.push(digit);
                             self.dtmf_deadline = Some(Instant::now() + DTMF_GAP);
                             if self.dtmf.len() > 32 {
@@ -470,6 +550,7 @@ impl Live {
                     self.audio = audio;
                     self.audio_events = events;
                     self.in_speech = false;
+                    self.caller_ended(Instant::now());
                     self.barge_deadline = None;
                     self.filler = false;
                     metrics::audio_reconnected();
@@ -497,8 +578,9 @@ impl Live {
 
     /// One inbound frame: to audio-processor, never blocking the reader (a full buffer drops).
     fn frame(&mut self, sequence_number: u64, timestamp_ms: u64, payload: Vec<u8>) -> Option<End> {
+        let now = Instant::now();
+        self.inbound.media(sequence_number, timestamp_ms, now.duration_since(self.epoch).as_secs_f64());
         if is_loud(&payload) {
-            let now = Instant::now();
             while self.loud.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(1)) {
                 self.loud.pop_front();
             }
@@ -507,7 +589,7 @@ impl Live {
         if self.arrivals.len() == ARRIVALS {
             self.arrivals.pop_front();
         }
-        self.arrivals.push_back((timestamp_ms, Instant::now()));
+        self.arrivals.push_back((timestamp_ms, now));
         let frame = AudioFrame {
             sequence_number,
             timestamp: Some(prost_types_duration(timestamp_ms)),
@@ -532,7 +614,10 @@ impl Live {
 
     fn audio_event(&mut self, response: StreamAudioResponse) {
         match response.event {
-            Some(AudioEvent::SpeechStarted(_)) => {
+            Some(AudioEvent::SpeechStarted(started)) => {
+                let at = started.at.map_or_else(Instant::now, |at| self.wall(duration_ms(at)));
+                self.playback.quality.caller_started(at);
+                self.caller_since = Some(at);
                 self.in_speech = true;
                 if self.agent_active() {
                     self.barge_deadline = Some(Instant::now() + self.barge_in);
@@ -540,13 +625,15 @@ impl Live {
             }
             Some(AudioEvent::SpeechEnded(ended)) => {
                 self.in_speech = false;
+                let (start_ms, end_ms) = (ended.start.map_or(0, duration_ms), ended.end.map_or(0, duration_ms));
+                self.caller_speech += Duration::from_millis(end_ms.saturating_sub(start_ms));
+                self.caller_since = None;
+                self.playback.quality.caller_ended(self.wall(end_ms));
                 if self.barge_deadline.take().is_some() || std::mem::take(&mut self.filler) {
                     // Short speech while the agent talks ("uh-huh", a cough): not a turn.
                     tracing::debug!("short speech during the reply ignored");
                     return;
                 }
-                let end_ms = ended.end.map_or(0, duration_ms);
-                let start_ms = ended.start.map_or(0, duration_ms);
                 let speech_end = self.wall(end_ms);
                 let spoken_for = Duration::from_millis(end_ms.saturating_sub(start_ms));
                 let started_at = crate::model::now()
@@ -624,6 +711,7 @@ impl Live {
 
     async fn interrupt(&mut self) {
         metrics::barge_in();
+        self.barge_ins += 1;
         tracing::info!("barge-in");
         self.playback.clear();
         if let Some((cancel, caller_seq)) = self.current.take() {
@@ -635,6 +723,40 @@ impl Live {
         {
             tracing::warn!(error = %e, "could not mark the turn interrupted");
         }
+    }
+
+    /// The carrier echoed mark `name`: the audio before it has played.
+    fn mark_echoed(&mut self, name: &str, sequence_number: Option<u64>) {
+        self.inbound.other(sequence_number);
+        if let Some(delay) = self.playback.quality.mark_echoed(name, Instant::now()) {
+            metrics::playback_delay(delay.as_secs_f64());
+            self.delays.add(delay);
+        }
+    }
+
+    fn caller_ended(&mut self, at: Instant) {
+        if let Some(since) = self.caller_since.take() {
+            self.caller_speech += at.saturating_duration_since(since);
+            self.playback.quality.caller_ended(at);
+        }
+    }
+
+    /// The call's line quality as it ends.
+    fn quality(&mut self) -> CallQuality {
+        let now = Instant::now();
+        self.caller_ended(now);
+        let (dead_air_count, dead_air, agent_speech) = self.playback.quality.finish(now);
+        CallQuality::from_measured(
+            quality::Measured {
+                inbound: &self.inbound,
+                delays: self.delays,
+                barge_ins: self.barge_ins,
+                dead_air: (dead_air_count, dead_air),
+                caller_speech: self.caller_speech,
+                agent_speech,
+            },
+            crate::model::now(),
+        )
     }
 
     fn stop(&mut self) {

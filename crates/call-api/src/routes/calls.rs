@@ -31,6 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_call))
         .routes(routes!(end))
         .routes(routes!(list_turns))
+        .routes(routes!(get_quality))
 }
 
 /// `POST /v1/calls` body.
@@ -285,4 +286,64 @@ async fn list_turns(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TurnList {
     pub turns: Vec<crate::db::turns::Turn>,
+}
+
+/// How long after an ended call with media its line quality may still be on its way (its media
+/// session stores it as it stops, which can be just after an end from the API).
+const QUALITY_GRACE_SECONDS: i64 = 60;
+
+/// A call's line quality: `pending` while the call runs (and shortly after it ends), then
+/// `measured` with the figures its media session stored, or `unavailable` (the call had no live
+/// media, or its replica was lost before storing them).
+#[utoipa::path(
+    get, path = "/v1/calls/{id}/quality", tag = "calls", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Call id")),
+    responses(
+        (status = 200, body = QualityReport),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    )
+)]
+async fn get_quality(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    Path(id): Path<String>,
+) -> Result<Json<QualityReport>, ApiError> {
+    let id = parse_id(&id)?;
+    let call = state.db.get_call(&tenant.0, id).await?.ok_or(ApiError::NotFound("call"))?;
+    let quality = state.db.get_quality(&tenant.0, id).await?;
+    let status = match (&quality, call.status, call.started_at, call.ended_at) {
+        (Some(_), ..) => QualityStatus::Measured,
+        (None, Status::Queued | Status::InProgress, ..) => QualityStatus::Pending,
+        (None, Status::Ended, Some(_), Some(ended))
+            if model::now() - ended < chrono::Duration::seconds(QUALITY_GRACE_SECONDS) =>
+        {
+            QualityStatus::Pending
+        }
+        (None, Status::Ended, ..) => QualityStatus::Unavailable,
+    };
+    Ok(Json(QualityReport { call_id: id, status, quality }))
+}
+
+/// Whether a call's line quality is there yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QualityStatus {
+    /// The call is live (or ended less than a minute ago): the figures come when its media ends.
+    Pending,
+    /// The figures below were stored when the call's media ended.
+    Measured,
+    /// The call ended without figures: it never had live media, or its replica was lost.
+    Unavailable,
+}
+
+/// A call's line quality (`GET /v1/calls/{id}/quality`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QualityReport {
+    pub call_id: Uuid,
+    pub status: QualityStatus,
+    /// The figures, when `status` is `measured`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<crate::media::quality::CallQuality>,
 }

@@ -40,7 +40,7 @@ pub(crate) fn sse(text: &str) -> Vec<u8> {
 
 /// The fake providers: transcription and chat answer in turn order; speech is `tts_seconds` of
 /// audio per sentence.
-fn providers(tts_seconds: f64) -> impl Fn(&FakeRequest) -> FakeReply + Send + Sync + 'static {
+pub(crate) fn providers(tts_seconds: f64) -> impl Fn(&FakeRequest) -> FakeReply + Send + Sync + 'static {
     providers_with(tts_seconds, Duration::ZERO)
 }
 
@@ -68,19 +68,19 @@ fn providers_with(
 
 /// The caller's side of the shipped two-party call: 8 kHz μ-law, mono; the caller speaks
 /// from about 4.7 s to 8.2 s.
-fn caller_audio() -> Vec<u8> {
+pub(crate) fn caller_audio() -> Vec<u8> {
     let wav = stack::call_stereo();
     stack::wav_data(&wav).iter().skip(1).step_by(2).copied().collect()
 }
 
-struct Stack {
-    app: TestApp,
-    fake: FakeHttp,
+pub(crate) struct Stack {
+    pub(crate) app: TestApp,
+    pub(crate) fake: FakeHttp,
     _audio: stack::Peer,
     _gateway: stack::Peer,
 }
 
-async fn live_stack(backend: Backend, tts_seconds: f64) -> Option<Stack> {
+pub(crate) async fn live_stack(backend: Backend, tts_seconds: f64) -> Option<Stack> {
     live_stack_with(backend, FakeHttp::start(providers(tts_seconds)).await).await
 }
 
@@ -90,7 +90,7 @@ async fn live_stack_with(backend: Backend, fake: FakeHttp) -> Option<Stack> {
 }
 
 /// The live stack on `db` with `audio` (the test may restart it) and extra call-api variables.
-async fn live_stack_env(db: TestDb, fake: FakeHttp, audio: stack::Peer, extra: &[(&str, &str)]) -> Stack {
+pub(crate) async fn live_stack_env(db: TestDb, fake: FakeHttp, audio: stack::Peer, extra: &[(&str, &str)]) -> Stack {
     let gateway = stack::start_gateway(Some(&fake), &[("LLM_PROVIDERS", "openai"), ("TTS_PROVIDERS", "openai")]).await;
     let mut env = vec![("LIVE_SYSTEM_PROMPT", "You are a test agent.")];
     env.extend_from_slice(extra);

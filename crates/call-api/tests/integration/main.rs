@@ -14,6 +14,7 @@ mod metrics;
 mod observability;
 mod outage;
 mod pipeline;
+mod quality;
 mod replicas;
 mod tenancy;
 mod twilio;
