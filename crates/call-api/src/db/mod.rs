@@ -117,6 +117,7 @@ fn migrations(postgres: bool) -> Migrator {
             (5, "leases", include_str!("migrations/postgres/0005_leases.sql")),
             (6, "analysis body", include_str!("migrations/postgres/0006_analysis_body.sql")),
             (7, "turn outcomes", include_str!("migrations/postgres/0007_turn_outcomes.sql")),
+            (9, "call cost", include_str!("migrations/postgres/0009_call_cost.sql")),
         ]
     } else {
         vec![
@@ -127,6 +128,7 @@ fn migrations(postgres: bool) -> Migrator {
             (5, "leases", include_str!("migrations/sqlite/0005_leases.sql")),
             (6, "analysis body", include_str!("migrations/sqlite/0006_analysis_body.sql")),
             (7, "turn outcomes", include_str!("migrations/sqlite/0007_turn_outcomes.sql")),
+            (9, "call cost", include_str!("migrations/sqlite/0009_call_cost.sql")),
         ]
     };
     Migrator::with_migrations(
