@@ -48,6 +48,9 @@ pub struct Config {
     /// `CALL_API_ADDR`, default `false`. Unauthenticated like `/metrics`: turn it on where that
     /// port is private. The admin address (`CALL_API_ADMIN_ADDR`) always serves it.
     pub pprof: bool,
+    /// `PROVIDER_PRICES_FILE`: prices of provider usage (YAML), read at start; unset leaves
+    /// call costs unknown. A bad file stops the service.
+    pub prices: Option<std::sync::Arc<crate::pricing::Prices>>,
     pub telemetry: TelemetryConfig,
 }
 
@@ -98,6 +101,7 @@ impl Config {
         let limits = LimitsConfig::read(&mut r);
         let twilio = TwilioConfig::read(&mut r);
         let pprof = r.bool_or("CALL_API_PPROF", false);
+        let prices = crate::pricing::Prices::read(&mut r);
         r.errors.into_result(Self {
             addr,
             admin_addr,
@@ -113,6 +117,7 @@ impl Config {
             limits,
             twilio,
             pprof,
+            prices,
             telemetry,
         })
     }

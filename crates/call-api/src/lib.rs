@@ -14,6 +14,7 @@
 //! metrics.rs         every metric call-api exports
 //! openapi.rs         the OpenAPI 3 document header, security scheme, operational endpoints
 //! peers.rs           balanced gRPC clients for audio-processor and provider-gateway
+//! pricing.rs         the prices file, usage accumulated per call, the cost breakdown
 //! db/                the pool (SQLite or PostgreSQL), migrations, instrumentation, DatabaseConfig;
 //!                    calls.rs, analysis.rs, turns.rs, leases.rs: the repositories
 //! media/             live calls: the media WebSocket, sessions, turns, playback, replicas
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod peers;
+pub mod pricing;
 pub mod recording;
 pub mod routes;
 pub mod twilio;
@@ -63,6 +65,7 @@ pub fn service_info_with_turn_slo(turn_slo_seconds: f64) -> ServiceInfo {
         .with_histogram(metrics::VOICE_INBOUND_JITTER_SECONDS, metrics::JITTER_BUCKETS)
         .with_histogram(metrics::VOICE_PLAYBACK_DELAY_SECONDS, metrics::PLAYBACK_DELAY_BUCKETS)
         .with_histogram(metrics::VOICE_CALL_MOS, metrics::MOS_BUCKETS)
+        .with_histogram(metrics::VOICE_CALL_COST, metrics::CALL_COST_BUCKETS)
 }
 
 /// How media URLs are made.
@@ -108,6 +111,8 @@ pub struct AppState {
     pub shutdown: telemetry::Shutdown,
     /// The Twilio carrier; `None` when `TWILIO_ACCOUNT_SID`/`TWILIO_AUTH_TOKEN` are not set.
     pub twilio: Option<twilio::Twilio>,
+    /// `PROVIDER_PRICES_FILE`: what provider usage costs; `None` leaves call costs unknown.
+    pub prices: Option<Arc<pricing::Prices>>,
 }
 
 /// The whole HTTP application: API, OpenAPI document, health, readiness and metrics.
@@ -142,6 +147,7 @@ pub async fn run_with_admin(
         tracing::warn!("API_KEYS is not set: every /v1 request will be refused with 401");
     }
     metrics::init();
+    metrics::cost_init(config.prices.as_deref());
     // The error never includes the URL, which may hold a password.
     let db = db::Database::connect(&config.database).await.context("open the database at DATABASE_URL")?;
     metrics::db_up(true);
@@ -176,6 +182,7 @@ pub async fn run_with_admin(
             Some(t) => Some(twilio::Twilio::new(t, &config.public_base_url)?),
             None => None,
         },
+        prices: config.prices.clone(),
     };
     let peers = state.peers.clone();
     if state.twilio.is_none() {

@@ -369,6 +369,67 @@ pub fn call_quality(q: &crate::media::quality::CallQuality) {
     counter!(VOICE_DEAD_AIR_TOTAL).increment(q.conversation.dead_air_count);
 }
 
+/// Counter of money spent on providers, in the prices file's currency (`PROVIDER_PRICES_FILE`):
+/// `provider`, `model` (the prices file's entry, so the labels are the file's), `capability`
+/// (`speech_to_text`, `chat`, `text_to_speech`), `currency`. Added when a live call or a
+/// recording analysis settles its cost; usage without a price is not counted.
+pub const PROVIDER_COST_TOTAL: &str = "provider_cost_total";
+/// Histogram of what a call cost, observed when a live call ends and when a recording analysis
+/// finishes, when every item of it had a price: `currency`.
+pub const VOICE_CALL_COST: &str = "voice_call_cost";
+/// From a tenth of a cent to tens of units of the currency.
+pub const CALL_COST_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0];
+
+/// Describes the cost metrics and starts `provider_cost_total` at zero for every entry of the
+/// prices file.
+pub fn cost_init(prices: Option<&crate::pricing::Prices>) {
+    telemetry::metrics::describe_float_counter(
+        PROVIDER_COST_TOTAL,
+        "Money spent on providers in the prices file's currency, by provider, priced model, capability and currency",
+    );
+    describe_histogram!(
+        VOICE_CALL_COST,
+        "What a live call or a recording analysis cost when every item had a price, by currency"
+    );
+    if let Some(prices) = prices {
+        for (provider, model, capability) in prices.entries() {
+            telemetry::metrics::add_float_counter(
+                PROVIDER_COST_TOTAL,
+                &[
+                    ("provider", provider),
+                    ("model", model),
+                    ("capability", capability.as_str()),
+                    ("currency", prices.currency.as_str()),
+                ],
+                0.0,
+            );
+        }
+    }
+}
+
+/// Records a settled cost: each priced item in `provider_cost_total`, the whole in
+/// `voice_call_cost` when it is complete.
+pub fn cost_settled(cost: &crate::pricing::CostBreakdown) {
+    for item in &cost.items {
+        if let (Some(amount), Some(model)) = (item.cost, item.priced_as.as_deref()) {
+            telemetry::metrics::add_float_counter(
+                PROVIDER_COST_TOTAL,
+                &[
+                    ("provider", item.provider.as_str()),
+                    ("model", model),
+                    ("capability", item.capability.as_str()),
+                    ("currency", cost.currency.as_str()),
+                ],
+                amount,
+            );
+        }
+    }
+    if let Some(total) = cost.total {
+        histogram!(VOICE_CALL_COST, "currency" => cost.currency.clone()).record(total);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -82,6 +82,10 @@ pub struct Call {
     /// Why the service ended a live call (e.g. `media connection lost`); absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,
+    /// What the call cost, by capability (its live session and recording analyses together);
+    /// `null` when no prices file (`PROVIDER_PRICES_FILE`) was configured while it ran, or it
+    /// has not used a provider yet.
+    pub cost: Option<Box<crate::pricing::CostBreakdown>>,
     #[serde(skip)]
     pub tenant: String,
 }

@@ -35,7 +35,90 @@ impl MetricsHandle {
         self.inner.run_upkeep();
         let mut out = self.inner.render();
         process::render(&mut out);
+        float_counters::render(&mut out);
         out
+    }
+}
+
+pub use float_counters::{add_float_counter, describe_float_counter};
+
+/// Counters of amounts that are not whole numbers (money): the recorder's counters are
+/// integers, so these are kept here and rendered as text after the others, as counters.
+mod float_counters {
+    use std::{
+        collections::BTreeMap,
+        fmt::Write,
+        sync::{Mutex, PoisonError},
+    };
+
+    /// Labels, in the order given, with their values.
+    type Labels = Vec<(&'static str, String)>;
+
+    #[derive(Default)]
+    struct Counter {
+        help: &'static str,
+        series: BTreeMap<Labels, f64>,
+    }
+
+    static COUNTERS: Mutex<BTreeMap<&'static str, Counter>> = Mutex::new(BTreeMap::new());
+
+    /// Sets the help text of `name` (and makes it appear, without series, until one is added).
+    pub fn describe_float_counter(name: &'static str, help: &'static str) {
+        let mut counters = COUNTERS.lock().unwrap_or_else(PoisonError::into_inner);
+        counters.entry(name).or_default().help = help;
+    }
+
+    /// Adds `amount` (ignored unless finite and not negative: a counter never goes down) to
+    /// the series of `name` with `labels`; 0 creates the series.
+    pub fn add_float_counter(name: &'static str, labels: &[(&'static str, &str)], amount: f64) {
+        if !amount.is_finite() || amount < 0.0 {
+            return;
+        }
+        let labels: Labels = labels.iter().map(|(k, v)| (*k, (*v).to_string())).collect();
+        let mut counters = COUNTERS.lock().unwrap_or_else(PoisonError::into_inner);
+        *counters.entry(name).or_default().series.entry(labels).or_insert(0.0) += amount;
+    }
+
+    pub(super) fn render(out: &mut String) {
+        let counters = COUNTERS.lock().unwrap_or_else(PoisonError::into_inner);
+        for (name, counter) in counters.iter().filter(|(_, c)| !c.series.is_empty()) {
+            if !counter.help.is_empty() {
+                let _ = writeln!(out, "# HELP {name} {}", counter.help);
+            }
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (labels, value) in &counter.series {
+                let _ = write!(out, "{name}");
+                if !labels.is_empty() {
+                    let body: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+                    let _ = write!(out, "{{{}}}", body.join(","));
+                }
+                let _ = writeln!(out, " {value}");
+            }
+        }
+    }
+
+    fn escape(v: &str) -> String {
+        v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn amounts_add_up_per_series_and_render_as_counters() {
+            describe_float_counter("test_money_total", "Money spent");
+            add_float_counter("test_money_total", &[("currency", "USD"), ("model", "a\"b")], 0.25);
+            add_float_counter("test_money_total", &[("currency", "USD"), ("model", "a\"b")], 0.5);
+            add_float_counter("test_money_total", &[("currency", "EUR"), ("model", "x")], 0.0);
+            add_float_counter("test_money_total", &[("currency", "EUR"), ("model", "x")], -3.0);
+            add_float_counter("test_money_total", &[("currency", "EUR"), ("model", "x")], f64::NAN);
+            let mut out = String::new();
+            render(&mut out);
+            assert!(out.contains("# HELP test_money_total Money spent\n# TYPE test_money_total counter\n"), "{out}");
+            assert!(out.contains("test_money_total{currency=\"USD\",model=\"a\\\"b\"} 0.75\n"), "{out}");
+            assert!(out.contains("test_money_total{currency=\"EUR\",model=\"x\"} 0\n"), "{out}");
+        }
     }
 }
 

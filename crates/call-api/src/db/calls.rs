@@ -17,7 +17,7 @@ use crate::{
 macro_rules! call_columns {
     () => {
         "id, tenant, provider, direction, from_number, to_number, status, outcome, metadata, \
-         created_at, started_at, ended_at, duration_seconds, analysis_status, end_reason"
+         created_at, started_at, ended_at, duration_seconds, analysis_status, end_reason, cost_live, cost_recording"
     };
 }
 
@@ -49,11 +49,22 @@ macro_rules! decode_call {
                     .map(|s| name(s, AnalysisStatus::parse))
                     .transpose()?,
                 end_reason: row.try_get("end_reason")?,
+                cost: $crate::db::calls::stored_cost(row.try_get("cost_live")?, row.try_get("cost_recording")?),
             })
         })()
     }};
 }
 pub(crate) use {call_columns, decode_call};
+
+/// The cost shown for a call from its two stored parts (a part that no longer reads as a
+/// breakdown is left out).
+pub(crate) fn stored_cost(
+    live: Option<Json<serde_json::Value>>,
+    recording: Option<Json<serde_json::Value>>,
+) -> Option<Box<crate::pricing::CostBreakdown>> {
+    let part = |v: Option<Json<serde_json::Value>>| v.and_then(|Json(v)| serde_json::from_value(v).ok());
+    crate::pricing::CostBreakdown::of_parts(part(live), part(recording)).map(Box::new)
+}
 
 pub(crate) fn name<T>(value: String, parse: fn(&str) -> Option<T>) -> Result<T, sqlx::Error> {
     parse(&value).ok_or_else(|| sqlx::Error::Decode(format!("unexpected value {value:?} in calls").into()))
@@ -92,6 +103,7 @@ impl NewCall {
             duration_seconds: None,
             analysis_status: None,
             end_reason: None,
+            cost: None,
         }
     }
 }
@@ -393,6 +405,60 @@ impl Database {
             })
         })
         .await
+    }
+}
+
+// ---- Cost -----------------------------------------------------------------------------------------
+
+const SET_LIVE_COST: &str = "UPDATE calls SET cost_live = $1 WHERE id = $2";
+const GET_RECORDING_COST: &str = "SELECT cost_recording FROM calls WHERE id = $1 AND analysis_attempt = $2";
+const SET_RECORDING_COST: &str = "UPDATE calls SET cost_recording = $1 WHERE id = $2 AND analysis_attempt = $3";
+
+impl Database {
+    /// Stores what call `id`'s live session cost (once, by the replica that carried it, when
+    /// the session ends).
+    pub async fn set_live_cost(&self, id: Uuid, cost: &crate::pricing::CostBreakdown) -> Result<(), DbError> {
+        self.observe("set_live_cost", SET_LIVE_COST, async {
+            with_pool!(self, pool => sqlx::query(SET_LIVE_COST).bind(Json(cost)).bind(id).execute(pool).await.map(drop))
+        })
+        .await
+    }
+
+    /// Adds what a recording analysis cost to call `id`'s recording cost, while `attempt` owns
+    /// the analysis (no other attempt writes meanwhile). Whether it was added.
+    pub async fn add_recording_cost(
+        &self,
+        id: Uuid,
+        attempt: &str,
+        cost: &crate::pricing::CostBreakdown,
+    ) -> Result<bool, DbError> {
+        let stored: Option<Option<Json<serde_json::Value>>> = self
+            .observe("get_recording_cost", GET_RECORDING_COST, async {
+                with_pool!(self, pool => sqlx::query_scalar(GET_RECORDING_COST)
+                    .bind(id)
+                    .bind(attempt)
+                    .fetch_optional(pool)
+                    .await)
+            })
+            .await?;
+        let Some(stored) = stored else { return Ok(false) };
+        let before = stored.and_then(|Json(v)| serde_json::from_value::<crate::pricing::CostBreakdown>(v).ok());
+        let total = match before {
+            Some(before) => before.merge(cost),
+            None => cost.clone(),
+        };
+        let updated = self
+            .observe("set_recording_cost", SET_RECORDING_COST, async {
+                with_pool!(self, pool => sqlx::query(SET_RECORDING_COST)
+                    .bind(Json(&total))
+                    .bind(id)
+                    .bind(attempt)
+                    .execute(pool)
+                    .await
+                    .map(|r| r.rows_affected()))
+            })
+            .await?;
+        Ok(updated == 1)
     }
 }
 

@@ -118,6 +118,7 @@ fn migrations(postgres: bool) -> Migrator {
             (6, "analysis body", include_str!("migrations/postgres/0006_analysis_body.sql")),
             (7, "turn outcomes", include_str!("migrations/postgres/0007_turn_outcomes.sql")),
             (8, "call quality", include_str!("migrations/postgres/0008_call_quality.sql")),
+            (9, "call cost", include_str!("migrations/postgres/0009_call_cost.sql")),
         ]
     } else {
         vec![
@@ -129,6 +130,7 @@ fn migrations(postgres: bool) -> Migrator {
             (6, "analysis body", include_str!("migrations/sqlite/0006_analysis_body.sql")),
             (7, "turn outcomes", include_str!("migrations/sqlite/0007_turn_outcomes.sql")),
             (8, "call quality", include_str!("migrations/sqlite/0008_call_quality.sql")),
+            (9, "call cost", include_str!("migrations/sqlite/0009_call_cost.sql")),
         ]
     };
     Migrator::with_migrations(

@@ -232,6 +232,9 @@ async fn session(
     let end = live.serve(stream, &end_all, &registration.hang_up).await;
     live.stop();
     let quality = live.quality();
+    let cost = live.ctx.cost.clone();
+    drop(live);
+    store_cost(&state, call.id, cost).await;
     finish(&state, &call, end, Some(quality)).await
 }
 
@@ -265,6 +268,15 @@ fn event_name(m: &Inbound) -> &'static str {
         Inbound::Mark { .. } => "mark",
         Inbound::Dtmf { .. } => "dtmf",
         Inbound::Stop => "stop",
+    }
+}
+
+/// Prices the session's provider usage once its turns have stopped (a turn cut by the end of
+/// the call lets go within moments) and stores it on the call, before the call is ended.
+async fn store_cost(state: &AppState, id: Uuid, cost: crate::pricing::CostMeter) {
+    let Some(cost) = cost.settle(Duration::from_secs(2)).await else { return };
+    if let Err(e) = state.db.set_live_cost(id, &cost).await {
+        tracing::warn!(error = %e, "could not store the call's cost");
     }
 }
 
@@ -416,6 +428,7 @@ impl Live {
             fallback: state.live_config.fallback.clone(),
             playback: playback.commands.clone(),
             events: turn_tx,
+            cost: crate::pricing::CostMeter::new(state.prices.clone()),
         };
         Ok(Self {
             call_id: call.id,

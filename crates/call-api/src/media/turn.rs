@@ -64,6 +64,8 @@ pub struct TurnContext {
     pub fallback: Option<Arc<str>>,
     pub playback: mpsc::Sender<Command>,
     pub events: mpsc::Sender<TurnEvent>,
+    /// The call's provider usage, priced when the call ends.
+    pub cost: crate::pricing::CostMeter,
 }
 
 /// Bounds of a turn's provider requests (`LIVE_*`, see `media::LiveConfig`).
@@ -495,6 +497,8 @@ async fn hear(ctx: &TurnContext, input: &mut TurnInput) -> Result<String, Failur
         (_, Some(text)) => Ok(text.clone()),
         // The utterance moves into the request (a few hundred KB: no copy).
         (Some(pcm), None) => {
+            // 16 kHz PCM16: what the usage is when the provider reports no duration.
+            let sent_seconds = pcm.len() as f64 / 32_000.0;
             let mut request = tonic::Request::new(TranscribeRequest {
                 audio: pcm,
                 encoding: pb::AudioEncoding::Pcm16 as i32,
@@ -505,9 +509,18 @@ async fn hear(ctx: &TurnContext, input: &mut TurnInput) -> Result<String, Failur
                 ..Default::default()
             });
             request.set_timeout(ctx.limits.transcribe_timeout);
+            let mut pending = crate::pricing::Pending::new(&ctx.cost);
             match ctx.peers.gateway.clone().transcribe(request).await {
-                Ok(r) => Ok(r.into_inner().text.trim().to_string()),
-                Err(s) => Err(Failure::from_status(Stage::Stt, &s, ctx.limits.transcribe_timeout)),
+                Ok(r) => {
+                    let r = r.into_inner();
+                    ctx.cost.speech_to_text(&r.provider, &r.model, r.duration_seconds, sent_seconds);
+                    pending.reported();
+                    Ok(r.text.trim().to_string())
+                }
+                Err(s) => {
+                    pending.reported();
+                    Err(Failure::from_status(Stage::Stt, &s, ctx.limits.transcribe_timeout))
+                }
             }
         }
         (None, None) => Ok(String::new()),
@@ -534,6 +547,8 @@ async fn reply(ctx: &TurnContext, history: Vec<ChatMessage>, clock: &mut Latency
             done: false,
             error: None,
             timeout: ctx.limits.reply_timeout,
+            cost: ctx.cost.clone(),
+            usage: crate::pricing::Pending::new(&ctx.cost),
         }),
         Err(s) => Err(Failure::from_status(Stage::Llm, &s, ctx.limits.reply_timeout)),
     }
@@ -548,6 +563,9 @@ struct Sentences {
     /// How the stream broke, if it did.
     error: Option<Failure>,
     timeout: Duration,
+    cost: crate::pricing::CostMeter,
+    /// Until the stream's last message brings the token counts.
+    usage: crate::pricing::Pending,
 }
 
 impl Sentences {
@@ -568,7 +586,15 @@ impl Sentences {
                         clock.token();
                         self.buffer.push_str(&delta);
                     }
-                    Some(Event::Done(_)) | None => self.done = true,
+                    Some(Event::Done(done)) => {
+                        if let Some(u) = done.usage {
+                            let (input, output) = (u64::from(u.prompt_tokens), u64::from(u.completion_tokens));
+                            self.cost.chat(&done.provider, &done.model, input, output);
+                            self.usage.reported();
+                        }
+                        self.done = true;
+                    }
+                    None => self.done = true,
                 },
                 Some(Err(s)) => {
                     tracing::debug!(code = ?s.code(), "chat stream failed");
@@ -631,6 +657,9 @@ impl<'a> Speaker<'a> {
             }
         };
         let mut failure = None;
+        // Counted when the stream ends or is dropped (barge-in), with the provider and model of
+        // its first message.
+        let mut usage = SpeechUsage::new(&ctx.cost, &sentence);
         while let Some(chunk) = audio.next().await {
             let chunk = match chunk {
                 Ok(chunk) => chunk,
@@ -639,6 +668,7 @@ impl<'a> Speaker<'a> {
                     break;
                 }
             };
+            usage.received(&chunk);
             if chunk.audio.is_empty() {
                 continue;
             }
@@ -682,6 +712,45 @@ impl<'a> Speaker<'a> {
             self.progress.lock().expect("progress").spoken = self.spoken.clone();
         }
         Ok(failure)
+    }
+}
+
+/// The usage of one sentence's speech: the characters sent and the μ-law 8 kHz audio received
+/// (a byte a sample), recorded under the provider and model of the stream's first message when
+/// it ends or is dropped; a stream cut before its first message is unreported.
+struct SpeechUsage {
+    cost: crate::pricing::CostMeter,
+    characters: u64,
+    bytes: u64,
+    served_by: Option<(String, String)>,
+    pending: crate::pricing::Pending,
+}
+
+impl SpeechUsage {
+    fn new(cost: &crate::pricing::CostMeter, sentence: &str) -> Self {
+        Self {
+            cost: cost.clone(),
+            characters: sentence.chars().count() as u64,
+            bytes: 0,
+            served_by: None,
+            pending: crate::pricing::Pending::new(cost),
+        }
+    }
+
+    fn received(&mut self, chunk: &pb::SynthesizeSpeechResponse) {
+        if self.served_by.is_none() {
+            self.served_by = Some((chunk.provider.clone(), chunk.model.clone()));
+            self.pending.reported();
+        }
+        self.bytes += chunk.audio.len() as u64;
+    }
+}
+
+impl Drop for SpeechUsage {
+    fn drop(&mut self) {
+        if let Some((provider, model)) = &self.served_by {
+            self.cost.text_to_speech(provider, model, self.characters, self.bytes as f64 / 8000.0);
+        }
     }
 }
 

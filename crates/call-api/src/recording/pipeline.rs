@@ -147,8 +147,13 @@ pub struct Limits {
     pub transcribe_concurrency: usize,
 }
 
-/// Runs the whole pipeline for `upload`.
-pub async fn run(peers: &Peers, upload: Upload, limits: Limits) -> Result<Produced, UploadError> {
+/// Runs the whole pipeline for `upload`; the providers' usage is added to `cost`.
+pub async fn run(
+    peers: &Peers,
+    upload: Upload,
+    limits: Limits,
+    cost: &crate::pricing::CostMeter,
+) -> Result<Produced, UploadError> {
     let started = Instant::now();
     let deadline = started + limits.timeout;
     let call_id = upload.call_id.to_string();
@@ -190,7 +195,7 @@ pub async fn run(peers: &Peers, upload: Upload, limits: Limits) -> Result<Produc
     let audio = analysis::audio_from_proto(&analysis);
 
     let t = Instant::now();
-    let transcript = transcribe(peers, &call_id, &response.speech, language.as_deref(), deadline, limits)
+    let transcript = transcribe(peers, &call_id, &response.speech, language.as_deref(), deadline, limits, cost)
         .instrument(tracing::info_span!(
             "transcription",
             otel.name = "call_analysis.transcription",
@@ -345,6 +350,7 @@ async fn transcribe(
     language: Option<&str>,
     deadline: Instant,
     limits: Limits,
+    cost: &crate::pricing::CostMeter,
 ) -> Transcript {
     let max_samples = CHUNK_SECONDS * SPEECH_RATE as usize;
     let mut jobs = Vec::new();
@@ -387,8 +393,15 @@ async fn transcribe(
                 chunk = i,
                 audio_seconds = range.len() as f64 / f64::from(SPEECH_RATE),
             );
+            // 16 kHz PCM16: what the usage is when the provider reports no duration.
+            let sent_seconds = range.len() as f64 / f64::from(SPEECH_RATE);
             async move {
-                client.transcribe(request).await.map(|r| ChunkText { channel: c, index: i, response: r.into_inner() })
+                let mut pending = crate::pricing::Pending::new(cost);
+                let result = client.transcribe(request).await;
+                pending.reported();
+                let response = result?.into_inner();
+                cost.speech_to_text(&response.provider, &response.model, response.duration_seconds, sent_seconds);
+                Ok(ChunkText { channel: c, index: i, response })
             }
             .instrument(span)
         })

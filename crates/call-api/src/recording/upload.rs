@@ -410,7 +410,8 @@ async fn analyse_and_store(
         });
     };
     let limits = pipeline::Limits { timeout: limits.timeout.saturating_sub(started.elapsed()), ..limits };
-    let (finished, error) = match pipeline::run(&state.peers, upload, limits).await {
+    let cost = crate::pricing::CostMeter::new(state.prices.clone());
+    let (finished, error) = match pipeline::run(&state.peers, upload, limits, &cost).await {
         Err(e) if e.is_client_error() => {
             tracing::info!(error = %e, "recording rejected");
             if let Err(db) = state.db.release_analysis(id, &attempt, &before).await {
@@ -470,6 +471,9 @@ async fn analyse_and_store(
     metrics::analysis_stage("store", store_started.elapsed().as_secs_f64());
     metrics::analysis_stage("total", started.elapsed().as_secs_f64());
     let owned = stored?;
+    if owned {
+        store_cost(&state, id, &attempt, cost).await;
+    }
     metrics::analysis_result(if finished.status == AnalysisStatus::Done { "done" } else { "failed" });
     if !owned {
         return Err(ApiError::Conflict("another upload took over this call's analysis".into()));
@@ -484,6 +488,16 @@ async fn analyse_and_store(
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the call disappeared")))?;
     document(id, row, state.recording.analysis_timeout)
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored analysis has no status")))
+}
+
+/// Prices the analysis's provider usage and adds it to the call's recording cost.
+async fn store_cost(state: &AppState, id: Uuid, attempt: &str, cost: crate::pricing::CostMeter) {
+    let Some(cost) = cost.settle(Duration::ZERO).await else { return };
+    match state.db.add_recording_cost(id, attempt, &cost).await {
+        Ok(true) => {}
+        Ok(false) => tracing::info!("the analysis changed hands before its cost was stored"),
+        Err(e) => tracing::warn!(error = %e, "could not store the analysis's cost"),
+    }
 }
 
 /// Stores the outcome, retrying briefly when the database is unreachable (the work is done; it

@@ -323,7 +323,7 @@ async fn get_quality(
         }
         (None, Status::Ended, ..) => QualityStatus::Unavailable,
     };
-    Ok(Json(QualityReport { call_id: id, status, quality }))
+    Ok(Json(QualityReport { call_id: id, status, quality, cost: call.cost }))
 }
 
 /// Whether a call's line quality is there yet.
@@ -346,4 +346,7 @@ pub struct QualityReport {
     /// The figures, when `status` is `measured`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quality: Option<crate::media::quality::CallQuality>,
+    /// What the call cost, by capability (as on the call record): `null` when no prices file
+    /// (`PROVIDER_PRICES_FILE`) was configured while it ran, or it has not used a provider yet.
+    pub cost: Option<Box<crate::pricing::CostBreakdown>>,
 }
