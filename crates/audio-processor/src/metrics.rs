@@ -24,7 +24,7 @@ pub const ACTIVE_STREAMS: &str = "audio_active_streams";
 pub const VAD_EVENTS_TOTAL: &str = "audio_vad_events_total";
 
 const ANALYSIS_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-const RTF_BUCKETS: &[f64] = &[10.0, 100.0, 1000.0, 5000.0, 10000.0, 50000.0, 100000.0];
+const RTF_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 1000.0, 5000.0, 10000.0, 50000.0, 100000.0];
 
 /// Each histogram this crate records and its explicit buckets.
 pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] =
