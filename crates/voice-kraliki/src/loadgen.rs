@@ -499,6 +499,9 @@ struct Inbox {
     closed: bool,
     /// The code of the server's close frame, once one came.
     close_code: Option<u16>,
+    /// Marks the server sent that are not echoed yet: a carrier echoes each once the audio
+    /// before it has played, and the frames arrive paced, so on the next frame sent.
+    marks: Vec<String>,
 }
 
 /// What a call tells the run's monitor (for the steady window).
@@ -647,6 +650,14 @@ async fn talk(
                 Message::Text(text) if text.contains("\"media\"") => {
                     reader_inbox.lock().expect("inbox").frames.push(Instant::now());
                 }
+                Message::Text(text) if text.contains("\"mark\"") => {
+                    let name = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
+                        (v["event"] == "mark").then(|| v["mark"]["name"].as_str().map(str::to_string)).flatten()
+                    });
+                    if let Some(name) = name {
+                        reader_inbox.lock().expect("inbox").marks.push(name);
+                    }
+                }
                 Message::Close(frame) => {
                     reader_inbox.lock().expect("inbox").close_code = Some(frame.map_or(1005, |f| u16::from(f.code)));
                 }
@@ -664,10 +675,18 @@ async fn talk(
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
         let (mut seq, mut media_ms) = (1u64, 0u64);
+        let echoes = inbox.clone();
         let mut frame =
             async |sink: &mut futures_util::stream::SplitSink<_, Message>, payload: &[u8], r: &mut CallResult| {
                 let scheduled = tick.tick().await;
                 r.send_lateness.push(tokio::time::Instant::now().saturating_duration_since(scheduled));
+                let marks = std::mem::take(&mut echoes.lock().expect("inbox").marks);
+                for name in marks {
+                    seq += 1;
+                    let m = json!({"event": "mark", "sequenceNumber": seq.to_string(), "streamSid": "MZ",
+                                   "mark": {"name": name}});
+                    sink.send(Message::text(m.to_string())).await.map_err(|e| format!("send: {e}"))?;
+                }
                 seq += 1;
                 let m = json!({"event": "media", "sequenceNumber": seq.to_string(), "streamSid": "MZ",
                            "media": {"track": "inbound", "chunk": seq.to_string(), "timestamp": media_ms.to_string(),

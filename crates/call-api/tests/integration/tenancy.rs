@@ -23,6 +23,9 @@ fn case(method: &str, path: &str) -> Option<Try> {
             a.client.post(a.url(&format!("/v1/calls/{id}/end"))).json(&json!({"outcome": "completed"}))
         }),
         ("get", "/v1/calls/{id}/turns") => Try::Absent(|a, id| a.client.get(a.url(&format!("/v1/calls/{id}/turns")))),
+        ("get", "/v1/calls/{id}/quality") => {
+            Try::Absent(|a, id| a.client.get(a.url(&format!("/v1/calls/{id}/quality"))))
+        }
         ("get", "/v1/calls/{id}/analysis") => {
             Try::Absent(|a, id| a.client.get(a.url(&format!("/v1/calls/{id}/analysis"))))
         }

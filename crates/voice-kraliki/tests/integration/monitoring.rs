@@ -40,6 +40,8 @@ async fn every_metric_used_by_rules_and_dashboards_is_exported() {
     env.push(("SIMULATED_LATENCY".into(), "fixed:0".into()));
     env.push(("SIMULATED_TTFB_SECONDS".into(), "0".into()));
     env.push(("SIMULATED_TOKENS_PER_SECOND".into(), "0".into()));
+    // The shipped example prices (they price the simulated models), so calls have a cost.
+    env.push(("PROVIDER_PRICES_FILE".into(), root.join("deploy/prices.example.yaml").display().to_string()));
     let _audio = Service::start("audio-processor", &env);
     let _gateway = Service::start("provider-gateway", &env);
     let _api = Service::start("call-api", &env);
