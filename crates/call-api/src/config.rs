@@ -51,6 +51,8 @@ pub struct Config {
     /// `PROVIDER_PRICES_FILE`: prices of provider usage (YAML), read at start; unset leaves
     /// call costs unknown. A bad file stops the service.
     pub prices: Option<std::sync::Arc<crate::pricing::Prices>>,
+    /// `WEBHOOK_*`: where each tenant's call events are delivered, signed with which secret.
+    pub webhooks: crate::events::WebhookConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -102,6 +104,7 @@ impl Config {
         let twilio = TwilioConfig::read(&mut r);
         let pprof = r.bool_or("CALL_API_PPROF", false);
         let prices = crate::pricing::Prices::read(&mut r);
+        let webhooks = crate::events::WebhookConfig::read(&mut r);
         r.errors.into_result(Self {
             addr,
             admin_addr,
@@ -118,6 +121,7 @@ impl Config {
             twilio,
             pprof,
             prices,
+            webhooks,
             telemetry,
         })
     }

@@ -18,6 +18,8 @@
 //! db/                the pool (SQLite or PostgreSQL), migrations, instrumentation, DatabaseConfig;
 //!                    calls.rs, analysis.rs, turns.rs, leases.rs: the repositories
 //! media/             live calls: the media WebSocket, sessions, turns, playback, replicas
+//! events/            call events for integrators: WEBHOOK_* config, the signed-webhook worker
+//!                    (the outbox rows are written by db/ with the changes they describe)
 //! recording/         recording analysis: upload (claim → spool → run → store), pipeline, document
 //! twilio/            the Twilio carrier: signature, TwiML, webhooks, dialling and hanging up
 //! routes/            one router per resource (calls.rs, recording.rs, providers.rs, twilio.rs)
@@ -27,6 +29,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod limits;
 pub mod media;
@@ -66,6 +69,7 @@ pub fn service_info_with_turn_slo(turn_slo_seconds: f64) -> ServiceInfo {
         .with_histogram(metrics::VOICE_PLAYBACK_DELAY_SECONDS, metrics::PLAYBACK_DELAY_BUCKETS)
         .with_histogram(metrics::VOICE_CALL_MOS, metrics::MOS_BUCKETS)
         .with_histogram(metrics::VOICE_CALL_COST, metrics::CALL_COST_BUCKETS)
+        .with_histogram(metrics::WEBHOOK_DELIVERY_SECONDS, metrics::WEBHOOK_DELIVERY_BUCKETS)
 }
 
 /// How media URLs are made.
@@ -161,6 +165,7 @@ pub async fn run_with_admin(
     let replica = media::replicas::Replica::new(&config.replica, db.clone(), live.clone());
     let background = tokio_util::sync::CancellationToken::new();
     replica.spawn(background.clone());
+    events::Worker::new(config.webhooks.clone(), db.clone(), replica.lease_owner.clone())?.spawn(background.clone());
     db.spawn_probe(config.database.probe_interval, background.clone());
     let state = AppState {
         gate: auth::Gate::new(config.api_keys.clone(), config.limits.rate_per_second, config.limits.rate_burst),

@@ -430,6 +430,62 @@ pub fn cost_settled(cost: &crate::pricing::CostBreakdown) {
     }
 }
 
+// ---- Webhooks ------------------------------------------------------------------------------------
+
+/// Counter of webhook delivery attempts: `result` (`delivered`, `error`: will be retried,
+/// `gave_up`: the event is 24 hours old).
+pub const WEBHOOK_DELIVERIES_TOTAL: &str = "webhook_deliveries_total";
+/// Histogram of the time from an event to its successful delivery to an endpoint.
+pub const WEBHOOK_DELIVERY_SECONDS: &str = "webhook_delivery_seconds";
+/// Gauge: webhook deliveries not yet made (and events not yet fanned out to endpoints), all
+/// replicas together.
+pub const WEBHOOK_OUTBOX_PENDING: &str = "webhook_outbox_pending";
+/// Gauge: age of the oldest event among those, 0 when none.
+pub const WEBHOOK_OLDEST_PENDING_SECONDS: &str = "webhook_oldest_pending_seconds";
+/// From a local receiver's few milliseconds to a day of retries.
+pub const WEBHOOK_DELIVERY_BUCKETS: &[f64] =
+    &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0];
+
+/// Describes the webhook metrics and starts them at zero.
+pub fn webhooks_init() {
+    describe_counter!(
+        WEBHOOK_DELIVERIES_TOTAL,
+        "Webhook delivery attempts, by result (delivered, error: retried later, gave_up: after 24 hours)"
+    );
+    describe_histogram!(
+        WEBHOOK_DELIVERY_SECONDS,
+        Unit::Seconds,
+        "Time from a call event to its delivery to an endpoint"
+    );
+    describe_gauge!(WEBHOOK_OUTBOX_PENDING, "Webhook deliveries (and events to fan out) not yet made, all replicas");
+    describe_gauge!(
+        WEBHOOK_OLDEST_PENDING_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest event not yet delivered (0 when none)"
+    );
+    for result in ["delivered", "error", "gave_up"] {
+        counter!(WEBHOOK_DELIVERIES_TOTAL, "result" => result).absolute(0);
+    }
+    gauge!(WEBHOOK_OUTBOX_PENDING).set(0.0);
+    gauge!(WEBHOOK_OLDEST_PENDING_SECONDS).set(0.0);
+}
+
+/// Counts one delivery attempt.
+pub fn webhook_attempt(result: &'static str) {
+    counter!(WEBHOOK_DELIVERIES_TOTAL, "result" => result).increment(1);
+}
+
+/// Records a delivery made `seconds` after its event.
+pub fn webhook_delivered(seconds: f64) {
+    histogram!(WEBHOOK_DELIVERY_SECONDS).record(seconds.max(0.0));
+}
+
+/// The backlog gauges.
+pub fn webhook_backlog(pending: i64, oldest_seconds: f64) {
+    gauge!(WEBHOOK_OUTBOX_PENDING).set(pending as f64);
+    gauge!(WEBHOOK_OLDEST_PENDING_SECONDS).set(oldest_seconds.max(0.0));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,11 @@ use chrono::{DateTime, Utc};
 use sqlx::{Row as _, types::Json};
 use uuid::Uuid;
 
-use super::{Database, DbError, with_pool};
+use super::{
+    Database, DbError,
+    events::{EventType, NewEvent, insert_event},
+    with_pool,
+};
 use crate::{
     model::{self, AnalysisStatus},
     recording::document::{AnalysisResults, Transcript},
@@ -50,7 +54,7 @@ const RELEASE: &str = "UPDATE calls SET analysis_status = $1, analysis_error = $
      analysis_body_sha256 = $10 WHERE id = $8 AND analysis_attempt = $9";
 const BODY_DIGEST: &str = "UPDATE calls SET analysis_body_sha256 = $1 WHERE id = $2 AND analysis_attempt = $3";
 const FINISH: &str = "UPDATE calls SET analysis_status = $1, analysis_error = $2, analysis = $3, transcript = $4, \
-     analysis_completed_at = $5, updated_at = $5 WHERE id = $6 AND analysis_attempt = $7";
+     analysis_completed_at = $5, updated_at = $5 WHERE id = $6 AND analysis_attempt = $7 RETURNING tenant";
 
 impl Database {
     /// The analysis columns of call `id` of `tenant`; `None` when there is no such call.
@@ -145,12 +149,15 @@ impl Database {
         .await
     }
 
-    /// Stores what `attempt` produced; `false` when another attempt took the analysis over
-    /// meanwhile (this one had been abandoned), in which case nothing is written.
+    /// Stores what `attempt` produced, with its `analysis.completed` event (one transaction);
+    /// `false` when another attempt took the analysis over meanwhile (this one had been
+    /// abandoned), in which case nothing is written.
     pub async fn finish_analysis(&self, id: Uuid, attempt: &str, finished: &Finished) -> Result<bool, DbError> {
         let now = model::now();
         self.observe("finish_analysis", FINISH, async {
-            with_pool!(self, pool => sqlx::query(FINISH)
+            with_pool!(self, pool => {
+                let mut tx = pool.begin().await?;
+                let tenant: Option<String> = sqlx::query_scalar(FINISH)
                 .bind(finished.status.as_str())
                 .bind(finished.error.as_deref())
                 .bind(finished.results.as_ref().map(Json))
@@ -158,9 +165,14 @@ impl Database {
                 .bind(now)
                 .bind(id)
                 .bind(attempt)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected() == 1))
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(tenant) = tenant else { return Ok(false) };
+                let data = serde_json::json!({ "status": finished.status.as_str(), "error": finished.error });
+                insert_event!(&mut *tx, &NewEvent::new(&tenant, id, EventType::AnalysisCompleted, data))?;
+                tx.commit().await?;
+                Ok(true)
+            })
         })
         .await
     }

@@ -7,7 +7,11 @@ use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, types::Json};
 use uuid::Uuid;
 
-use super::{Database, DbError, with_pool};
+use super::{
+    Database, DbError,
+    events::{EventType, NewEvent, insert_event},
+    with_pool,
+};
 use crate::{
     media::quality::CallQuality,
     model::{self, Call, Direction, Outcome, Provider, Status},
@@ -233,16 +237,20 @@ const BY_MEDIA_TOKEN: &str = concat!(
 const LIST: &str = "SELECT ... FROM calls WHERE tenant = $1 [filters] ORDER BY created_at DESC, id DESC LIMIT $n";
 
 impl Database {
-    /// Stores a new `queued` call (one statement: it is there whole or not at all).
+    /// Stores a new `queued` call and its `call.created` event (one transaction: both are
+    /// there whole or not at all).
     pub async fn insert_call(&self, new: NewCall) -> Result<Call, DbError> {
         let (token_hash, token_expires_at) = (new.media_token_hash.clone(), new.media_token_expires_at);
         let call = new.into_record();
         let c = &call;
+        let event = call_event(c, EventType::CallCreated, None);
         self.observe("insert_call", INSERT, async {
-            with_pool!(self, pool => bind_new_call!(sqlx::query(INSERT), c, token_hash.as_str(), token_expires_at)
-                .execute(pool)
-                .await
-                .map(drop))
+            with_pool!(self, pool => {
+                let mut tx = pool.begin().await?;
+                bind_new_call!(sqlx::query(INSERT), c, token_hash.as_str(), token_expires_at).execute(&mut *tx).await?;
+                insert_event!(&mut *tx, &event)?;
+                tx.commit().await
+            })
         })
         .await?;
         Ok(call)
@@ -342,6 +350,7 @@ impl Database {
             let updated = self
                 .observe("end_call", END, async {
                     with_pool!(self, pool => {
+                        let mut tx = pool.begin().await?;
                         let row = sqlx::query(END)
                             .bind(outcome.as_str())
                             .bind(ended_at)
@@ -351,9 +360,17 @@ impl Database {
                             .bind(tenant)
                             .bind(current.started_at)
                             .bind(reason)
-                            .fetch_optional(pool)
+                            .fetch_optional(&mut *tx)
                             .await?;
-                        row.as_ref().map(|row| decode_call!(row)).transpose()
+                        let Some(call) = row.as_ref().map(|row| decode_call!(row)).transpose()? else {
+                            return Ok(None);
+                        };
+                        // The line quality is stored before the end (by the session's replica).
+                        let quality: Option<Json<serde_json::Value>> =
+                            sqlx::query_scalar(QUALITY_FIGURES).bind(id).fetch_optional(&mut *tx).await?;
+                        insert_event!(&mut *tx, &call_event(&call, EventType::CallEnded, Some(quality.map(|q| q.0))))?;
+                        tx.commit().await?;
+                        Ok(Some(call))
                     })
                 })
                 .await?;
@@ -377,15 +394,21 @@ impl Database {
         let started_at = model::now();
         self.observe("mark_in_progress", START, async {
             with_pool!(self, pool => {
+                let mut tx = pool.begin().await?;
                 let row = sqlx::query(START)
                     .bind(started_at)
                     .bind(started_at)
                     .bind(id)
                     .bind(lease_owner)
                     .bind(lease_expires_at)
-                    .fetch_optional(pool)
+                    .fetch_optional(&mut *tx)
                     .await?;
-                row.as_ref().map(|row| decode_call!(row)).transpose()
+                let Some(call) = row.as_ref().map(|row| decode_call!(row)).transpose()? else {
+                    return Ok(None);
+                };
+                insert_event!(&mut *tx, &call_event(&call, EventType::CallStarted, None))?;
+                tx.commit().await?;
+                Ok(Some(call))
             })
         })
         .await
@@ -482,13 +505,22 @@ impl Database {
         let (token_hash, token_expires_at) = (new.media_token_hash.clone(), new.media_token_expires_at);
         let call = new.into_record();
         let c = &call;
+        let event = call_event(c, EventType::CallCreated, None);
         let inserted = self
             .observe("insert_carrier_call", INSERT_CARRIER, async {
-                with_pool!(self, pool => bind_new_call!(sqlx::query(INSERT_CARRIER), c, token_hash.as_str(), token_expires_at)
-                    .bind(carrier_call_id)
-                    .execute(pool)
-                    .await
-                    .map(|r| r.rows_affected()))
+                with_pool!(self, pool => {
+                    let mut tx = pool.begin().await?;
+                    let inserted = bind_new_call!(sqlx::query(INSERT_CARRIER), c, token_hash.as_str(), token_expires_at)
+                        .bind(carrier_call_id)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if inserted == 1 {
+                        insert_event!(&mut *tx, &event)?;
+                    }
+                    tx.commit().await?;
+                    Ok(inserted)
+                })
             })
             .await?;
         if inserted == 1 {
@@ -586,8 +618,19 @@ const STORE_QUALITY: &str = "INSERT INTO call_quality \
      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (call_id) DO UPDATE SET measured_at = excluded.measured_at, \
      mos = excluded.mos, jitter_seconds = excluded.jitter_seconds, frames_lost = excluded.frames_lost, \
      playback_delay_seconds = excluded.playback_delay_seconds, figures = excluded.figures";
+const QUALITY_FIGURES: &str = "SELECT figures FROM call_quality WHERE call_id = $1";
 const GET_QUALITY: &str =
     "SELECT q.figures FROM call_quality q JOIN calls c ON c.id = q.call_id WHERE q.call_id = $1 AND c.tenant = $2";
+
+/// The event `kind` about `call`: the call record as the API returns it (no media token), and
+/// for `call.ended` its line quality (`null` when none was measured).
+fn call_event(call: &Call, kind: EventType, quality: Option<Option<serde_json::Value>>) -> NewEvent {
+    let mut data = serde_json::json!({ "call": call });
+    if let Some(quality) = quality {
+        data["quality"] = quality.unwrap_or(serde_json::Value::Null);
+    }
+    NewEvent::new(&call.tenant, call.id, kind, data)
+}
 
 /// A fresh media URL token (256 random bits, base64url) and the hash stored for it.
 pub fn new_media_token() -> (String, String) {

@@ -14,6 +14,7 @@
 pub mod analysis;
 pub mod calls;
 pub mod config;
+pub mod events;
 pub mod leases;
 pub mod turns;
 
@@ -119,6 +120,7 @@ fn migrations(postgres: bool) -> Migrator {
             (7, "turn outcomes", include_str!("migrations/postgres/0007_turn_outcomes.sql")),
             (8, "call quality", include_str!("migrations/postgres/0008_call_quality.sql")),
             (9, "call cost", include_str!("migrations/postgres/0009_call_cost.sql")),
+            (10, "events", include_str!("migrations/postgres/0010_events.sql")),
         ]
     } else {
         vec![
@@ -131,6 +133,7 @@ fn migrations(postgres: bool) -> Migrator {
             (7, "turn outcomes", include_str!("migrations/sqlite/0007_turn_outcomes.sql")),
             (8, "call quality", include_str!("migrations/sqlite/0008_call_quality.sql")),
             (9, "call cost", include_str!("migrations/sqlite/0009_call_cost.sql")),
+            (10, "events", include_str!("migrations/sqlite/0010_events.sql")),
         ]
     };
     Migrator::with_migrations(

@@ -8,7 +8,11 @@ use sqlx::{Row as _, types::Json};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Database, DbError, with_pool};
+use super::{
+    Database, DbError,
+    events::{EventType, NewEvent, insert_event},
+    with_pool,
+};
 
 /// Who speaks a turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -158,14 +162,21 @@ const INSERT: &str = "INSERT INTO call_turns (call_id, seq, role, text, started_
      fallback = excluded.fallback";
 const INTERRUPTED: &str = "INSERT INTO call_turns (call_id, seq, role, text, started_at, interrupted) \
      VALUES ($1, $2, 'agent', '', $3, TRUE) ON CONFLICT (call_id, seq) DO UPDATE SET interrupted = TRUE";
+const TENANT: &str = "SELECT tenant FROM calls WHERE id = $1";
 const LIST: &str = "SELECT t.seq, t.role, t.text, t.started_at, t.ended_at, t.latency, t.interrupted, t.outcome, \
      t.stage, t.reason, t.fallback FROM call_turns t \
      JOIN calls c ON c.id = t.call_id WHERE t.call_id = $1 AND c.tenant = $2 ORDER BY t.seq";
 
 impl Database {
+    /// Stores `turn` (or completes it: a caller turn is stored when heard and again with its
+    /// outcome). A completed turn (an agent turn, or a caller turn with its outcome) writes its
+    /// `turn.completed` event in the same transaction.
     pub async fn insert_turn(&self, call_id: Uuid, turn: &Turn) -> Result<(), DbError> {
+        let completed = turn.role == Role::Agent || turn.outcome.is_some();
         self.observe("insert_turn", INSERT, async {
-            with_pool!(self, pool => sqlx::query(INSERT)
+            with_pool!(self, pool => {
+                let mut tx = pool.begin().await?;
+                sqlx::query(INSERT)
                 .bind(call_id)
                 .bind(turn.seq)
                 .bind(turn.role.as_str())
@@ -178,9 +189,23 @@ impl Database {
                 .bind(turn.stage.map(Stage::as_str))
                 .bind(turn.reason.as_deref())
                 .bind(turn.fallback)
-                .execute(pool)
-                .await
-                .map(drop))
+                .execute(&mut *tx)
+                .await?;
+                if completed {
+                    let tenant: Option<String> =
+                        sqlx::query_scalar(TENANT).bind(call_id).fetch_optional(&mut *tx).await?;
+                    if let Some(tenant) = tenant {
+                        let event = NewEvent::new(
+                            &tenant,
+                            call_id,
+                            EventType::TurnCompleted,
+                            serde_json::json!({ "turn": turn }),
+                        );
+                        insert_event!(&mut *tx, &event)?;
+                    }
+                }
+                tx.commit().await
+            })
         })
         .await
     }

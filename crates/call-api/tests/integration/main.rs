@@ -19,3 +19,4 @@ mod quality;
 mod replicas;
 mod tenancy;
 mod twilio;
+mod webhooks;
