@@ -244,14 +244,14 @@ impl Database {
         let call = new.into_record();
         let c = &call;
         let event = call_event(c, EventType::CallCreated, None);
-        self.observe("insert_call", INSERT, async {
+        Box::pin(self.observe("insert_call", INSERT, async {
             with_pool!(self, pool => {
                 let mut tx = pool.begin().await?;
                 bind_new_call!(sqlx::query(INSERT), c, token_hash.as_str(), token_expires_at).execute(&mut *tx).await?;
                 insert_event!(&mut *tx, &event)?;
                 tx.commit().await
             })
-        })
+        }))
         .await?;
         Ok(call)
     }
@@ -347,33 +347,32 @@ impl Database {
             }
             let ended_at = model::now();
             let duration = model::seconds_between(current.started_at.unwrap_or(current.created_at), ended_at);
-            let updated = self
-                .observe("end_call", END, async {
-                    with_pool!(self, pool => {
-                        let mut tx = pool.begin().await?;
-                        let row = sqlx::query(END)
-                            .bind(outcome.as_str())
-                            .bind(ended_at)
-                            .bind(duration)
-                            .bind(ended_at)
-                            .bind(id)
-                            .bind(tenant)
-                            .bind(current.started_at)
-                            .bind(reason)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                        let Some(call) = row.as_ref().map(|row| decode_call!(row)).transpose()? else {
-                            return Ok(None);
-                        };
-                        // The line quality is stored before the end (by the session's replica).
-                        let quality: Option<Json<serde_json::Value>> =
-                            sqlx::query_scalar(QUALITY_FIGURES).bind(id).fetch_optional(&mut *tx).await?;
-                        insert_event!(&mut *tx, &call_event(&call, EventType::CallEnded, Some(quality.map(|q| q.0))))?;
-                        tx.commit().await?;
-                        Ok(Some(call))
-                    })
+            let updated = Box::pin(self.observe("end_call", END, async {
+                with_pool!(self, pool => {
+                    let mut tx = pool.begin().await?;
+                    let row = sqlx::query(END)
+                        .bind(outcome.as_str())
+                        .bind(ended_at)
+                        .bind(duration)
+                        .bind(ended_at)
+                        .bind(id)
+                        .bind(tenant)
+                        .bind(current.started_at)
+                        .bind(reason)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let Some(call) = row.as_ref().map(|row| decode_call!(row)).transpose()? else {
+                        return Ok(None);
+                    };
+                    // The line quality is stored before the end (by the session's replica).
+                    let quality: Option<Json<serde_json::Value>> =
+                        sqlx::query_scalar(QUALITY_FIGURES).bind(id).fetch_optional(&mut *tx).await?;
+                    insert_event!(&mut *tx, &call_event(&call, EventType::CallEnded, Some(quality.map(|q| q.0))))?;
+                    tx.commit().await?;
+                    Ok(Some(call))
                 })
-                .await?;
+            }))
+            .await?;
             if let Some(call) = updated {
                 return Ok(call);
             }
@@ -392,7 +391,7 @@ impl Database {
         lease_expires_at: DateTime<Utc>,
     ) -> Result<Option<Call>, DbError> {
         let started_at = model::now();
-        self.observe("mark_in_progress", START, async {
+        Box::pin(self.observe("mark_in_progress", START, async {
             with_pool!(self, pool => {
                 let mut tx = pool.begin().await?;
                 let row = sqlx::query(START)
@@ -410,7 +409,7 @@ impl Database {
                 tx.commit().await?;
                 Ok(Some(call))
             })
-        })
+        }))
         .await
     }
 
@@ -506,23 +505,22 @@ impl Database {
         let call = new.into_record();
         let c = &call;
         let event = call_event(c, EventType::CallCreated, None);
-        let inserted = self
-            .observe("insert_carrier_call", INSERT_CARRIER, async {
-                with_pool!(self, pool => {
-                    let mut tx = pool.begin().await?;
-                    let inserted = bind_new_call!(sqlx::query(INSERT_CARRIER), c, token_hash.as_str(), token_expires_at)
-                        .bind(carrier_call_id)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    if inserted == 1 {
-                        insert_event!(&mut *tx, &event)?;
-                    }
-                    tx.commit().await?;
-                    Ok(inserted)
-                })
+        let inserted = Box::pin(self.observe("insert_carrier_call", INSERT_CARRIER, async {
+            with_pool!(self, pool => {
+                let mut tx = pool.begin().await?;
+                let inserted = bind_new_call!(sqlx::query(INSERT_CARRIER), c, token_hash.as_str(), token_expires_at)
+                    .bind(carrier_call_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if inserted == 1 {
+                    insert_event!(&mut *tx, &event)?;
+                }
+                tx.commit().await?;
+                Ok(inserted)
             })
-            .await?;
+        }))
+        .await?;
         if inserted == 1 {
             return Ok((call, true));
         }

@@ -173,7 +173,7 @@ impl Database {
     /// `turn.completed` event in the same transaction.
     pub async fn insert_turn(&self, call_id: Uuid, turn: &Turn) -> Result<(), DbError> {
         let completed = turn.role == Role::Agent || turn.outcome.is_some();
-        self.observe("insert_turn", INSERT, async {
+        Box::pin(self.observe("insert_turn", INSERT, async {
             with_pool!(self, pool => {
                 let mut tx = pool.begin().await?;
                 sqlx::query(INSERT)
@@ -206,7 +206,7 @@ impl Database {
                 }
                 tx.commit().await
             })
-        })
+        }))
         .await
     }
 

@@ -267,6 +267,10 @@ impl Worker {
                 Attempt::Retry { next, status, error }
             }
         };
+        if !self.config.endpoints.get(&event.tenant).is_some_and(|e| e.contains(&claimed.endpoint)) {
+            // Removed from WEBHOOK_ENDPOINTS since the delivery was made: nothing more goes there.
+            return Attempt::Failed { status: None, error: "the endpoint is no longer configured".into() };
+        }
         let Some(secret) = self.config.secrets.get(&event.tenant) else {
             return fail(None, "the tenant has no secret".into(), None);
         };

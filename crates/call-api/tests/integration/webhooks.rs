@@ -34,6 +34,8 @@ struct Received {
     body: Bytes,
     /// What the receiver answered.
     status: u16,
+    /// When it arrived.
+    at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Received {
@@ -86,6 +88,7 @@ impl Receiver {
                             signature: h("webhook-signature"),
                             body: body.clone(),
                             status: 0,
+                            at: chrono::Utc::now(),
                         });
                         std::future::pending::<()>().await;
                         unreachable!()
@@ -99,6 +102,7 @@ impl Receiver {
                     signature: h("webhook-signature"),
                     body,
                     status: status.as_u16(),
+                    at: chrono::Utc::now(),
                 });
                 status
             }
@@ -333,6 +337,16 @@ async fn a_delivery_cut_by_a_dead_replica_is_sent_after_restart() {
     assert!(receiver.accepted().is_empty());
 
     let b = start(shared, &env).await;
+    // Meanwhile both events wait, the cut one the oldest.
+    wait_until(
+        async || {
+            let m = b.metrics().await;
+            m.value("webhook_outbox_pending", &[]) == 2.0 && m.value("webhook_oldest_pending_seconds", &[]) > 0.0
+        },
+        Duration::from_secs(15),
+        "the backlog gauges to show the two waiting events",
+    )
+    .await;
     // The claim lasts 20 s.
     wait_until(async || receiver.accepted().len() >= 2, Duration::from_secs(60), "both events after restart").await;
     let got = receiver.accepted();
@@ -341,4 +355,82 @@ async fn a_delivery_cut_by_a_dead_replica_is_sent_after_restart() {
     assert_eq!(kinds, ["call.created", "call.ended"]);
     assert!(got.iter().all(|r| r.json()["call_id"] == id.as_str()));
     drop(b);
+}
+
+/// The figures (not a check; run by hand with `--run-ignored only`): events per second from one
+/// replica to a local receiver, and the delay from event to delivery (p50, p99).
+async fn throughput(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let receiver = Receiver::start(Mode::Accept).await;
+    let app = start(db, &webhook_env(&receiver)).await;
+    let repo = app.repository().await;
+    let id = app.create("sip").await["id"].as_str().unwrap().parse::<Uuid>().unwrap();
+    let n = 2000;
+    let started = std::time::Instant::now();
+    // Events of many calls (one call's events go one at a time, in order).
+    for i in 0..n {
+        let call = if i % 50 == 0 { id } else { Uuid::now_v7() };
+        let e = call_api::db::events::NewEvent::new(
+            "default",
+            call,
+            call_api::db::events::EventType::TurnCompleted,
+            serde_json::json!({"i": i}),
+        );
+        repo.insert_event(&e).await.unwrap();
+    }
+    let written = started.elapsed();
+    wait_until(async || receiver.accepted().len() > n, Duration::from_secs(300), "all deliveries").await;
+    let took = started.elapsed();
+    let mut delays: Vec<f64> = receiver
+        .accepted()
+        .iter()
+        .map(|r| {
+            let ts: chrono::DateTime<chrono::Utc> = r.json()["timestamp"].as_str().unwrap().parse().unwrap();
+            (r.at - ts).as_seconds_f64()
+        })
+        .collect();
+    delays.sort_by(f64::total_cmp);
+    let p = |q: f64| delays[((delays.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "{backend:?}: {n} events written in {written:?} (while delivering), all delivered after {took:?}: \
+         {:.0} events/s; delay p50 {:.3} s, p99 {:.3} s",
+        n as f64 / took.as_secs_f64(),
+        p(0.5),
+        p(0.99),
+    );
+    // Steady: 50 events a second for 6 s; the delay of those alone.
+    let before = receiver.accepted().len();
+    for i in 0..300 {
+        let e = call_api::db::events::NewEvent::new(
+            "default",
+            Uuid::now_v7(),
+            call_api::db::events::EventType::TurnCompleted,
+            serde_json::json!({"i": i}),
+        );
+        repo.insert_event(&e).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_until(async || receiver.accepted().len() >= before + 300, Duration::from_secs(60), "steady deliveries").await;
+    let mut steady: Vec<f64> = receiver.accepted()[before..]
+        .iter()
+        .map(|r| {
+            let ts: chrono::DateTime<chrono::Utc> = r.json()["timestamp"].as_str().unwrap().parse().unwrap();
+            (r.at - ts).as_seconds_f64()
+        })
+        .collect();
+    steady.sort_by(f64::total_cmp);
+    let q = |x: f64| steady[((steady.len() - 1) as f64 * x) as usize];
+    eprintln!("{backend:?}: steady 50 events/s: delay p50 {:.3} s, p99 {:.3} s", q(0.5), q(0.99));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn throughput_sqlite() {
+    throughput(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn throughput_postgres() {
+    throughput(Backend::Postgres).await;
 }
