@@ -95,7 +95,13 @@ impl WebhookConfig {
                             );
                         }
                     }
-                    Err(message) => r.error("WEBHOOK_SECRETS", format!("entry {}: {message}", n + 1)),
+                    Err(message) => {
+                        r.error("WEBHOOK_SECRETS", format!("entry {}: {message}", n + 1));
+                        // Named once: its tenant's endpoints are not reported as lacking a secret.
+                        if let Some((tenant, _)) = entry.split_once('=') {
+                            secrets.insert(tenant.trim().to_string(), Arc::from(Vec::new()));
+                        }
+                    }
                 }
             }
         }

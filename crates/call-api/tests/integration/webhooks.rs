@@ -434,3 +434,35 @@ async fn throughput_sqlite() {
 async fn throughput_postgres() {
     throughput(Backend::Postgres).await;
 }
+
+/// A malformed `WEBHOOK_ENDPOINTS` or `WEBHOOK_SECRETS` entry stops the binary at start (exit 2)
+/// with one line naming the variable and the entry, and never the secret.
+#[test]
+fn bad_webhook_configuration_stops_the_binary_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = format!("default={SECRET}");
+    let cases: [(&str, &str, &str, &str); 5] = [
+        ("default=https://hooks.example.com/a,default", &secrets, "WEBHOOK_ENDPOINTS", "entry 2"),
+        ("default=ftp://hooks.example.com/a", &secrets, "WEBHOOK_ENDPOINTS", "only http and https"),
+        ("default=http://169.254.169.254/latest", &secrets, "WEBHOOK_ENDPOINTS", "link-local"),
+        ("default=https://hooks.example.com/a", "default=not-a-secret", "WEBHOOK_SECRETS", "entry 1"),
+        ("default=https://hooks.example.com/a", "", "WEBHOOK_SECRETS", "no secret"),
+    ];
+    for (endpoints, secrets, variable, entry) in cases {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_call-api"))
+            .current_dir(dir.path())
+            .env("WEBHOOK_ENDPOINTS", endpoints)
+            .env("WEBHOOK_SECRETS", secrets)
+            .env("CALL_API_ADDR", "127.0.0.1:0")
+            .env("DATABASE_URL", format!("sqlite://{}", dir.path().join("never.db").display()))
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{endpoints}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{endpoints}: {stderr}");
+        assert!(lines[0].contains(variable) && lines[0].contains(entry), "want {variable} {entry:?} in {stderr}");
+        assert!(!stderr.contains("MfKQ9r8"), "the secret leaked: {stderr}");
+    }
+    assert!(!dir.path().join("never.db").exists(), "nothing started");
+}
