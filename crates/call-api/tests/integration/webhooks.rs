@@ -192,9 +192,26 @@ async fn events_follow_the_call(app: TestApp) {
     // A second end changes nothing and writes no event.
     assert_eq!(app.end(&id, "failed").await.0, 409);
 
+    // A recording analysis: the attempt that owns it writes the event; one taken over writes none.
+    let stale = repo.claim_analysis("default", uuid, None, None).await.unwrap().unwrap();
+    let owner = repo.claim_analysis("default", uuid, Some(&stale), None).await.unwrap().unwrap();
+    let finished = call_api::db::analysis::Finished {
+        status: call_api::model::AnalysisStatus::Failed,
+        error: Some("transcription failed".into()),
+        results: None,
+        transcript: None,
+    };
+    assert!(!repo.finish_analysis(uuid, &stale, &finished).await.unwrap());
+    assert!(repo.finish_analysis(uuid, &owner, &finished).await.unwrap());
+
     let events = repo.call_events("default", uuid).await.unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    assert_eq!(kinds, ["call.created", "call.started", "turn.completed", "turn.completed", "call.ended"]);
+    assert_eq!(
+        kinds,
+        ["call.created", "call.started", "turn.completed", "turn.completed", "call.ended", "analysis.completed"]
+    );
+    assert_eq!(events[5].data["status"], "failed");
+    assert_eq!(events[5].data["error"], "transcription failed");
     assert!(events.windows(2).all(|w| w[0].seq < w[1].seq), "ordered by row id");
     assert!(events.iter().all(|e| e.call_id == uuid && e.tenant == "default" && e.id.starts_with("evt_")));
     assert_eq!(events[2].data["turn"]["outcome"], "answered");
