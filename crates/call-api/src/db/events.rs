@@ -221,10 +221,14 @@ impl Database {
         endpoints: &(dyn Fn(&str) -> Vec<String> + Sync),
     ) -> Result<usize, DbError> {
         let now = crate::model::now();
-        let select = if matches!(self.pool, Pool::Postgres(_)) { UNDISPATCHED_PG } else { UNDISPATCHED_SQLITE };
+        let postgres = matches!(self.pool, Pool::Postgres(_));
+        let select = if postgres { UNDISPATCHED_PG } else { UNDISPATCHED_SQLITE };
+        // SQLite: take the write lock first, so the writes after the read never find the
+        // snapshot outdated by another connection's commit.
+        let begin = if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" };
         self.observe("dispatch_events", INSERT_DELIVERY, async {
             with_pool!(self, pool => {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_with(begin).await?;
                 let rows = sqlx::query(select).bind(limit).fetch_all(&mut *tx).await?;
                 for row in &rows {
                     let id: i64 = row.try_get("id")?;
