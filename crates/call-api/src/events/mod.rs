@@ -274,8 +274,10 @@ impl Worker {
             }
         };
         if !self.config.endpoints.get(&event.tenant).is_some_and(|e| e.contains(&claimed.endpoint)) {
-            // Removed from WEBHOOK_ENDPOINTS since the delivery was made: nothing more goes there.
-            return Attempt::Failed { status: None, error: "the endpoint is no longer configured".into() };
+            // Not (or no longer) in this replica's WEBHOOK_ENDPOINTS: nothing goes there from here.
+            // During a rolling change another replica may still send it; else it is given up at
+            // 24 hours like any other.
+            return fail(None, "the endpoint is not configured on this replica".into(), Some(Duration::from_secs(60)));
         }
         let Some(secret) = self.config.secrets.get(&event.tenant) else {
             return fail(None, "the tenant has no secret".into(), None);
