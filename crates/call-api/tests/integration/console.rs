@@ -289,7 +289,17 @@ async fn the_console_in_chromium_shows_calls_their_turns_and_a_live_call() {
     let Some(bin) = chromium() else { return };
     let fake = telemetry::testing::FakeHttp::start(providers(0.5)).await;
     let db = TestDb::new(Backend::Sqlite).await.unwrap();
-    let s = live_stack_env(db, fake, stack::start_audio(None).await, &[("TRACE_URL_TEMPLATE", TRACE_TEMPLATE)]).await;
+    // Traces exported (to a receiver that keeps them), so the analysis has a trace id to link.
+    let otlp = telemetry::testing::OtlpReceiver::start().await;
+    let endpoint = otlp.endpoint();
+    let env = [
+        ("TRACE_URL_TEMPLATE", TRACE_TEMPLATE),
+        ("APM_ENABLED", "true"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        // Spans are recorded from `info` on.
+        ("LOG_LEVEL", "info"),
+    ];
+    let s = live_stack_env(db, fake, stack::start_audio(None).await, &env).await;
     let app = &s.app;
     let caller = caller_audio();
     let utterance = &caller[(4.0 * 8000.0) as usize..(9.0 * 8000.0) as usize];
@@ -306,6 +316,25 @@ async fn the_console_in_chromium_shows_calls_their_turns_and_a_live_call() {
     let turns = app.get(&format!("/v1/calls/{}/turns", done.id), KEY).await.1;
     let agent_turns = turns["turns"].as_array().unwrap().iter().filter(|t| t["role"] == "agent").count() as u64;
     assert_eq!(agent_turns, 2, "{turns}");
+    // Its two-channel recording, analysed.
+    let r = app
+        .client
+        .post(app.url(&format!("/v1/calls/{}/recording?channel_labels=agent,caller", done.id)))
+        .bearer_auth(KEY)
+        .header("content-type", "audio/wav")
+        .body(stack::call_stereo())
+        .send()
+        .await
+        .unwrap();
+    let (status, analysis) = crate::common::decode(r).await;
+    assert_eq!(status, 200, "{analysis}");
+    let segments: usize = analysis["audio"]["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["speech_segments"].as_array().unwrap().len())
+        .sum();
+    assert!(segments >= 2, "{analysis}");
 
     // A live call, one turn answered so far.
     let mut live = Carrier::connect(app).await;
@@ -356,6 +385,25 @@ async fn the_console_in_chromium_shows_calls_their_turns_and_a_live_call() {
     let transcript = b.eval("document.getElementById('transcript').innerText").await;
     assert!(transcript.as_str().unwrap().contains("Your order ships today."), "{transcript}");
     assert_eq!(b.count("#live-badge").await, 0, "an ended call is not live");
+    // Its recording: one strip per channel with a mark per speech segment, and the figures.
+    b.wait_for("document.getElementById('analysis-card')", "the recording's analysis").await;
+    assert_eq!(b.count("#analysis-card .strip-row").await, 2);
+    assert_eq!(b.count("#analysis-card .strip span").await, segments as u64);
+    let recording = b.eval("document.getElementById('analysis-card').innerText").await;
+    for figure in ["talk ratio", "agent", "caller", "interruptions", "longest dead air"] {
+        assert!(recording.as_str().unwrap().contains(figure), "{figure} in {recording}");
+    }
+    let trace_id = analysis["trace_id"].as_str().unwrap_or_else(|| panic!("a trace id: {analysis}"));
+    let href = b.eval("document.getElementById('trace-link').href").await;
+    assert_eq!(href.as_str(), Some(TRACE_TEMPLATE.replace("{trace_id}", trace_id).as_str()));
+    // A barge-in is marked on its bar group (the second reply marked interrupted in the store,
+    // as the media session does when the caller talks over it).
+    let id = uuid::Uuid::parse_str(&done.id).unwrap();
+    app.repository().await.mark_turn_interrupted(id, 4).await.unwrap();
+    b.eval("location.reload()").await;
+    b.wait_for("document.querySelector('#waterfall .turn-group.interrupted .barge-in')", "the barge-in mark").await;
+    assert_eq!(b.count("#waterfall .turn-group.interrupted").await, 1);
+    assert_eq!(b.eval("document.querySelector('.turn-group.interrupted').dataset.seq").await, json!("4"));
     b.screenshot("waterfall").await;
 
     // The live call gains a turn on screen as the caller speaks again.
