@@ -421,4 +421,12 @@ async fn the_console_in_chromium_shows_calls_their_turns_and_a_live_call() {
 
     let errors = b.take_errors();
     assert!(errors.is_empty(), "the browser logged errors: {errors:#?}");
+
+    // An unknown call: a message, not a blank page.
+    b.eval(&format!("location.hash = '#/calls/{}'", uuid::Uuid::new_v4())).await;
+    b.wait_for("!document.getElementById('banner').hidden", "the not-found message").await;
+    let banner = b.eval("document.getElementById('banner').textContent").await;
+    assert!(banner.as_str().unwrap().contains("not_found"), "{banner}");
+    let errors = b.take_errors();
+    assert!(errors.iter().all(|e| e.contains("404")), "only the refused request itself: {errors:?}");
 }
