@@ -368,6 +368,24 @@ async fn the_console_in_chromium_shows_calls_their_turns_and_a_live_call() {
     assert!(!b.eval("location.href").await.as_str().unwrap().contains(KEY), "the key is never in the URL");
     b.screenshot("list").await;
 
+    // The list refreshes itself: a call created now appears without a reload; filtering by
+    // carrier or by text finds it alone.
+    let queued = app.create("twilio").await["id"].as_str().unwrap().to_string();
+    b.wait_for(&row(&queued), "a new call in the list").await;
+    b.eval("(s => { s.value = 'twilio'; s.dispatchEvent(new Event('change')); })(document.getElementById('filter-provider'))")
+        .await;
+    b.wait_for(&format!("{} && !{} && !{}", row(&queued), row(&done.id), row(&live.id)), "only the twilio call").await;
+    b.eval(
+        "(s => { s.value = ''; s.dispatchEvent(new Event('change')); })(document.getElementById('filter-provider'))",
+    )
+    .await;
+    b.wait_for(&row(&done.id), "every carrier again").await;
+    b.type_and_submit("filter-text", &live.id[24..], "filter-text").await;
+    b.wait_for(&format!("{} && !{} && !{}", row(&live.id), row(&done.id), row(&queued)), "the text filter").await;
+    b.eval("(i => { i.value = ''; i.dispatchEvent(new Event('input')); })(document.getElementById('filter-text'))")
+        .await;
+    b.wait_for(&row(&done.id), "no text filter").await;
+
     // Filtering by status leaves only the live call.
     b.eval("(s => { s.value = 'in_progress'; s.dispatchEvent(new Event('change')); })(document.getElementById('filter-status'))")
         .await;
