@@ -51,6 +51,8 @@ pub struct Config {
     /// `PROVIDER_PRICES_FILE`: prices of provider usage (YAML), read at start; unset leaves
     /// call costs unknown. A bad file stops the service.
     pub prices: Option<std::sync::Arc<crate::pricing::Prices>>,
+    /// `TRACE_URL_TEMPLATE`: what the console at `/console` links traces to.
+    pub console: crate::routes::console::ConsoleConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -102,6 +104,7 @@ impl Config {
         let twilio = TwilioConfig::read(&mut r);
         let pprof = r.bool_or("CALL_API_PPROF", false);
         let prices = crate::pricing::Prices::read(&mut r);
+        let console = crate::routes::console::ConsoleConfig::read(&mut r);
         r.errors.into_result(Self {
             addr,
             admin_addr,
@@ -118,6 +121,7 @@ impl Config {
             twilio,
             pprof,
             prices,
+            console,
             telemetry,
         })
     }
