@@ -18,7 +18,8 @@ the metric names the PromQL uses.
     checks.py core RENDER OUT                     RENDER without CRD objects (for kubernetes-validate)
     checks.py operator RENDER BASE [no-rules]     ServiceMonitor / PrometheusRule structure
     checks.py grafana RENDER                      dashboard ConfigMaps for the Grafana sidecar
-    checks.py otel                                collector pipelines reference real components
+    checks.py otel [CONFIG[+OVERLAY]...]          collector configs: pipelines reference real components
+    checks.py logging RENDER                      the log agent DaemonSet of k8s/components/logging
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ ALERTS = MON / "prometheus-alerts.yml"
 DASHBOARDS = MON / "grafana" / "dashboards"
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
 KEDA_COMPONENT = ROOT / "k8s" / "components" / "keda"
+LOGGING_COMPONENT = ROOT / "k8s" / "components" / "logging"
 
 # --- the contract (SPEC §1, §3, §6, §7 and the binaries' defaults) ---------
 
@@ -65,7 +67,7 @@ KNOWN_ENV = set(
     SENTRY_DSN SENTRY_TRACES_SAMPLE_RATE SENTRY_PROFILES_SAMPLE_RATE RELEASE_VERSION APM_ENABLED
     APM_ENVIRONMENT ENVIRONMENT ENABLE_METRICS LOG_LEVEL LOG_FORMAT LOG_FILE WORKERS RUST_LOG
     OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_PROTOCOL OTEL_SERVICE_NAME OTEL_TRACES_SAMPLER
-    OTEL_TRACES_SAMPLER_ARG OTEL_RESOURCE_ATTRIBUTES
+    OTEL_TRACES_SAMPLER_ARG OTEL_RESOURCE_ATTRIBUTES OTEL_LOGS_EXPORTER
     CALL_API_ADDR CALL_API_ADMIN_ADDR AUDIO_PROCESSOR_GRPC_ADDR AUDIO_PROCESSOR_ADMIN_ADDR PROVIDER_GATEWAY_GRPC_ADDR
     PROVIDER_GATEWAY_ADMIN_ADDR AUDIO_PROCESSOR_URL PROVIDER_GATEWAY_URL DATABASE_URL API_KEYS
     PUBLIC_BASE_URL TWILIO_ACCOUNT_SID TWILIO_AUTH_TOKEN TWILIO_API_BASE_URL
@@ -73,6 +75,7 @@ KNOWN_ENV = set(
     SHUTDOWN_DELAY_SECONDS SHUTDOWN_TIMEOUT_SECONDS TELEMETRY_FLUSH_TIMEOUT_SECONDS
     LIVE_DRAIN_TIMEOUT_SECONDS LIVE_LEASE_SECONDS REPLICA_ID PEER_RESOLVE_INTERVAL_SECONDS
     INTERNAL_AUTH_TOKEN DATABASE_PROBE_INTERVAL_SECONDS LIVE_TURN_SLO_SECONDS LIVE_DEAD_AIR_SECONDS PROVIDER_PRICES_FILE
+    TRACE_URL_TEMPLATE
     RECORDING_MAX_BYTES AUDIO_MAX_RECORDING_BYTES RECORDING_MAX_CONCURRENT_ANALYSES AUDIO_MAX_CONCURRENT_ANALYSES
     WEBHOOK_ENDPOINTS WEBHOOK_SECRETS WEBHOOK_ALLOW_PRIVATE WEBHOOK_RETRY_BASE_SECONDS
     """.split()
@@ -104,6 +107,7 @@ RENDER_SOURCES = {
     "dev.yaml": "k8s/overlays/dev",
     "prod.yaml": "k8s/overlays/prod",
     "prod-keda.yaml": "k8s/overlays/prod-keda (k8s/components/keda)",
+    "prod-logging.yaml": "k8s/overlays/prod-logging (k8s/components/logging)",
 }
 
 # Histogram buckets as the services declare them (thresholds must be one of these).
@@ -173,6 +177,12 @@ def substitute_grafana_vars(expr: str) -> str:
     return GRAFANA_VAR.sub(repl, expr)
 
 
+def is_prometheus_panel(p: dict) -> bool:
+    """Panels whose queries are PromQL: every panel but those of another data source type
+    (the logs panels read Loki through the `loki` variable)."""
+    return (p.get("datasource") or {}).get("type", "prometheus") == "prometheus"
+
+
 def dashboard_queries(path: Path) -> list[tuple[str, str]]:
     """(where, expr) for every panel target and every query variable."""
     d = json.loads(path.read_text())
@@ -184,6 +194,8 @@ def dashboard_queries(path: Path) -> list[tuple[str, str]]:
             yield from panels(p.get("panels", []))
 
     for p in panels(d.get("panels", [])):
+        if not is_prometheus_panel(p):
+            continue  # LogQL (Loki): checked by `dashboards`
         for t in p.get("targets", []):
             if t.get("expr"):
                 out.append((f"{path.name} panel {p.get('id')} '{p.get('title')}' {t.get('refId')}", t["expr"]))
@@ -458,6 +470,8 @@ def check_dashboard_scope(name: str, d: dict) -> None:
             yield from panels(p.get("panels", []))
 
     for p in panels(d.get("panels", [])):
+        if not is_prometheus_panel(p):
+            continue  # LogQL: check_loki_panel
         for t in p.get("targets", []):
             expr = t.get("expr")
             if not expr:
@@ -473,6 +487,67 @@ def check_dashboard_scope(name: str, d: dict) -> None:
                 for var in SCOPE_LABELS:
                     if (var, f"__var_{var}__") not in have:
                         fail(f"{name} panel {p.get('title')!r}: selector {n.name or n} lacks {var}=~\"${var}\"")
+
+
+# Loki's labels for the OTLP resource attributes the dashboard filters on (Loki 3.x default
+# index labels), and the dashboard variable each must follow.
+LOKI_SCOPE = {"service_name": "job", "k8s_namespace_name": "namespace"}
+
+
+def check_loki_panel(name: str, p: dict, d: dict) -> None:
+    """A logs panel reads Loki through the `loki` datasource variable (default uid loki), and
+    every stream selector of its LogQL follows the dashboard's job and namespace variables."""
+    where = f"{name} panel {p.get('title')!r}"
+    variables = {v["name"]: v for v in d.get("templating", {}).get("list", [])}
+    lv = variables.get("loki")
+    if not lv or lv.get("type") != "datasource" or lv.get("query") != "loki" or lv.get("current", {}).get("value") != "loki":
+        fail(f"{name}: logs panels need a `loki` datasource variable (query loki, default uid loki)")
+    ds = p.get("datasource") or {}
+    if ds.get("type") != "loki" or ds.get("uid") != "${loki}":
+        fail(f"{where}: datasource must be {{type: loki, uid: ${{loki}}}}, is {ds}")
+    for t in p.get("targets", []):
+        expr = t.get("expr", "")
+        if (t.get("datasource") or ds) != ds:
+            fail(f"{where} {t.get('refId')}: target datasource differs from the panel's")
+        selectors = re.findall(r"\{([^{}]*)\}", re.sub(r"\{\{[^}]*\}\}", "", expr))
+        selectors = [s for s in selectors if "=" in s]  # stream selectors, not {{legend}}
+        if not selectors:
+            fail(f"{where} {t.get('refId')}: no stream selector in {expr!r}")
+        for sel in selectors:
+            matchers = dict(re.findall(r'(\w+)\s*=~\s*"([^"]*)"', sel))
+            for label, var in LOKI_SCOPE.items():
+                if matchers.get(label) not in (f"${var}", f"${{{var}}}"):
+                    fail(f"{where} {t.get('refId')}: selector {{{sel}}} lacks {label}=~\"${var}\"")
+        if expr.count("(") != expr.count(")") or expr.count("{") != expr.count("}"):
+            fail(f"{where} {t.get('refId')}: unbalanced brackets in {expr!r}")
+    if p.get("type") == "logs" and not any("severity_text" in t.get("expr", "") for t in p.get("targets", [])):
+        fail(f"{where}: the logs panel should filter on severity_text (errors)")
+
+
+def check_logs_provisioning(ds: dict) -> None:
+    """Loki data source (uid loki) whose trace_id field links to Jaeger, and Jaeger's
+    traces-to-logs pointing back at it with the trace id."""
+    by_uid = {d.get("uid"): d for d in ds.get("datasources", [])}
+    loki, jaeger = by_uid.get("loki"), by_uid.get("jaeger")
+    if not loki or loki.get("type") != "loki":
+        fail("provisioning: no Loki datasource with uid `loki`")
+        return
+    if not jaeger:
+        fail("provisioning: no datasource with uid `jaeger`")
+        return
+    compose = yaml.safe_load((ROOT / "deploy/docker-compose.yml").read_text())
+    host = re.match(r"https?://([^:/]+)", loki.get("url", ""))
+    if not host or host.group(1) not in compose.get("services", {}):
+        fail(f"provisioning: Loki url {loki.get('url')!r} is no docker-compose service")
+    fields = (loki.get("jsonData") or {}).get("derivedFields", [])
+    if not any(f.get("datasourceUid") == "jaeger" and f.get("matcherRegex") == "trace_id"
+               and f.get("matcherType") == "label" for f in fields):
+        fail("provisioning: Loki's derivedFields do not link the trace_id field to the Jaeger datasource")
+    t2l = (jaeger.get("jsonData") or {}).get("tracesToLogsV2") or {}
+    if t2l.get("datasourceUid") != "loki":
+        fail("provisioning: Jaeger's tracesToLogsV2 does not point at the Loki datasource")
+    elif not (t2l.get("filterByTraceID") or "$${__trace.traceId}" in (t2l.get("query") or "")):
+        fail("provisioning: Jaeger's traces-to-logs query does not select by the trace id ($${__trace.traceId})")
 
 
 def cmd_dashboards() -> None:
@@ -506,7 +581,9 @@ def cmd_dashboards() -> None:
             ids.add(p.get("id"))
             if p.get("type") == "row":
                 continue
-            if p.get("datasource", {}).get("uid") != "${datasource}":
+            if not is_prometheus_panel(p):
+                check_loki_panel(name, p, d)
+            elif p.get("datasource", {}).get("uid") != "${datasource}":
                 fail(f"{name} panel {p.get('title')!r}: datasource must be the ${{datasource}} variable")
             if not p.get("targets"):
                 fail(f"{name} panel {p.get('title')!r}: no query")
@@ -518,6 +595,7 @@ def cmd_dashboards() -> None:
     ds = yaml.safe_load((MON / "grafana/provisioning/datasources/datasources.yml").read_text())
     if "prometheus" not in {d.get("uid") for d in ds.get("datasources", [])}:
         fail("provisioning: no datasource with uid `prometheus`")
+    check_logs_provisioning(ds)
     prov = yaml.safe_load((MON / "grafana/provisioning/dashboards/voice-kraliki.yml").read_text())
     paths = [p.get("options", {}).get("path") for p in prov.get("providers", [])]
     compose = yaml.safe_load((ROOT / "deploy/docker-compose.yml").read_text())
@@ -713,7 +791,7 @@ def check_render(path: Path) -> None:
 def check_compose() -> None:
     c = yaml.safe_load((ROOT / "deploy/docker-compose.yml").read_text())
     services = c.get("services", {})
-    for s in ("call-api", "audio-processor", "provider-gateway", "prometheus", "grafana", "otel-collector", "postgres"):
+    for s in ("call-api", "audio-processor", "provider-gateway", "prometheus", "grafana", "otel-collector", "postgres", "loki"):
         if s not in services:
             fail(f"docker-compose: service {s} missing")
     for svc in SERVICES:
@@ -727,6 +805,30 @@ def check_compose() -> None:
             fail(f"docker-compose {svc}: build.target should be {svc}")
         if not s.get("read_only"):
             fail(f"docker-compose {svc}: read_only should be true")
+        # logs over OTLP to the collector (-> Loki): compose has no log files to tail
+        if env.get("OTEL_LOGS_EXPORTER") != "otlp":
+            fail(f"docker-compose {svc}: OTEL_LOGS_EXPORTER should be otlp (logs reach Loki over OTLP)")
+    loki = services.get("loki", {})
+    if not re.fullmatch(r"(docker\.io/)?grafana/loki:3\.\d+\.\d+", loki.get("image", "")):
+        fail(f"docker-compose loki: image should be grafana/loki with a pinned 3.x tag, is {loki.get('image')!r}")
+    if not any(str(v).startswith("../monitoring/loki.yml:") for v in loki.get("volumes", [])):
+        fail("docker-compose loki: does not mount ../monitoring/loki.yml")
+    if not any("/loki" == str(v).split(":")[1] for v in loki.get("volumes", []) if ":" in str(v)):
+        fail("docker-compose loki: no volume for /loki (its storage; the root filesystem is read-only)")
+    lcfg = yaml.safe_load((MON / "loki.yml").read_text())
+    if not (lcfg.get("limits_config") or {}).get("allow_structured_metadata"):
+        fail("monitoring/loki.yml: OTLP ingestion needs limits_config.allow_structured_metadata")
+    if not any(c.get("schema") == "v13" and c.get("store") == "tsdb" for c in (lcfg.get("schema_config") or {}).get("configs", [])):
+        fail("monitoring/loki.yml: OTLP ingestion needs a tsdb schema v13 period")
+    port = (lcfg.get("server") or {}).get("http_listen_port")
+    otel = yaml.safe_load((MON / "otel-collector.yml").read_text())
+    for ename, e in (otel.get("exporters") or {}).items():
+        if ename.startswith("otlphttp/loki") and e.get("endpoint") != f"http://loki:{port}/otlp":
+            fail(f"otel-collector.yml {ename}: endpoint should be Loki's OTLP endpoint http://loki:{port}/otlp")
+    for dep in ("loki",):
+        for svc in ("grafana", "otel-collector"):
+            if dep not in (services.get(svc, {}).get("depends_on") or []):
+                fail(f"docker-compose {svc}: should depend on {dep}")
     p = services.get("prometheus", {})
     vols = " ".join(p.get("volumes", []))
     for f in ("../monitoring/prometheus.yml:", "../monitoring/prometheus-alerts.yml:"):
@@ -1301,48 +1403,234 @@ def cmd_grafana(render: str) -> None:
 # --- OpenTelemetry Collector ------------------------------------------------
 
 
-def cmd_otel() -> None:
-    cfg = yaml.safe_load((MON / "otel-collector.yml").read_text())
-    defined = {k: set((cfg.get(k) or {}).keys()) for k in ("receivers", "processors", "exporters", "connectors", "extensions")}
-    svc = cfg.get("service", {})
-    for e in svc.get("extensions", []):
+# The collector configs: the shipped one (compose, or a gateway in Kubernetes), the same with
+# the Elasticsearch overlay merged on top (the documented alternative for logs), and the
+# node agent of k8s/components/logging. No collector binary here: the checks are structural.
+OTEL_CONFIGS = {
+    "monitoring/otel-collector.yml": ("gateway", []),
+    "monitoring/otel-collector.yml+monitoring/otel-collector.elasticsearch.yml": ("gateway", ["elasticsearch"]),
+    "k8s/components/logging/otel-collector-logs.yml": ("agent", []),
+}
+# Fields of the services' JSON log lines (crates/telemetry/src/logging.rs) the agent parses.
+JSON_LOG_FIELDS = {"timestamp", "level", "message", "service", "trace_id", "span_id"}
+
+
+def merge_config(base, over):
+    """The collector's merge of several --config files: maps merge key by key, anything else
+    (lists included) is replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge_config(base.get(k), v) if k in base else v
+        return out
+    return over
+
+
+def check_otel_wiring(where: str, cfg: dict, merged: bool) -> dict:
+    """Every component a pipeline names is defined (connectors on both ends), every extension a
+    component uses is enabled, memory_limiter first and batch in every pipeline."""
+    kinds = ("receivers", "processors", "exporters", "connectors", "extensions")
+    for k in cfg:
+        if k not in kinds + ("service",):
+            fail(f"{where}: unknown top-level key {k!r}")
+    defined = {k: set((cfg.get(k) or {}).keys()) for k in kinds}
+    svc = cfg.get("service") or {}
+    enabled = svc.get("extensions", [])
+    for e in enabled:
         if e not in defined["extensions"]:
-            fail(f"otel: extension {e} is not defined")
-    pipelines = svc.get("pipelines", {})
-    if "traces" not in pipelines:
-        fail("otel: no traces pipeline")
+            fail(f"{where}: extension {e} is not defined")
+    pipelines = svc.get("pipelines") or {}
+    if not pipelines:
+        fail(f"{where}: no pipelines")
     used = {"receivers": set(), "processors": set(), "exporters": set()}
     for name, p in pipelines.items():
+        if name.split("/")[0] not in ("traces", "metrics", "logs"):
+            fail(f"{where} pipeline {name}: type must be traces, metrics or logs")
+        for key in ("receivers", "exporters"):
+            if not p.get(key):
+                fail(f"{where} pipeline {name}: no {key}")
         for r in p.get("receivers", []):
             if r not in defined["receivers"] | defined["connectors"]:
-                fail(f"otel pipeline {name}: receiver {r} not defined")
+                fail(f"{where} pipeline {name}: receiver {r} not defined")
             used["receivers"].add(r)
         for x in p.get("processors", []):
             if x not in defined["processors"]:
-                fail(f"otel pipeline {name}: processor {x} not defined")
+                fail(f"{where} pipeline {name}: processor {x} not defined")
             used["processors"].add(x)
         procs = p.get("processors", [])
         if not procs or procs[0] != "memory_limiter":
-            fail(f"otel pipeline {name}: memory_limiter must be the first processor")
+            fail(f"{where} pipeline {name}: memory_limiter must be the first processor")
         if "batch" not in procs:
-            fail(f"otel pipeline {name}: no batch processor")
+            fail(f"{where} pipeline {name}: no batch processor")
+        elif procs[-1] != "batch":
+            fail(f"{where} pipeline {name}: batch should be the last processor")
         for x in p.get("exporters", []):
             if x not in defined["exporters"] | defined["connectors"]:
-                fail(f"otel pipeline {name}: exporter {x} not defined")
+                fail(f"{where} pipeline {name}: exporter {x} not defined")
             used["exporters"].add(x)
     for c in defined["connectors"]:
         if c not in used["exporters"] or c not in used["receivers"]:
-            fail(f"otel: connector {c} must be an exporter of one pipeline and a receiver of another")
-    for kind in ("receivers", "processors", "exporters"):
-        for unused in defined[kind] - used[kind]:
-            fail(f"otel: {kind[:-1]} {unused} is defined but in no pipeline")
+            fail(f"{where}: connector {c} must be an exporter of one pipeline and a receiver of another")
+    if not merged:
+        # an overlay cannot delete what the base defines: unused leftovers only matter in a base
+        for kind in ("receivers", "processors", "exporters"):
+            for unused in sorted(defined[kind] - used[kind]):
+                fail(f"{where}: {kind[:-1]} {unused} is defined but in no pipeline")
+    # components that name an extension (filelog's storage) need it enabled
+    for kind in ("receivers", "exporters"):
+        for cname, c in (cfg.get(kind) or {}).items():
+            c = c if isinstance(c, dict) else {}
+            st = c.get("storage") or (c.get("sending_queue") or {}).get("storage")
+            if st and st not in enabled:
+                fail(f"{where}: {kind[:-1]} {cname} uses storage {st}, which is not in service.extensions")
     if "otlp" not in used["receivers"]:
-        fail("otel: no OTLP receiver")
-    if not any(e.startswith("prometheus") for e in used["exporters"]):
-        fail("otel: no Prometheus exporter")
+        fail(f"{where}: no OTLP receiver")
+    logs = pipelines.get("logs")
+    if not logs:
+        fail(f"{where}: no logs pipeline")
+    return pipelines
+
+
+def check_otel_gateway(where: str, cfg: dict, pipelines: dict, log_exporters: list[str]) -> None:
+    for need in ("traces", "metrics", "logs"):
+        if need not in pipelines:
+            fail(f"{where}: no {need} pipeline")
+    exporters = {e for p in pipelines.values() for e in p.get("exporters", [])}
+    if not any(e.startswith("prometheus") for e in exporters):
+        fail(f"{where}: no Prometheus exporter")
     if not any(e.startswith("otlp") for e in pipelines.get("traces", {}).get("exporters", [])):
-        fail("otel: traces are not exported to a tracing backend over OTLP")
-    finish(f"collector: {len(pipelines)} pipelines, every component defined and used")
+        fail(f"{where}: traces are not exported to a tracing backend over OTLP")
+    logs = pipelines.get("logs", {})
+    want = log_exporters or ["otlphttp/loki"]
+    if logs.get("exporters") != want:
+        fail(f"{where}: logs pipeline should export to {want}, exports to {logs.get('exporters')}")
+    if "attributes/scrub" in pipelines.get("traces", {}).get("processors", []) and "attributes/scrub" not in logs.get("processors", []):
+        fail(f"{where}: the logs pipeline skips attributes/scrub, which the traces pipeline applies")
+    for e in want:
+        ex = (cfg.get("exporters") or {}).get(e) or {}
+        if e.startswith("otlphttp/loki") and not str(ex.get("endpoint", "")).rstrip("/").endswith("/otlp"):
+            fail(f"{where}: {e} should point at Loki's native OTLP endpoint (http://<loki>:3100/otlp)")
+        if e.startswith("elasticsearch") and not (ex.get("endpoint") or ex.get("endpoints")):
+            fail(f"{where}: {e} has no endpoint")
+
+
+def check_otel_agent(where: str, cfg: dict, pipelines: dict) -> None:
+    """The node agent: container logs from /var/log/pods through the container parser and the
+    services' JSON fields, k8sattributes, Loki."""
+    logs = pipelines.get("logs", {})
+    if set(logs.get("receivers", [])) != {"filelog", "otlp"}:
+        fail(f"{where}: the logs pipeline should receive from filelog and otlp, has {logs.get('receivers')}")
+    for x in ("k8sattributes", "resource"):
+        if x not in logs.get("processors", []):
+            fail(f"{where}: the logs pipeline lacks the {x} processor")
+    if not any(e.startswith("otlphttp/loki") or e == "loki" for e in logs.get("exporters", [])):
+        fail(f"{where}: the logs pipeline does not export to Loki")
+    fl = (cfg.get("receivers") or {}).get("filelog") or {}
+    if "/var/log/pods/*/*/*.log" not in fl.get("include", []):
+        fail(f"{where}: filelog should include /var/log/pods/*/*/*.log")
+    ops = fl.get("operators", [])
+    types = [o.get("type") for o in ops]
+    if not types or types[0] != "container":
+        fail(f"{where}: filelog's first operator should be the container parser")
+    ids = [o.get("id") for o in ops]
+    if len(ids) != len(set(ids)):
+        fail(f"{where}: filelog operator ids are not unique")
+    mentioned = set()
+    for o in ops:
+        for key in ("parse_from", "from", "field"):
+            if isinstance(o.get(key), str):
+                mentioned.add(o[key])
+        for sub in ("timestamp", "severity", "trace_id", "span_id"):
+            if isinstance(o.get(sub), dict) and o[sub].get("parse_from"):
+                mentioned.add(o[sub]["parse_from"])
+    fields = {m.split(".", 1)[1] for m in mentioned if m.startswith("attributes.")}
+    # the JSON field names must be what the services write
+    logging_rs = (ROOT / "crates/telemetry/src/logging.rs").read_text()
+    for f in sorted(fields):
+        if f'"{f}"' not in logging_rs:
+            fail(f"{where}: filelog parses attributes.{f}, a field the services' JSON lines do not have")
+    for f in sorted(JSON_LOG_FIELDS - fields):
+        fail(f"{where}: filelog does not use the JSON field {f!r} of the services' lines")
+    if "json_parser" not in types or "trace_parser" not in types:
+        fail(f"{where}: filelog needs a json_parser and a trace_parser")
+    k8s = (cfg.get("processors") or {}).get("k8sattributes") or {}
+    if (k8s.get("filter") or {}).get("node_from_env_var") != "K8S_NODE_NAME":
+        fail(f"{where}: k8sattributes should watch its own node's pods (filter.node_from_env_var: K8S_NODE_NAME)")
+
+
+def cmd_otel(*configs: str) -> None:
+    for spec in configs or OTEL_CONFIGS:
+        role, log_exporters = OTEL_CONFIGS.get(spec, ("agent" if "components/logging" in spec else "gateway", []))
+        files = spec.split("+")
+        cfg: dict = {}
+        for f in files:
+            cfg = merge_config(cfg, yaml.safe_load((ROOT / f).read_text()) or {})
+        where = " + ".join(files)
+        pipelines = check_otel_wiring(where, cfg, merged=len(files) > 1)
+        if role == "gateway":
+            check_otel_gateway(where, cfg, pipelines, log_exporters)
+        else:
+            check_otel_agent(where, cfg, pipelines)
+    n = len(configs or OTEL_CONFIGS)
+    finish(f"{n} collector configs (shipped, + Elasticsearch, k8s log agent): every pipeline's components defined, logs wired")
+
+
+def cmd_logging(render: str) -> None:
+    """k8s/components/logging in a render: the DaemonSet runs the component's collector config
+    (the generated ConfigMap), reads /var/log/pods read-only, and its ServiceAccount may read
+    what k8sattributes asks for."""
+    docs = load_yaml_docs(Path(render))
+    by_kind: dict[str, dict[str, dict]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    ds = by_kind.get("DaemonSet", {}).get("otel-collector-logs")
+    if not ds:
+        fail(f"{render}: no DaemonSet otel-collector-logs")
+        finish("")
+    where = "DaemonSet/otel-collector-logs"
+    pod = ds["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    if not re.fullmatch(r"(docker\.io/)?otel/opentelemetry-collector-contrib:\d+\.\d+\.\d+", c.get("image", "")):
+        fail(f"{where}: image should be otel/opentelemetry-collector-contrib with a pinned tag")
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+    logs = mounts.get("/var/log/pods")
+    if not logs or not logs.get("readOnly") or (vols.get(logs["name"], {}).get("hostPath") or {}).get("path") != "/var/log/pods":
+        fail(f"{where}: must mount hostPath /var/log/pods read-only at /var/log/pods")
+    conf_arg = next((a.split("=", 1)[1] for a in c.get("args", []) if a.startswith("--config=")), "")
+    conf_mount = mounts.get(str(Path(conf_arg).parent))
+    cm_name = (vols.get(conf_mount["name"], {}).get("configMap") or {}).get("name") if conf_mount else None
+    cm = by_kind.get("ConfigMap", {}).get(cm_name or "")
+    want = (LOGGING_COMPONENT / "otel-collector-logs.yml").read_text()
+    if not cm or cm.get("data", {}).get(Path(conf_arg).name) != want:
+        fail(f"{where}: --config={conf_arg} is not k8s/components/logging/otel-collector-logs.yml from a mounted ConfigMap")
+    cfg = yaml.safe_load(want)
+    storage = ((cfg.get("extensions") or {}).get("file_storage") or {}).get("directory")
+    if storage and storage not in mounts:
+        fail(f"{where}: file_storage directory {storage} is not mounted (the root filesystem is read-only)")
+    env = {e["name"]: e for e in c.get("env", [])}
+    if (env.get("K8S_NODE_NAME", {}).get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath") != "spec.nodeName":
+        fail(f"{where}: K8S_NODE_NAME must come from spec.nodeName (k8sattributes' node filter)")
+    for k in ("limits", "requests"):
+        if not c.get("resources", {}).get(k, {}).get("memory"):
+            fail(f"{where}: no memory {k}")
+    sa = pod.get("serviceAccountName")
+    ns = ds["metadata"].get("namespace")
+    binding = next((b for b in by_kind.get("ClusterRoleBinding", {}).values()
+                    if any(s.get("name") == sa and s.get("namespace") == ns for s in b.get("subjects", []))), None)
+    role = by_kind.get("ClusterRole", {}).get((binding or {}).get("roleRef", {}).get("name", ""))
+    if not by_kind.get("ServiceAccount", {}).get(sa) or not role:
+        fail(f"{where}: ServiceAccount {sa} in {ns} has no ClusterRole bound")
+    else:
+        granted = {(g, r, v) for rule in role.get("rules", []) for g in rule.get("apiGroups", [])
+                   for r in rule.get("resources", []) for v in rule.get("verbs", [])}
+        for g, r in (("", "pods"), ("", "namespaces"), ("apps", "replicasets")):
+            for v in ("get", "list", "watch"):
+                if (g, r, v) not in granted:
+                    fail(f"ClusterRole/{role['metadata']['name']}: k8sattributes needs {v} on {g or 'core'}/{r}")
+        if any("*" in x for t in granted for x in t):
+            fail(f"ClusterRole/{role['metadata']['name']}: no wildcards")
+    finish(f"log agent DaemonSet in {ns}: component config mounted, /var/log/pods read-only, RBAC for k8sattributes")
 
 
 # --- memory: the Deployments' limits hold the recordings they accept ----------
@@ -1449,7 +1737,8 @@ def main() -> None:
         "keda": lambda: cmd_keda(*args),
         "core": lambda: cmd_core(*args),
         "operator": lambda: cmd_operator(*args),
-        "otel": cmd_otel,
+        "otel": lambda: cmd_otel(*args),
+        "logging": lambda: cmd_logging(*args),
         "grafana": lambda: cmd_grafana(*args),
     }[cmd]()
 

@@ -28,7 +28,8 @@
 #     critical and a warning alert are routed (amtool config routes test), and
 #     its inhibitions on a real Alertmanager started on loopback
 #   kustomize renders of k8s/, base, dev, prod, prod-keda (prod + the KEDA
-#     component), prometheus-operator, dev-monitoring and grafana-dashboards
+#     component), prod-logging (prod + the log agent component),
+#     prometheus-operator, dev-monitoring and grafana-dashboards
 #   kubernetes-validate --strict on every rendered object and the plain files
 #   Prometheus Operator objects (CRDs): structural schema of the fields we use,
 #     ServiceMonitors of prod (base) and dev (dev-monitoring, no rules)
@@ -42,7 +43,11 @@
 #     (measured by scripts/bench-recording-memory.sh), and the two recording
 #     limits agree
 #   checkov on the renders and the Dockerfile; checkov secrets on the sources
-#   docker compose config; systemd-analyze verify; collector pipelines
+#   log agent (k8s/components/logging): its DaemonSet runs the component's
+#     collector config, mounts /var/log/pods read-only, RBAC for k8sattributes
+#   docker compose config; systemd-analyze verify; collector pipelines of
+#     monitoring/otel-collector.yml, + otel-collector.elasticsearch.yml, and the
+#     log agent's config (structure: no collector binary here)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -268,19 +273,34 @@ render() {
   # kubernetes-validate has no schema for KEDA's ScaledObject (checks.py keda
   # checks it): validate the rest of that render
   "$PY" "$HERE/checks.py" core "$WORK/render/prod-keda.yaml" "$WORK/render/prod-keda-core.yaml" >/dev/null
+  # the optional log agent component on top of prod (k8s/overlays/prod-logging)
+  kubectl kustomize k8s/overlays/prod-logging >"$WORK/render/prod-logging.yaml"
   if ! cmp -s "$WORK/render/top.yaml" "$WORK/render/base.yaml"; then
     echo "k8s/ (kubectl apply -k k8s/) does not render the base"
     return 1
   fi
-  echo "rendered k8s/, base, dev, prod, prod-keda, prometheus-operator, dev-monitoring, grafana-dashboards ($(grep -c '^kind:' "$WORK/render/base.yaml") objects in the base)"
+  echo "rendered k8s/, base, dev, prod, prod-keda, prod-logging, prometheus-operator, dev-monitoring, grafana-dashboards ($(grep -c '^kind:' "$WORK/render/base.yaml") objects in the base)"
 }
 
 kubernetes_validate() {
   # Every rendered object, plus the plain files for `kubectl apply -f`.
   "$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" \
     "$WORK/render/base.yaml" "$WORK/render/dev.yaml" "$WORK/render/prod.yaml" \
-    "$WORK/render/prod-keda-core.yaml" "$WORK/render/grafana.yaml" k8s/base/*.yaml k8s/secret.template.yaml
+    "$WORK/render/prod-keda-core.yaml" "$WORK/render/prod-logging.yaml" "$WORK/render/grafana.yaml" \
+    k8s/base/*.yaml k8s/secret.template.yaml
   echo "all objects valid against Kubernetes $K8S_VERSION (strict)"
+}
+
+log_agent() {
+  "$PY" "$HERE/checks.py" logging "$WORK/render/prod-logging.yaml"
+}
+
+otel_configs() {
+  # the shipped config, it with the Elasticsearch overlay merged on top (as the collector
+  # merges two --config files), and the log agent's
+  "$PY" "$HERE/checks.py" otel monitoring/otel-collector.yml \
+    monitoring/otel-collector.yml+monitoring/otel-collector.elasticsearch.yml \
+    k8s/components/logging/otel-collector-logs.yml
 }
 
 keda_object() {
@@ -323,7 +343,8 @@ replicas() {
 checkov_scan() {
   mkdir -p "$WORK/checkov"
   cp "$WORK/render/base.yaml" "$WORK/render/dev.yaml" "$WORK/render/prod.yaml" \
-    "$WORK/render/prod-keda.yaml" "$WORK/render/operator.yaml" k8s/secret.template.yaml "$WORK/checkov/"
+    "$WORK/render/prod-keda.yaml" "$WORK/render/prod-logging.yaml" "$WORK/render/operator.yaml" \
+    k8s/secret.template.yaml "$WORK/checkov/"
   cp deploy/Dockerfile "$WORK/checkov/Dockerfile"
   # skipped checks and why: scripts/check-deploy/checkov.yaml
   "$VENV/bin/checkov" --config-file "$HERE/checkov.yaml" -d "$WORK/checkov" \
@@ -371,23 +392,24 @@ check "Grafana ConfigMaps in sync" grafana_dashboards_in_sync
 check "Alertmanager config and routes" alertmanager
 check "Alertmanager inhibitions" alertmanager_inhibitions
 check "kustomize render" render
-if [[ -s "$WORK/render/prod-keda-core.yaml" && -s "$WORK/render/operator.yaml" ]]; then
+if [[ -s "$WORK/render/prod-keda-core.yaml" && -s "$WORK/render/prod-logging.yaml" && -s "$WORK/render/operator.yaml" ]]; then
   check "kubernetes-validate $K8S_VERSION" kubernetes_validate
   check "Prometheus Operator objects" operator_objects
   check "Grafana sidecar ConfigMaps" grafana_configmaps
   check "KEDA ScaledObject" keda_object
+  check "log agent (k8s logging component)" log_agent
   check "contract (SPEC 3, 7)" contract
   check "shutdown budget" shutdown_budget
   check "replicas: peers, identity, rollout" replicas
   check "memory limits and recording sizes" memory_limits
   check "checkov" checkov_scan
 else
-  failed=$((failed + 9))
-  echo "FAIL  kubernetes-validate, operator objects, Grafana ConfigMaps, KEDA, contract, shutdown budget, replicas, memory, checkov: nothing rendered"
+  failed=$((failed + 10))
+  echo "FAIL  kubernetes-validate, operator objects, Grafana ConfigMaps, KEDA, log agent, contract, shutdown budget, replicas, memory, checkov: nothing rendered"
 fi
 check "docker compose config" compose_config
 check "systemd-analyze verify" systemd_verify
-check "OpenTelemetry Collector config" "$PY" "$HERE/checks.py" otel
+check "OpenTelemetry Collector configs" otel_configs
 
 # monitoring/metric-names.txt is what the Rust test `voice-kraliki::monitoring` compares with
 # the metrics the running services export; it must list exactly what rules, dashboards and the

@@ -53,6 +53,8 @@ pub struct Config {
     pub prices: Option<std::sync::Arc<crate::pricing::Prices>>,
     /// `WEBHOOK_*`: where each tenant's call events are delivered, signed with which secret.
     pub webhooks: crate::events::WebhookConfig,
+    /// `TRACE_URL_TEMPLATE`: what the console at `/console` links traces to.
+    pub console: crate::routes::console::ConsoleConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -105,6 +107,7 @@ impl Config {
         let pprof = r.bool_or("CALL_API_PPROF", false);
         let prices = crate::pricing::Prices::read(&mut r);
         let webhooks = crate::events::WebhookConfig::read(&mut r);
+        let console = crate::routes::console::ConsoleConfig::read(&mut r);
         r.errors.into_result(Self {
             addr,
             admin_addr,
@@ -122,6 +125,7 @@ impl Config {
             pprof,
             prices,
             webhooks,
+            console,
             telemetry,
         })
     }

@@ -103,6 +103,8 @@ pub struct AppState {
     pub peers: peers::Peers,
     pub db: db::Database,
     pub media: MediaUrls,
+    /// The console's configuration (`TRACE_URL_TEMPLATE`).
+    pub console: routes::console::ConsoleConfig,
     pub recording: recording::RecordingConfig,
     pub live_config: media::LiveConfig,
     /// The live calls of this replica.
@@ -173,6 +175,7 @@ pub async fn run_with_admin(
         peers,
         db: db.clone(),
         media: MediaUrls::new(&config.public_base_url, config.media_token_ttl),
+        console: config.console.clone(),
         recording: config.recording.clone(),
         live_config: config.live.clone(),
         live: live.clone(),

@@ -12,7 +12,8 @@
 //!                    health, per-service reflection and the admin port
 //! auth.rs            INTERNAL_AUTH_TOKEN on gRPC (health and reflection stay open)
 //! logging.rs         JSON/text line formats, stdout + LOG_FILE, redaction
-//! otel.rs            tracer provider, OTLP exporter, traceparent inject/extract
+//! otel.rs            tracer provider, OTLP exporter, traceparent inject/extract; logger
+//!                    provider (OTLP log records, bounded and counted queue)
 //! sentry_support.rs  Sentry client, scrubbing, capture_exception, transactions
 //! metrics.rs         Prometheus recorder, metric names, build_info, process_*
 //! http.rs            axum layer: server span + http_requests_* RED metrics
@@ -53,7 +54,7 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::{logs::SdkLoggerProvider, trace::SdkTracerProvider};
 use tracing_subscriber::{Layer as _, layer::SubscriberExt, util::SubscriberInitExt};
 
 pub use config::{ConfigErrors, Env, Reader, Secret, TelemetryConfig};
@@ -110,6 +111,7 @@ pub struct Telemetry {
     config: TelemetryConfig,
     metrics: Option<MetricsHandle>,
     tracer_provider: Option<SdkTracerProvider>,
+    logger_provider: Option<SdkLoggerProvider>,
     sentry: Option<sentry::ClientInitGuard>,
 }
 
@@ -130,6 +132,7 @@ pub fn init(info: &ServiceInfo, config: &TelemetryConfig) -> Result<Telemetry, I
     let sentry = config.sentry_enabled().then(|| sentry_support::init(info, config, &release));
     let provider = otel::tracer_provider(info, config)?;
     let tracer = otel::tracer(&provider, info);
+    let logger_provider = if config.otlp_logs_enabled() { Some(otel::logger_provider(info, config)?) } else { None };
 
     let filter = tracing_subscriber::EnvFilter::builder()
         .parse(&config.log_filter)
@@ -152,8 +155,20 @@ pub fn init(info: &ServiceInfo, config: &TelemetryConfig) -> Result<Telemetry, I
             .and_then(ErrorLayer::new().with_filter(LevelFilter::ERROR))
             .and_then(BreadcrumbLayer::new().with_filter(LevelFilter::INFO))
     });
-    let installed =
-        tracing_subscriber::registry().with(filter).with(otel_layer).with(fmt).with(sentry_layers).try_init();
+    // The same events, with the same fields and the same redaction, as the log line.
+    let otlp_logs = logger_provider.as_ref().map(|p| {
+        opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(&otel::RedactingLoggerProvider(
+            p.clone(),
+        ))
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| otel::exported_log_target(meta.target())))
+    });
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(otel_layer)
+        .with(fmt)
+        .with(otlp_logs)
+        .with(sentry_layers)
+        .try_init();
     if installed.is_err() {
         tracing::debug!(service = %info.name, "tracing subscriber already installed in this process");
     }
@@ -161,6 +176,12 @@ pub fn init(info: &ServiceInfo, config: &TelemetryConfig) -> Result<Telemetry, I
     opentelemetry::global::set_tracer_provider(provider.clone());
 
     let metrics = config.metrics_enabled.then(|| metrics::install(info, &release));
+    if logger_provider.is_some() {
+        // Present from the start, so "nothing dropped" reads 0 rather than absent.
+        ::metrics::counter!(otel::LOG_RECORDS_DROPPED_TOTAL, "reason" => "queue_full").absolute(0);
+        ::metrics::counter!(otel::LOG_RECORDS_DROPPED_TOTAL, "reason" => "export_failed").absolute(0);
+        ::metrics::counter!(otel::LOG_RECORDS_EXPORTED_TOTAL).absolute(0);
+    }
 
     if config.sentry_profiles_sample_rate > 0.0 {
         tracing::warn!(
@@ -177,10 +198,18 @@ pub fn init(info: &ServiceInfo, config: &TelemetryConfig) -> Result<Telemetry, I
         environment = %config.environment,
         sentry = config.sentry_enabled(),
         otlp = config.otlp_enabled(),
+        otlp_logs = config.otlp_logs_enabled(),
         metrics = config.metrics_enabled,
         "telemetry started"
     );
-    Ok(Telemetry { info: info.clone(), config: config.clone(), metrics, tracer_provider: Some(provider), sentry })
+    Ok(Telemetry {
+        info: info.clone(),
+        config: config.clone(),
+        metrics,
+        tracer_provider: Some(provider),
+        logger_provider,
+        sentry,
+    })
 }
 
 impl Telemetry {
@@ -207,12 +236,19 @@ impl Telemetry {
         Shutdown::new(self.config.shutdown_delay, self.config.shutdown_timeout)
     }
 
-    /// Flushes spans and Sentry events, waiting at most `TELEMETRY_FLUSH_TIMEOUT_SECONDS`
-    /// whatever the state of the collector or Sentry.
+    /// Flushes spans, log records and Sentry events, waiting at most
+    /// `TELEMETRY_FLUSH_TIMEOUT_SECONDS` whatever the state of the collector or Sentry.
     pub async fn shutdown(mut self) {
         let timeout = self.config.flush_timeout;
         let provider = self.tracer_provider.take();
+        let logger_provider = self.logger_provider.take();
         let sentry = self.sentry.take();
+        // Log records flush beside spans (not after them), under the same bound.
+        let logs = logger_provider.map(|p| {
+            tokio::task::spawn_blocking(move || {
+                let _ = p.shutdown_with_timeout(timeout);
+            })
+        });
         // Exporters may block on a dead peer: flush off the runtime and stop waiting at the bound.
         let flush = tokio::task::spawn_blocking(move || {
             if let Some(provider) = provider {
@@ -225,7 +261,13 @@ impl Telemetry {
                 drop(guard);
             }
         });
-        if tokio::time::timeout(timeout + Duration::from_millis(500), flush).await.is_err() {
+        let both = async move {
+            let _ = flush.await;
+            if let Some(logs) = logs {
+                let _ = logs.await;
+            }
+        };
+        if tokio::time::timeout(timeout + Duration::from_millis(500), both).await.is_err() {
             eprintln!("telemetry flush did not finish within {timeout:?}; exiting anyway");
         }
     }

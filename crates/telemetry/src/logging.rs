@@ -1,7 +1,13 @@
 //! Log lines: one JSON object per line (or readable text), with the service's identity and the
 //! current trace and span ids, written to stdout and optionally appended to `LOG_FILE`.
+//!
+//! Redaction is one function, [`redact`], applied to every text value of every event on every
+//! path: the line here, the OTLP log record (`otel.rs`) and Sentry (`sentry_support.rs`). Keys
+//! and tokens never reach an event as text (`Secret` prints `[redacted]`); transcript text is
+//! not put on events; phone numbers that slip into a message or field become `[phone]`.
 
 use std::{
+    borrow::Cow,
     fmt::Write as _,
     fs::File,
     io::{self, Write},
@@ -58,6 +64,24 @@ impl JsonFormat {
     }
 }
 
+/// The redaction every log path applies to text: phone numbers become `[phone]`.
+pub fn redact(text: &str) -> Cow<'_, str> {
+    crate::sentry_support::scrub_phone_numbers(text)
+}
+
+/// [`redact`] for an owned string, copying only when something was redacted.
+pub fn redact_owned(text: String) -> String {
+    let clean = match redact(&text) {
+        Cow::Owned(clean) => Some(clean),
+        Cow::Borrowed(_) => None,
+    };
+    clean.unwrap_or(text)
+}
+
+fn redacted(text: &str) -> Value {
+    Value::from(redact(text).into_owned())
+}
+
 struct JsonVisitor<'a>(&'a mut Map<String, Value>);
 
 impl tracing::field::Visit for JsonVisitor<'_> {
@@ -74,13 +98,13 @@ impl tracing::field::Visit for JsonVisitor<'_> {
         self.0.insert(field.name().into(), Value::from(value));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().into(), Value::from(value));
+        self.0.insert(field.name().into(), redacted(value));
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.0.insert(field.name().into(), Value::from(value.to_string()));
+        self.0.insert(field.name().into(), Value::from(redact_owned(value.to_string())));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().into(), Value::from(format!("{value:?}")));
+        self.0.insert(field.name().into(), Value::from(redact_owned(format!("{value:?}"))));
     }
 }
 

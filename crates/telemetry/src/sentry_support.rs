@@ -117,8 +117,24 @@ pub fn capture_exception(error: &(dyn std::error::Error + 'static), context: Err
     )
 }
 
+/// The end of the UUID (`8-4-4-4-12` hex digits) that the token around `i` is, if it is one.
+fn uuid_around(bytes: &[u8], i: usize) -> Option<usize> {
+    let part = |b: &u8| b.is_ascii_hexdigit() || *b == b'-';
+    let start = bytes[..i].iter().rposition(|b| !part(b)).map_or(0, |p| p + 1);
+    let end = bytes[i..].iter().position(|b| !part(b)).map_or(bytes.len(), |p| i + p);
+    let token = &bytes[start..end];
+    let uuid = token.len() == 36
+        && token
+            .iter()
+            .enumerate()
+            .all(|(k, b)| if matches!(k, 8 | 13 | 18 | 23) { *b == b'-' } else { b.is_ascii_hexdigit() });
+    let bounded = |b: Option<&u8>| !b.is_some_and(u8::is_ascii_alphanumeric);
+    (uuid && bounded(start.checked_sub(1).and_then(|s| bytes.get(s))) && bounded(bytes.get(end))).then_some(end)
+}
+
 /// Replaces anything that looks like a phone number: `+` and 7–15 digits (spaces, dashes,
-/// dots and brackets allowed between them), or 10 or more digits in a row.
+/// dots and brackets allowed between them), or 10 or more digits in a row — but never a part of
+/// a UUID (a call id whose last group happens to be all digits stays whole).
 pub fn scrub_phone_numbers(text: &str) -> Cow<'_, str> {
     let bytes = text.as_bytes();
     let mut out = String::new();
@@ -129,6 +145,10 @@ pub fn scrub_phone_numbers(text: &str) -> Cow<'_, str> {
         let starts_digit = bytes[i].is_ascii_digit() && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric());
         if !(starts_plus || starts_digit) {
             i += 1;
+            continue;
+        }
+        if starts_digit && let Some(end) = uuid_around(bytes, i) {
+            i = end;
             continue;
         }
         let mut j = i + usize::from(starts_plus);
@@ -307,6 +327,13 @@ mod tests {
         let id = "call 3f2b6c1e-9a7d-4c1b-8e2f-0a1b2c3d4e5f ended after 125 s, code 404";
         assert_eq!(scrub_phone_numbers(id), id);
         assert_eq!(scrub_phone_numbers("version 1.2.3"), "version 1.2.3");
+        let digits_tail = "call_id=0195f0a4-1111-7222-8333-444455556666 ended";
+        assert_eq!(scrub_phone_numbers(digits_tail), digits_tail, "a UUID's all-digit group is no number");
+        assert_eq!(
+            scrub_phone_numbers("ids 0195f0a4-1111-7222-8333-4444555566667 x"),
+            "ids 0195f0a4-1111-7222-8333-[phone] x"
+        );
+        assert_eq!(scrub_phone_numbers("to 4155550123-x"), "to [phone]-x");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! In-test receivers for telemetry that leaves the process: a real OTLP/gRPC trace collector
-//! and a real Sentry envelope endpoint, both on loopback. Tests point `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! In-test receivers for telemetry that leaves the process: a real OTLP/gRPC collector (traces
+//! and logs) and a real Sentry envelope endpoint, both on loopback. Tests point `OTEL_EXPORTER_OTLP_ENDPOINT`
 //! and `SENTRY_DSN` at them and assert on what arrives.
 
 use std::{
@@ -9,9 +9,15 @@ use std::{
 };
 
 use axum::{Router, body::Bytes, extract::State, routing::post};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-    trace_service_server::{TraceService, TraceServiceServer},
+use opentelemetry_proto::tonic::collector::{
+    logs::v1::{
+        ExportLogsServiceRequest, ExportLogsServiceResponse,
+        logs_service_server::{LogsService, LogsServiceServer},
+    },
+    trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
 };
 use serde_json::Value;
 
@@ -30,8 +36,36 @@ pub struct ReceivedSpan {
     pub attributes: Vec<(String, String)>,
 }
 
+/// One log record as received by the collector.
+#[derive(Debug, Clone)]
+pub struct ReceivedLog {
+    /// The resource's `service.name`.
+    pub service_name: String,
+    /// The instrumentation scope: the event's target.
+    pub scope: String,
+    /// 1–24: TRACE 1, DEBUG 5, INFO 9, WARN 13, ERROR 17.
+    pub severity_number: i32,
+    pub severity_text: String,
+    /// The message.
+    pub body: String,
+    /// Lowercase hex; empty outside a traced span.
+    pub trace_id: String,
+    pub span_id: String,
+    /// The event's fields.
+    pub attributes: Vec<(String, String)>,
+}
+
+impl ReceivedLog {
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
 #[derive(Clone, Default)]
 struct Collector {
+    logs: Arc<Mutex<Vec<ReceivedLog>>>,
+    /// Every logs export request, whole (`Debug`).
+    raw_logs: Arc<Mutex<Vec<String>>>,
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
     /// Every export request, whole (`Debug`), for scans of everything that was sent.
     raw: Arc<Mutex<Vec<String>>>,
@@ -77,6 +111,42 @@ impl TraceService for Collector {
     }
 }
 
+#[tonic::async_trait]
+impl LogsService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        let request = request.into_inner();
+        self.raw_logs.lock().expect("collector lock").push(format!("{request:?}"));
+        let mut logs = self.logs.lock().expect("collector lock");
+        for rl in request.resource_logs {
+            let service_name = rl
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                .map(|a| any_value(a.value.as_ref()))
+                .unwrap_or_default();
+            for sl in rl.scope_logs {
+                let scope = sl.scope.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                for r in sl.log_records {
+                    logs.push(ReceivedLog {
+                        service_name: service_name.clone(),
+                        scope: scope.clone(),
+                        severity_number: r.severity_number,
+                        severity_text: r.severity_text.clone(),
+                        body: any_value(r.body.as_ref()),
+                        trace_id: hex(&r.trace_id),
+                        span_id: hex(&r.span_id),
+                        attributes: r.attributes.iter().map(|a| (a.key.clone(), any_value(a.value.as_ref()))).collect(),
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportLogsServiceResponse { partial_success: None }))
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -98,7 +168,7 @@ fn any_value(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> St
     }
 }
 
-/// A real OTLP/gRPC collector on loopback that keeps every span it receives.
+/// A real OTLP/gRPC collector on loopback that keeps every span and log record it receives.
 pub struct OtlpReceiver {
     pub addr: SocketAddr,
     collector: Collector,
@@ -111,9 +181,11 @@ impl OtlpReceiver {
         let addr = listener.local_addr().expect("local addr");
         let collector = Collector::default();
         let svc = TraceServiceServer::new(collector.clone());
+        let logs = LogsServiceServer::new(collector.clone());
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(svc)
+                .add_service(logs)
                 .serve_with_incoming(crate::incoming(listener))
                 .await;
         });
@@ -142,6 +214,28 @@ impl OtlpReceiver {
     /// Every export request received, whole: resources, spans, attributes and events.
     pub fn raw(&self) -> Vec<String> {
         self.collector.raw.lock().expect("collector lock").clone()
+    }
+
+    /// Every log record received.
+    pub fn logs(&self) -> Vec<ReceivedLog> {
+        self.collector.logs.lock().expect("collector lock").clone()
+    }
+
+    /// Every logs export request received, whole: resources, records, attributes.
+    pub fn raw_logs(&self) -> Vec<String> {
+        self.collector.raw_logs.lock().expect("collector lock").clone()
+    }
+
+    /// Waits (up to `timeout`) until `pred` holds for the received log records; returns them.
+    pub async fn wait_for_logs(&self, timeout: Duration, pred: impl Fn(&[ReceivedLog]) -> bool) -> Vec<ReceivedLog> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let logs = self.logs();
+            if pred(&logs) || tokio::time::Instant::now() >= deadline {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits (up to `timeout`) until `pred` holds for the received spans; returns them.

@@ -1,6 +1,7 @@
 //! The HTTP API, one module per resource, assembled with its OpenAPI document.
 
 pub mod calls;
+pub mod console;
 pub mod providers;
 pub mod recording;
 pub mod twilio;
@@ -23,6 +24,7 @@ use crate::{AppState, auth, error::ApiError, openapi::ApiDoc};
 /// The authenticated `/v1` API and the open `/openapi.json`, with their request layers.
 pub fn api(state: AppState) -> Router {
     let media_state = state.clone();
+    let console = console::router(state.console.clone());
     let (v1, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(calls::router())
         .merge(recording::router())
@@ -41,6 +43,7 @@ pub fn api(state: AppState) -> Router {
         .merge(v1.with_state(state))
         .route("/openapi.json", get(serve_openapi).with_state(doc))
         .route("/v1/calls/{id}/media", get(crate::media::media).with_state(media_state))
+        .merge(console)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(limits, crate::limits::enforce));
     let router = match cors {

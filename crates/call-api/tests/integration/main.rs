@@ -6,6 +6,7 @@ mod common;
 
 mod calls;
 mod concurrency;
+mod console;
 mod cost;
 mod failed_turns;
 mod hardening;

@@ -63,6 +63,9 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     /// `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` (default) or `http/protobuf`.
     pub otlp_protocol: OtlpProtocol,
+    /// `OTEL_LOGS_EXPORTER`: `none` (default, logs go to stdout and `LOG_FILE` only) or `otlp`
+    /// (log records are also exported to `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub logs_exporter_otlp: bool,
     /// `OTEL_SERVICE_NAME`: overrides the service's own name in traces.
     pub otel_service_name: Option<String>,
     /// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`, default parent-based always-on.
@@ -139,6 +142,14 @@ impl TelemetryConfig {
                 OtlpProtocol::Grpc
             }
         };
+        let logs_exporter_otlp = match reader.string_or("OTEL_LOGS_EXPORTER", "none").as_str() {
+            "none" => false,
+            "otlp" => true,
+            other => {
+                reader.error("OTEL_LOGS_EXPORTER", format!("{other:?} is not none or otlp"));
+                false
+            }
+        };
         let otel_service_name = reader.string("OTEL_SERVICE_NAME");
         let sampler = read_sampler(reader);
         let resource_attributes = match reader.string("OTEL_RESOURCE_ATTRIBUTES") {
@@ -173,6 +184,7 @@ impl TelemetryConfig {
             workers,
             otlp_endpoint,
             otlp_protocol,
+            logs_exporter_otlp,
             otel_service_name,
             sampler,
             resource_attributes,
@@ -198,6 +210,11 @@ impl TelemetryConfig {
     /// Whether spans are exported over OTLP.
     pub fn otlp_enabled(&self) -> bool {
         self.apm_enabled && self.otlp_endpoint.is_some()
+    }
+
+    /// Whether log records are exported over OTLP (`OTEL_LOGS_EXPORTER=otlp` and an endpoint).
+    pub fn otlp_logs_enabled(&self) -> bool {
+        self.otlp_enabled() && self.logs_exporter_otlp
     }
 }
 
@@ -295,6 +312,7 @@ mod tests {
         assert!(c.log_filter.starts_with("info"));
         assert_eq!(c.otlp_protocol, OtlpProtocol::Grpc);
         assert!(!c.sentry_enabled() && !c.otlp_enabled());
+        assert!(!c.logs_exporter_otlp && !c.otlp_logs_enabled());
         assert!(c.workers >= 1);
     }
 
@@ -308,6 +326,7 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon"),
             ("SENTRY_DSN", "not a dsn"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317"),
+            ("OTEL_LOGS_EXPORTER", "console"),
         ]);
         assert_eq!(
             bad,
@@ -318,9 +337,23 @@ mod tests {
                 "LOG_FORMAT",
                 "WORKERS",
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
-                "OTEL_EXPORTER_OTLP_PROTOCOL"
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                "OTEL_LOGS_EXPORTER"
             ]
         );
+    }
+
+    #[test]
+    fn otlp_logs_need_the_exporter_and_an_endpoint() {
+        let on = |pairs: &[(&str, &str)]| {
+            TelemetryConfig::from_env(&Env::from_pairs(pairs.iter().copied())).unwrap().otlp_logs_enabled()
+        };
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317");
+        assert!(on(&[endpoint, ("OTEL_LOGS_EXPORTER", "otlp")]));
+        assert!(!on(&[endpoint]), "default none");
+        assert!(!on(&[endpoint, ("OTEL_LOGS_EXPORTER", "none")]));
+        assert!(!on(&[("OTEL_LOGS_EXPORTER", "otlp")]), "no endpoint, nothing to export to");
+        assert!(!on(&[endpoint, ("OTEL_LOGS_EXPORTER", "otlp"), ("APM_ENABLED", "false")]));
     }
 
     #[test]

@@ -5,5 +5,6 @@
 mod common;
 
 mod apm_disabled;
+mod otlp_logs;
 mod sentry;
 mod unreachable;

@@ -2,7 +2,8 @@
 //! processes, OTLP collector, Sentry sink, a fake OpenAI server, one failing provider answer that
 //! echoes the provider key, refused requests), a live call whose reply fails (a failed turn:
 //! its WARN, its Sentry event, its error span, the fallback line) and a scan of everything the services sent and
-//! logged — OTLP export requests, Sentry envelopes, stdout and stderr — and every error body, for
+//! logged — OTLP span and log export requests, Sentry envelopes, stdout and stderr — and every
+//! error body, for
 //! the API keys, the provider key, the phone numbers and the transcript text used. With
 //! `PROVIDER_CAPTURE_CONTENT=true` the same scan must find the transcript on spans: the scan can
 //! see what it looks for.
@@ -29,6 +30,7 @@ const TRANSCRIPT_MARK: &str = "Elm Street seventeen";
 /// Everything one run produced, as text.
 struct Produced {
     otlp: Vec<String>,
+    otlp_logs: Vec<String>,
     sentry: Vec<String>,
     logs: Vec<(String, String)>,
     error_bodies: Vec<String>,
@@ -42,6 +44,11 @@ impl Produced {
             let at = r.find(needle).unwrap_or(0);
             let from = r[..at].char_indices().rev().nth(600).map_or(0, |(i, _)| i);
             found.push(format!("OTLP spans: …{}…", &r[from..at]));
+        }
+        if let Some(r) = self.otlp_logs.iter().find(|r| r.contains(needle)) {
+            let at = r.find(needle).unwrap_or(0);
+            let from = r[..at].char_indices().rev().nth(600).map_or(0, |(i, _)| i);
+            found.push(format!("OTLP log records: …{}…", &r[from..at]));
         }
         if let Some(e) = self.sentry.iter().find(|e| e.contains(needle)) {
             found.push(format!("Sentry envelope {}", &e[..e.len().min(300)]));
@@ -89,6 +96,7 @@ async fn run(capture: bool) -> Produced {
     let mut env = ports.env();
     env.extend([
         ("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), receiver.endpoint()),
+        ("OTEL_LOGS_EXPORTER".to_string(), "otlp".to_string()),
         ("SENTRY_DSN".to_string(), sentry.dsn()),
         ("SENTRY_TRACES_SAMPLE_RATE".to_string(), "1.0".to_string()),
         ("OPENAI_API_KEY".to_string(), OPENAI_KEY.to_string()),
@@ -197,7 +205,16 @@ async fn run(capture: bool) -> Produced {
         .collect();
     assert!(logs.len() > 20, "services logged: {}", logs.len());
     assert!(logs.iter().any(|(_, l)| l.contains("turn failed")), "the failed turn was logged");
-    Produced { otlp: receiver.raw(), sentry: envelopes, logs, error_bodies }
+    // The same lines went out as OTLP log records, from every service, inside their traces.
+    let records = receiver.logs();
+    for service in ["call-api", "provider-gateway", "audio-processor"] {
+        assert!(records.iter().any(|r| r.service_name == service), "{service} exported log records");
+    }
+    assert!(
+        records.iter().any(|r| r.body.contains("turn failed") && !r.trace_id.is_empty()),
+        "the failed turn's record arrived with its trace"
+    );
+    Produced { otlp: receiver.raw(), otlp_logs: receiver.raw_logs(), sentry: envelopes, logs, error_bodies }
 }
 
 fn uuid_like() -> &'static str {
@@ -230,6 +247,10 @@ async fn with_content_capture_on_the_transcript_is_on_spans_and_keys_still_are_n
     assert!(
         produced.otlp.iter().any(|r| r.contains(TRANSCRIPT_MARK)),
         "PROVIDER_CAPTURE_CONTENT=true puts the transcript on the gateway's spans"
+    );
+    assert!(
+        produced.otlp_logs.iter().any(|r| r.contains(TRANSCRIPT_MARK)),
+        "and the provider's echoed answer in its logged error body: the scan sees log records"
     );
     for needle in [API_KEY, WRONG_KEY, OPENAI_KEY] {
         assert!(produced.find(needle).is_empty(), "{needle}: {:?}", produced.find(needle));
