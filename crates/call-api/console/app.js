@@ -4,7 +4,7 @@ import { el, clear, renderCallList, renderCall, renderTurns } from "/console/vie
 
 const KEY_ITEM = "voice-kraliki.api-key";
 const LIST_REFRESH_MS = 3000;
-const LIVE_POLL_MS = 1000;
+const LIVE_RECONNECT_MS = 1000;
 
 const main = document.getElementById("main");
 const banner = document.getElementById("banner");
@@ -169,24 +169,72 @@ function listView() {
  * ends. This polls `GET /v1/calls/{id}` and `/turns`; an event stream (`/v1/calls/{id}/events`)
  * can replace the body of this one function without touching the views.
  */
+/**
+ * Follows a live call's event stream (Server-Sent Events read with fetch, so the key goes in the
+ * Authorization header, never in the URL): at each event, reads the call and its turns again.
+ * A dropped stream reconnects with Last-Event-ID. Returns a function that stops it.
+ */
 function watchCall(id, onChange) {
+  const abort = new AbortController();
   let seen = "";
-  let stop = () => {};
-  stop = every(LIVE_POLL_MS, async () => {
-    try {
-      const [call, turns] = await Promise.all([api(`/v1/calls/${id}`), api(`/v1/calls/${id}/turns`)]);
-      const now = JSON.stringify([call.status, call.outcome, turns.turns]);
-      if (now !== seen) {
-        seen = now;
-        await onChange({ call, turns: turns.turns });
-      }
-      if (call.status === "ended") stop();
-    } catch (error) {
-      stop();
-      failed(error);
+  let lastEventId = null;
+  let stopped = false;
+  const refresh = async () => {
+    const [call, turns] = await Promise.all([api(`/v1/calls/${id}`), api(`/v1/calls/${id}/turns`)]);
+    const now = JSON.stringify([call.status, call.outcome, turns.turns]);
+    if (now !== seen) {
+      seen = now;
+      await onChange({ call, turns: turns.turns });
     }
-  });
-  return () => stop();
+  };
+  const follow = async () => {
+    const headers = { Authorization: `Bearer ${key()}`, Accept: "text/event-stream" };
+    if (lastEventId) headers["Last-Event-ID"] = lastEventId;
+    const response = await fetch(`/v1/calls/${id}/events`, { headers, cache: "no-store", signal: abort.signal });
+    if (response.status === 401) throw new KeyRefused("invalid API key");
+    if (!response.ok || !response.body) throw new ApiFailure(response.status, "http_" + response.status, "the event stream was refused");
+    statusLine.textContent = `Call ${id} · live: following its events`;
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const message = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let isEvent = false;
+        for (const line of message.split("\n")) {
+          if (line.startsWith("id:")) lastEventId = line.slice(3).trim();
+          if (line.startsWith("data:")) isEvent = true;
+        }
+        if (isEvent) await refresh();
+      }
+    }
+  };
+  (async () => {
+    while (!stopped) {
+      try {
+        await follow();
+      } catch (error) {
+        if (stopped || error?.name === "AbortError") return;
+        if (error instanceof KeyRefused) {
+          failed(error);
+          return;
+        }
+      }
+      if (stopped) return;
+      // The stream ended (this replica is shutting down, or the network dropped): go on after
+      // the last event received, on whichever replica answers.
+      statusLine.textContent = `Call ${id} · live: reconnecting…`;
+      await new Promise((resolve) => setTimeout(resolve, LIVE_RECONNECT_MS));
+    }
+  })();
+  return () => {
+    stopped = true;
+    abort.abort();
+  };
 }
 
 function callView(id) {

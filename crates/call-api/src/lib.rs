@@ -115,6 +115,8 @@ pub struct AppState {
     pub uploads: recording::upload::Uploads,
     /// The service's shutdown: once it drains, no new live call is accepted.
     pub shutdown: telemetry::Shutdown,
+    /// New call events for the event streams open on this replica.
+    pub events: events::stream::EventBus,
     /// The Twilio carrier; `None` when `TWILIO_ACCOUNT_SID`/`TWILIO_AUTH_TOKEN` are not set.
     pub twilio: Option<twilio::Twilio>,
     /// `PROVIDER_PRICES_FILE`: what provider usage costs; `None` leaves call costs unknown.
@@ -169,6 +171,9 @@ pub async fn run_with_admin(
     replica.spawn(background.clone());
     events::Worker::new(config.webhooks.clone(), db.clone(), replica.lease_owner.clone())?.spawn(background.clone());
     db.spawn_probe(config.database.probe_interval, background.clone());
+    metrics::event_streams_init();
+    let event_bus = events::stream::EventBus::new(db.clone());
+    event_bus.start(background.clone()).await;
     let state = AppState {
         gate: auth::Gate::new(config.api_keys.clone(), config.limits.rate_per_second, config.limits.rate_burst),
         limits: config.limits.clone(),
@@ -186,6 +191,7 @@ pub async fn run_with_admin(
             config.recording.max_concurrent_analyses,
         ),
         shutdown: ctx.shutdown.clone(),
+        events: event_bus,
         twilio: match config.twilio.clone() {
             Some(t) => Some(twilio::Twilio::new(t, &config.public_base_url)?),
             None => None,

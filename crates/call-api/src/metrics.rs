@@ -486,6 +486,41 @@ pub fn webhook_backlog(pending: i64, oldest_seconds: f64) {
     gauge!(WEBHOOK_OLDEST_PENDING_SECONDS).set(oldest_seconds.max(0.0));
 }
 
+/// Gauge: event streams (`GET /v1/calls/{id}/events`) open on this replica.
+pub const EVENT_STREAMS_OPEN: &str = "event_streams_open";
+/// Counter: events deleted from the outbox after `EVENTS_RETENTION_DAYS`.
+pub const EVENTS_DELETED_TOTAL: &str = "events_deleted_total";
+
+/// Describes the event stream metrics and starts them at zero.
+pub fn event_streams_init() {
+    describe_gauge!(EVENT_STREAMS_OPEN, "Call event streams (Server-Sent Events) open on this replica");
+    describe_counter!(EVENTS_DELETED_TOTAL, "Call events deleted from the outbox after EVENTS_RETENTION_DAYS");
+    gauge!(EVENT_STREAMS_OPEN).set(0.0);
+    counter!(EVENTS_DELETED_TOTAL).absolute(0);
+}
+
+/// Counts `n` events deleted by the retention.
+pub fn events_deleted(n: u64) {
+    counter!(EVENTS_DELETED_TOTAL).increment(n);
+}
+
+/// One open event stream: counted in [`EVENT_STREAMS_OPEN`] while it lives.
+pub struct EventStreamOpen(());
+
+impl EventStreamOpen {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        gauge!(EVENT_STREAMS_OPEN).increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for EventStreamOpen {
+    fn drop(&mut self) {
+        gauge!(EVENT_STREAMS_OPEN).decrement(1.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

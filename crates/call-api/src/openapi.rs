@@ -25,6 +25,8 @@ use crate::error::{ErrorBody, ErrorDetail};
     modifiers(&Operational),
     tags(
         (name = "calls", description = "Call lifecycle"),
+        (name = "events", description = "Call events: a call's live stream and a tenant's catch-up list (the same \
+                                         events are pushed as signed webhooks to WEBHOOK_ENDPOINTS)"),
         (name = "providers", description = "AI providers configured in provider-gateway"),
         (name = "twilio", description = "Twilio webhooks, authenticated by X-Twilio-Signature instead of an API key"),
         (name = "operations", description = "Health, readiness, metrics, API description"),

@@ -86,19 +86,25 @@ macro_rules! insert_event {
 }
 pub(crate) use insert_event;
 
-/// A stored event, as sent in a webhook body (and later read by the event stream).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// A stored event, as sent in a webhook body, on the event stream and in the event list.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Event {
     /// The row order (grows with each event).
     #[serde(skip)]
     pub seq: i64,
     /// `evt_…`: the same on every delivery of this event (`webhook-id`), for deduplication.
+    #[schema(example = "evt_0193a1b2c3d47e8f9a0b1c2d3e4f5a6b")]
     pub id: String,
+    /// `call.created`, `call.started`, `turn.completed`, `call.ended` or `analysis.completed`.
     #[serde(rename = "type")]
+    #[schema(example = "turn.completed")]
     pub kind: String,
+    /// When it happened.
     pub timestamp: DateTime<Utc>,
     pub tenant: String,
     pub call_id: Uuid,
+    /// What the event type carries (see the SPEC's event table).
+    #[schema(value_type = Object)]
     pub data: serde_json::Value,
 }
 
@@ -168,7 +174,18 @@ const BACKLOG: &str = "SELECT (SELECT COUNT(*) FROM webhook_deliveries WHERE sta
      (SELECT MIN(created_at) FROM events WHERE NOT dispatched) AS oldest_event, \
      (SELECT COUNT(*) FROM events WHERE NOT dispatched) AS undispatched";
 const CALL_EVENTS: &str = "SELECT id, event_id, type, created_at, tenant, call_id, payload FROM events \
-     WHERE call_id = $1 AND tenant = $2 ORDER BY id";
+     WHERE call_id = $1 AND tenant = $2 AND id > $3 ORDER BY id";
+const EVENTS_AFTER: &str = "SELECT id, event_id, type, created_at, tenant, call_id, payload FROM events \
+     WHERE id > $1 ORDER BY id LIMIT $2";
+const TENANT_EVENTS: &str = "SELECT id, event_id, type, created_at, tenant, call_id, payload FROM events \
+     WHERE tenant = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4";
+const EVENT_SEQ: &str = "SELECT id FROM events WHERE event_id = $1 AND tenant = $2";
+const LAST_SEQ: &str = "SELECT COALESCE(MAX(id), 0) AS last FROM events";
+/// Old events whose webhook deliveries are all done (delivered or given up), oldest first; their
+/// delivery rows go with them (`ON DELETE CASCADE`).
+const DELETE_OLD: &str = "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE e.created_at < $1 \
+     AND e.dispatched AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_row = e.id \
+     AND d.state = 'pending') ORDER BY e.id LIMIT $2)";
 
 /// The webhook backlog: deliveries pending (and events not yet fanned out), and the creation
 /// time of the oldest of them.
@@ -204,11 +221,67 @@ impl Database {
 
     /// The events of call `id` of `tenant`, in order.
     pub async fn call_events(&self, tenant: &str, id: Uuid) -> Result<Vec<Event>, DbError> {
+        self.call_events_after(tenant, id, 0).await
+    }
+
+    /// The events of call `id` of `tenant` after row `after` (0: all), in order.
+    pub async fn call_events_after(&self, tenant: &str, id: Uuid, after: i64) -> Result<Vec<Event>, DbError> {
         self.observe("call_events", CALL_EVENTS, async {
             with_pool!(self, pool => {
-                let rows = sqlx::query(CALL_EVENTS).bind(id).bind(tenant).fetch_all(pool).await?;
+                let rows = sqlx::query(CALL_EVENTS).bind(id).bind(tenant).bind(after).fetch_all(pool).await?;
                 rows.iter().map(|row| decode_event!(row)).collect::<Result<Vec<_>, _>>()
             })
+        })
+        .await
+    }
+
+    /// Up to `limit` events of every tenant after row `after`, in order (the event stream's tail).
+    pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<Event>, DbError> {
+        self.observe("events_after", EVENTS_AFTER, async {
+            with_pool!(self, pool => {
+                let rows = sqlx::query(EVENTS_AFTER).bind(after).bind(limit).fetch_all(pool).await?;
+                rows.iter().map(|row| decode_event!(row)).collect::<Result<Vec<_>, _>>()
+            })
+        })
+        .await
+    }
+
+    /// Up to `limit` events of `tenant` with rows in `after < row <= upto`, in order.
+    pub async fn tenant_events(&self, tenant: &str, after: i64, upto: i64, limit: i64) -> Result<Vec<Event>, DbError> {
+        self.observe("tenant_events", TENANT_EVENTS, async {
+            with_pool!(self, pool => {
+                let rows =
+                    sqlx::query(TENANT_EVENTS).bind(tenant).bind(after).bind(upto).bind(limit).fetch_all(pool).await?;
+                rows.iter().map(|row| decode_event!(row)).collect::<Result<Vec<_>, _>>()
+            })
+        })
+        .await
+    }
+
+    /// The row of event `event_id` of `tenant`, if there is one.
+    pub async fn event_seq(&self, tenant: &str, event_id: &str) -> Result<Option<i64>, DbError> {
+        self.observe("event_seq", EVENT_SEQ, async {
+            with_pool!(self, pool => {
+                let row = sqlx::query(EVENT_SEQ).bind(event_id).bind(tenant).fetch_optional(pool).await?;
+                row.map(|r| r.try_get::<i64, _>("id")).transpose()
+            })
+        })
+        .await
+    }
+
+    /// The last event row written (0 when none).
+    pub async fn last_event_seq(&self) -> Result<i64, DbError> {
+        self.observe("last_event_seq", LAST_SEQ, async {
+            with_pool!(self, pool => sqlx::query(LAST_SEQ).fetch_one(pool).await?.try_get::<i64, _>("last"))
+        })
+        .await
+    }
+
+    /// Deletes up to `limit` events created before `before` whose deliveries are all done (and
+    /// those deliveries). How many events.
+    pub async fn delete_old_events(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, DbError> {
+        self.observe("delete_old_events", DELETE_OLD, async {
+            with_pool!(self, pool => sqlx::query(DELETE_OLD).bind(before).bind(limit).execute(pool).await.map(|r| r.rows_affected()))
         })
         .await
     }

@@ -4,6 +4,7 @@
 //! mod.rs      WebhookConfig (WEBHOOK_*), the worker: fan out, claim, send, record, gauges
 //! sign.rs     the Standard Webhooks signature (webhook-id, webhook-timestamp, webhook-signature)
 //! ssrf.rs     which addresses an endpoint may reach, and the resolver that enforces it
+//! stream.rs   the live event stream: one outbox tail per replica feeding its SSE streams
 //! ```
 //!
 //! The events themselves are written by the repositories (`db::events`) in the same transaction
@@ -15,6 +16,7 @@
 
 pub mod sign;
 pub mod ssrf;
+pub mod stream;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -45,9 +47,12 @@ const BATCH: i64 = 32;
 const IDLE: Duration = Duration::from_millis(250);
 /// How often the backlog gauges are refreshed.
 const GAUGE_EVERY: Duration = Duration::from_secs(2);
+/// How often old events are deleted, and how many per statement.
+const CLEANUP_EVERY: Duration = Duration::from_secs(600);
+const CLEANUP_BATCH: i64 = 1000;
 
 /// `WEBHOOK_*`: where each tenant's events go, signed with which secret.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct WebhookConfig {
     /// `WEBHOOK_ENDPOINTS`: tenant → its endpoint URLs.
     pub endpoints: BTreeMap<String, Vec<String>>,
@@ -57,6 +62,21 @@ pub struct WebhookConfig {
     pub allow_private: bool,
     /// `WEBHOOK_RETRY_BASE_SECONDS`: the first retry's wait (doubling after), default 5.
     pub retry_base: Duration,
+    /// `EVENTS_RETENTION_DAYS`: events older than this (1–3650, default 30), with every delivery
+    /// done, are deleted from the outbox.
+    pub retention: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            allow_private: false,
+            retry_base: Duration::from_secs(5),
+            retention: Duration::from_secs(30 * 86400),
+        }
+    }
 }
 
 impl std::fmt::Debug for WebhookConfig {
@@ -66,6 +86,7 @@ impl std::fmt::Debug for WebhookConfig {
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
             .field("allow_private", &self.allow_private)
             .field("retry_base", &self.retry_base)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -74,6 +95,7 @@ impl WebhookConfig {
     pub fn read(r: &mut Reader<'_>) -> Self {
         let allow_private = r.bool_or("WEBHOOK_ALLOW_PRIVATE", false);
         let retry_base = Duration::from_secs_f64(r.f64_in("WEBHOOK_RETRY_BASE_SECONDS", 5.0, 0.01, 3600.0).max(0.01));
+        let retention = Duration::from_secs_f64(r.f64_in("EVENTS_RETENTION_DAYS", 30.0, 1.0, 3650.0).max(1.0) * 86400.0);
         let mut endpoints: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let raw = r.string("WEBHOOK_ENDPOINTS").unwrap_or_default();
         for (n, entry) in raw.split(',').map(str::trim).enumerate().filter(|(_, e)| !e.is_empty()) {
@@ -113,7 +135,7 @@ impl WebhookConfig {
                 );
             }
         }
-        Self { endpoints, secrets, allow_private, retry_base }
+        Self { endpoints, secrets, allow_private, retry_base, retention }
     }
 
     /// The endpoint URLs of `tenant`.
@@ -187,6 +209,7 @@ impl Worker {
         metrics::webhooks_init();
         tokio::spawn(async move {
             let mut last_gauges: Option<tokio::time::Instant> = None;
+            let mut last_cleanup: Option<tokio::time::Instant> = None;
             loop {
                 let busy = tokio::select! {
                     () = stop.cancelled() => return,
@@ -202,6 +225,10 @@ impl Worker {
                         Err(e) => tracing::warn!(error = %e, "could not read the webhook backlog"),
                     }
                 }
+                if last_cleanup.is_none_or(|t| t.elapsed() >= CLEANUP_EVERY) {
+                    last_cleanup = Some(tokio::time::Instant::now());
+                    self.delete_old_events().await;
+                }
                 if !busy {
                     tokio::select! {
                         () = stop.cancelled() => return,
@@ -210,6 +237,32 @@ impl Worker {
                 }
             }
         });
+    }
+
+    /// Deletes the events older than `EVENTS_RETENTION_DAYS` whose deliveries are all done,
+    /// a batch at a time (every replica does; a row is deleted once).
+    pub async fn delete_old_events(&self) -> u64 {
+        let before = crate::model::now() - chrono::Duration::from_std(self.config.retention).unwrap_or_default();
+        let mut total = 0;
+        loop {
+            match self.db.delete_old_events(before, CLEANUP_BATCH).await {
+                Ok(n) => {
+                    total += n;
+                    metrics::events_deleted(n);
+                    if n < CLEANUP_BATCH as u64 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not delete old events");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            tracing::info!(deleted = total, "deleted events past EVENTS_RETENTION_DAYS");
+        }
+        total
     }
 
     /// One round: fan out new events, claim and send due deliveries. Whether there was work.

@@ -2,6 +2,7 @@
 
 pub mod calls;
 pub mod console;
+pub mod events;
 pub mod providers;
 pub mod recording;
 pub mod twilio;
@@ -27,6 +28,7 @@ pub fn api(state: AppState) -> Router {
     let console = console::router(state.console.clone());
     let (v1, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(calls::router())
+        .merge(events::router())
         .merge(recording::router())
         .merge(providers::router())
         .route_layer(middleware::from_fn_with_state(state.gate.clone(), auth::require_api_key))
@@ -57,6 +59,7 @@ pub fn api(state: AppState) -> Router {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
         .merge(calls::router())
+        .merge(events::router())
         .merge(recording::router())
         .merge(providers::router())
         .merge(twilio::router())
