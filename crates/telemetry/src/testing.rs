@@ -1,6 +1,7 @@
 //! In-test receivers for telemetry that leaves the process: a real OTLP/gRPC collector (traces
 //! and logs) and a real Sentry envelope endpoint, both on loopback. Tests point `OTEL_EXPORTER_OTLP_ENDPOINT`
-//! and `SENTRY_DSN` at them and assert on what arrives.
+//! and `SENTRY_DSN` at them and assert on what arrives. Also [`FakeHttp`], the one fake HTTP
+//! peer, and [`browser`], a headless Chromium for the console's tests.
 
 use std::{
     net::SocketAddr,
@@ -20,6 +21,8 @@ use opentelemetry_proto::tonic::collector::{
     },
 };
 use serde_json::Value;
+
+pub mod browser;
 
 /// One span as received by the collector.
 #[derive(Debug, Clone)]

@@ -1,19 +1,14 @@
 //! The call console (`/console`): its security headers and route labels over plain HTTP, and the
 //! page itself in a real headless Chromium driven over the DevTools protocol: a wrong key is
 //! told, the list shows calls a carrier client made, a call's waterfall has one bar group per
-//! agent turn, a live call gains a turn on screen, and the browser logs no error.
+//! agent turn, a live call is followed through its event stream and gains a turn on screen, and
+//! the browser logs no error. (The whole stack's version, with a call the load generator made on
+//! PostgreSQL, is in `voice-kraliki`'s tests.)
 
-use std::{
-    path::PathBuf,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, time::Duration};
 
-use base64::{Engine as _, engine::general_purpose::STANDARD};
-use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio_tungstenite::tungstenite::Message;
+use telemetry::testing::browser::{Browser, chromium};
 
 use crate::{
     common::{
@@ -95,195 +90,6 @@ async fn a_bad_trace_url_template_stops_the_start() {
     }
 }
 
-/// `chromium`, or `None` (after one loud line) when it is not installed and not required.
-fn chromium() -> Option<&'static str> {
-    let found =
-        std::process::Command::new("chromium").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
-    match found {
-        Ok(s) if s.success() => Some("chromium"),
-        _ if std::env::var("REQUIRE_TOOLS").is_ok_and(|v| v == "1") => {
-            panic!("chromium is not installed and REQUIRE_TOOLS=1 (apt-get install chromium)")
-        }
-        _ => {
-            eprintln!(
-                "SKIPPED: chromium is not installed (apt-get install chromium); set REQUIRE_TOOLS=1 to fail instead"
-            );
-            None
-        }
-    }
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A headless Chromium with one page, driven over the DevTools protocol.
-struct Browser {
-    child: tokio::process::Child,
-    _profile: tempfile::TempDir,
-    ws: Ws,
-    next_id: u64,
-    /// Every event received so far (method, params).
-    events: Vec<(String, Value)>,
-}
-
-impl Browser {
-    async fn start(bin: &str) -> Self {
-        let profile = tempfile::tempdir().unwrap();
-        let mut child = tokio::process::Command::new(bin)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-extensions",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0",
-                "--window-size=1280,900",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg("about:blank")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start chromium");
-        // "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/…"
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let port = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(url) = line.strip_prefix("DevTools listening on ") {
-                    return url.trim().trim_start_matches("ws://127.0.0.1:").split('/').next().unwrap().to_string();
-                }
-            }
-            panic!("chromium exited before listening")
-        })
-        .await
-        .expect("chromium listens within 60 s");
-        // Keep draining its stderr so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let targets: Value =
-            reqwest::get(format!("http://127.0.0.1:{port}/json/list")).await.unwrap().json().await.unwrap();
-        let page = targets
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["type"] == "page")
-            .unwrap_or_else(|| panic!("no page target: {targets}"));
-        let (ws, _) = tokio_tungstenite::connect_async(page["webSocketDebuggerUrl"].as_str().unwrap()).await.unwrap();
-        let mut browser = Self { child, _profile: profile, ws, next_id: 0, events: vec![] };
-        for domain in ["Runtime.enable", "Log.enable", "Page.enable"] {
-            browser.call(domain, json!({})).await;
-        }
-        browser
-            .call(
-                "Emulation.setDeviceMetricsOverride",
-                json!({"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": false}),
-            )
-            .await;
-        browser
-    }
-
-    /// Sends a command and waits for its answer, keeping the events that arrive meanwhile.
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.ws.send(Message::text(json!({"id": id, "method": method, "params": params}).to_string())).await.unwrap();
-        let answer = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                let message = self.ws.next().await.expect("devtools connection open").unwrap();
-                let Message::Text(text) = message else { continue };
-                let v: Value = serde_json::from_str(&text).unwrap();
-                if v["id"] == id {
-                    return v;
-                }
-                if let Some(m) = v["method"].as_str() {
-                    self.events.push((m.to_string(), v["params"].clone()));
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no answer to {method}"));
-        assert!(answer.get("error").is_none(), "{method}: {answer}");
-        answer["result"].clone()
-    }
-
-    /// Evaluates `expression` in the page and returns its value.
-    async fn eval(&mut self, expression: &str) -> Value {
-        let r = self.call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true})).await;
-        assert!(r.get("exceptionDetails").is_none(), "{expression}: {r}");
-        r["result"]["value"].clone()
-    }
-
-    /// Waits until `expression` is true in the page.
-    async fn wait_for(&mut self, expression: &str, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.eval(&format!("Boolean({expression})")).await == json!(true) {
-                return;
-            }
-            if Instant::now() > deadline {
-                let text = self.eval("document.body.innerText").await;
-                panic!("{what}: not within 30 s; the page shows: {text}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn count(&mut self, selector: &str) -> u64 {
-        self.eval(&format!("document.querySelectorAll({selector:?}).length")).await.as_u64().unwrap()
-    }
-
-    /// Types `text` into the element `id` as a person would, then clicks `submit`.
-    async fn type_and_submit(&mut self, id: &str, text: &str, submit: &str) {
-        self.eval(&format!("(e => {{ e.value = ''; e.focus(); }})(document.getElementById({id:?}))")).await;
-        self.call("Input.insertText", json!({"text": text})).await;
-        self.eval(&format!("document.getElementById({submit:?}).click()")).await;
-    }
-
-    async fn navigate(&mut self, url: &str) {
-        self.call("Page.navigate", json!({"url": url})).await;
-    }
-
-    async fn screenshot(&mut self, name: &str) -> PathBuf {
-        let shot = self.call("Page.captureScreenshot", json!({"format": "png", "captureBeyondViewport": true})).await;
-        let png = STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
-        assert!(png.starts_with(b"\x89PNG"), "a PNG");
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{name}.png"));
-        std::fs::write(&path, png).unwrap();
-        eprintln!("screenshot: {}", path.display());
-        path
-    }
-
-    /// Errors the page logged or threw since the last call (and forgets them).
-    fn take_errors(&mut self) -> Vec<String> {
-        let errors = self
-            .events
-            .iter()
-            .filter_map(|(method, p)| match method.as_str() {
-                "Runtime.exceptionThrown" => Some(format!("exception: {}", p["exceptionDetails"])),
-                "Runtime.consoleAPICalled" if matches!(p["type"].as_str(), Some("error" | "assert")) => {
-                    Some(format!("console.{}: {}", p["type"], p["args"]))
-                }
-                "Log.entryAdded" if p["entry"]["level"] == "error" => Some(format!("log: {}", p["entry"])),
-                _ => None,
-            })
-            .collect();
-        self.events.clear();
-        errors
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_console_in_chromium_shows_calls_their_turns_and_a_live_call() {
     let Some(bin) = chromium() else { return };
@@ -342,7 +148,7 @@ async fn the_console_in_chromium_shows_calls_their_turns_and_a_live_call() {
     live.speak(&silence(1.0)).await;
     live.wait_for_mark("turn-2-2", Duration::from_secs(20)).await;
 
-    let mut b = Browser::start(bin).await;
+    let mut b = Browser::start(bin, PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")).await;
     let console = app.url("/console");
 
     // A wrong key: a clear message, and the form again.
@@ -427,6 +233,12 @@ async fn the_console_in_chromium_shows_calls_their_turns_and_a_live_call() {
     // The live call gains a turn on screen as the caller speaks again.
     b.eval(&format!("location.hash = '#/calls/{}'", live.id)).await;
     b.wait_for("document.getElementById('live-badge')", "the live call's page").await;
+    // Followed through its event stream, not by polling.
+    b.wait_for(
+        "document.getElementById('status-line').textContent.includes('following its events')",
+        "the live call's event stream followed",
+    )
+    .await;
     b.wait_for("document.querySelectorAll('#waterfall .turn-group').length === 1", "one agent turn").await;
     live.speak(utterance).await;
     live.speak(&silence(1.0)).await;

@@ -6,6 +6,7 @@ mod common;
 
 mod artefacts;
 mod balancing;
+mod console;
 mod demo;
 mod exposition;
 mod health;

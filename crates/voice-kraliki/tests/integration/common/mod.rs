@@ -82,6 +82,68 @@ impl Ports {
     }
 }
 
+/// The shared PostgreSQL of the tests (trust auth), through a database that always exists.
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A fresh PostgreSQL database of its own for one test, dropped (its connections closed) when
+/// this is.
+pub struct PgDatabase {
+    pub name: String,
+    /// What `DATABASE_URL` is set to.
+    pub url: String,
+}
+
+impl PgDatabase {
+    /// Creates the database; `None` (after one loud line) when PostgreSQL at 127.0.0.1:5432 is
+    /// unreachable, which `REQUIRE_POSTGRES=1` makes a failure instead.
+    pub async fn create(prefix: &str) -> Option<Self> {
+        use sqlx::{Connection as _, Executor as _};
+        let connect = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(PG_ADMIN_URL)).await;
+        let mut admin = match connect {
+            Ok(Ok(c)) => c,
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "connect timed out".to_string(),
+                };
+                if std::env::var("REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                    panic!("REQUIRE_POSTGRES=1 but PostgreSQL at 127.0.0.1:5432 is unreachable: {why}");
+                }
+                eprintln!(
+                    "!!! SKIPPED: PostgreSQL at 127.0.0.1:5432 is unreachable ({why}); set REQUIRE_POSTGRES=1 to fail instead"
+                );
+                return None;
+            }
+        };
+        let name = format!("{prefix}_{:016x}", rand::random::<u64>());
+        admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("create the test database");
+        let _ = admin.close().await;
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        Some(Self { name, url })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        use sqlx::{Connection as _, Executor as _};
+        let name = self.name.clone();
+        // Drop runs outside async code: clean up on a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                if let Ok(mut c) = sqlx::PgConnection::connect(PG_ADMIN_URL).await {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    if let Err(e) = c.execute(sqlx::AssertSqlSafe(drop)).await {
+                        eprintln!("could not drop the test database {name}: {e}");
+                    }
+                    let _ = c.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 pub fn temp_path(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vk-test-{}-{}", std::process::id(), rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
