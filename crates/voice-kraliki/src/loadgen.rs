@@ -88,6 +88,9 @@ pub struct Options {
     /// waiting for a turn the server settled `failed` or `no_speech`; read the call's turns
     /// once at its end ([`CallResult::turns`]). The command sets it; the drills leave it off.
     pub turn_outcomes: bool,
+    /// Event streams (`GET /v1/calls/{id}/events`) each call opens as soon as it exists and
+    /// reads until its `call.ended` (0: none): the streams' fan-out under live load.
+    pub watchers: usize,
 }
 
 /// What a carrier sends first on a call's media WebSocket (Twilio Media Streams): `connected`,
@@ -102,7 +105,7 @@ pub fn carrier_start(id: &str) -> [Message; 2] {
     ]
 }
 
-const USAGE: &str = "usage: voice-kraliki loadgen [--calls N] [--turns T] [--ramp-seconds S] [--audio FILE.wav] [--url URL] [--key KEY] [--metrics URL]... [--settle-seconds S] [--allow-unavailable]";
+const USAGE: &str = "usage: voice-kraliki loadgen [--calls N] [--turns T] [--ramp-seconds S] [--audio FILE.wav] [--url URL] [--key KEY] [--metrics URL]... [--settle-seconds S] [--watchers K] [--allow-unavailable]";
 
 fn usage_code() -> u8 {
     eprintln!("{USAGE}");
@@ -170,6 +173,7 @@ pub fn run_code(args: &[&str]) -> u8 {
         metrics: Vec::new(),
         media_retries: 0,
         turn_outcomes: true,
+        watchers: 0,
     };
     let mut audio_path = None;
     let mut allow_unavailable = false;
@@ -205,6 +209,10 @@ pub fn run_code(args: &[&str]) -> u8 {
             "--url" => options.url = value.to_string(),
             "--key" => options.key = value.to_string(),
             "--metrics" => options.metrics.push(value.to_string()),
+            "--watchers" => match value.parse() {
+                Ok(n) if n <= 1000 => options.watchers = n,
+                _ => return usage_code(),
+            },
             "--settle-seconds" => match value.parse::<f64>() {
                 Ok(s) if (0.0..=3600.0).contains(&s) => settle = Duration::from_secs_f64(s),
                 _ => return usage_code(),
@@ -485,6 +493,83 @@ pub struct CallResult {
     pub close_code: Option<u16>,
     /// Media connections refused with 503 and tried again.
     pub media_refusals: u32,
+    /// What each of its event streams received ([`Options::watchers`]).
+    pub streams: Vec<StreamResult>,
+}
+
+/// What one event stream of a call received.
+#[derive(Debug, Default, Clone)]
+pub struct StreamResult {
+    /// Events received (past and new).
+    pub events: usize,
+    /// For events written after the stream opened: from the event's `timestamp` to its arrival.
+    pub delays: Vec<Duration>,
+    /// Whether `call.ended` arrived (then the stream was closed).
+    pub ended: bool,
+    pub error: Option<String>,
+}
+
+/// An HTTP client without a total deadline, for streams that last a whole call.
+fn stream_client() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().expect("HTTP client")
+        })
+        .clone()
+}
+
+/// Reads call `id`'s event stream until `call.ended` (or `stop`).
+async fn watch(url: String, key: String, stop: tokio_util::sync::CancellationToken) -> StreamResult {
+    use futures_util::StreamExt as _;
+    let mut r = StreamResult::default();
+    let opened = chrono::Utc::now();
+    let response = match stream_client().get(url).bearer_auth(key).header("accept", "text/event-stream").send().await {
+        Ok(resp) if resp.status().is_success() => resp,
+        Ok(resp) => {
+            r.error = Some(format!("event stream answered {}", resp.status()));
+            return r;
+        }
+        Err(e) => {
+            r.error = Some(format!("event stream: {}", error_chain(&e)));
+            return r;
+        }
+    };
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    loop {
+        let chunk = tokio::select! {
+            () = stop.cancelled() => return r,
+            c = body.next() => c,
+        };
+        match chunk {
+            Some(Ok(bytes)) => buffer.push_str(&String::from_utf8_lossy(&bytes)),
+            Some(Err(e)) => {
+                r.error = Some(format!("event stream: {}", error_chain(&e)));
+                return r;
+            }
+            None => {
+                r.error = Some("the event stream ended before call.ended".into());
+                return r;
+            }
+        }
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) else { continue };
+            let Ok(event) = serde_json::from_str::<Value>(data.trim_start()) else { continue };
+            let arrived = chrono::Utc::now();
+            r.events += 1;
+            if let Some(at) = event["timestamp"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                && at >= opened
+            {
+                r.delays.push((arrived - at.with_timezone(&chrono::Utc)).to_std().unwrap_or_default());
+            }
+            if event["type"] == "call.ended" {
+                r.ended = true;
+                return r;
+            }
+        }
+    }
 }
 
 pub struct Report {
@@ -563,10 +648,24 @@ pub async fn one_call(o: Options, http: reqwest::Client) -> CallResult {
 /// One simulated call; `number` (from 1) names it in the lines printed as turns settle.
 async fn call(o: Options, http: reqwest::Client, number: Option<usize>, mut live: LiveReport) -> CallResult {
     let mut result = CallResult::default();
-    if let Err(e) = talk(&o, &http, &mut result, number, &mut live).await {
+    let mut watchers = Vec::new();
+    let stop_watching = tokio_util::sync::CancellationToken::new();
+    if let Err(e) = talk(&o, &http, &mut result, number, &mut live, &mut watchers, &stop_watching).await {
         result.error = Some(e);
     }
     live.finish();
+    // The streams end at `call.ended`; one that has not seen it 10 s after the hang-up is stopped.
+    let cancel = stop_watching.clone();
+    let deadline = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        cancel.cancel();
+    });
+    for w in watchers {
+        result
+            .streams
+            .push(w.await.unwrap_or_else(|e| StreamResult { error: Some(e.to_string()), ..Default::default() }));
+    }
+    deadline.abort();
     if o.turn_outcomes
         && let Some(id) = &result.id
     {
@@ -603,6 +702,8 @@ async fn talk(
     r: &mut CallResult,
     number: Option<usize>,
     live: &mut LiveReport,
+    watchers: &mut Vec<tokio::task::JoinHandle<StreamResult>>,
+    stop_watching: &tokio_util::sync::CancellationToken,
 ) -> Result<(), String> {
     let created: Value = http
         .post(format!("{}/v1/calls", o.url))
@@ -617,6 +718,10 @@ async fn talk(
         .map_err(|e| format!("create call: {e}"))?;
     let id = created["id"].as_str().ok_or_else(|| format!("create call: {created}"))?.to_string();
     r.id = Some(id.clone());
+    for _ in 0..o.watchers {
+        let url = format!("{}/v1/calls/{id}/events", o.url);
+        watchers.push(tokio::spawn(watch(url, o.key.clone(), stop_watching.clone())));
+    }
     let turns_url = format!("{}/v1/calls/{id}/turns", o.url);
     let media_url = created["media_url"].as_str().ok_or("no media_url")?;
     // The media URL names the public host; a load test talks to the URL it was given.
@@ -1175,6 +1280,28 @@ pub fn summarize(o: &Options, results: &[CallResult], elapsed: Duration, resourc
         results.len() - failed_calls,
         latencies.len()
     );
+    if o.watchers > 0 {
+        let streams: Vec<&StreamResult> = results.iter().flat_map(|r| &r.streams).collect();
+        let failed = streams.iter().filter(|s| s.error.is_some()).count();
+        let unfinished = streams.iter().filter(|s| s.error.is_none() && !s.ended).count();
+        let events: usize = streams.iter().map(|s| s.events).sum();
+        let mut delays: Vec<f64> = streams.iter().flat_map(|s| s.delays.iter().map(ms)).collect();
+        let (p50, p99) = (pct(&mut delays, 0.50), pct(&mut delays, 0.99));
+        let _ = writeln!(
+            t,
+            "event streams: {} per call, {} opened, {failed} failed, {unfinished} without call.ended; {events} events \
+             received, {} live: event to client p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            o.watchers,
+            streams.len(),
+            delays.len(),
+            p50,
+            p99,
+            delays.iter().copied().fold(0.0, f64::max)
+        );
+        if let Some(e) = streams.iter().find_map(|s| s.error.as_deref()) {
+            let _ = writeln!(t, "event streams: first failure: {e}");
+        }
+    }
     if o.turn_outcomes {
         let TurnOutcomes { answered, interrupted, no_speech, failed, unknown, .. } = outcomes;
         let _ = writeln!(
@@ -1274,7 +1401,8 @@ pub fn summarize(o: &Options, results: &[CallResult], elapsed: Duration, resourc
         rss_after_mib: resources.services.iter().map(|s| s.rss_after.map(mib)).collect(),
     };
     let _ = writeln!(t, "{}", bench_row(&row));
-    Report { table: t, failed: failed_calls > 0 || no_reply > 0 || outcomes.failed > 0 }
+    let streams_failed = results.iter().flat_map(|r| &r.streams).any(|s| s.error.is_some() || !s.ended);
+    Report { table: t, failed: failed_calls > 0 || no_reply > 0 || outcomes.failed > 0 || streams_failed }
 }
 
 #[cfg(test)]
@@ -1370,6 +1498,7 @@ mod tests {
             metrics: Vec::new(),
             media_retries,
             turn_outcomes: false,
+            watchers: 0,
         }
     }
 

@@ -95,7 +95,8 @@ impl WebhookConfig {
     pub fn read(r: &mut Reader<'_>) -> Self {
         let allow_private = r.bool_or("WEBHOOK_ALLOW_PRIVATE", false);
         let retry_base = Duration::from_secs_f64(r.f64_in("WEBHOOK_RETRY_BASE_SECONDS", 5.0, 0.01, 3600.0).max(0.01));
-        let retention = Duration::from_secs_f64(r.f64_in("EVENTS_RETENTION_DAYS", 30.0, 1.0, 3650.0).max(1.0) * 86400.0);
+        let retention =
+            Duration::from_secs_f64(r.f64_in("EVENTS_RETENTION_DAYS", 30.0, 1.0, 3650.0).max(1.0) * 86400.0);
         let mut endpoints: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let raw = r.string("WEBHOOK_ENDPOINTS").unwrap_or_default();
         for (n, entry) in raw.split(',').map(str::trim).enumerate().filter(|(_, e)| !e.is_empty()) {

@@ -106,7 +106,8 @@ async fn call_events(
                 Err(RecvError::Closed) => return,
             };
             for event in fresh {
-                if event.tenant != tenant.0 || !sent.insert(event.seq) {
+                // Before the resume point, or sent already.
+                if event.tenant != tenant.0 || event.seq <= after || !sent.insert(event.seq) {
                     continue;
                 }
                 if tx.send(event).await.is_err() {

@@ -398,6 +398,8 @@ async fn openapi_lists_every_route(app: TestApp) {
         ("/v1/calls/{id}/analysis", "get"),
         ("/v1/calls/{id}/turns", "get"),
         ("/v1/calls/{id}/quality", "get"),
+        ("/v1/calls/{id}/events", "get"),
+        ("/v1/events", "get"),
         ("/v1/providers", "get"),
         ("/v1/twilio/voice", "post"),
         ("/v1/twilio/status", "post"),

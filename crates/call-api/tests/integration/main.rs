@@ -8,6 +8,7 @@ mod calls;
 mod concurrency;
 mod console;
 mod cost;
+mod event_stream;
 mod failed_turns;
 mod hardening;
 mod limits;

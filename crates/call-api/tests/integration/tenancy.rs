@@ -33,7 +33,8 @@ fn case(method: &str, path: &str) -> Option<Try> {
             let body = std::fs::read(common::stack::fixture("call-stereo.wav")).unwrap();
             a.client.post(a.url(&format!("/v1/calls/{id}/recording"))).header("content-type", "audio/wav").body(body)
         }),
-        ("get" | "post", "/v1/calls") | ("get", "/v1/providers") => Try::Collection,
+        ("get", "/v1/calls/{id}/events") => Try::Absent(|a, id| a.client.get(a.url(&format!("/v1/calls/{id}/events")))),
+        ("get" | "post", "/v1/calls") | ("get", "/v1/providers") | ("get", "/v1/events") => Try::Collection,
         (_, p) if p.starts_with("/v1/twilio/") => Try::Unkeyed,
         _ => return None,
     })
@@ -83,6 +84,22 @@ async fn isolation_holds_on_every_route(backend: Backend) {
     let ids: Vec<&str> = default_list["calls"].as_array().unwrap().iter().filter_map(|c| c["id"].as_str()).collect();
     assert_eq!(ids, vec![id.as_str()]);
     assert_eq!(app.get(&format!("/v1/calls/{}", mine["id"].as_str().unwrap()), KEY).await.0, 404);
+    // Events: each tenant lists only its own calls' events.
+    let mine_id = mine["id"].as_str().unwrap().to_string();
+    let event_calls = async |key: &str| -> Vec<String> {
+        let (status, list) = app.get("/v1/events", key).await;
+        assert_eq!(status, 200, "{list}");
+        list["events"].as_array().unwrap().iter().map(|e| e["call_id"].as_str().unwrap().to_string()).collect()
+    };
+    common::carrier::wait_until(
+        async || !event_calls(ACME_KEY).await.is_empty(),
+        std::time::Duration::from_secs(10),
+        "acme's event listed",
+    )
+    .await;
+    assert_eq!(event_calls(ACME_KEY).await, vec![mine_id.clone()]);
+    let default_events = event_calls(KEY).await;
+    assert!(!default_events.is_empty() && default_events.iter().all(|c| *c == id), "{default_events:?}");
 
     // The media WebSocket: a call's token opens only that call.
     let token_of = |c: &Value| c["media_url"].as_str().unwrap().split("token=").nth(1).unwrap().to_string();

@@ -42,6 +42,11 @@ async fn every_metric_used_by_rules_and_dashboards_is_exported() {
     env.push(("SIMULATED_TOKENS_PER_SECOND".into(), "0".into()));
     // The shipped example prices (they price the simulated models), so calls have a cost.
     env.push(("PROVIDER_PRICES_FILE".into(), root.join("deploy/prices.example.yaml").display().to_string()));
+    // A webhook receiver, so call events are delivered (and the delivery delay observed).
+    let receiver = telemetry::testing::FakeHttp::start(|_| telemetry::testing::FakeReply::text(204, "")).await;
+    env.push(("WEBHOOK_ENDPOINTS".into(), format!("default={}", receiver.url("/hooks"))));
+    env.push(("WEBHOOK_SECRETS".into(), "default=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()));
+    env.push(("WEBHOOK_ALLOW_PRIVATE".into(), "true".into()));
     let _audio = Service::start("audio-processor", &env);
     let _gateway = Service::start("provider-gateway", &env);
     let _api = Service::start("call-api", &env);
@@ -132,6 +137,13 @@ async fn every_metric_used_by_rules_and_dashboards_is_exported() {
         .expect("sentiment after failover")
         .into_inner();
     assert_eq!(answer.provider, "local", "failed over to the second provider");
+
+    // The calls' events reached the receiver.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while receiver.requests().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no webhook delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let mut exported = BTreeSet::new();
     for url in [

@@ -151,6 +151,8 @@ async fn run(capture: bool) -> Produced {
         metrics: Vec::new(),
         media_retries: 0,
         turn_outcomes: true,
+        // A stream too: its events go through the same secrets scan.
+        watchers: 1,
     };
     let call = voice_kraliki::loadgen::one_call(live, c.clone()).await;
     let turns = call.turns.expect("the live call's turns");
