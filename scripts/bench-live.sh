@@ -4,7 +4,8 @@
 #
 #   scripts/bench-live.sh [release|debug]      (make bench runs it with release)
 #
-# Environment: CALLS (levels), TURNS (per call, default 2), SETTLE_SECONDS (default 60: after
+# Environment: CALLS (levels), TURNS (per call, default 2), WATCHERS (event streams each call
+# opens and reads to its end, default 0: the SSE fan-out), SETTLE_SECONDS (default 60: after
 # the last level, how long to wait before reading each service's memory again; 0 = not at all),
 # VK_BIN (a voice-kraliki binary to run instead of building one, e.g. one built with
 # `--no-default-features` to compare the system allocator).
@@ -61,7 +62,7 @@ for calls in "${levels[@]}"; do
   if [[ "$calls" == "$last" && "${SETTLE_SECONDS:-60}" != 0 ]]; then
     settle=(--settle-seconds "${SETTLE_SECONDS:-60}")
   fi
-  "$bin" loadgen --url http://127.0.0.1:18000 --calls "$calls" --turns "${TURNS:-2}" --ramp-seconds 2 \
+  "$bin" loadgen --url http://127.0.0.1:18000 --calls "$calls" --turns "${TURNS:-2}" --ramp-seconds 2 --watchers "${WATCHERS:-0}" \
     --metrics http://127.0.0.1:18000/metrics --metrics http://127.0.0.1:19091/metrics \
     --metrics http://127.0.0.1:19092/metrics "${settle[@]}" | tee "$work/level.out" ||
     echo "loadgen reported failures at $calls calls"

@@ -93,7 +93,7 @@ export function renderTurns(view, call, turns) {
     el("h2", {}, [
       `Call ${call.id} `,
       statusPill(call),
-      live ? el("span", { class: "pill live", id: "live-badge" }, "live · updates every second") : null,
+      live ? el("span", { class: "pill live", id: "live-badge" }, "live · following its events") : null,
     ]),
     el("dl", { class: "facts" }, [
       fact("carrier", call.provider),

@@ -120,6 +120,42 @@ async fn call_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
+/// Describes each message of the event stream in the OpenAPI document (before OpenAPI 3.2, a
+/// `text/event-stream` schema describes one event): `id`, `event` (one of the event types) and
+/// `data`, a JSON string whose content is an [`Event`].
+pub fn document_stream(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type, extensions::Extensions};
+    let mut data = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("The event as JSON: the same body as its webhook"))
+        .build();
+    let mut content = Extensions::default();
+    content.insert("contentMediaType".into(), serde_json::json!("application/json"));
+    content.insert("contentSchema".into(), serde_json::json!({"$ref": "#/components/schemas/Event"}));
+    data.extensions = Some(content);
+    let kinds: Vec<&str> = crate::db::events::EventType::ALL.iter().map(|k| k.as_str()).collect();
+    let message = ObjectBuilder::new()
+        .description(Some("One Server-Sent Events message: one call event"))
+        .property(
+            "id",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some("The event id; send it back as Last-Event-ID to resume after it")),
+        )
+        .property("event", ObjectBuilder::new().schema_type(Type::String).enum_values(Some(kinds)))
+        .property("data", data)
+        .required("id")
+        .required("event")
+        .required("data")
+        .build();
+    let Some(op) = doc.paths.paths.get_mut("/v1/calls/{id}/events").and_then(|item| item.get.as_mut()) else { return };
+    if let Some(RefOr::T(ok)) = op.responses.responses.get_mut("200")
+        && let Some(stream) = ok.content.get_mut("text/event-stream")
+    {
+        stream.schema = Some(RefOr::T(Schema::Object(message)));
+    }
+}
+
 fn sse_event(event: &Event) -> SseEvent {
     let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
     SseEvent::default().id(event.id.as_str()).event(event.kind.as_str()).data(data)

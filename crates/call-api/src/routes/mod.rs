@@ -40,6 +40,7 @@ pub fn api(state: AppState) -> Router {
     let cors = crate::limits::cors(&state.limits.cors_allowed_origins);
     let mut doc = doc;
     add_limit_responses(&mut doc);
+    events::document_stream(&mut doc);
     let doc = Arc::new(openapi_json(&doc));
     let router = Router::new()
         .merge(v1.with_state(state))
@@ -65,6 +66,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .merge(twilio::router())
         .into_openapi();
     add_limit_responses(&mut doc);
+    events::document_stream(&mut doc);
     doc
 }
 

@@ -385,3 +385,22 @@ async fn the_list_never_skips_an_event_that_commits_late() {
     let calls: Vec<String> = listed(Some(&cursor)).await.into_iter().map(|(_, call)| call).collect();
     assert_eq!(calls, [late_call.to_string(), second], "in number order, the late one first");
 }
+
+/// The OpenAPI document describes each stream message (`id`, `event`, `data` holding an `Event`
+/// as JSON), so schema-driven clients and fuzzers check what the stream sends.
+#[test]
+fn the_openapi_document_describes_each_stream_message() {
+    let doc = serde_json::to_value(call_api::routes::openapi()).unwrap();
+    let op = &doc["paths"]["/v1/calls/{id}/events"]["get"];
+    let message = &op["responses"]["200"]["content"]["text/event-stream"]["schema"];
+    assert_eq!(message["required"], serde_json::json!(["id", "event", "data"]), "{message}");
+    let kinds: Vec<&str> =
+        message["properties"]["event"]["enum"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(kinds, ["call.created", "call.started", "turn.completed", "call.ended", "analysis.completed"]);
+    assert_eq!(message["properties"]["data"]["contentMediaType"], "application/json");
+    assert_eq!(message["properties"]["data"]["contentSchema"]["$ref"], "#/components/schemas/Event");
+    assert!(doc["components"]["schemas"]["Event"]["properties"]["call_id"].is_object());
+    let header = op["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "Last-Event-ID").unwrap();
+    assert_eq!(header["in"], "header");
+    assert!(doc["paths"]["/v1/events"]["get"]["responses"]["200"].is_object());
+}
