@@ -61,7 +61,7 @@ for url in http://127.0.0.1:18200/ready http://127.0.0.1:19291/ready http://127.
 done
 set +e
 cd "$work" # schemathesis keeps its cache in the working directory
-PYTHONPATH="$root/scripts" SCHEMATHESIS_HOOKS=fuzz_api_hooks "$venv/bin/st" run http://127.0.0.1:18200/openapi.json \
+PYTHONPATH="$root/scripts" SCHEMATHESIS_HOOKS=fuzz_api_hooks "$venv/bin/st" --config-file "$root/scripts/schemathesis.toml" run http://127.0.0.1:18200/openapi.json \
   --header "Authorization: Bearer $key" \
   --max-examples "$examples" \
   --checks all --exclude-checks positive_data_acceptance \
