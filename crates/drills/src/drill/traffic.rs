@@ -298,6 +298,7 @@ impl Traffic {
                 media_retries: 0,
                 // A drill's carriers wait for every reply as before and read no turns.
                 turn_outcomes: false,
+                watchers: 0,
             };
             tune(&mut options);
             for worker in 0..plan.live_calls {
