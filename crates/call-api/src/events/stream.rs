@@ -38,6 +38,20 @@ const PAGE: i64 = 1000;
 /// Events a stream may fall behind by before it reads them again from the database.
 const CHANNEL: usize = 256;
 
+/// An event with its JSON, rendered once however many streams send it.
+#[derive(Debug)]
+pub struct Rendered {
+    pub event: Event,
+    pub json: String,
+}
+
+impl Rendered {
+    pub fn new(event: Event) -> Self {
+        let json = serde_json::to_string(&event).unwrap_or_else(|_| "{}".into());
+        Self { event, json }
+    }
+}
+
 /// The events of this replica's open streams, by call. Cheap to clone.
 #[derive(Clone)]
 pub struct EventBus {
@@ -46,7 +60,7 @@ pub struct EventBus {
 
 struct Inner {
     db: Database,
-    calls: Mutex<HashMap<Uuid, broadcast::Sender<Arc<Event>>>>,
+    calls: Mutex<HashMap<Uuid, broadcast::Sender<Arc<Rendered>>>>,
     /// Every event row up to this one is final; -1 until the tail first read the table.
     settled: AtomicI64,
 }
@@ -61,12 +75,12 @@ impl std::fmt::Debug for EventBus {
 pub struct Subscription {
     bus: EventBus,
     call: Uuid,
-    rx: Option<broadcast::Receiver<Arc<Event>>>,
+    rx: Option<broadcast::Receiver<Arc<Rendered>>>,
 }
 
 impl Subscription {
     /// The next event; `Err(Lagged)` when this stream fell behind (read the database again).
-    pub async fn recv(&mut self) -> Result<Arc<Event>, broadcast::error::RecvError> {
+    pub async fn recv(&mut self) -> Result<Arc<Rendered>, broadcast::error::RecvError> {
         match self.rx.as_mut() {
             Some(rx) => rx.recv().await,
             None => Err(broadcast::error::RecvError::Closed),
@@ -112,7 +126,7 @@ impl EventBus {
         let calls = self.inner.calls.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = calls.get(&event.call_id) {
             // No receiver left: the last stream is closing and removes the entry.
-            let _ = tx.send(Arc::new(event));
+            let _ = tx.send(Arc::new(Rendered::new(event)));
         }
     }
 

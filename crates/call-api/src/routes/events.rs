@@ -22,6 +22,7 @@ use crate::{
     auth::Tenant,
     db::events::Event,
     error::{ApiError, ErrorBody},
+    events::stream::Rendered,
     extract::ApiQuery,
     metrics,
 };
@@ -75,7 +76,7 @@ async fn call_events(
     // is sent once.
     let mut live = state.events.subscribe(id);
     let past = state.db.call_events_after(&tenant.0, id, after).await?;
-    let (tx, rx) = mpsc::channel::<Arc<Event>>(64);
+    let (tx, rx) = mpsc::channel::<Arc<Rendered>>(64);
     let stop = state.shutdown.stopping_token();
     let db = state.db.clone();
     tokio::spawn(async move {
@@ -83,7 +84,7 @@ async fn call_events(
         let mut sent = HashSet::new();
         for event in past {
             sent.insert(event.seq);
-            if tx.send(Arc::new(event)).await.is_err() {
+            if tx.send(Arc::new(Rendered::new(event))).await.is_err() {
                 return;
             }
         }
@@ -97,7 +98,7 @@ async fn call_events(
                 Ok(event) => vec![event],
                 // Fell behind: what it missed is in the database.
                 Err(RecvError::Lagged(_)) => match db.call_events_after(&tenant.0, id, after).await {
-                    Ok(events) => events.into_iter().map(Arc::new).collect(),
+                    Ok(events) => events.into_iter().map(|e| Arc::new(Rendered::new(e))).collect(),
                     Err(e) => {
                         tracing::warn!(call_id = %id, error = %e, "event stream could not catch up; closing it");
                         return;
@@ -105,12 +106,13 @@ async fn call_events(
                 },
                 Err(RecvError::Closed) => return,
             };
-            for event in fresh {
+            for rendered in fresh {
+                let event = &rendered.event;
                 // Before the resume point, or sent already.
                 if event.tenant != tenant.0 || event.seq <= after || !sent.insert(event.seq) {
                     continue;
                 }
-                if tx.send(event).await.is_err() {
+                if tx.send(rendered).await.is_err() {
                     return;
                 }
             }
@@ -156,9 +158,9 @@ pub fn document_stream(doc: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-fn sse_event(event: &Event) -> SseEvent {
-    let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
-    SseEvent::default().id(event.id.as_str()).event(event.kind.as_str()).data(data)
+fn sse_event(rendered: &Rendered) -> SseEvent {
+    let event = &rendered.event;
+    SseEvent::default().id(event.id.as_str()).event(event.kind.as_str()).data(rendered.json.as_str())
 }
 
 /// `GET /v1/events` query.
