@@ -165,14 +165,10 @@ function listView() {
 }
 
 /**
- * Follows a live call: `onChange({call, turns})` whenever its record or turns change, until it
- * ends. This polls `GET /v1/calls/{id}` and `/turns`; an event stream (`/v1/calls/{id}/events`)
- * can replace the body of this one function without touching the views.
- */
-/**
  * Follows a live call's event stream (Server-Sent Events read with fetch, so the key goes in the
  * Authorization header, never in the URL): at each event, reads the call and its turns again.
- * A dropped stream reconnects with Last-Event-ID. Returns a function that stops it.
+ * A dropped stream reconnects with Last-Event-ID. Calls `onChange({call, turns})` whenever the
+ * record or turns changed. Returns a function that stops it.
  */
 function watchCall(id, onChange) {
   const abort = new AbortController();
