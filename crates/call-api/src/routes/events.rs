@@ -9,7 +9,6 @@ use axum::{
     http::HeaderMap,
     response::sse::{Event as SseEvent, KeepAlive, Sse},
 };
-use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -65,7 +64,7 @@ async fn call_events(
     Extension(tenant): Extension<Tenant>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+) -> Result<impl axum::response::IntoResponse, ApiError> {
     let id = parse_id(&id)?;
     state.db.get_call(&tenant.0, id).await?.ok_or(ApiError::NotFound("call"))?;
     let after = match headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::trim) {
@@ -118,8 +117,10 @@ async fn call_events(
             }
         }
     });
-    let stream = futures_util::StreamExt::map(ReceiverStream::new(rx), |event| Ok(sse_event(&event)));
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+    let stream = futures_util::StreamExt::map(ReceiverStream::new(rx), |event| Ok::<_, Infallible>(sse_event(&event)));
+    let sse: Sse<_> = Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE));
+    // Proxies that buffer answers (nginx) would hold events back: ask them not to.
+    Ok(([("x-accel-buffering", "no")], sse))
 }
 
 /// Describes each message of the event stream in the OpenAPI document (before OpenAPI 3.2, a

@@ -48,6 +48,8 @@ impl Stream {
         }
         let content_type = r.headers()["content-type"].to_str().unwrap().to_string();
         assert_eq!(content_type, "text/event-stream", "the stream's media type");
+        assert_eq!(r.headers()["cache-control"], "no-cache");
+        assert_eq!(r.headers()["x-accel-buffering"], "no", "proxies are asked not to buffer");
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             let mut body = r.bytes_stream();
