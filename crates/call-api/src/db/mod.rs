@@ -121,6 +121,7 @@ fn migrations(postgres: bool) -> Migrator {
             (8, "call quality", include_str!("migrations/postgres/0008_call_quality.sql")),
             (9, "call cost", include_str!("migrations/postgres/0009_call_cost.sql")),
             (10, "events", include_str!("migrations/postgres/0010_events.sql")),
+            (11, "events notify", include_str!("migrations/postgres/0011_events_notify.sql")),
         ]
     } else {
         vec![
@@ -134,6 +135,7 @@ fn migrations(postgres: bool) -> Migrator {
             (8, "call quality", include_str!("migrations/sqlite/0008_call_quality.sql")),
             (9, "call cost", include_str!("migrations/sqlite/0009_call_cost.sql")),
             (10, "events", include_str!("migrations/sqlite/0010_events.sql")),
+            (11, "events notify", include_str!("migrations/sqlite/0011_events_notify.sql")),
         ]
     };
     Migrator::with_migrations(

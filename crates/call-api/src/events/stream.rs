@@ -2,8 +2,10 @@
 //! the streams (`GET /v1/calls/{id}/events`) open on it for that event's call, whichever
 //! replica wrote it.
 //!
-//! One tail per replica reads the table every [`POLL`], so the cost on the database does not
-//! grow with the number of streams; a stream costs its replica a channel and a task.
+//! One tail per replica reads the table, so the cost on the database does not grow with the
+//! number of streams; a stream costs its replica a channel and a task. On PostgreSQL each commit
+//! of new events wakes every tail through `NOTIFY` on [`CHANNEL`] (a trigger, migration
+//! `0011_events_notify`); the tail also reads every [`POLL`] in any case.
 //!
 //! **Order and gaps.** Event rows are numbered as they are inserted, but on PostgreSQL two
 //! transactions can commit out of order, so a row may appear after a higher-numbered one has
@@ -29,14 +31,20 @@ use uuid::Uuid;
 
 use crate::db::{Database, DbError, events::Event};
 
-/// How often the tail reads the outbox.
+/// How often the tail reads the outbox (on PostgreSQL it is also woken by each commit of new
+/// events, [`CHANNEL`]).
 pub const POLL: Duration = Duration::from_millis(200);
+/// The PostgreSQL notification channel on which commits of new events wake every tail
+/// (migration `0011_events_notify`).
+pub const CHANNEL: &str = "voice_call_events";
+/// The least time between two reads when woken, so that a burst of commits costs one read.
+const MIN_GAP: Duration = Duration::from_millis(5);
 /// How old the row after a gap must be before the gap is taken as final.
 pub const SETTLE: Duration = Duration::from_secs(5);
 /// Rows read per query.
 const PAGE: i64 = 1000;
 /// Events a stream may fall behind by before it reads them again from the database.
-const CHANNEL: usize = 256;
+const BUFFER: usize = 256;
 
 /// An event with its JSON, rendered once however many streams send it.
 #[derive(Debug)]
@@ -113,7 +121,7 @@ impl EventBus {
     /// that none falls between the two (a stream skips those it has sent already).
     pub fn subscribe(&self, call: Uuid) -> Subscription {
         let mut calls = self.inner.calls.lock().unwrap_or_else(|e| e.into_inner());
-        let rx = calls.entry(call).or_insert_with(|| broadcast::channel(CHANNEL).0).subscribe();
+        let rx = calls.entry(call).or_insert_with(|| broadcast::channel(BUFFER).0).subscribe();
         Subscription { bus: self.clone(), call, rx: Some(rx) }
     }
 
@@ -137,6 +145,10 @@ impl EventBus {
         if let Err(e) = self.poll(&mut tail).await {
             tracing::warn!(error = %e, "could not read the event outbox; the event stream retries");
         }
+        let wake = Arc::new(tokio::sync::Notify::new());
+        if let Some(options) = self.inner.db.dedicated.clone() {
+            tokio::spawn(listen(options, wake.clone(), stop.clone()));
+        }
         let bus = self.clone();
         tokio::spawn(async move {
             let mut failing = false;
@@ -144,6 +156,7 @@ impl EventBus {
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(POLL) => {}
+                    () = wake.notified() => tokio::time::sleep(MIN_GAP).await,
                 }
                 match bus.poll(&mut tail).await {
                     Ok(()) => {
@@ -193,6 +206,53 @@ impl EventBus {
         tail.cursor = Some(settled);
         self.inner.settled.store(settled, Ordering::Release);
         Ok(())
+    }
+}
+
+/// Follows [`CHANNEL`] on a connection of its own, waking the tail at each notice; reconnects
+/// when the connection drops (meanwhile the tail's own polling carries on).
+async fn listen(options: sqlx::postgres::PgConnectOptions, wake: Arc<tokio::sync::Notify>, stop: CancellationToken) {
+    let options = options.application_name("call-api-events");
+    let mut announced = false;
+    loop {
+        let connected = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(
+                &sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_lazy_with(options.clone()),
+            )
+            .await?;
+            listener.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = tokio::select! {
+            () = stop.cancelled() => return,
+            l = connected => match l {
+                Ok(l) => l,
+                Err(e) => {
+                    if !std::mem::replace(&mut announced, true) {
+                        tracing::warn!(error = %e, "cannot listen for new events; the event stream polls meanwhile");
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            },
+        };
+        announced = false;
+        loop {
+            let received = tokio::select! {
+                () = stop.cancelled() => return,
+                r = listener.try_recv() => r,
+            };
+            match received {
+                // A notice, or the connection made again (notices meanwhile lost): read now.
+                Ok(_) => wake.notify_one(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "event notice connection lost; reconnecting");
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -406,3 +406,39 @@ fn the_openapi_document_describes_each_stream_message() {
     assert_eq!(header["in"], "header");
     assert!(doc["paths"]["/v1/events"]["get"]["responses"]["200"].is_object());
 }
+
+/// The figures (not a check; run by hand with `--run-ignored only`): how long after it was
+/// written an event reaches a stream on the other replica, on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn stream_delay_across_replicas_postgres() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else { return };
+    let url = db.url().to_string();
+    let shared = db.share();
+    let a = spawn_app_with(db, &url, &[]).await;
+    let b = spawn_app_with(shared, &url, &[]).await;
+    let mut streams = Vec::new();
+    for _ in 0..50 {
+        let id = a.create("sip").await["id"].as_str().unwrap().to_string();
+        let mut s = Stream::open(&b, &id, Some(KEY), None).await.unwrap();
+        assert_eq!(s.next().await.event, "call.created");
+        streams.push((id, s));
+    }
+    let mut delays = Vec::new();
+    for (id, s) in &mut streams {
+        assert_eq!(a.end(id, "completed").await.0, 200);
+        let ended = s.next().await;
+        let at: chrono::DateTime<chrono::Utc> = ended.data["timestamp"].as_str().unwrap().parse().unwrap();
+        delays.push((chrono::Utc::now() - at).num_microseconds().unwrap() as f64 / 1000.0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    delays.sort_by(f64::total_cmp);
+    let q = |p: f64| delays[((delays.len() - 1) as f64 * p).round() as usize];
+    eprintln!(
+        "event written on replica A -> its stream on replica B: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} events)",
+        q(0.5),
+        q(0.99),
+        delays[delays.len() - 1],
+        delays.len()
+    );
+}
