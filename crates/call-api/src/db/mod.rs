@@ -16,6 +16,7 @@ pub mod calls;
 pub mod config;
 pub mod events;
 pub mod leases;
+pub mod notices;
 pub mod turns;
 
 use std::{borrow::Cow, future::Future, str::FromStr, time::Instant};

@@ -145,10 +145,11 @@ impl EventBus {
         if let Err(e) = self.poll(&mut tail).await {
             tracing::warn!(error = %e, "could not read the event outbox; the event stream retries");
         }
+        // On PostgreSQL, each commit of new events (and each new connection, notices meanwhile
+        // being lost) wakes the tail at once.
         let wake = Arc::new(tokio::sync::Notify::new());
-        if let Some(options) = self.inner.db.dedicated.clone() {
-            tokio::spawn(listen(options, wake.clone(), stop.clone()));
-        }
+        let woken = wake.clone();
+        self.inner.db.spawn_follower(CHANNEL, "call-api-events", stop.clone(), move |_| woken.notify_one());
         let bus = self.clone();
         tokio::spawn(async move {
             let mut failing = false;
@@ -206,53 +207,6 @@ impl EventBus {
         tail.cursor = Some(settled);
         self.inner.settled.store(settled, Ordering::Release);
         Ok(())
-    }
-}
-
-/// Follows [`CHANNEL`] on a connection of its own, waking the tail at each notice; reconnects
-/// when the connection drops (meanwhile the tail's own polling carries on).
-async fn listen(options: sqlx::postgres::PgConnectOptions, wake: Arc<tokio::sync::Notify>, stop: CancellationToken) {
-    let options = options.application_name("call-api-events");
-    let mut announced = false;
-    loop {
-        let connected = async {
-            let mut listener = sqlx::postgres::PgListener::connect_with(
-                &sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_lazy_with(options.clone()),
-            )
-            .await?;
-            listener.listen(CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let mut listener = tokio::select! {
-            () = stop.cancelled() => return,
-            l = connected => match l {
-                Ok(l) => l,
-                Err(e) => {
-                    if !std::mem::replace(&mut announced, true) {
-                        tracing::warn!(error = %e, "cannot listen for new events; the event stream polls meanwhile");
-                    }
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
-            },
-        };
-        announced = false;
-        loop {
-            let received = tokio::select! {
-                () = stop.cancelled() => return,
-                r = listener.try_recv() => r,
-            };
-            match received {
-                // A notice, or the connection made again (notices meanwhile lost): read now.
-                Ok(_) => wake.notify_one(),
-                Err(e) => {
-                    tracing::debug!(error = %e, "event notice connection lost; reconnecting");
-                    break;
-                }
-            }
-        }
     }
 }
 

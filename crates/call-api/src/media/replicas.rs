@@ -22,7 +22,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::LiveCalls;
-use crate::{db::Database, metrics, model};
+use crate::{
+    db::{Database, notices::Notice},
+    metrics, model,
+};
 
 /// The PostgreSQL notification channel of call commands.
 pub const CHANNEL: &str = "voice_call_commands";
@@ -121,15 +124,13 @@ impl Replica {
     /// stop with `stop`.
     pub fn spawn(&self, stop: CancellationToken) {
         tokio::spawn(self.clone().leases(stop.clone()));
-        if let Some(options) = self.db.dedicated.clone() {
-            // Its own one-connection pool: the listener never takes a connection from requests.
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(1)
-                .min_connections(0)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect_lazy_with(options);
-            tokio::spawn(self.clone().listen(pool, stop));
-        }
+        // On PostgreSQL, commands from other replicas; after each (re)connection the lease task
+        // checks at once for the notices missed meanwhile.
+        let replica = self.clone();
+        self.db.spawn_follower(CHANNEL, "call-api-listener", stop, move |notice| match notice {
+            Notice::Connected => replica.recheck.notify_one(),
+            Notice::Payload(payload) => replica.command(payload),
+        });
     }
 
     async fn leases(self, stop: CancellationToken) {
@@ -185,57 +186,6 @@ impl Replica {
                 Err(e) => {
                     connected_since = None;
                     tracing::warn!(error = %e, "the reaper could not check for lost calls");
-                }
-            }
-        }
-    }
-
-    /// Follows [`CHANNEL`] on its own connection, reconnecting and listening again whenever it
-    /// drops; after each (re)connection the lease task checks at once for notices it missed.
-    async fn listen(self, pool: sqlx::PgPool, stop: CancellationToken) {
-        let mut announced_failure = false;
-        loop {
-            let connected = async {
-                let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
-                listener.listen(CHANNEL).await?;
-                Ok::<_, sqlx::Error>(listener)
-            };
-            let mut listener = tokio::select! {
-                () = stop.cancelled() => return,
-                l = connected => match l {
-                    Ok(l) => l,
-                    Err(e) => {
-                        if !announced_failure {
-                            announced_failure = true;
-                            tracing::warn!(error = %e, "cannot listen for call commands; retrying (missed hang-ups are caught by the lease check)");
-                        }
-                        tokio::select! {
-                            () = stop.cancelled() => return,
-                            () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        }
-                    }
-                },
-            };
-            if std::mem::take(&mut announced_failure) {
-                tracing::info!("listening for call commands again");
-            }
-            self.recheck.notify_one();
-            loop {
-                let received = tokio::select! {
-                    () = stop.cancelled() => return,
-                    r = listener.try_recv() => r,
-                };
-                match received {
-                    Ok(Some(notice)) => self.command(notice.payload()),
-                    // The connection dropped and was made again: notices meanwhile are lost.
-                    Ok(None) => {
-                        tracing::info!("call command connection re-established");
-                        self.recheck.notify_one();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "call command connection lost; reconnecting");
-                        break;
-                    }
                 }
             }
         }
