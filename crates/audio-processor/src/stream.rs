@@ -1,14 +1,16 @@
 //! One live stream: frames from the client through [`LiveStream`], events back.
 //!
-//! The task reads a frame, runs it (a few microseconds for the fast VAD, so inline on the
-//! async worker), and sends the resulting events into a small bounded channel: a client that
+//! The task reads a message (one frame, or a batch of up to [`MAX_FRAMES_PER_MESSAGE`] that
+//! runs as if each frame had come alone), runs its frames (a few microseconds each for the fast
+//! VAD, so inline on the async worker), and sends the resulting events into a small bounded channel: a client that
 //! stops reading stops the task from reading further frames, so a stream's memory stays
 //! bounded by the `LiveStream` state plus [`EVENT_BUFFER`] events. `StreamStats` go out every
 //! `stats_interval` of media and at the end.
 //!
 //! Endings: the client half-closes → `finish` (an open utterance is emitted, forced), final
 //! stats, OK. Server shutdown, the call's deadline or no message for the idle bound → the same flush, then `Unavailable` /
-//! `DeadlineExceeded`. A protocol error (second config, oversized frame) → `InvalidArgument`.
+//! `DeadlineExceeded`. A protocol error (second config, oversized frame, empty or
+//! overlong batch) → `InvalidArgument`.
 //! The client going away → the task stops.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,6 +24,25 @@ use tonic::{Status, Streaming};
 
 use crate::convert::{self, proto_duration};
 use crate::metrics;
+
+/// Most frames one `frames` message may carry (a second of 20 ms frames).
+pub(crate) const MAX_FRAMES_PER_MESSAGE: usize = 50;
+
+/// The frames of one message: a lone `frame`, or a `frames` batch.
+enum Frames {
+    One(Option<pb::AudioFrame>),
+    Many(std::vec::IntoIter<pb::AudioFrame>),
+}
+
+impl Iterator for Frames {
+    type Item = pb::AudioFrame;
+    fn next(&mut self) -> Option<pb::AudioFrame> {
+        match self {
+            Frames::One(f) => f.take(),
+            Frames::Many(it) => it.next(),
+        }
+    }
+}
 
 /// Events buffered towards a slow client before the stream stops reading frames.
 pub(crate) const EVENT_BUFFER: usize = 8;
@@ -115,8 +136,17 @@ impl StreamTask {
                 m = self.inbound.message() => m,
             };
             idle.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
-            let frame = match message {
-                Ok(Some(pb::StreamAudioRequest { payload: Some(Payload::Frame(frame)) })) => frame,
+            let frames = match message {
+                Ok(Some(pb::StreamAudioRequest { payload: Some(Payload::Frame(frame)) })) => Frames::One(Some(frame)),
+                Ok(Some(pb::StreamAudioRequest { payload: Some(Payload::Frames(batch)) })) => {
+                    if batch.frames.is_empty() || batch.frames.len() > MAX_FRAMES_PER_MESSAGE {
+                        break End::Fail(Status::invalid_argument(format!(
+                            "a frames message carries {} frames; it must carry 1 to {MAX_FRAMES_PER_MESSAGE}",
+                            batch.frames.len()
+                        )));
+                    }
+                    Frames::Many(batch.frames.into_iter())
+                }
                 Ok(Some(pb::StreamAudioRequest { payload: Some(Payload::Config(_)) })) => {
                     break End::Fail(Status::invalid_argument("config may only be the first message of a stream"));
                 }
@@ -129,28 +159,36 @@ impl StreamTask {
                     break End::Gone;
                 }
             };
-            if frame.payload.len() > max_frame_bytes {
-                break End::Fail(Status::invalid_argument(format!(
-                    "frame payload of {} bytes exceeds {} ms of audio ({max_frame_bytes} bytes)",
-                    frame.payload.len(),
-                    cfg.max_frame_ms
-                )));
-            }
-            let samples = (frame.payload.len() / bytes_per_sample) as u64;
-            let timestamp = clock.timestamp(&frame, samples);
-            let dsp_frame = Frame {
-                sequence: frame.sequence_number,
-                timestamp,
-                arrival_us: arrival_us(&frame),
-                payload: &frame.payload,
-            };
-            if let Err(e) = self.live.push(dsp_frame, &mut events) {
-                // Counted in `frames_rejected`; the stream goes on.
-                tracing::debug!(error = %e, "live frame rejected");
+            let mut oversized = None;
+            for frame in frames {
+                // Checked before the frame runs: a batch with an oversized frame runs the frames
+                // before it, then ends the stream, as the same frames sent one by one would.
+                if frame.payload.len() > max_frame_bytes {
+                    oversized = Some(frame.payload.len());
+                    break;
+                }
+                let samples = (frame.payload.len() / bytes_per_sample) as u64;
+                let timestamp = clock.timestamp(&frame, samples);
+                let dsp_frame = Frame {
+                    sequence: frame.sequence_number,
+                    timestamp,
+                    arrival_us: arrival_us(&frame),
+                    payload: &frame.payload,
+                };
+                if let Err(e) = self.live.push(dsp_frame, &mut events) {
+                    // Counted in `frames_rejected`; the stream goes on.
+                    tracing::debug!(error = %e, "live frame rejected");
+                }
             }
             utterances += events.iter().filter(|e| matches!(e, StreamEvent::SpeechEnded { .. })).count() as u64;
             if !self.send_events(&mut events).await {
                 break End::Gone;
+            }
+            if let Some(len) = oversized {
+                break End::Fail(Status::invalid_argument(format!(
+                    "frame payload of {len} bytes exceeds {} ms of audio ({max_frame_bytes} bytes)",
+                    cfg.max_frame_ms
+                )));
             }
             let media = self.live.stats().media_seconds;
             if media >= next_stats {

@@ -235,8 +235,8 @@ pub fn barge_in() {
     counter!(VOICE_BARGE_INS_TOTAL).increment(1);
 }
 
-pub fn media_frame_dropped() {
-    counter!(VOICE_MEDIA_FRAMES_DROPPED_TOTAL).increment(1);
+pub fn media_frame_dropped(frames: u64) {
+    counter!(VOICE_MEDIA_FRAMES_DROPPED_TOTAL).increment(frames);
 }
 
 /// Records the time one pipeline stage took.

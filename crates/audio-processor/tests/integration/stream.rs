@@ -356,3 +356,116 @@ async fn a_live_stream_that_sends_nothing_ends_after_the_idle_bound_and_frees_it
     assert!(reopened);
     drop(tx);
 }
+
+/// Frames grouped `n` to a `frames` message.
+fn batched(frames: Vec<pb::StreamAudioRequest>, n: usize) -> Vec<pb::StreamAudioRequest> {
+    let frames: Vec<pb::AudioFrame> = frames
+        .into_iter()
+        .map(|m| match m.payload {
+            Some(Payload::Frame(f)) => f,
+            other => panic!("not a frame: {other:?}"),
+        })
+        .collect();
+    frames
+        .chunks(n)
+        .map(|c| pb::StreamAudioRequest { payload: Some(Payload::Frames(pb::AudioFrames { frames: c.to_vec() })) })
+        .collect()
+}
+
+/// Sends `messages` on a new stream, half-closes, and returns its events and ending.
+async fn run_stream(
+    client: &mut AudioProcessorClient<Channel>,
+    messages: Vec<pb::StreamAudioRequest>,
+) -> (Vec<Event>, Option<tonic::Status>) {
+    let (tx, events) = open(client, config(pb::AudioEncoding::Mulaw, 8000)).await.unwrap();
+    let sender = tokio::spawn(async move {
+        for m in messages {
+            if tx.send(m).await.is_err() {
+                return;
+            }
+        }
+    });
+    let out = drain(events).await;
+    sender.await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn batched_frames_give_the_same_events_and_statistics_as_frames_sent_one_by_one() {
+    let app = spawn_app(&[]).await;
+    let mut client = app.client().await;
+    let call = decode_wav(&fixture_bytes("call-stereo.wav"), &Limits::default()).unwrap();
+    let mut singles: Vec<pb::StreamAudioRequest> =
+        mulaw_frames(&call.channels[1]).into_iter().enumerate().map(|(i, f)| frame(i as u64, f, 160, 8000)).collect();
+    // A lost frame and a duplicate, so that the counters have something to agree on.
+    singles.remove(30);
+    singles.insert(40, singles[39].clone());
+
+    // The speech events in full (the utterance's audio as its length and a checksum, to keep a
+    // failure readable), and the final statistics. Interim statistics go out at the first
+    // message past each 5 s of media, so a batch moves them by up to its length.
+    let summary = |events: &[Event]| -> (Vec<String>, pb::StreamStats) {
+        let speech = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::SpeechStarted(s) => Some(format!("started {:?}", s.at)),
+                Event::SpeechEnded(s) => Some(format!(
+                    "ended {:?}..{:?} truncated {} audio {} bytes sum {}",
+                    s.start,
+                    s.end,
+                    s.truncated,
+                    s.pcm16_16khz.len(),
+                    s.pcm16_16khz.iter().map(|b| u64::from(*b)).sum::<u64>()
+                )),
+                Event::Dtmf(d) => Some(format!("dtmf {} {:?}", d.digit, d.at)),
+                Event::Stats(_) => None,
+            })
+            .collect();
+        (speech, last_stats(events))
+    };
+    let (one_by_one, status) = run_stream(&mut client, singles.clone()).await;
+    assert!(status.is_none(), "{status:?}");
+    let expected = summary(&one_by_one);
+    assert_eq!(expected.0.len(), 2, "{:?}", expected.0);
+    assert_eq!((expected.1.frames_lost, expected.1.frames_duplicated), (1, 1), "{:?}", expected.1);
+    for n in [2, 3, 50] {
+        let (events, status) = run_stream(&mut client, batched(singles.clone(), n)).await;
+        assert!(status.is_none(), "{n} per message: {status:?}");
+        assert_eq!(summary(&events), expected, "{n} frames per message");
+        assert!(matches!(events.last(), Some(Event::Stats(_))), "{n} per message: the final message is the stats");
+    }
+}
+
+#[tokio::test]
+async fn an_empty_overlong_or_oversized_batch_is_invalid_argument() {
+    let app = spawn_app(&[]).await;
+    let mut client = app.client().await;
+    let silence = || vec![0xFFu8; 160];
+    let frames = |n: u64| -> Vec<pb::StreamAudioRequest> { (0..n).map(|i| frame(i, silence(), 160, 8000)).collect() };
+
+    let empty = pb::StreamAudioRequest { payload: Some(Payload::Frames(pb::AudioFrames { frames: vec![] })) };
+    let (events, status) = run_stream(&mut client, vec![empty]).await;
+    let status = status.expect("an empty batch ends the stream");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("1 to 50"), "{}", status.message());
+    assert!(events.is_empty(), "{events:?}");
+
+    let (_, status) = run_stream(&mut client, batched(frames(51), 51)).await;
+    assert_eq!(status.expect("51 frames in one message").code(), Code::InvalidArgument);
+
+    // Frames before an oversized one run (as they would one by one), then the stream ends.
+    let mut batch = frames(3);
+    if let Some(Payload::Frame(f)) = &mut batch[2].payload {
+        f.payload = vec![0xFF; 8000 * 2]; // 2 s: over the 200 ms bound
+    }
+    let (events, status) = run_stream(&mut client, batched(batch, 3)).await;
+    let status = status.expect("an oversized frame ends the stream");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("exceeds 200 ms"), "{}", status.message());
+    assert!(events.is_empty(), "no stats before the error: {events:?}");
+
+    // The service goes on answering.
+    let (events, status) = run_stream(&mut client, batched(frames(10), 5)).await;
+    assert!(status.is_none(), "{status:?}");
+    assert_eq!(last_stats(&events).frames_received, 10);
+}

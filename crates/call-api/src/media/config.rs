@@ -35,6 +35,11 @@ pub struct LiveConfig {
     /// `LIVE_DEAD_AIR_SECONDS`: silence on both sides longer than this counts as dead air in
     /// the call's line quality, default 3.
     pub dead_air: Duration,
+    /// `LIVE_AUDIO_FRAMES_PER_MESSAGE`: inbound 20 ms frames sent to audio-processor in one
+    /// message, 1–10, default 2. More spares CPU on both services (the cost is per message)
+    /// and delays voice activity, hence the end of each turn and barge-in, by up to 20 ms per
+    /// frame added.
+    pub audio_frames_per_message: usize,
 }
 
 /// Longest greeting, in bytes (a few sentences).
@@ -58,6 +63,7 @@ impl Default for LiveConfig {
             turn: TurnLimits::default(),
             fallback: Some(DEFAULT_FALLBACK_TEXT.into()),
             dead_air: Duration::from_secs(3),
+            audio_frames_per_message: 2,
         }
     }
 }
@@ -104,6 +110,7 @@ impl LiveConfig {
         if dead_air < Duration::from_millis(500) {
             r.error("LIVE_DEAD_AIR_SECONDS", "must be at least 0.5 seconds");
         }
+        let audio_frames_per_message = r.positive_or("LIVE_AUDIO_FRAMES_PER_MESSAGE", d.audio_frames_per_message, 10);
         Self {
             system_prompt: system_prompt.unwrap_or(d.system_prompt),
             language,
@@ -113,6 +120,7 @@ impl LiveConfig {
             turn,
             fallback,
             dead_air,
+            audio_frames_per_message,
         }
     }
 }

@@ -12,8 +12,8 @@ use futures_util::{
 };
 use kraliki_proto::{
     audio::v1::{
-        AudioEncoding, AudioFormat, AudioFrame, StreamAudioRequest, StreamAudioResponse, StreamConfig, VadOptions,
-        stream_audio_request::Payload, stream_audio_response::Event as AudioEvent,
+        AudioEncoding, AudioFormat, AudioFrame, AudioFrames, StreamAudioRequest, StreamAudioResponse, StreamConfig,
+        VadOptions, stream_audio_request::Payload, stream_audio_response::Event as AudioEvent,
     },
     provider::v1::{ChatMessage, Role},
 };
@@ -51,8 +51,11 @@ pub enum Admission {
 }
 /// Digits pressed within this of each other form one input.
 const DTMF_GAP: Duration = Duration::from_millis(1200);
-/// Frames buffered towards audio-processor before new ones are dropped (2 s).
-const AUDIO_BUFFER: usize = 100;
+/// Frames buffered towards audio-processor before new ones are dropped (2 s); the channel holds
+/// messages, so it holds this over the frames per message.
+const AUDIO_BUFFER_FRAMES: usize = 100;
+/// One carrier frame's duration.
+const FRAME_TIME: Duration = Duration::from_millis(20);
 /// How long a live call tries to reopen its audio stream before it ends as `audio-processor
 /// unavailable`.
 const AUDIO_RECONNECT_WINDOW: Duration = Duration::from_secs(10);
@@ -359,6 +362,10 @@ struct Live {
     end_of_turn: Duration,
     audio: mpsc::Sender<StreamAudioRequest>,
     audio_events: mpsc::Receiver<Option<StreamAudioResponse>>,
+    /// Inbound frames waiting to go to audio-processor together (`LIVE_AUDIO_FRAMES_PER_MESSAGE`
+    /// of them per message); empty when that is 1.
+    batch: Vec<AudioFrame>,
+    frames_per_message: usize,
     turn_events: mpsc::Receiver<TurnEvent>,
     ctx: TurnContext,
     playback: Playback,
@@ -405,10 +412,12 @@ impl Live {
         player: tokio::sync::oneshot::Sender<Player>,
     ) -> Result<Self, End> {
         let end_of_turn = state.live_config.end_of_turn;
-        let (audio_tx, audio_events) = open_audio(&state.peers, call.id, end_of_turn).await.map_err(|s| {
-            tracing::warn!(code = ?s.code(), "audio-processor refused the stream");
-            End::AudioLost
-        })?;
+        let frames_per_message = state.live_config.audio_frames_per_message;
+        let (audio_tx, audio_events) =
+            open_audio(&state.peers, call.id, end_of_turn, frames_per_message).await.map_err(|s| {
+                tracing::warn!(code = ?s.code(), "audio-processor refused the stream");
+                End::AudioLost
+            })?;
         let (playback, player_half) =
             Playback::new(stream_sid, Arc::new(quality::Outbound::new(state.live_config.dead_air)));
         let _ = player.send(player_half);
@@ -436,6 +445,8 @@ impl Live {
             end_of_turn,
             audio: audio_tx,
             audio_events,
+            batch: Vec::new(),
+            frames_per_message: state.live_config.audio_frames_per_message,
             turn_events,
             ctx,
             playback,
@@ -478,6 +489,9 @@ impl Live {
         end_all: &CancellationToken,
         hang_up: &CancellationToken,
     ) -> End {
+        // Sends a partial batch of inbound frames when the rest are late; armed once per batch.
+        let flush = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(flush);
         loop {
             let barge = self.barge_deadline;
             let dtmf = self.dtmf_deadline;
@@ -507,6 +521,9 @@ impl Live {
                             if let Some(end) = self.frame(sequence_number, timestamp_ms, payload) {
                                 return end;
                             }
+                            if self.batch.len() == 1 {
+                                flush.as_mut().reset(self.last_inbound + self.batch_wait());
+                            }
                         }
                         Ok(Inbound::Stop) => return End::Stopped,
                         Ok(Inbound::Mark { name, sequence_number }) => self.mark_echoed(&name, sequence_number),
@@ -531,6 +548,7 @@ impl Live {
                     Some(e) => self.audio_event(e),
                 },
                 Some(event) = self.turn_events.recv() => self.turn_event(event),
+                () = &mut flush, if !self.batch.is_empty() => self.flush_audio(),
                 () = sleep_until(barge), if barge.is_some() => {
                     self.barge_deadline = None;
                     if self.in_speech && self.agent_active() {
@@ -558,8 +576,10 @@ impl Live {
         let deadline = Instant::now() + AUDIO_RECONNECT_WINDOW;
         let mut pause = Duration::from_millis(100);
         loop {
-            match open_audio(&self.peers, self.call_id, self.end_of_turn).await {
+            match open_audio(&self.peers, self.call_id, self.end_of_turn, self.frames_per_message).await {
                 Ok((audio, events)) => {
+                    // Frames held for the old stream are as lost as the speech in progress.
+                    self.batch.clear();
                     self.audio = audio;
                     self.audio_events = events;
                     self.in_speech = false;
@@ -607,21 +627,49 @@ impl Live {
             sequence_number,
             timestamp: Some(prost_types_duration(timestamp_ms)),
             payload,
-            received_at: None,
+            // The edge's arrival time, for audio-processor's jitter: a batched frame reaches it
+            // later than it reached us.
+            received_at: Some(std::time::SystemTime::now().into()),
         };
-        match self.audio.try_send(StreamAudioRequest { payload: Some(Payload::Frame(frame)) }) {
-            Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::media_frame_dropped();
-                None
+        if self.frames_per_message <= 1 {
+            self.send_audio(StreamAudioRequest { payload: Some(Payload::Frame(frame)) });
+        } else {
+            if self.batch.capacity() == 0 {
+                self.batch.reserve_exact(self.frames_per_message);
             }
+            self.batch.push(frame);
+            if self.batch.len() >= self.frames_per_message {
+                self.flush_audio();
+            }
+        }
+        None
+    }
+
+    /// Sends the batched frames, if any, as one message.
+    fn flush_audio(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let frames = std::mem::replace(&mut self.batch, Vec::with_capacity(self.frames_per_message));
+        self.send_audio(StreamAudioRequest { payload: Some(Payload::Frames(AudioFrames { frames })) });
+    }
+
+    /// How long the first frame of a batch may wait for the rest: the time the others take to
+    /// arrive on the 20 ms clock, and half a frame of slack. A carrier pausing its frames
+    /// (nothing to send) does not hold back the last ones.
+    fn batch_wait(&self) -> Duration {
+        FRAME_TIME * (self.frames_per_message.max(1) as u32 - 1) + FRAME_TIME / 2
+    }
+
+    /// One message to audio-processor, never blocking the reader: a full buffer drops it.
+    fn send_audio(&mut self, message: StreamAudioRequest) {
+        match self.audio.try_send(message) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(m)) => metrics::media_frame_dropped(frames_in(&m)),
             // The audio stream ended (an audio-processor shutting down): its events channel says
-            // so too, and the call reopens the stream; this frame is lost meanwhile. Ending the
-            // call here instead raced the reconnection.
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                metrics::media_frame_dropped();
-                None
-            }
+            // so too, and the call reopens the stream; these frames are lost meanwhile. Ending
+            // the call here instead raced the reconnection.
+            Err(mpsc::error::TrySendError::Closed(m)) => metrics::media_frame_dropped(frames_in(&m)),
         }
     }
 
@@ -773,9 +821,20 @@ impl Live {
     }
 
     fn stop(&mut self) {
+        // The last frames reach audio-processor before the stream half-closes.
+        self.flush_audio();
         if let Some((cancel, _)) = self.current.take() {
             cancel.cancel();
         }
+    }
+}
+
+/// How many frames a message to audio-processor carries.
+fn frames_in(message: &StreamAudioRequest) -> u64 {
+    match &message.payload {
+        Some(Payload::Frames(f)) => f.frames.len() as u64,
+        Some(Payload::Frame(_)) => 1,
+        _ => 0,
     }
 }
 
@@ -801,8 +860,9 @@ async fn open_audio(
     peers: &crate::peers::Peers,
     call_id: Uuid,
     end_of_turn: Duration,
+    frames_per_message: usize,
 ) -> Result<AudioStream, tonic::Status> {
-    let (audio_tx, audio_rx) = mpsc::channel(AUDIO_BUFFER);
+    let (audio_tx, audio_rx) = mpsc::channel(AUDIO_BUFFER_FRAMES.div_ceil(frames_per_message.max(1)));
     let config = StreamConfig {
         call_id: call_id.to_string(),
         format: Some(AudioFormat { encoding: AudioEncoding::Mulaw as i32, sample_rate_hz: 8000, channels: 1 }),

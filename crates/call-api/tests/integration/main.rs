@@ -4,6 +4,7 @@
 #[macro_use]
 mod common;
 
+mod audio_stream;
 mod calls;
 mod concurrency;
 mod console;
