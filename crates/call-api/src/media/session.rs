@@ -445,8 +445,8 @@ impl Live {
             end_of_turn,
             audio: audio_tx,
             audio_events,
-            batch: Vec::new(),
-            frames_per_message: state.live_config.audio_frames_per_message,
+            batch: Vec::with_capacity(if frames_per_message > 1 { frames_per_message } else { 0 }),
+            frames_per_message,
             turn_events,
             ctx,
             playback,
@@ -518,9 +518,7 @@ impl Live {
                     match protocol::parse(&text) {
                         Err(e) => return End::Protocol(e),
                         Ok(Inbound::Media { sequence_number, timestamp_ms, payload }) => {
-                            if let Some(end) = self.frame(sequence_number, timestamp_ms, payload) {
-                                return end;
-                            }
+                            self.frame(sequence_number, timestamp_ms, payload);
                             if self.batch.len() == 1 {
                                 flush.as_mut().reset(self.last_inbound + self.batch_wait());
                             }
@@ -609,8 +607,9 @@ impl Live {
         self.loud.iter().filter(|t| **t >= since).count() >= 3
     }
 
-    /// One inbound frame: to audio-processor, never blocking the reader (a full buffer drops).
-    fn frame(&mut self, sequence_number: u64, timestamp_ms: u64, payload: Vec<u8>) -> Option<End> {
+    /// One inbound frame: to audio-processor alone or in the call's batch, never blocking the
+    /// reader (a full buffer drops).
+    fn frame(&mut self, sequence_number: u64, timestamp_ms: u64, payload: Vec<u8>) {
         let now = Instant::now();
         self.inbound.media(sequence_number, timestamp_ms, now.duration_since(self.epoch).as_secs_f64());
         if is_loud(&payload) {
@@ -634,15 +633,11 @@ impl Live {
         if self.frames_per_message <= 1 {
             self.send_audio(StreamAudioRequest { payload: Some(Payload::Frame(frame)) });
         } else {
-            if self.batch.capacity() == 0 {
-                self.batch.reserve_exact(self.frames_per_message);
-            }
             self.batch.push(frame);
             if self.batch.len() >= self.frames_per_message {
                 self.flush_audio();
             }
         }
-        None
     }
 
     /// Sends the batched frames, if any, as one message.
