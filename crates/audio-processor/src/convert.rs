@@ -287,6 +287,23 @@ pub(crate) fn recording_analysis(
     }
 }
 
+/// Bounds of `StreamConfig.speech_audio_part_bytes` when set (0: each utterance whole).
+pub(crate) const SPEECH_AUDIO_PART_BYTES: std::ops::RangeInclusive<u32> = 1_024..=1_048_576;
+
+/// How an utterance's audio is sent: in parts of at most this many bytes (whole samples), or
+/// whole (`None`).
+pub(crate) fn speech_audio_part_bytes(c: &pb::StreamConfig) -> Result<Option<usize>, Status> {
+    match c.speech_audio_part_bytes {
+        0 => Ok(None),
+        n if SPEECH_AUDIO_PART_BYTES.contains(&n) => Ok(Some((n & !1) as usize)),
+        n => Err(Status::invalid_argument(format!(
+            "config.speech_audio_part_bytes {n} is out of range: 0 (whole) or {} to {}",
+            SPEECH_AUDIO_PART_BYTES.start(),
+            SPEECH_AUDIO_PART_BYTES.end()
+        ))),
+    }
+}
+
 /// A checked live-stream configuration.
 pub(crate) fn stream_config(c: &pb::StreamConfig) -> Result<DspStreamConfig, Status> {
     check_call_id(&c.call_id)?;

@@ -232,6 +232,7 @@ impl AudioProcessor for Processor {
             Ok(Ok(_)) => return Err(Status::invalid_argument("the first message of a stream must be its config")),
         };
         let dsp_config = convert::stream_config(&config)?;
+        let speech_audio_part_bytes = convert::speech_audio_part_bytes(&config)?;
         let live = LiveStream::new(dsp_config).map_err(|e| convert::dsp_status(&e))?;
         let (tx, rx) = mpsc::channel(crate::stream::EVENT_BUFFER);
         let span = tracing::info_span!(
@@ -252,6 +253,7 @@ impl AudioProcessor for Processor {
             deadline,
             idle_timeout: self.inner.idle_timeout,
             stats_interval: self.inner.stats_interval,
+            speech_audio_part_bytes,
             permit,
         };
         tokio::spawn(task.run().instrument(span));

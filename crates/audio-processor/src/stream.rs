@@ -59,6 +59,9 @@ pub(crate) struct StreamTask {
     /// No message for this long ends the stream (`DeadlineExceeded`).
     pub idle_timeout: Duration,
     pub stats_interval: Duration,
+    /// An utterance's audio goes in `speech_audio` parts of at most this many bytes before its
+    /// `speech_ended` (the client asked for it), or whole in `speech_ended` (`None`).
+    pub speech_audio_part_bytes: Option<usize>,
     pub permit: OwnedSemaphorePermit,
 }
 
@@ -71,6 +74,11 @@ enum End {
     Fail(Status),
     /// The client is gone.
     Gone,
+}
+
+/// Samples as PCM16 little-endian bytes.
+fn pcm16_bytes(samples: &[i16]) -> Vec<u8> {
+    samples.iter().flat_map(|s| s.to_le_bytes()).collect()
 }
 
 /// Microseconds since the Unix epoch.
@@ -236,15 +244,30 @@ impl StreamTask {
                 StreamEvent::SpeechStarted { at } => {
                     ("speech_started", PbEvent::SpeechStarted(pb::SpeechStarted { at: Some(proto_duration(at)) }))
                 }
-                StreamEvent::SpeechEnded { start, end, forced, audio } => (
-                    "speech_ended",
-                    PbEvent::SpeechEnded(pb::SpeechEnded {
-                        start: Some(proto_duration(start)),
-                        end: Some(proto_duration(end)),
-                        pcm16_16khz: audio.iter().flat_map(|s| s.to_le_bytes()).collect(),
-                        truncated: forced,
-                    }),
-                ),
+                StreamEvent::SpeechEnded { start, end, forced, audio } => {
+                    let mut samples = &audio[..];
+                    if let Some(part) = self.speech_audio_part_bytes {
+                        // Every part but the last goes ahead; the last rides in speech_ended.
+                        let per_part = part / 2;
+                        while samples.len() > per_part {
+                            let (head, rest) = samples.split_at(per_part);
+                            samples = rest;
+                            let event = PbEvent::SpeechAudio(pb::SpeechAudio { pcm16_16khz: pcm16_bytes(head) });
+                            if self.tx.send(Ok(pb::StreamAudioResponse { event: Some(event) })).await.is_err() {
+                                return false;
+                            }
+                        }
+                    }
+                    (
+                        "speech_ended",
+                        PbEvent::SpeechEnded(pb::SpeechEnded {
+                            start: Some(proto_duration(start)),
+                            end: Some(proto_duration(end)),
+                            pcm16_16khz: pcm16_bytes(samples),
+                            truncated: forced,
+                        }),
+                    )
+                }
                 StreamEvent::Dtmf { digit, at } => {
                     ("dtmf", PbEvent::Dtmf(pb::Dtmf { digit: digit.to_string(), at: Some(proto_duration(at)) }))
                 }

@@ -257,6 +257,11 @@ fn chat_events(stream: ChatStream) -> impl Stream<Item = Result<StreamChatRespon
 
 /// Chunks of synthesised audio already waiting are sent as one message, at most this many.
 const COALESCE_CHUNKS: usize = 32;
+/// The most audio one message carries (1 s of μ-law 8 kHz; an even number, so PCM16 splits
+/// between samples): chunks are joined up to it and a larger chunk is split. A message then fits
+/// the receiver's default 8 KiB decode buffer, and a fast provider's reply is not handed over in
+/// one piece that the caller must hold while it plays.
+pub const MAX_MESSAGE_AUDIO_BYTES: usize = 8_000;
 
 /// The audio chunks, provider and model on the first; an error item ends the stream. Chunks the
 /// provider has already produced when the next message goes out are joined into it (a provider
@@ -283,10 +288,18 @@ fn audio_chunks(stream: AudioStream) -> impl Stream<Item = Result<SynthesizeSpee
             }
             match item {
                 Ok(bytes) => {
-                    if audio.is_empty() {
-                        audio.reserve_exact(bytes.len());
+                    let mut rest = &bytes[..];
+                    while !rest.is_empty() {
+                        if audio.len() == MAX_MESSAGE_AUDIO_BYTES {
+                            message(&mut audio, &mut out);
+                        }
+                        if audio.is_empty() {
+                            audio.reserve_exact(rest.len().min(MAX_MESSAGE_AUDIO_BYTES));
+                        }
+                        let n = (MAX_MESSAGE_AUDIO_BYTES - audio.len()).min(rest.len());
+                        audio.extend_from_slice(&rest[..n]);
+                        rest = &rest[n..];
                     }
-                    audio.extend_from_slice(&bytes);
                 }
                 Err(error) => {
                     message(&mut audio, &mut out);

@@ -418,7 +418,7 @@ async fn batched_frames_give_the_same_events_and_statistics_as_frames_sent_one_b
                     s.pcm16_16khz.iter().map(|b| u64::from(*b)).sum::<u64>()
                 )),
                 Event::Dtmf(d) => Some(format!("dtmf {} {:?}", d.digit, d.at)),
-                Event::Stats(_) => None,
+                Event::Stats(_) | Event::SpeechAudio(_) => None,
             })
             .collect();
         (speech, last_stats(events))
@@ -468,4 +468,83 @@ async fn an_empty_overlong_or_oversized_batch_is_invalid_argument() {
     let (events, status) = run_stream(&mut client, batched(frames(10), 5)).await;
     assert!(status.is_none(), "{status:?}");
     assert_eq!(last_stats(&events).frames_received, 10);
+}
+
+/// Runs `messages` on a stream whose config asks for the utterance audio in parts of
+/// `part_bytes`.
+async fn run_stream_in_parts(
+    client: &mut AudioProcessorClient<Channel>,
+    part_bytes: u32,
+    messages: Vec<pb::StreamAudioRequest>,
+) -> (Vec<Event>, Option<tonic::Status>) {
+    let mut first = config(pb::AudioEncoding::Mulaw, 8000);
+    if let Some(Payload::Config(c)) = &mut first.payload {
+        c.speech_audio_part_bytes = part_bytes;
+    }
+    let (tx, events) = open(client, first).await.unwrap();
+    let sender = tokio::spawn(async move {
+        for m in messages {
+            if tx.send(m).await.is_err() {
+                return;
+            }
+        }
+    });
+    let out = drain(events).await;
+    sender.await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn an_utterance_asked_for_in_parts_arrives_in_bounded_parts_before_its_end() {
+    let app = spawn_app(&[]).await;
+    let mut client = app.client().await;
+    let call = decode_wav(&fixture_bytes("call-stereo.wav"), &Limits::default()).unwrap();
+    let singles: Vec<pb::StreamAudioRequest> =
+        mulaw_frames(&call.channels[1]).into_iter().enumerate().map(|(i, f)| frame(i as u64, f, 160, 8000)).collect();
+
+    let (whole, status) = run_stream(&mut client, singles.clone()).await;
+    assert!(status.is_none(), "{status:?}");
+    assert!(!whole.iter().any(|e| matches!(e, Event::SpeechAudio(_))), "parts only when asked for");
+    let Some(Event::SpeechEnded(expected)) = whole.iter().find(|e| matches!(e, Event::SpeechEnded(_))) else {
+        panic!("no speech_ended in {whole:?}")
+    };
+    assert!(expected.pcm16_16khz.len() > 3 * 3_000, "a long enough utterance: {}", expected.pcm16_16khz.len());
+
+    // An odd size is rounded down to whole samples.
+    let (parted, status) = run_stream_in_parts(&mut client, 3_001, singles).await;
+    assert!(status.is_none(), "{status:?}");
+    let speech: Vec<&Event> = parted.iter().filter(|e| !matches!(e, Event::Stats(_))).collect();
+    let Event::SpeechStarted(_) = speech[0] else { panic!("first event {:?}", speech[0]) };
+    let Some(Event::SpeechEnded(ended)) = speech.last() else { panic!("last event {:?}", speech.last()) };
+    let parts: Vec<&[u8]> = speech[1..speech.len() - 1]
+        .iter()
+        .map(|e| match e {
+            Event::SpeechAudio(a) => &a.pcm16_16khz[..],
+            other => panic!("between the start and the end of speech: {other:?}"),
+        })
+        .collect();
+    assert!(parts.len() >= 3, "{} parts", parts.len());
+    assert!(parts.iter().all(|p| p.len() == 3_000), "{:?}", parts.iter().map(|p| p.len()).collect::<Vec<_>>());
+    assert!(!ended.pcm16_16khz.is_empty() && ended.pcm16_16khz.len() <= 3_000, "{}", ended.pcm16_16khz.len());
+    let joined: Vec<u8> = parts.concat().into_iter().chain(ended.pcm16_16khz.iter().copied()).collect();
+    assert_eq!(joined, expected.pcm16_16khz, "the parts and the last are the utterance");
+    assert_eq!((ended.start, ended.end, ended.truncated), (expected.start, expected.end, expected.truncated));
+}
+
+#[tokio::test]
+async fn an_out_of_range_part_size_is_invalid_argument() {
+    let app = spawn_app(&[]).await;
+    let mut client = app.client().await;
+    for bad in [1, 1_023, 1_048_577, u32::MAX] {
+        let mut first = config(pb::AudioEncoding::Mulaw, 8000);
+        if let Some(Payload::Config(c)) = &mut first.payload {
+            c.speech_audio_part_bytes = bad;
+        }
+        let status = match open(&mut client, first).await {
+            Err(status) => status,
+            Ok((_tx, events)) => drain(events).await.1.expect("a status"),
+        };
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}: {status:?}");
+        assert!(status.message().contains("speech_audio_part_bytes"), "{bad}: {}", status.message());
+    }
 }

@@ -8,8 +8,9 @@
 //! frames come and go.
 //!
 //! A call's buffered audio is bounded: the player takes new audio only while less than
-//! [`MAX_QUEUED_FRAMES`] (5 s) wait, so a long reply waits upstream (the turn's synthesis
-//! stream, and through HTTP/2 flow control the provider) instead of in memory. `clear` does not
+//! [`MAX_QUEUED_FRAMES`] (1.28 s) wait, and at most [`COMMANDS`] chunks wait for it, so a long
+//! reply waits upstream (the turn's synthesis stream, and through HTTP/2 flow control the
+//! provider) instead of in memory. `clear` does not
 //! wait behind that audio: it is signalled apart, and drops what the commands still hold too.
 
 use std::{
@@ -37,10 +38,12 @@ const FRAME_TIME: Duration = Duration::from_millis(20);
 const SILENCE: u8 = 0xFF;
 /// Queue capacity kept when it empties (frames and marks; 2.5 s of audio).
 const SHRINK_ABOVE: usize = 128;
-/// Commands waiting for the player: a reply's sentences arrive in a few chunks each.
-const COMMANDS: usize = 16;
-/// Frames the player holds before it takes more audio (5 s).
-pub const MAX_QUEUED_FRAMES: usize = 250;
+/// Commands waiting for the player (chunks of at most 8,000 bytes, 1 s, from provider-gateway;
+/// and marks). With the queue, 2 to 5 s of a reply are ready ahead of the 20 ms clock.
+const COMMANDS: usize = 4;
+/// Frames the player holds before it takes more audio (1.28 s); with the chunk that crosses
+/// it, the queue stays within [`SHRINK_ABOVE`] items (22 KiB), never regrown per reply.
+pub const MAX_QUEUED_FRAMES: usize = 64;
 
 pub enum Command {
     /// Audio to play; `first_sent` learns when its first frame went out.
@@ -363,7 +366,7 @@ mod tests {
             assert_eq!(event(&out.recv().await.unwrap())["event"], "media");
             most = most.max(playback.queued_frames());
         }
-        assert!(most <= MAX_QUEUED_FRAMES + 32, "at most 5 s (and a chunk) held: {most}");
+        assert!(most <= MAX_QUEUED_FRAMES + 32, "at most 1.28 s (and a chunk) held: {most}");
         assert!(!feeder.is_finished(), "the rest waits upstream");
         // Barge-in (the reply's turn is cancelled with it): nothing more is played, neither the
         // queue nor what the commands hold.

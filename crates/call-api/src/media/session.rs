@@ -696,7 +696,7 @@ impl Live {
                     - chrono::Duration::from_std(spoken_for + speech_end.elapsed()).unwrap_or_default();
                 self.start_turn(Some(ended.pcm16_16khz), None, speech_end, started_at);
             }
-            Some(AudioEvent::Dtmf(_) | AudioEvent::Stats(_)) | None => {}
+            Some(AudioEvent::Dtmf(_) | AudioEvent::Stats(_) | AudioEvent::SpeechAudio(_)) | None => {}
         }
     }
 
@@ -847,6 +847,11 @@ fn mulaw_magnitude(byte: u8) -> u16 {
     audio_dsp::codec::mulaw_decode(byte).unsigned_abs()
 }
 
+/// The most bytes of an utterance's audio in one message from audio-processor (0.25 s of 16 kHz
+/// PCM16, within tonic's default 8 KiB decode buffer): a long utterance sent whole would grow
+/// the stream's receive buffer to its size for the rest of the call.
+const SPEECH_AUDIO_PART_BYTES: u32 = 8_000;
+
 type AudioStream = (mpsc::Sender<StreamAudioRequest>, mpsc::Receiver<Option<StreamAudioResponse>>);
 
 /// Opens the call's `StreamAudio` stream (config sent first). Events arrive on the receiver;
@@ -866,6 +871,7 @@ async fn open_audio(
             ..Default::default()
         }),
         max_utterance: None,
+        speech_audio_part_bytes: SPEECH_AUDIO_PART_BYTES,
     };
     audio_tx
         .send(StreamAudioRequest { payload: Some(Payload::Config(config)) })
@@ -874,9 +880,20 @@ async fn open_audio(
     let mut inbound = peers.audio.clone().stream_audio(ReceiverStream::new(audio_rx)).await?.into_inner();
     let (events_tx, audio_events) = mpsc::channel(64);
     tokio::spawn(async move {
+        // The parts of the utterance under way; its speech_ended carries the last.
+        let mut utterance = Vec::new();
         while let Some(message) = inbound.next().await {
             match message {
-                Ok(m) => {
+                Ok(StreamAudioResponse { event: Some(AudioEvent::SpeechAudio(part)) }) => {
+                    utterance.extend_from_slice(&part.pcm16_16khz);
+                }
+                Ok(mut m) => {
+                    if let Some(AudioEvent::SpeechEnded(ended)) = &mut m.event
+                        && !utterance.is_empty()
+                    {
+                        utterance.extend_from_slice(&ended.pcm16_16khz);
+                        ended.pcm16_16khz = std::mem::take(&mut utterance);
+                    }
                     if events_tx.send(Some(m)).await.is_err() {
                         return;
                     }

@@ -14,20 +14,24 @@ use crate::common::{
 };
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use kraliki_proto::audio::v1::{
-    AnalyzeRecordingRequest, AnalyzeRecordingResponse, AnalyzeRecordingStreamRequest, AudioFrame, StreamAudioRequest,
-    StreamAudioResponse,
+    AnalyzeRecordingRequest, AnalyzeRecordingResponse, AnalyzeRecordingStreamRequest, AudioFrame, SpeechAudio,
+    SpeechEnded, SpeechStarted, StreamAudioRequest, StreamAudioResponse,
     audio_processor_server::{AudioProcessor, AudioProcessorServer},
     stream_audio_request::Payload,
+    stream_audio_response::Event,
 };
 use serde_json::json;
+use telemetry::testing::FakeHttp;
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
-/// An audio-processor that records every message of every live stream, with when it came.
+/// An audio-processor that records every message of every live stream, with when it came, and
+/// answers a stream's first frame with the events of `script` (none unless set).
 #[derive(Clone, Default)]
 struct Recorder {
     messages: Arc<Mutex<Vec<(Instant, StreamAudioRequest)>>>,
+    script: Arc<Mutex<Vec<StreamAudioResponse>>>,
 }
 
 #[tonic::async_trait]
@@ -54,11 +58,19 @@ impl AudioProcessor for Recorder {
     ) -> Result<Response<Self::StreamAudioStream>, Status> {
         let mut inbound = request.into_inner();
         let messages = self.messages.clone();
-        // No events: the response stays open until the client half-closes.
-        let (tx, rx) = mpsc::channel(1);
+        let script = self.script.clone();
+        // The response stays open until the client half-closes.
+        let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {
+                let is_frame = matches!(m.payload, Some(Payload::Frame(_) | Payload::Frames(_)));
                 messages.lock().unwrap().push((Instant::now(), m));
+                if is_frame {
+                    let events = std::mem::take(&mut *script.lock().unwrap());
+                    for e in events {
+                        let _ = tx.send(Ok(e)).await;
+                    }
+                }
             }
             drop(tx);
         });
@@ -179,4 +191,56 @@ async fn frames_per_message_outside_1_to_10_is_a_configuration_error() {
             "{bad}"
         );
     }
+}
+
+/// An utterance that audio-processor sends in parts (as call-api asks it to, 8,000 bytes at
+/// most) reaches speech to text whole and in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_utterance_sent_in_parts_is_transcribed_whole() {
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let (recorder, audio_url) = Recorder::start().await;
+    let utterance: Vec<u8> = (0..25_000u32).map(|i| (i % 251) as u8).collect();
+    let (parts, last) = utterance.split_at(24_000);
+    let at = |ms: i64| Some(prost_types::Duration { seconds: ms / 1000, nanos: (ms % 1000) as i32 * 1_000_000 });
+    let mut script = vec![StreamAudioResponse { event: Some(Event::SpeechStarted(SpeechStarted { at: at(0) })) }];
+    script.extend(
+        parts
+            .chunks(8_000)
+            .map(|p| StreamAudioResponse { event: Some(Event::SpeechAudio(SpeechAudio { pcm16_16khz: p.to_vec() })) }),
+    );
+    script.push(StreamAudioResponse {
+        event: Some(Event::SpeechEnded(SpeechEnded {
+            start: at(0),
+            end: at(780),
+            pcm16_16khz: last.to_vec(),
+            truncated: false,
+        })),
+    });
+    *recorder.script.lock().unwrap() = script;
+    let fake = FakeHttp::start(crate::live::providers(0.2)).await;
+    let gateway = stack::start_gateway(Some(&fake), &[("LLM_PROVIDERS", "openai"), ("TTS_PROVIDERS", "openai")]).await;
+    let app = stack::start_api(db, &audio_url, &gateway.url(), &[]).await;
+    let mut carrier = Carrier::connect(&app).await;
+    carrier.speak(&silence(0.1)).await;
+    wait_until(
+        async || fake.requests().iter().any(|r| r.path == "/v1/audio/transcriptions"),
+        Duration::from_secs(10),
+        "the utterance transcribed",
+    )
+    .await;
+    carrier.hang_up().await;
+
+    let config = recorder.messages.lock().unwrap().iter().find_map(|(_, m)| match &m.payload {
+        Some(Payload::Config(c)) => Some(c.speech_audio_part_bytes),
+        _ => None,
+    });
+    assert_eq!(config, Some(8_000), "call-api asks for the utterance in parts");
+    // The upload is a WAV of exactly the parts and the last piece, in order.
+    let requests = fake.requests();
+    let body = &requests.iter().find(|r| r.path == "/v1/audio/transcriptions").unwrap().body;
+    let wave = body.windows(4).position(|w| w == b"WAVE").expect("a WAV file");
+    let data = wave + body[wave..].windows(4).position(|w| w == b"data").expect("a WAV data chunk") + 8;
+    let len = u32::from_le_bytes(body[data - 4..data].try_into().unwrap()) as usize;
+    assert_eq!(len, utterance.len());
+    assert!(body[data..data + len] == utterance[..], "the utterance arrived whole and in order");
 }

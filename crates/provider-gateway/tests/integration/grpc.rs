@@ -173,6 +173,34 @@ async fn synthesize_speech_returns_the_audio_bytes() {
     assert_eq!(req.json(), json!({"text": "Your parcel arrives tomorrow."}));
 }
 
+/// A provider that sends a long reply at once (one 30,000-byte HTTP chunk) reaches the caller
+/// in messages of at most 8,000 bytes, in order and complete: the caller never has to take a
+/// whole reply in one piece.
+#[tokio::test]
+async fn a_reply_sent_at_once_is_split_into_bounded_messages() {
+    let deepgram = Fake::scripted().await;
+    let audio: Vec<u8> = (0..30_000u32).map(|i| (i % 253) as u8).collect();
+    let chunks = vec![(Duration::ZERO, Bytes::copy_from_slice(&audio))];
+    deepgram.on("/v1/speak", vec![Reply::Stream { content_type: "audio/basic", chunks, hang_after: None }]);
+    let mut app = spawn_app(&env(None, Some(&deepgram), &[("TTS_PROVIDERS", "deepgram")]), None).await;
+
+    let request = SynthesizeSpeechRequest {
+        text: "Your parcel arrives tomorrow, between nine and noon.".into(),
+        encoding: AudioEncoding::Mulaw as i32,
+        sample_rate_hz: 8000,
+        ..Default::default()
+    };
+    let stream =
+        app.client.synthesize_speech(with_timeout(request, Duration::from_secs(10))).await.unwrap().into_inner();
+    let messages: Vec<_> = tokio::time::timeout(HANG, stream.collect::<Vec<_>>()).await.expect("hang");
+    let messages: Vec<_> = messages.into_iter().map(Result::unwrap).collect();
+    let sizes: Vec<usize> = messages.iter().map(|m| m.audio.len()).collect();
+    assert!(sizes.iter().all(|&n| n > 0 && n <= 8_000), "{sizes:?}");
+    assert!(sizes.len() >= 4, "{sizes:?}");
+    let got: Vec<u8> = messages.iter().flat_map(|m| m.audio.iter().copied()).collect();
+    assert_eq!(got, audio);
+}
+
 #[tokio::test]
 async fn sentiment_runs_locally_with_no_provider_configured() {
     let mut app = spawn_app(&env(None, None, &[]), None).await;
