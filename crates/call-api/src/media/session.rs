@@ -851,6 +851,9 @@ fn mulaw_magnitude(byte: u8) -> u16 {
 /// PCM16, within tonic's default 8 KiB decode buffer): a long utterance sent whole would grow
 /// the stream's receive buffer to its size for the rest of the call.
 const SPEECH_AUDIO_PART_BYTES: u32 = 8_000;
+/// The longest utterance kept from its parts: 600 s of 16 kHz PCM16 (audio-processor's longest
+/// `max_utterance`).
+const MAX_UTTERANCE_BYTES: usize = 600 * 16_000 * 2;
 
 type AudioStream = (mpsc::Sender<StreamAudioRequest>, mpsc::Receiver<Option<StreamAudioResponse>>);
 
@@ -885,7 +888,13 @@ async fn open_audio(
         while let Some(message) = inbound.next().await {
             match message {
                 Ok(StreamAudioResponse { event: Some(AudioEvent::SpeechAudio(part)) }) => {
-                    utterance.extend_from_slice(&part.pcm16_16khz);
+                    // audio-processor ends an utterance at its max_utterance (at most 600 s):
+                    // parts beyond that are not kept.
+                    if utterance.len() + part.pcm16_16khz.len() <= MAX_UTTERANCE_BYTES {
+                        utterance.extend_from_slice(&part.pcm16_16khz);
+                    } else {
+                        tracing::warn!(bytes = utterance.len(), "utterance parts beyond 600 s dropped");
+                    }
                 }
                 Ok(mut m) => {
                     if let Some(AudioEvent::SpeechEnded(ended)) = &mut m.event
