@@ -211,10 +211,16 @@ impl Player {
         let mut next_due = Instant::now();
         let mut counted = 0;
         let mut sentence = Sentence::default();
+        // One waiter for `clear`, renewed only when it fires (not registered and dropped again
+        // on every frame).
+        let clear = self.clear.clone();
+        let cleared = clear.notified();
+        tokio::pin!(cleared);
         loop {
             tokio::select! {
                 biased;
-                () = self.clear.notified() => {
+                () = &mut cleared => {
+                    cleared.set(clear.notified());
                     queue.clear();
                     // What was sent before the clear and not yet taken is dropped with it.
                     while let Ok(command) = self.commands.try_recv() {

@@ -492,14 +492,25 @@ impl Live {
         // Sends a partial batch of inbound frames when the rest are late; armed once per batch.
         let flush = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(flush);
+        // Made once, not per message: each would register with its token or the timer wheel
+        // (a lock) and unregister when the next frame wins. The idle timer stays at an old
+        // deadline and is moved on when it fires early.
+        let shutdown = end_all.cancelled();
+        let hung_up = hang_up.cancelled();
+        let idle_timer = tokio::time::sleep_until(self.last_inbound + self.idle);
+        tokio::pin!(shutdown, hung_up, idle_timer);
         loop {
             let barge = self.barge_deadline;
             let dtmf = self.dtmf_deadline;
-            let idle = self.last_inbound + self.idle;
             tokio::select! {
-                () = end_all.cancelled() => return End::Shutdown,
-                () = hang_up.cancelled() => return End::HungUp,
-                () = tokio::time::sleep_until(idle) => {
+                () = &mut shutdown => return End::Shutdown,
+                () = &mut hung_up => return End::HungUp,
+                () = &mut idle_timer => {
+                    let idle = self.last_inbound + self.idle;
+                    if idle > Instant::now() {
+                        idle_timer.as_mut().reset(idle);
+                        continue;
+                    }
                     tracing::warn!(idle_seconds = self.idle.as_secs_f64(), "live call ended: the carrier sent nothing");
                     return End::Idle(self.idle);
                 }
