@@ -354,3 +354,51 @@ async fn a_live_call_whose_carrier_goes_quiet_ends_and_frees_its_slot() {
     let url = format!("ws://{}/v1/calls/{other}/media?token={t2}", app.addr);
     assert!(tokio_tungstenite::connect_async(url).await.is_ok());
 }
+
+/// Frames keep a live call open past the idle bound counted from its start; once they stop,
+/// the call ends after the bound counted from the last one, not earlier.
+#[tokio::test(flavor = "multi_thread")]
+async fn media_keeps_a_live_call_open_and_the_idle_bound_counts_from_the_last_frame() {
+    let audio = stack::start_audio(None).await;
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let extra = [("MEDIA_IDLE_TIMEOUT_SECONDS", "1")];
+    let app = stack::start_api(db, &audio.url(), "http://127.0.0.1:9", &extra).await;
+    let (id, token) = create_with_token(&app).await;
+    let (ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/v1/calls/{id}/media?token={token}", app.addr)).await.unwrap();
+    let (mut tx, mut rx) = ws.split();
+    let start = json!({"event": "start", "sequenceNumber": "1", "start": {"streamSid": "MZ1", "callSid": "CA1",
+        "accountSid": "AC1", "tracks": ["inbound"],
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}, "customParameters": {}},
+        "streamSid": "MZ1"});
+    tx.send(Message::text(start.to_string())).await.unwrap();
+    // Whatever the server sends, and when: a close must not come while frames flow.
+    let closed = tokio::spawn(async move {
+        while let Some(Ok(m)) = rx.next().await {
+            if let Message::Close(frame) = m {
+                return Some((std::time::Instant::now(), frame.map(|f| u16::from(f.code))));
+            }
+        }
+        None
+    });
+    let payload = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode([0xFFu8; 160])
+    };
+    // 2.5 s of frames, one every 100 ms: well past the 1 s bound from the start.
+    for i in 0..25u64 {
+        let seq = (i + 2).to_string();
+        let media = json!({"event": "media", "sequenceNumber": seq, "streamSid": "MZ1",
+            "media": {"track": "inbound", "chunk": seq, "timestamp": (i * 100).to_string(), "payload": payload}});
+        tx.send(Message::text(media.to_string())).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last = std::time::Instant::now();
+    assert!(!closed.is_finished(), "the call ended while frames were arriving");
+    let (at, code) =
+        tokio::time::timeout(Duration::from_secs(20), closed).await.expect("closed").unwrap().expect("a close");
+    assert_eq!(code, Some(1008));
+    assert!(at.duration_since(last) >= Duration::from_millis(800), "ended {:?} after the last frame", at - last);
+    let (_, call) = app.get(&format!("/v1/calls/{id}"), KEY).await;
+    assert_eq!(call["end_reason"], "media idle: nothing received for 1 s", "{call}");
+}
