@@ -261,7 +261,7 @@ const COALESCE_CHUNKS: usize = 32;
 /// between samples): chunks are joined up to it and a larger chunk is split. A message then fits
 /// the receiver's default 8 KiB decode buffer, and a fast provider's reply is not handed over in
 /// one piece that the caller must hold while it plays.
-pub const MAX_MESSAGE_AUDIO_BYTES: usize = 8_000;
+const MAX_MESSAGE_AUDIO_BYTES: usize = 8_000;
 
 /// The audio chunks, provider and model on the first; an error item ends the stream. Chunks the
 /// provider has already produced when the next message goes out are joined into it (a provider

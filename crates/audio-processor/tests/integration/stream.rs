@@ -377,17 +377,7 @@ async fn run_stream(
     client: &mut AudioProcessorClient<Channel>,
     messages: Vec<pb::StreamAudioRequest>,
 ) -> (Vec<Event>, Option<tonic::Status>) {
-    let (tx, events) = open(client, config(pb::AudioEncoding::Mulaw, 8000)).await.unwrap();
-    let sender = tokio::spawn(async move {
-        for m in messages {
-            if tx.send(m).await.is_err() {
-                return;
-            }
-        }
-    });
-    let out = drain(events).await;
-    sender.await.unwrap();
-    out
+    run_stream_in_parts(client, 0, messages).await
 }
 
 #[tokio::test]
@@ -470,18 +460,23 @@ async fn an_empty_overlong_or_oversized_batch_is_invalid_argument() {
     assert_eq!(last_stats(&events).frames_received, 10);
 }
 
-/// Runs `messages` on a stream whose config asks for the utterance audio in parts of
-/// `part_bytes`.
+/// The config of a μ-law 8 kHz stream asking for the utterance audio in parts of `part_bytes`.
+fn config_in_parts(part_bytes: u32) -> pb::StreamAudioRequest {
+    let mut first = config(pb::AudioEncoding::Mulaw, 8000);
+    if let Some(Payload::Config(c)) = &mut first.payload {
+        c.speech_audio_part_bytes = part_bytes;
+    }
+    first
+}
+
+/// Runs `messages` on a μ-law 8 kHz stream whose config asks for the utterance audio in parts
+/// of `part_bytes` (0: whole).
 async fn run_stream_in_parts(
     client: &mut AudioProcessorClient<Channel>,
     part_bytes: u32,
     messages: Vec<pb::StreamAudioRequest>,
 ) -> (Vec<Event>, Option<tonic::Status>) {
-    let mut first = config(pb::AudioEncoding::Mulaw, 8000);
-    if let Some(Payload::Config(c)) = &mut first.payload {
-        c.speech_audio_part_bytes = part_bytes;
-    }
-    let (tx, events) = open(client, first).await.unwrap();
+    let (tx, events) = open(client, config_in_parts(part_bytes)).await.unwrap();
     let sender = tokio::spawn(async move {
         for m in messages {
             if tx.send(m).await.is_err() {
@@ -536,11 +531,7 @@ async fn an_out_of_range_part_size_is_invalid_argument() {
     let app = spawn_app(&[]).await;
     let mut client = app.client().await;
     for bad in [1, 1_023, 1_048_577, u32::MAX] {
-        let mut first = config(pb::AudioEncoding::Mulaw, 8000);
-        if let Some(Payload::Config(c)) = &mut first.payload {
-            c.speech_audio_part_bytes = bad;
-        }
-        let status = match open(&mut client, first).await {
+        let status = match open(&mut client, config_in_parts(bad)).await {
             Err(status) => status,
             Ok((_tx, events)) => drain(events).await.1.expect("a status"),
         };

@@ -140,16 +140,17 @@ async fn stream_chat_streams_deltas_in_order_then_done_with_usage() {
     assert_eq!(body["messages"][1], json!({"role": "user", "content": "Where is my parcel?"}));
 }
 
-#[tokio::test]
-async fn synthesize_speech_returns_the_audio_bytes() {
+/// `text` synthesised as μ-law 8 kHz through a fake Deepgram that streams `chunks`: the fake
+/// (for its requests) and every message of the answer.
+async fn synthesize_with_deepgram(
+    chunks: Vec<(Duration, Bytes)>,
+    text: &str,
+) -> (Fake, Vec<kraliki_proto::provider::v1::SynthesizeSpeechResponse>) {
     let deepgram = Fake::scripted().await;
-    let audio: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
-    let chunks = audio.chunks(640).map(|c| (Duration::from_millis(1), Bytes::copy_from_slice(c))).collect();
     deepgram.on("/v1/speak", vec![Reply::Stream { content_type: "audio/basic", chunks, hang_after: None }]);
     let mut app = spawn_app(&env(None, Some(&deepgram), &[("TTS_PROVIDERS", "deepgram")]), None).await;
-
     let request = SynthesizeSpeechRequest {
-        text: "Your parcel arrives tomorrow.".into(),
+        text: text.into(),
         encoding: AudioEncoding::Mulaw as i32,
         sample_rate_hz: 8000,
         ..Default::default()
@@ -157,7 +158,14 @@ async fn synthesize_speech_returns_the_audio_bytes() {
     let stream =
         app.client.synthesize_speech(with_timeout(request, Duration::from_secs(10))).await.unwrap().into_inner();
     let messages: Vec<_> = tokio::time::timeout(HANG, stream.collect::<Vec<_>>()).await.expect("hang");
-    let messages: Vec<_> = messages.into_iter().map(Result::unwrap).collect();
+    (deepgram, messages.into_iter().map(Result::unwrap).collect())
+}
+
+#[tokio::test]
+async fn synthesize_speech_returns_the_audio_bytes() {
+    let audio: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
+    let chunks = audio.chunks(640).map(|c| (Duration::from_millis(1), Bytes::copy_from_slice(c))).collect();
+    let (deepgram, messages) = synthesize_with_deepgram(chunks, "Your parcel arrives tomorrow.").await;
     assert!(messages.len() > 1, "streamed in several messages");
     assert_eq!((messages[0].provider.as_str(), messages[0].model.as_str()), ("deepgram", "aura-2-thalia-en"));
     assert!(messages[1..].iter().all(|m| m.provider.is_empty() && m.model.is_empty()));
@@ -178,22 +186,10 @@ async fn synthesize_speech_returns_the_audio_bytes() {
 /// whole reply in one piece.
 #[tokio::test]
 async fn a_reply_sent_at_once_is_split_into_bounded_messages() {
-    let deepgram = Fake::scripted().await;
     let audio: Vec<u8> = (0..30_000u32).map(|i| (i % 253) as u8).collect();
     let chunks = vec![(Duration::ZERO, Bytes::copy_from_slice(&audio))];
-    deepgram.on("/v1/speak", vec![Reply::Stream { content_type: "audio/basic", chunks, hang_after: None }]);
-    let mut app = spawn_app(&env(None, Some(&deepgram), &[("TTS_PROVIDERS", "deepgram")]), None).await;
-
-    let request = SynthesizeSpeechRequest {
-        text: "Your parcel arrives tomorrow, between nine and noon.".into(),
-        encoding: AudioEncoding::Mulaw as i32,
-        sample_rate_hz: 8000,
-        ..Default::default()
-    };
-    let stream =
-        app.client.synthesize_speech(with_timeout(request, Duration::from_secs(10))).await.unwrap().into_inner();
-    let messages: Vec<_> = tokio::time::timeout(HANG, stream.collect::<Vec<_>>()).await.expect("hang");
-    let messages: Vec<_> = messages.into_iter().map(Result::unwrap).collect();
+    let (_deepgram, messages) =
+        synthesize_with_deepgram(chunks, "Your parcel arrives tomorrow, between nine and noon.").await;
     let sizes: Vec<usize> = messages.iter().map(|m| m.audio.len()).collect();
     assert!(sizes.iter().all(|&n| n > 0 && n <= 8_000), "{sizes:?}");
     assert!(sizes.len() >= 4, "{sizes:?}");
