@@ -489,9 +489,11 @@ impl Live {
         end_all: &CancellationToken,
         hang_up: &CancellationToken,
     ) -> End {
-        // Sends a partial batch of inbound frames when the rest are late; armed once per batch.
-        let flush = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(flush);
+        // When a partial batch of inbound frames goes without the rest (they are late): made
+        // while a batch waits and dropped with the select when the batch fills, which takes it
+        // off the timer wheel. A timer kept across batches stays on the wheel after its batch
+        // went, and wakes the runtime thread for nothing once per batch.
+        let mut flush_at: Option<Instant> = None;
         // Made once, not per message: each would register with its token or the timer wheel
         // (a lock) and unregister when the next frame wins. The idle timer stays at an old
         // deadline and is moved on when it fires early.
@@ -530,9 +532,11 @@ impl Live {
                         Err(e) => return End::Protocol(e),
                         Ok(Inbound::Media { sequence_number, timestamp_ms, payload }) => {
                             self.frame(sequence_number, timestamp_ms, payload);
-                            if self.batch.len() == 1 {
-                                flush.as_mut().reset(self.last_inbound + self.batch_wait());
-                            }
+                            flush_at = match self.batch.len() {
+                                0 => None,
+                                1 => Some(self.last_inbound + self.batch_wait()),
+                                _ => flush_at,
+                            };
                         }
                         Ok(Inbound::Stop) => return End::Stopped,
                         Ok(Inbound::Mark { name, sequence_number }) => self.mark_echoed(&name, sequence_number),
@@ -557,7 +561,10 @@ impl Live {
                     Some(e) => self.audio_event(e),
                 },
                 Some(event) = self.turn_events.recv() => self.turn_event(event),
-                () = &mut flush, if !self.batch.is_empty() => self.flush_audio(),
+                () = sleep_until(flush_at), if flush_at.is_some() => {
+                    flush_at = None;
+                    self.flush_audio();
+                }
                 () = sleep_until(barge), if barge.is_some() => {
                     self.barge_deadline = None;
                     if self.in_speech && self.agent_active() {
