@@ -129,18 +129,25 @@ impl DtmfDetector {
 
     /// Feeds samples; events go to `on_event`.
     pub fn push(&mut self, samples: &[i16], mut on_event: impl FnMut(DtmfEvent)) {
-        for &s in samples {
-            self.ring[self.pos] = f32::from(s) / 32768.0;
-            self.pos = if self.pos + 1 == self.block { 0 } else { self.pos + 1 };
-            self.filled = (self.filled + 1).min(self.block);
-            self.samples += 1;
-            self.since_hop += 1;
-            if self.since_hop == self.hop && self.filled == self.block {
+        let mut rest = samples;
+        while !rest.is_empty() {
+            // A run of samples up to the next hop or the end of the ring, converted in one loop.
+            let n = rest.len().min(self.hop - self.since_hop).min(self.block - self.pos);
+            let (run, tail) = rest.split_at(n);
+            for (to, &s) in self.ring[self.pos..self.pos + n].iter_mut().zip(run) {
+                *to = f32::from(s) / 32768.0;
+            }
+            rest = tail;
+            self.pos = if self.pos + n == self.block { 0 } else { self.pos + n };
+            self.filled = (self.filled + n).min(self.block);
+            self.samples += n as u64;
+            self.since_hop += n;
+            if self.since_hop == self.hop {
                 self.since_hop = 0;
-                let digit = self.analyse_block();
-                self.advance(digit, &mut on_event);
-            } else if self.since_hop >= self.hop {
-                self.since_hop = 0;
+                if self.filled == self.block {
+                    let digit = self.analyse_block();
+                    self.advance(digit, &mut on_event);
+                }
             }
         }
     }
@@ -269,4 +276,74 @@ pub fn key_frequencies(digit: char) -> Option<(f64, f64)> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The detector fed one sample at a time, as it was before it took runs: the reference.
+    fn per_sample(det: &mut DtmfDetector, samples: &[i16], on_event: &mut impl FnMut(DtmfEvent)) {
+        for &s in samples {
+            det.ring[det.pos] = f32::from(s) / 32768.0;
+            det.pos = if det.pos + 1 == det.block { 0 } else { det.pos + 1 };
+            det.filled = (det.filled + 1).min(det.block);
+            det.samples += 1;
+            det.since_hop += 1;
+            if det.since_hop == det.hop && det.filled == det.block {
+                det.since_hop = 0;
+                let digit = det.analyse_block();
+                det.advance(digit, on_event);
+            } else if det.since_hop >= det.hop {
+                det.since_hop = 0;
+            }
+        }
+    }
+
+    fn events(rate: u32, samples: &[i16], cuts: &[usize], reference: bool) -> Vec<DtmfEvent> {
+        let mut det = DtmfDetector::new(rate, DtmfConfig::default());
+        let mut out = Vec::new();
+        let mut on = |e: DtmfEvent| out.push(e);
+        let mut at = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&samples.len())) {
+            let end = cut.clamp(at, samples.len());
+            if reference {
+                per_sample(&mut det, &samples[at..end], &mut on);
+            } else {
+                det.push(&samples[at..end], &mut on);
+            }
+            at = end;
+        }
+        det.finish(&mut on);
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Digits between noise, cut into runs anywhere: the same events, at the same times, as
+        /// sample by sample.
+        #[test]
+        fn runs_detect_what_samples_detect(
+            rate in prop::sample::select(vec![8000u32, 16_000]),
+            digits in prop::collection::vec(prop::sample::select(vec!['1', '5', '9', '#', 'A']), 1..4),
+            noise_seed in any::<u64>(),
+            mut cuts in prop::collection::vec(0usize..20_000, 0..40),
+        ) {
+            let mut samples = Vec::new();
+            let mut x = noise_seed | 1;
+            for d in digits {
+                for _ in 0..rate / 20 {
+                    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                    samples.push((x % 2001) as i16 - 1000);
+                }
+                samples.extend(crate::synth::dtmf_tone(rate, d, -10.0, 0.08));
+            }
+            cuts.sort_unstable();
+            let want = events(rate, &samples, &cuts, true);
+            prop_assert!(!want.is_empty());
+            prop_assert_eq!(events(rate, &samples, &cuts, false), want);
+        }
+    }
 }

@@ -342,11 +342,7 @@ impl LiveStream {
     /// when the caller has no frame metadata.
     pub fn process(&mut self, samples: &[i16], events: &mut Vec<StreamEvent>) -> Result<(), DspError> {
         let rate = f64::from(self.cfg.sample_rate);
-        // Pre-roll ring.
-        for &s in samples {
-            self.ring[self.ring_pos] = s;
-            self.ring_pos = if self.ring_pos + 1 == self.ring.len() { 0 } else { self.ring_pos + 1 };
-        }
+        self.ring_pos = write_ring(&mut self.ring, self.ring_pos, samples);
         if let Some(u) = &mut self.utterance {
             let room = self.utterance_cap.saturating_sub(u.audio.len());
             u.audio.extend_from_slice(&samples[..samples.len().min(room)]);
@@ -433,5 +429,49 @@ impl LiveStream {
         }
         self.seg_events = pending;
         Ok(())
+    }
+}
+
+/// Writes `samples` into the pre-roll `ring` from `pos` on, wrapping (what does not fit leaves
+/// only its newest part); returns the position after the newest sample, where the oldest now is.
+fn write_ring(ring: &mut [i16], pos: usize, samples: &[i16]) -> usize {
+    let len = ring.len();
+    let skip = samples.len().saturating_sub(len);
+    let mut pos = (pos + skip) % len;
+    let mut rest = &samples[skip..];
+    while !rest.is_empty() {
+        let n = rest.len().min(len - pos);
+        ring[pos..pos + n].copy_from_slice(&rest[..n]);
+        pos = if pos + n == len { 0 } else { pos + n };
+        rest = &rest[n..];
+    }
+    pos
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::write_ring;
+
+    proptest! {
+        /// Runs of any length, written at once, leave the ring as sample by sample would.
+        #[test]
+        fn ring_writes_match_sample_by_sample(
+            len in 1usize..50,
+            runs in prop::collection::vec(prop::collection::vec(any::<i16>(), 0..120), 0..8),
+        ) {
+            let (mut ring, mut pos) = (vec![0i16; len], 0);
+            let (mut want, mut want_pos) = (vec![0i16; len], 0);
+            for run in &runs {
+                pos = write_ring(&mut ring, pos, run);
+                for &s in run {
+                    want[want_pos] = s;
+                    want_pos = if want_pos + 1 == len { 0 } else { want_pos + 1 };
+                }
+                prop_assert_eq!(pos, want_pos);
+                prop_assert_eq!(&ring, &want);
+            }
+        }
     }
 }
