@@ -195,12 +195,10 @@ impl Simulated {
         let stall_at = plan.stall.then_some(frames / 2);
         let gap = self.token_gap();
         let (encoding, rate) = (req.encoding, req.sample_rate);
-        // One period of the tone pattern (440 Hz at `rate` repeats every rate / gcd(rate, 440)
-        // samples), computed once per request rather than a sine per sample.
-        let period = (rate / gcd(rate, 440)).max(1) as usize;
-        let tone: std::sync::Arc<[i16]> = (0..period)
-            .map(|n| (6_000.0 * (2.0 * std::f64::consts::PI * 440.0 * n as f64 / f64::from(rate)).sin()) as i16)
-            .collect();
+        // One period of the tone (440 Hz at `rate` repeats every rate / gcd(rate, 440) samples),
+        // encoded once per request: a frame is a copy out of it, not an encode per sample.
+        let tone = std::sync::Arc::<[u8]>::from(encoded_tone(rate, encoding));
+        let frame_bytes = frame_samples * encoding.bytes_per_sample();
         let stream = futures_util::stream::iter(0..frames).then(move |i| {
             let tone = tone.clone();
             async move {
@@ -210,14 +208,7 @@ impl Simulated {
                 if i > 0 {
                     Self::wait(gap).await;
                 }
-                let mut out = BytesMut::with_capacity(frame_samples * encoding.bytes_per_sample());
-                for s in 0..frame_samples {
-                    let v = tone[(i * frame_samples + s) % tone.len()];
-                    match encoding {
-                        OutputEncoding::Pcm16 => out.put_i16_le(v),
-                        OutputEncoding::Mulaw => out.put_u8(mulaw_encode(v)),
-                    }
-                }
+                let out = tone_frame(&tone, i, frame_bytes);
                 Ok(out.freeze())
             }
         });
@@ -234,6 +225,32 @@ impl Simulated {
         result.provider = NAME.to_owned();
         Ok(result)
     }
+}
+
+/// One period of the simulated voice, a 440 Hz tone at `rate`, in `encoding`.
+fn encoded_tone(rate: u32, encoding: OutputEncoding) -> Vec<u8> {
+    let period = (rate / gcd(rate, 440)).max(1) as usize;
+    let mut out = Vec::with_capacity(period * encoding.bytes_per_sample());
+    for n in 0..period {
+        let v = (6_000.0 * (2.0 * std::f64::consts::PI * 440.0 * n as f64 / f64::from(rate)).sin()) as i16;
+        match encoding {
+            OutputEncoding::Pcm16 => out.put_i16_le(v),
+            OutputEncoding::Mulaw => out.put_u8(mulaw_encode(v)),
+        }
+    }
+    out
+}
+
+/// Frame `i` of `frame_bytes` bytes of the repeating `tone`.
+fn tone_frame(tone: &[u8], i: usize, frame_bytes: usize) -> BytesMut {
+    let mut out = BytesMut::with_capacity(frame_bytes);
+    let mut at = (i * frame_bytes) % tone.len();
+    while out.len() < frame_bytes {
+        let n = (frame_bytes - out.len()).min(tone.len() - at);
+        out.extend_from_slice(&tone[at..at + n]);
+        at = 0;
+    }
+    out
 }
 
 /// Wait as a client would for an answer that never comes: until the first-byte timeout or
@@ -269,6 +286,31 @@ mod tests {
                 let at = |n: u32| (2.0 * std::f64::consts::PI * 440.0 * f64::from(n) / f64::from(rate)).sin();
                 assert!((at(n) - at(n + period)).abs() < 1e-9, "{rate} {n}");
             }
+        }
+    }
+
+    #[test]
+    fn frames_are_the_tone_sample_by_sample_across_period_boundaries() {
+        for (encoding, rate) in
+            [(OutputEncoding::Mulaw, 8000u32), (OutputEncoding::Pcm16, 16_000), (OutputEncoding::Pcm16, 44_100)]
+        {
+            let tone = encoded_tone(rate, encoding);
+            let frame_bytes = (rate / 50) as usize * encoding.bytes_per_sample();
+            // 33 frames: several periods, frames starting anywhere in one.
+            let got: Vec<u8> = (0..33).flat_map(|i| tone_frame(&tone, i, frame_bytes)).collect();
+            let mut want = Vec::new();
+            for n in 0..33 * (rate / 50) as usize {
+                let v = (6_000.0 * (2.0 * std::f64::consts::PI * 440.0 * n as f64 / f64::from(rate)).sin()) as i16;
+                match encoding {
+                    OutputEncoding::Pcm16 => want.put_i16_le(v),
+                    OutputEncoding::Mulaw => want.put_u8(mulaw_encode(v)),
+                }
+            }
+            assert_eq!(got.len(), want.len(), "{encoding:?} {rate}");
+            // The sine at n + period equals the one at n to 1e-9, which may round a value the
+            // other way now and then; nothing else may differ.
+            let off = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+            assert!(off * 1000 <= got.len(), "{encoding:?} {rate}: {off} bytes differ");
         }
     }
 }
