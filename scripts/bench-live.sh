@@ -7,7 +7,7 @@
 # Environment: CALLS (levels), TURNS (per call, default 2), WATCHERS (event streams each call
 # opens and reads to its end, default 0: the SSE fan-out), SETTLE_SECONDS (default 60: after
 # the last level, how long to wait before reading each service's memory again; 0 = not at all),
-# WORKERS (runtime threads per service, default 1 as deployed), VK_BIN (a voice-kraliki binary
+# WORKERS (runtime threads per service; unset, the CPU count), VK_BIN (a voice-kraliki binary
 # to run instead of building one, e.g. one built with `--no-default-features` to compare the
 # system allocator).
 #
@@ -46,11 +46,9 @@ export AUDIO_PROCESSOR_URL=http://127.0.0.1:15051 PROVIDER_GATEWAY_URL=http://12
 export STT_PROVIDERS=simulated LLM_PROVIDERS=simulated TTS_PROVIDERS=simulated
 export SIMULATED_LATENCY=fixed:0 SIMULATED_TTFB_SECONDS=0 SIMULATED_TOKENS_PER_SECOND=0
 export DATABASE_MAX_CONNECTIONS=20
-# One runtime thread per service, as deployed: Kubernetes sets WORKERS from each replica's
-# limits.cpu (1), and a service per core is what this 2-core box has. WORKERS=2 measures the
-# default of a service alone on the box (the CPU count); cross-thread wake-ups cost about a
-# tenth more CPU per call-second there.
-export WORKERS="${WORKERS:-1}"
+# WORKERS, when set, goes to every service (unset: each takes the CPU count). WORKERS=1 is the
+# Kubernetes shape (limits.cpu 1 per replica): about a tenth less CPU per call-second on this
+# 2-core box, but at 500 calls call-api's one thread queues (late frames, p99 turns).
 # The load is the point: no cap on live calls, no per-key rate limit.
 export LIVE_MAX_CALLS=10000 API_RATE_LIMIT_PER_SECOND=0
 for svc in audio-processor provider-gateway call-api; do
