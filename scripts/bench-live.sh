@@ -4,7 +4,8 @@
 #
 #   scripts/bench-live.sh [release|debug]      (make bench runs it with release)
 #
-# Environment: CALLS (levels), TURNS (per call, default 2), WATCHERS (event streams each call
+# Environment: CALLS (levels), REPEAT (runs per level, default 1; more adds a table of the
+# medians), TURNS (per call, default 2), WATCHERS (event streams each call
 # opens and reads to its end, default 0: the SSE fan-out), SETTLE_SECONDS (default 60: after
 # the last level, how long to wait before reading each service's memory again; 0 = not at all),
 # WORKERS (runtime threads per service; unset, the CPU count), VK_BIN (a voice-kraliki binary
@@ -60,10 +61,12 @@ for url in http://127.0.0.1:18000/ready http://127.0.0.1:19091/ready http://127.
 done
 read -ra levels <<<"${CALLS:-100 300 500}"
 last="${levels[${#levels[@]}-1]}"
+repeat="${REPEAT:-1}"
 for calls in "${levels[@]}"; do
-  echo "== $calls concurrent live calls ($profile build) =="
+ for run in $(seq "$repeat"); do
+  echo "== $calls concurrent live calls ($profile build), run $run of $repeat =="
   settle=()
-  if [[ "$calls" == "$last" && "${SETTLE_SECONDS:-60}" != 0 ]]; then
+  if [[ "$calls" == "$last" && "$run" == "$repeat" && "${SETTLE_SECONDS:-60}" != 0 ]]; then
     settle=(--settle-seconds "${SETTLE_SECONDS:-60}")
   fi
   "$bin" loadgen --url http://127.0.0.1:18000 --calls "$calls" --turns "${TURNS:-2}" --ramp-seconds 2 --watchers "${WATCHERS:-0}" \
@@ -71,6 +74,7 @@ for calls in "${levels[@]}"; do
     --metrics http://127.0.0.1:19092/metrics "${settle[@]}" | tee "$work/level.out" ||
     echo "loadgen reported failures at $calls calls"
   grep '^bench-row ' "$work/level.out" >>"$work/rows" || true
+ done
 done
 
 # One row per level from the `bench-row` fields; per-service lists are call-api,
@@ -98,3 +102,26 @@ awk -v settle="${SETTLE_SECONDS:-60}" '
       at(f["cpu_ms"], 1), at(f["cpu_ms"], 2), at(f["cpu_ms"], 3), f["cpu_total_ms"],
       at(f["kib_per_call"], 1), rss
   }' "$work/rows"
+
+# With REPEAT > 1: the median of each level's runs for the CPU columns (one run moves by about
+# a fifth on a shared 2-core machine; the median of several is what to compare).
+if [[ "$repeat" -gt 1 ]]; then
+  echo
+  echo "### Median of $repeat runs per level, CPU ms per call-second"
+  echo
+  echo "| calls | runs | call-api | audio-processor | provider-gateway | total |"
+  echo "|---:|---:|---:|---:|---:|---:|"
+  awk '
+    { delete f; for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+      c = f["calls"]; n[c]++; split(f["cpu_ms"], s, ",")
+      v[c, 1, n[c]] = s[1]; v[c, 2, n[c]] = s[2]; v[c, 3, n[c]] = s[3]; v[c, 4, n[c]] = f["cpu_total_ms"]
+      if (!(c in seen)) { seen[c] = 1; order[++levels] = c } }
+    function median(c, k,   m, i, j, t, a) {
+      m = n[c]; for (i = 1; i <= m; i++) a[i] = v[c, k, i] + 0
+      for (i = 2; i <= m; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+      return (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
+    }
+    END { for (l = 1; l <= levels; l++) { c = order[l]
+      printf "| %s | %d | %.2f | %.2f | %.2f | %.2f |\n", c, n[c], median(c, 1), median(c, 2), median(c, 3), median(c, 4) } }
+  ' "$work/rows"
+fi
