@@ -104,10 +104,13 @@ awk -v settle="${SETTLE_SECONDS:-60}" '
   }' "$work/rows"
 
 # With REPEAT > 1: the median of each level's runs for the CPU columns (one run moves by about
-# a fifth on a shared 2-core machine; the median of several is what to compare).
+# a fifth on a shared 2-core machine; the median of several is what to compare). Memory per call
+# counts on a level's first run only: a later run starts at the peak the one before it left.
 if [[ "$repeat" -gt 1 ]]; then
   echo
   echo "### Median of $repeat runs per level, CPU ms per call-second"
+  echo
+  echo "(KiB per call above counts on each level's first run only: later runs start at its peak.)"
   echo
   echo "| calls | runs | call-api | audio-processor | provider-gateway | total |"
   echo "|---:|---:|---:|---:|---:|---:|"
