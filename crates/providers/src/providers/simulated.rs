@@ -253,12 +253,13 @@ fn tone_frame(tone: &[u8], i: usize, frame_bytes: usize) -> BytesMut {
     out
 }
 
-/// Wait as a client would for an answer that never comes: until the first-byte timeout or
-/// the deadline, whichever is first.
+/// The greatest common divisor of `a` and `b`, at least 1.
 fn gcd(a: u32, b: u32) -> u32 {
     if b == 0 { a.max(1) } else { gcd(b, a % b) }
 }
 
+/// Wait as a client would for an answer that never comes: until the first-byte timeout or
+/// the deadline, whichever is first.
 async fn hang(ctx: &CallCtx, first_byte: Duration) -> ProviderError {
     let limit = (tokio::time::Instant::now() + first_byte).min(ctx.deadline);
     tokio::time::sleep_until(limit).await;
