@@ -11,6 +11,7 @@
 
 pub mod config;
 mod convert;
+mod legs;
 pub mod metrics;
 mod recording;
 pub mod service;

@@ -18,9 +18,9 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 use audio_dsp::{Limits, LiveStream};
 use futures_util::Stream;
 use kraliki_proto::audio::v1::{
-    AnalyzeRecordingRequest, AnalyzeRecordingResponse, AnalyzeRecordingStreamRequest, StreamAudioRequest,
-    StreamAudioResponse, analyze_recording_stream_request, audio_processor_server::AudioProcessor,
-    stream_audio_request::Payload,
+    AnalyzeRecordingRequest, AnalyzeRecordingResponse, AnalyzeRecordingStreamRequest, StreamAudioCallsRequest,
+    StreamAudioCallsResponse, StreamAudioRequest, StreamAudioResponse, StreamConfig, analyze_recording_stream_request,
+    audio_processor_server::AudioProcessor, stream_audio_request::Payload,
 };
 use kraliki_proto::errors::{self, Reason};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -29,7 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
-use crate::{Config, convert, recording, stream::StreamTask};
+use crate::{
+    Config, convert, recording,
+    stream::{Inbound, StreamTask},
+};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -213,13 +216,7 @@ impl AudioProcessor for Processor {
         request: Request<Streaming<StreamAudioRequest>>,
     ) -> Result<Response<Self::StreamAudioStream>, Status> {
         let deadline = telemetry::grpc::deadline_of(&request).map(|d| tokio::time::Instant::now() + d);
-        let permit = self.inner.streams.clone().try_acquire_owned().map_err(|_| {
-            errors::status(
-                Code::ResourceExhausted,
-                format!("all {} live stream slots are busy; retry later", self.inner.max_streams),
-                Reason::Busy,
-            )
-        })?;
+        let permit = self.stream_permit()?;
         let mut inbound = request.into_inner();
         let first = tokio::select! {
             () = self.inner.stopping.cancelled() => return Err(Status::unavailable("server is shutting down")),
@@ -231,8 +228,53 @@ impl AudioProcessor for Processor {
             Ok(Ok(Some(StreamAudioRequest { payload: Some(Payload::Config(c)) }))) => c,
             Ok(Ok(_)) => return Err(Status::invalid_argument("the first message of a stream must be its config")),
         };
-        let dsp_config = convert::stream_config(&config)?;
-        let speech_audio_part_bytes = convert::speech_audio_part_bytes(&config)?;
+        let rx = self.start_stream(&config, Inbound::Grpc(Box::new(inbound)), deadline, permit, None)?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type StreamAudioCallsStream = ResponseStream<StreamAudioCallsResponse>;
+
+    async fn stream_audio_calls(
+        &self,
+        request: Request<Streaming<StreamAudioCallsRequest>>,
+    ) -> Result<Response<Self::StreamAudioCallsStream>, Status> {
+        if self.inner.stopping.is_cancelled() {
+            return Err(Status::unavailable("server is shutting down"));
+        }
+        let deadline = telemetry::grpc::deadline_of(&request).map(|d| tokio::time::Instant::now() + d);
+        Ok(Response::new(crate::legs::serve(self.clone(), request.into_inner(), deadline)))
+    }
+}
+
+impl Processor {
+    /// A stream slot (`AUDIO_MAX_STREAMS`), or `ResourceExhausted` with reason `BUSY`.
+    pub(crate) fn stream_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.inner.streams.clone().try_acquire_owned().map_err(|_| {
+            errors::status(
+                Code::ResourceExhausted,
+                format!("all {} live stream slots are busy; retry later", self.inner.max_streams),
+                Reason::Busy,
+            )
+        })
+    }
+
+    pub(crate) fn stopping(&self) -> &CancellationToken {
+        &self.inner.stopping
+    }
+
+    /// Starts the task of one live stream whose config has arrived; its events (and its ending
+    /// status) come on the returned receiver. `traceparent`: the leg's trace context on a shared
+    /// stream (a `StreamAudio` stream's comes with its request).
+    pub(crate) fn start_stream(
+        &self,
+        config: &StreamConfig,
+        inbound: Inbound,
+        deadline: Option<tokio::time::Instant>,
+        permit: OwnedSemaphorePermit,
+        traceparent: Option<&str>,
+    ) -> Result<mpsc::Receiver<Result<StreamAudioResponse, Status>>, Status> {
+        let dsp_config = convert::stream_config(config)?;
+        let speech_audio_part_bytes = convert::speech_audio_part_bytes(config)?;
         let live = LiveStream::new(dsp_config).map_err(|e| convert::dsp_status(&e))?;
         let (tx, rx) = mpsc::channel(crate::stream::EVENT_BUFFER);
         let span = tracing::info_span!(
@@ -245,6 +287,13 @@ impl AudioProcessor for Processor {
             utterances = tracing::field::Empty,
             media_seconds = tracing::field::Empty,
         );
+        if let Some(traceparent) = traceparent.filter(|t| !t.is_empty())
+            && let Ok(value) = http::HeaderValue::from_str(traceparent)
+        {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("traceparent", value);
+            telemetry::otel::set_parent_from_headers(&span, &headers);
+        }
         let task = StreamTask {
             live,
             inbound,
@@ -257,7 +306,7 @@ impl AudioProcessor for Processor {
             permit,
         };
         tokio::spawn(task.run().instrument(span));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(rx)
     }
 }
 

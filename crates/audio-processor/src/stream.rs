@@ -49,10 +49,27 @@ pub(crate) const EVENT_BUFFER: usize = 8;
 
 pub(crate) type EventSender = mpsc::Sender<Result<pb::StreamAudioResponse, Status>>;
 
+/// Where a stream's messages come from: its own `StreamAudio` gRPC stream, or its leg of a
+/// shared `StreamAudioCalls` stream (the shared stream's task hands it the leg's messages; the
+/// channel closing is the leg's half-close, an error is the client gone).
+pub(crate) enum Inbound {
+    Grpc(Box<Streaming<pb::StreamAudioRequest>>),
+    Leg(mpsc::Receiver<Result<pb::StreamAudioRequest, Status>>),
+}
+
+impl Inbound {
+    async fn message(&mut self) -> Result<Option<pb::StreamAudioRequest>, Status> {
+        match self {
+            Inbound::Grpc(s) => s.message().await,
+            Inbound::Leg(rx) => rx.recv().await.transpose(),
+        }
+    }
+}
+
 /// Everything one stream task owns.
 pub(crate) struct StreamTask {
     pub live: LiveStream,
-    pub inbound: Streaming<pb::StreamAudioRequest>,
+    pub inbound: Inbound,
     pub tx: EventSender,
     pub stopping: CancellationToken,
     pub deadline: Option<Instant>,

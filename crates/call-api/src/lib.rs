@@ -107,6 +107,9 @@ pub struct AppState {
     pub console: routes::console::ConsoleConfig,
     pub recording: recording::RecordingConfig,
     pub live_config: media::LiveConfig,
+    /// The shared audio streams of this replica's calls (`LIVE_AUDIO_GATHER_MS` > 0), else each
+    /// call opens its own.
+    pub shared_audio: Option<Arc<media::legs::SharedAudio>>,
     /// The live calls of this replica.
     pub live: media::LiveCalls,
     /// This replica among the others: leases of its live calls, hang-up anywhere.
@@ -183,6 +186,8 @@ pub async fn run_with_admin(
         console: config.console.clone(),
         recording: config.recording.clone(),
         live_config: config.live.clone(),
+        shared_audio: (!config.live.audio_gather.is_zero())
+            .then(|| media::legs::SharedAudio::new(config.live.audio_gather)),
         live: live.clone(),
         replica,
         uploads: recording::upload::Uploads::new(

@@ -503,6 +503,32 @@ impl Service<http::Request<Body>> for Balanced {
     }
 }
 
+/// A tower service over one endpoint of a peer (a shared live stream stays on the endpoint it
+/// was opened on).
+#[derive(Clone)]
+pub struct Pinned {
+    channel: Channel,
+    auth: Option<http::HeaderValue>,
+}
+
+impl Service<http::Request<Body>> for Pinned {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        if let Some(auth) = &self.auth {
+            req.headers_mut().insert(http::header::AUTHORIZATION, auth.clone());
+        }
+        let channel = self.channel.clone();
+        Box::pin(async move { channel.oneshot(req).await.map_err(Into::into) })
+    }
+}
+
 // ---- The clients -----------------------------------------------------------------------------
 
 /// Clients of both peers. Cheap to clone.
@@ -512,6 +538,7 @@ pub struct Peers {
     pub gateway: ProviderGatewayClient<Traced>,
     pub audio_endpoints: Arc<EndpointSet>,
     pub gateway_endpoints: Arc<EndpointSet>,
+    auth: Option<http::HeaderValue>,
     stop: CancellationToken,
 }
 
@@ -551,8 +578,20 @@ impl Peers {
             gateway: ProviderGatewayClient::new(GrpcClientLayer.layer(balanced(&gateway_endpoints))),
             audio_endpoints,
             gateway_endpoints,
+            auth,
             stop,
         }
+    }
+
+    /// The next serving audio-processor endpoint (round robin, as a new stream on
+    /// [`Peers::audio`] would go) and a client that stays on it.
+    pub fn pick_audio(&self) -> Option<(SocketAddr, AudioProcessorClient<GrpcService<Pinned>>)> {
+        let member = self.audio_endpoints.pick(&[])?;
+        let pinned = Pinned { channel: member.channel, auth: self.auth.clone() };
+        Some((
+            member.addr,
+            AudioProcessorClient::new(GrpcClientLayer.layer(pinned)).max_decoding_message_size(SPEECH_RESPONSE_LIMIT),
+        ))
     }
 
     /// Stops resolving and watching (at the very end of shutdown: live calls use the peers

@@ -4,6 +4,7 @@
 #[macro_use]
 mod common;
 
+mod legs;
 mod metrics;
 mod recording;
 mod stream;

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming, transport::Channel};
 
-fn config(encoding: pb::AudioEncoding, rate: u32) -> pb::StreamAudioRequest {
+pub(crate) fn config(encoding: pb::AudioEncoding, rate: u32) -> pb::StreamAudioRequest {
     pb::StreamAudioRequest {
         payload: Some(Payload::Config(pb::StreamConfig {
             call_id: "live-test".into(),
@@ -23,7 +23,7 @@ fn config(encoding: pb::AudioEncoding, rate: u32) -> pb::StreamAudioRequest {
     }
 }
 
-fn frame(seq: u64, payload: Vec<u8>, samples_per_frame: u64, rate: u64) -> pb::StreamAudioRequest {
+pub(crate) fn frame(seq: u64, payload: Vec<u8>, samples_per_frame: u64, rate: u64) -> pb::StreamAudioRequest {
     let ts = seq * samples_per_frame * 1_000_000_000 / rate;
     let arrival = 1_700_000_000_000_000_000u64 + ts;
     pb::StreamAudioRequest {
@@ -43,7 +43,7 @@ fn frame(seq: u64, payload: Vec<u8>, samples_per_frame: u64, rate: u64) -> pb::S
 }
 
 /// 20 ms μ-law frames of 8 kHz samples.
-fn mulaw_frames(x: &[i16]) -> Vec<Vec<u8>> {
+pub(crate) fn mulaw_frames(x: &[i16]) -> Vec<Vec<u8>> {
     x.chunks_exact(160).map(|c| encode(Encoding::Mulaw, c)).collect()
 }
 
@@ -373,7 +373,7 @@ fn batched(frames: Vec<pb::StreamAudioRequest>, n: usize) -> Vec<pb::StreamAudio
 }
 
 /// Sends `messages` on a new stream, half-closes, and returns its events and ending.
-async fn run_stream(
+pub(crate) async fn run_stream(
     client: &mut AudioProcessorClient<Channel>,
     messages: Vec<pb::StreamAudioRequest>,
 ) -> (Vec<Event>, Option<tonic::Status>) {

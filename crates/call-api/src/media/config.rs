@@ -40,6 +40,11 @@ pub struct LiveConfig {
     /// and delays voice activity, hence the end of each turn and barge-in, by up to 20 ms per
     /// frame added.
     pub audio_frames_per_message: usize,
+    /// `LIVE_AUDIO_GATHER_MS`: 0 (the default) gives each call its own `StreamAudio` stream;
+    /// 1–100 puts the replica's calls on one shared `StreamAudioCalls` stream per
+    /// audio-processor endpoint, their frames gathered and sent together every that many
+    /// milliseconds (`media/legs.rs`).
+    pub audio_gather: Duration,
 }
 
 /// Longest greeting, in bytes (a few sentences).
@@ -64,6 +69,7 @@ impl Default for LiveConfig {
             fallback: Some(DEFAULT_FALLBACK_TEXT.into()),
             dead_air: Duration::from_secs(3),
             audio_frames_per_message: 2,
+            audio_gather: Duration::ZERO,
         }
     }
 }
@@ -111,6 +117,16 @@ impl LiveConfig {
             r.error("LIVE_DEAD_AIR_SECONDS", "must be at least 0.5 seconds");
         }
         let audio_frames_per_message = r.positive_or("LIVE_AUDIO_FRAMES_PER_MESSAGE", d.audio_frames_per_message, 10);
+        let audio_gather = match r.string("LIVE_AUDIO_GATHER_MS") {
+            None => d.audio_gather,
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(ms) if ms <= 100 => Duration::from_millis(ms),
+                _ => {
+                    r.error("LIVE_AUDIO_GATHER_MS", "must be a whole number of milliseconds from 0 to 100");
+                    d.audio_gather
+                }
+            },
+        };
         Self {
             system_prompt: system_prompt.unwrap_or(d.system_prompt),
             language,
@@ -121,6 +137,7 @@ impl LiveConfig {
             fallback,
             dead_air,
             audio_frames_per_message,
+            audio_gather,
         }
     }
 }

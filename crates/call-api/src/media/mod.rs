@@ -5,6 +5,7 @@
 //! ```text
 //! protocol.rs   the carrier's messages, checked; ours, built
 //! session.rs    one call: WebSocket reader, audio-processor stream, events, ending the call
+//! legs.rs       calls' audio on one shared stream per audio-processor endpoint, gathered
 //! turn.rs       one caller turn → one agent reply, its latency stages, storing both turns
 //! playback.rs   paces synthesised audio out in 20 ms frames with marks; `clear` on barge-in
 //! quality.rs    line quality: inbound jitter/loss, playback delay from mark echoes, dead air, MOS
@@ -12,6 +13,7 @@
 //! ```
 
 pub mod config;
+pub mod legs;
 pub mod playback;
 pub mod protocol;
 pub mod quality;

@@ -360,7 +360,9 @@ struct Live {
     peers: crate::peers::Peers,
     /// `LIVE_END_OF_TURN_SECONDS`, sent with every audio stream this call opens.
     end_of_turn: Duration,
-    audio: mpsc::Sender<StreamAudioRequest>,
+    /// The replica's shared audio streams, when calls use them.
+    shared_audio: Option<Arc<super::legs::SharedAudio>>,
+    audio: AudioSink,
     audio_events: mpsc::Receiver<Option<StreamAudioResponse>>,
     /// Inbound frames waiting to go to audio-processor together (`LIVE_AUDIO_FRAMES_PER_MESSAGE`
     /// of them per message); empty when that is 1.
@@ -414,10 +416,12 @@ impl Live {
         let end_of_turn = state.live_config.end_of_turn;
         let frames_per_message = state.live_config.audio_frames_per_message;
         let (audio_tx, audio_events) =
-            open_audio(&state.peers, call.id, end_of_turn, frames_per_message).await.map_err(|s| {
-                tracing::warn!(code = ?s.code(), "audio-processor refused the stream");
-                End::AudioLost
-            })?;
+            open_audio(&state.peers, state.shared_audio.as_ref(), call.id, end_of_turn, frames_per_message)
+                .await
+                .map_err(|s| {
+                    tracing::warn!(code = ?s.code(), "audio-processor refused the stream");
+                    End::AudioLost
+                })?;
         let (playback, player_half) =
             Playback::new(stream_sid, Arc::new(quality::Outbound::new(state.live_config.dead_air)));
         let _ = player.send(player_half);
@@ -443,6 +447,7 @@ impl Live {
             call_id: call.id,
             peers: state.peers.clone(),
             end_of_turn,
+            shared_audio: state.shared_audio.clone(),
             audio: audio_tx,
             audio_events,
             batch: Vec::with_capacity(if frames_per_message > 1 { frames_per_message } else { 0 }),
@@ -592,7 +597,15 @@ impl Live {
         let deadline = Instant::now() + AUDIO_RECONNECT_WINDOW;
         let mut pause = Duration::from_millis(100);
         loop {
-            match open_audio(&self.peers, self.call_id, self.end_of_turn, self.frames_per_message).await {
+            match open_audio(
+                &self.peers,
+                self.shared_audio.as_ref(),
+                self.call_id,
+                self.end_of_turn,
+                self.frames_per_message,
+            )
+            .await
+            {
                 Ok((audio, events)) => {
                     // Frames held for the old stream are as lost as the speech in progress.
                     self.batch.clear();
@@ -674,15 +687,14 @@ impl Live {
         FRAME_TIME * (self.frames_per_message.max(1) as u32 - 1) + FRAME_TIME / 2
     }
 
-    /// One message to audio-processor, never blocking the reader: a full buffer drops it.
+    /// One message to audio-processor, never blocking the reader: a full buffer drops it. The
+    /// audio stream having ended (an audio-processor shutting down) drops it too: its events
+    /// channel says so, and the call reopens the stream; ending the call here instead raced the
+    /// reconnection.
     fn send_audio(&mut self, message: StreamAudioRequest) {
-        match self.audio.try_send(message) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(m)) => metrics::media_frame_dropped(frames_in(&m)),
-            // The audio stream ended (an audio-processor shutting down): its events channel says
-            // so too, and the call reopens the stream; these frames are lost meanwhile. Ending
-            // the call here instead raced the reconnection.
-            Err(mpsc::error::TrySendError::Closed(m)) => metrics::media_frame_dropped(frames_in(&m)),
+        let frames = frames_in(&message);
+        if !self.audio.try_send(message) {
+            metrics::media_frame_dropped(frames);
         }
     }
 
@@ -871,19 +883,37 @@ fn mulaw_magnitude(byte: u8) -> u16 {
 const SPEECH_AUDIO_PART_BYTES: u32 = 8_000;
 /// The longest utterance kept from its parts: 600 s of 16 kHz PCM16 (audio-processor's longest
 /// `max_utterance`).
-const MAX_UTTERANCE_BYTES: usize = 600 * 16_000 * 2;
+pub(crate) const MAX_UTTERANCE_BYTES: usize = 600 * 16_000 * 2;
 
-type AudioStream = (mpsc::Sender<StreamAudioRequest>, mpsc::Receiver<Option<StreamAudioResponse>>);
+/// Where a call's audio goes: its own `StreamAudio` stream, or its leg of a shared one.
+enum AudioSink {
+    Stream(mpsc::Sender<StreamAudioRequest>),
+    Leg(super::legs::LegSink),
+}
 
-/// Opens the call's `StreamAudio` stream (config sent first). Events arrive on the receiver;
-/// `None` when the stream ended, whether cleanly or with an error.
+impl AudioSink {
+    /// Sends `message` without waiting; false when it was dropped (a full buffer, or the stream
+    /// has ended: its events say so too, and the call reopens it).
+    fn try_send(&self, message: StreamAudioRequest) -> bool {
+        match self {
+            AudioSink::Stream(tx) => tx.try_send(message).is_ok(),
+            AudioSink::Leg(leg) => leg.try_send(message),
+        }
+    }
+}
+
+type AudioStream = (AudioSink, mpsc::Receiver<Option<StreamAudioResponse>>);
+
+/// Opens the call's audio stream: its own `StreamAudio` stream (config sent first), or a leg of
+/// the shared stream when `shared` is set. Events arrive on the receiver; `None` when the
+/// stream ended, whether cleanly or with an error.
 async fn open_audio(
     peers: &crate::peers::Peers,
+    shared: Option<&Arc<super::legs::SharedAudio>>,
     call_id: Uuid,
     end_of_turn: Duration,
     frames_per_message: usize,
 ) -> Result<AudioStream, tonic::Status> {
-    let (audio_tx, audio_rx) = mpsc::channel(AUDIO_BUFFER_FRAMES.div_ceil(frames_per_message.max(1)));
     let config = StreamConfig {
         call_id: call_id.to_string(),
         format: Some(AudioFormat { encoding: AudioEncoding::Mulaw as i32, sample_rate_hz: 8000, channels: 1 }),
@@ -894,6 +924,11 @@ async fn open_audio(
         max_utterance: None,
         speech_audio_part_bytes: SPEECH_AUDIO_PART_BYTES,
     };
+    if let Some(shared) = shared {
+        let (leg, events) = shared.open(peers, config).await?;
+        return Ok((AudioSink::Leg(leg), events));
+    }
+    let (audio_tx, audio_rx) = mpsc::channel(AUDIO_BUFFER_FRAMES.div_ceil(frames_per_message.max(1)));
     audio_tx
         .send(StreamAudioRequest { payload: Some(Payload::Config(config)) })
         .await
@@ -933,7 +968,7 @@ async fn open_audio(
         }
         let _ = events_tx.send(None).await;
     });
-    Ok((audio_tx, audio_events))
+    Ok((AudioSink::Stream(audio_tx), audio_events))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -76,6 +76,16 @@ impl AudioProcessor for Recorder {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    type StreamAudioCallsStream =
+        Pin<Box<dyn Stream<Item = Result<kraliki_proto::audio::v1::StreamAudioCallsResponse, Status>> + Send>>;
+
+    async fn stream_audio_calls(
+        &self,
+        _: Request<Streaming<kraliki_proto::audio::v1::StreamAudioCallsRequest>>,
+    ) -> Result<Response<Self::StreamAudioCallsStream>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 impl Recorder {
@@ -190,6 +200,20 @@ async fn frames_per_message_outside_1_to_10_is_a_configuration_error() {
             ["LIVE_AUDIO_FRAMES_PER_MESSAGE"],
             "{bad}"
         );
+    }
+}
+
+#[tokio::test]
+async fn gather_outside_0_to_100_ms_is_a_configuration_error() {
+    for bad in ["101", "-1", "ten", "2.5"] {
+        let env = telemetry::Env::from_pairs([("LIVE_AUDIO_GATHER_MS", bad)]);
+        let errors = call_api::Config::from_env(&env).expect_err(bad);
+        assert_eq!(errors.0.iter().map(|e| e.variable.as_str()).collect::<Vec<_>>(), ["LIVE_AUDIO_GATHER_MS"], "{bad}");
+    }
+    for (good, ms) in [("0", 0), ("10", 10), ("100", 100)] {
+        let env = telemetry::Env::from_pairs([("LIVE_AUDIO_GATHER_MS", good)]);
+        let config = call_api::Config::from_env(&env).unwrap_or_else(|e| panic!("{good}: {e:?}"));
+        assert_eq!(config.live.audio_gather, Duration::from_millis(ms));
     }
 }
 

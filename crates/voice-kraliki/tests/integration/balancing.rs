@@ -226,3 +226,121 @@ async fn calls_and_streams_spread_over_three_audio_processors_which_may_die_and_
     let back = audio[1].started("AnalyzeRecordingStream").await;
     assert!(back >= 6.0, "the restarted replica takes its share again: {back} of 30");
 }
+
+impl Audio {
+    async fn gauge(&self, name: &str) -> f64 {
+        let (_, samples) = scrape(&format!("http://127.0.0.1:{}/metrics", self.admin)).await;
+        value(&samples, name, &[]).unwrap_or(0.0)
+    }
+}
+
+/// Polls until `f` holds (20 s at most).
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within 20 s");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_audio_streams_spread_calls_and_move_them_when_an_audio_processor_shuts_down() {
+    let ports = Ports::new();
+    let mut audio: Vec<Audio> =
+        (0..2).map(|_| Audio { grpc: free_port(), admin: free_port(), process: None }).collect();
+    for a in &mut audio {
+        a.start();
+    }
+    let list = audio.iter().map(|a| format!("http://127.0.0.1:{}", a.grpc)).collect::<Vec<_>>().join(",");
+    let mut env = ports.env();
+    env.retain(|(k, _)| k != "AUDIO_PROCESSOR_URL");
+    env.push(("AUDIO_PROCESSOR_URL".into(), list));
+    env.push(("PEER_RESOLVE_INTERVAL_SECONDS".into(), "0.5".into()));
+    env.push(("API_RATE_LIMIT_PER_SECOND".into(), "0".into()));
+    env.push(("LIVE_AUDIO_GATHER_MS".into(), "10".into()));
+    let _gateway = Service::start("provider-gateway", &env);
+    let _api = Service::start("call-api", &env);
+    let api = format!("http://127.0.0.1:{}", ports.api);
+    let api_addr = format!("127.0.0.1:{}", ports.api);
+    wait_ready(&format!("{api}/ready"), Duration::from_secs(30)).await;
+    for a in &audio {
+        wait_ready(&format!("http://127.0.0.1:{}/ready", a.admin), Duration::from_secs(30)).await;
+    }
+    wait_endpoints(&api, 2.0).await;
+
+    // 20 calls: one shared stream per replica, the calls' legs spread over both.
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        streams.push(live_stream(&api, &api_addr).await);
+    }
+    eventually("every leg open", || async {
+        audio[0].gauge("audio_active_streams").await + audio[1].gauge("audio_active_streams").await == 20.0
+    })
+    .await;
+    let mut legs = Vec::new();
+    for a in &audio {
+        assert_eq!(a.started("StreamAudioCalls").await, 1.0, "one shared stream per replica");
+        assert_eq!(a.started("StreamAudio").await, 0.0, "no call opened a stream of its own");
+        legs.push(a.gauge("audio_active_streams").await);
+    }
+    assert_spread("legs", &legs);
+
+    // One replica shuts down (SIGTERM): its legs end "reconnect to another replica", and their
+    // calls open new legs on the other one. No call ends.
+    let mut process = audio[0].process.take().unwrap();
+    process.terminate();
+    assert!(process.wait(Duration::from_secs(30)).is_some_and(|s| s.success()), "audio-processor drains and exits 0");
+    eventually("every call's leg on the remaining replica", || async {
+        audio[1].gauge("audio_active_streams").await == 20.0
+    })
+    .await;
+    let (_, samples) = scrape(&format!("{api}/metrics")).await;
+    let reconnects = value(&samples, "voice_audio_reconnects_total", &[]).unwrap_or(0.0);
+    assert!(reconnects >= legs[0], "the moved calls reconnected: {reconnects} for {} legs", legs[0]);
+    assert_eq!(value(&samples, "active_calls", &[]).unwrap_or(-1.0), 20.0, "no call ended");
+    eprintln!("legs per replica {legs:?}; {reconnects} reconnected after the shutdown");
+
+    // Hanging up ends each leg: the replica's streams go back to none.
+    for ws in streams {
+        hang_up(ws).await;
+    }
+    eventually("every leg ended", || async { audio[1].gauge("audio_active_streams").await == 0.0 }).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_calls_on_shared_audio_streams_converse_turn_after_turn() {
+    let ports = Ports::new();
+    let mut env = ports.env();
+    for (k, v) in [
+        ("LIVE_AUDIO_GATHER_MS", "10"),
+        ("STT_PROVIDERS", "simulated"),
+        ("LLM_PROVIDERS", "simulated"),
+        ("TTS_PROVIDERS", "simulated"),
+        ("SIMULATED_LATENCY", "fixed:0"),
+        ("API_RATE_LIMIT_PER_SECOND", "0"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let _services: [Service; 3] = crate::common::start_all(&env);
+    ports.wait_all_ready().await;
+    let api = format!("http://127.0.0.1:{}", ports.api);
+    let run = vec![("VOICE_KRALIKI_API_KEY".to_string(), API_KEY.to_string())];
+    let mut loadgen = Service::start_args(
+        "loadgen",
+        &["loadgen", "--url", &api, "--calls", "8", "--turns", "2", "--ramp-seconds", "0"],
+        &run,
+    );
+    let status = loadgen.wait(Duration::from_secs(120)).expect("loadgen finishes");
+    let out = loadgen.stdout().join("\n");
+    assert!(status.success(), "every call and turn went through: {out}\n{}", loadgen.stderr().join("\n"));
+    let row = out.lines().find(|l| l.starts_with("bench-row ")).expect("a bench row");
+    assert!(row.contains("failed_calls=0 no_reply=0"), "{row}");
+    let (_, samples) = scrape(&format!("http://127.0.0.1:{}/metrics", ports.audio_admin)).await;
+    assert_eq!(value(&samples, "grpc_server_started_total", &[("grpc_method", "StreamAudioCalls")]), Some(1.0));
+    assert_eq!(value(&samples, "grpc_server_started_total", &[("grpc_method", "StreamAudio")]).unwrap_or(0.0), 0.0);
+    let (_, samples) = scrape(&format!("{api}/metrics")).await;
+    let answered = value(&samples, "voice_turns_total", &[("outcome", "answered")]).unwrap_or(0.0);
+    assert_eq!(answered, 16.0, "each of the 16 caller turns answered");
+}
