@@ -1,7 +1,7 @@
 //! Every metric audio-processor records, in one place, with its help text and buckets.
 //!
 //! Label values are bounded: `codec` is `pcm16`, `mulaw` or `alaw`; `vad` is `fast` or
-//! `neural`; `event` is `speech_started`, `speech_ended` or `dtmf`.
+//! `neural`; `event` is `speech_started`, `speech_ended` or `dtmf`; `via` is `stream` or `leg`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,6 +20,9 @@ pub const ANALYSIS_DURATION_SECONDS: &str = "audio_analysis_duration_seconds";
 pub const REALTIME_FACTOR: &str = "audio_realtime_factor";
 /// `audio_active_streams`: live streams open on this replica.
 pub const ACTIVE_STREAMS: &str = "audio_active_streams";
+/// `audio_streams_opened_total{via}`: live streams opened, `via` `stream` (its own `StreamAudio`)
+/// or `leg` (a leg of a shared `StreamAudioCalls` stream).
+pub const STREAMS_OPENED_TOTAL: &str = "audio_streams_opened_total";
 /// `audio_vad_events_total{event}`: live-stream events sent.
 pub const VAD_EVENTS_TOTAL: &str = "audio_vad_events_total";
 
@@ -37,6 +40,13 @@ pub fn describe() {
     describe_histogram!(REALTIME_FACTOR, "Audio seconds analysed per wall second, per recording");
     describe_gauge!(ACTIVE_STREAMS, "Live audio streams open");
     describe_counter!(VAD_EVENTS_TOTAL, "Live-stream voice-activity events sent, by event");
+    describe_counter!(
+        STREAMS_OPENED_TOTAL,
+        "Live streams opened, by via (stream: its own StreamAudio; leg: a shared stream's leg)"
+    );
+    for via in ["stream", "leg"] {
+        counter!(STREAMS_OPENED_TOTAL, "via" => via).absolute(0);
+    }
     // Exported from the start (0), so dashboards and alerts see the series before any stream.
     gauge!(ACTIVE_STREAMS).set(0.0);
     for codec in [Encoding::Pcm16, Encoding::Mulaw, Encoding::Alaw] {
@@ -85,6 +95,11 @@ pub(crate) fn analysis_done(vad: VadKind, wall_seconds: f64, audio_seconds: f64)
     if wall_seconds > 0.0 {
         histogram!(REALTIME_FACTOR, "vad" => vad.as_str()).record(audio_seconds / wall_seconds);
     }
+}
+
+/// A live stream opened (see [`STREAMS_OPENED_TOTAL`]).
+pub(crate) fn stream_opened(via: &'static str) {
+    counter!(STREAMS_OPENED_TOTAL, "via" => via).increment(1);
 }
 
 pub(crate) fn vad_event(event: &'static str) {

@@ -305,6 +305,7 @@ impl Processor {
             speech_audio_part_bytes,
             permit,
         };
+        crate::metrics::stream_opened(if traceparent.is_some() { "leg" } else { "stream" });
         tokio::spawn(task.run().instrument(span));
         Ok(rx)
     }

@@ -40,10 +40,10 @@ pub struct LiveConfig {
     /// and delays voice activity, hence the end of each turn and barge-in, by up to 20 ms per
     /// frame added.
     pub audio_frames_per_message: usize,
-    /// `LIVE_AUDIO_GATHER_MS`: 0 (the default) gives each call its own `StreamAudio` stream;
-    /// 1–100 puts the replica's calls on one shared `StreamAudioCalls` stream per
-    /// audio-processor endpoint, their frames gathered and sent together every that many
-    /// milliseconds (`media/legs.rs`).
+    /// `LIVE_AUDIO_GATHER_MS`: 0 gives each call its own `StreamAudio` stream; 1–100 (default
+    /// 10) puts the replica's calls on one shared `StreamAudioCalls` stream per audio-processor
+    /// endpoint, their messages gathered and sent together every that many milliseconds
+    /// (`media/legs.rs`).
     pub audio_gather: Duration,
 }
 
@@ -69,7 +69,7 @@ impl Default for LiveConfig {
             fallback: Some(DEFAULT_FALLBACK_TEXT.into()),
             dead_air: Duration::from_secs(3),
             audio_frames_per_message: 2,
-            audio_gather: Duration::ZERO,
+            audio_gather: Duration::from_millis(10),
         }
     }
 }

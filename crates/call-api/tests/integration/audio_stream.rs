@@ -121,8 +121,11 @@ impl Recorder {
 async fn stream_through(extra: &[(&str, &str)], frames: u64, pause: Duration) -> (Recorder, Instant) {
     let db = TestDb::new(Backend::Sqlite).await.unwrap();
     let (recorder, audio_url) = Recorder::start().await;
-    // No turn is taken (the recorder reports no speech): provider-gateway is never asked.
-    let app = stack::start_api(db, &audio_url, "http://127.0.0.1:9", extra).await;
+    // No turn is taken (the recorder reports no speech): provider-gateway is never asked. Each
+    // call on its own stream: what these tests read is that stream's messages.
+    let mut env = vec![("LIVE_AUDIO_GATHER_MS", "0")];
+    env.extend_from_slice(extra);
+    let app = stack::start_api(db, &audio_url, "http://127.0.0.1:9", &env).await;
     let mut carrier = Carrier::connect(&app).await;
     // At once rather than paced: which frames share a message does not depend on timing.
     for i in 0..frames {
@@ -243,7 +246,7 @@ async fn an_utterance_sent_in_parts_is_transcribed_whole() {
     *recorder.script.lock().unwrap() = script;
     let fake = FakeHttp::start(crate::live::providers(0.2)).await;
     let gateway = stack::start_gateway(Some(&fake), &[("LLM_PROVIDERS", "openai"), ("TTS_PROVIDERS", "openai")]).await;
-    let app = stack::start_api(db, &audio_url, &gateway.url(), &[]).await;
+    let app = stack::start_api(db, &audio_url, &gateway.url(), &[("LIVE_AUDIO_GATHER_MS", "0")]).await;
     let mut carrier = Carrier::connect(&app).await;
     carrier.speak(&silence(0.1)).await;
     wait_until(

@@ -4,7 +4,7 @@
 //! replicas of each peer (`AUDIO_PROCESSOR_URL`, `PROVIDER_GATEWAY_URL`), has its own
 //! `REPLICA_ID` and a short `LIVE_LEASE_SECONDS`. Phases:
 //!
-//! 1. spread: each audio-processor replica got ≥ 20 % of the `StreamAudio` streams, each
+//! 1. spread: each audio-processor replica got ≥ 20 % of the calls' live audio streams, each
 //!    provider-gateway replica a share of the gRPC calls (their own `/metrics`);
 //! 2. rolling restart of every process, one at a time, under traffic: no call cut, no turn
 //!    without a reply; a draining call-api's calls end by themselves;
@@ -906,7 +906,8 @@ async fn phase_spread(r: &mut Report, d: &mut Drill) {
     let mut gateway = [0.0; 2];
     for i in 0..2 {
         let a = stack::scrape(&d.http, &d.stacks[i].ports.admin_base(Service::AudioProcessor)).await;
-        streams[i] = prom::sum(&a, "grpc_server_started_total", &[("grpc_method", "StreamAudio")]);
+        // Calls' live streams, their own or legs of a shared stream (LIVE_AUDIO_GATHER_MS).
+        streams[i] = prom::sum(&a, "audio_streams_opened_total", &[]);
         let g = stack::scrape(&d.http, &d.stacks[i].ports.admin_base(Service::ProviderGateway)).await;
         gateway[i] =
             prom::sum(&g, "grpc_server_started_total", &[("grpc_service", "kraliki.provider.v1.ProviderGateway")]);
@@ -915,7 +916,7 @@ async fn phase_spread(r: &mut Report, d: &mut Drill) {
     r.say(format!("phase 1: after {} s of traffic, per replica (its own /metrics):", WARMUP.as_secs()));
     r.raw(format!(
         "    {:<10} {:>20} {:>7} {:>26} {:>7}",
-        "replica", "StreamAudio streams", "share", "provider-gateway calls", "share"
+        "replica", "live audio streams", "share", "provider-gateway calls", "share"
     ));
     for (i, name) in NAMES.iter().enumerate() {
         r.raw(format!(
@@ -942,7 +943,7 @@ async fn phase_spread(r: &mut Report, d: &mut Drill) {
         r,
         "phase 1",
         (0..2).all(|i| share(streams, i) >= 20.0),
-        "StreamAudio streams spread over both audio-processor replicas (each ≥ 20 %)",
+        "live audio streams spread over both audio-processor replicas (each ≥ 20 %)",
         format!("a {} ({:.0} %), b {} ({:.0} %)", streams[0], share(streams, 0), streams[1], share(streams, 1)),
     );
     d.check(

@@ -166,6 +166,8 @@ async fn calls_and_streams_spread_over_three_audio_processors_which_may_die_and_
     env.push(("PEER_RESOLVE_INTERVAL_SECONDS".into(), "0.5".into()));
     env.push(("API_RATE_LIMIT_PER_SECOND".into(), "0".into()));
     env.push(("RECORDING_MAX_UPLOADS_PER_TENANT".into(), "16".into()));
+    // Each call on a stream of its own (the shared streams have their own test below).
+    env.push(("LIVE_AUDIO_GATHER_MS".into(), "0".into()));
     let _gateway = Service::start("provider-gateway", &env);
     let _api = Service::start("call-api", &env);
     let api = format!("http://127.0.0.1:{}", ports.api);
@@ -246,7 +248,7 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut f: im
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn shared_audio_streams_spread_calls_and_move_them_when_an_audio_processor_shuts_down() {
+async fn shared_audio_streams_spread_calls_and_move_them_when_an_audio_processor_shuts_down_or_dies() {
     let ports = Ports::new();
     let mut audio: Vec<Audio> =
         (0..2).map(|_| Audio { grpc: free_port(), admin: free_port(), process: None }).collect();
@@ -301,6 +303,20 @@ async fn shared_audio_streams_spread_calls_and_move_them_when_an_audio_processor
     assert!(reconnects >= legs[0], "the moved calls reconnected: {reconnects} for {} legs", legs[0]);
     assert_eq!(value(&samples, "active_calls", &[]).unwrap_or(-1.0), 20.0, "no call ended");
     eprintln!("legs per replica {legs:?}; {reconnects} reconnected after the shutdown");
+
+    // The remaining replica is killed (no goodbye: the shared stream breaks) and started again on
+    // its address: every call opens a new leg on it, within the calls' reconnect window.
+    let mut process = audio[1].process.take().unwrap();
+    process.child.kill().unwrap();
+    process.child.wait().unwrap();
+    audio[1].start();
+    wait_ready(&format!("http://127.0.0.1:{}/ready", audio[1].admin), Duration::from_secs(30)).await;
+    eventually("every call's leg on the restarted replica", || async {
+        audio[1].gauge("audio_active_streams").await == 20.0
+    })
+    .await;
+    let (_, samples) = scrape(&format!("{api}/metrics")).await;
+    assert_eq!(value(&samples, "active_calls", &[]).unwrap_or(-1.0), 20.0, "no call ended");
 
     // Hanging up ends each leg: the replica's streams go back to none.
     for ws in streams {
