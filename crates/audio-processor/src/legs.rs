@@ -85,7 +85,7 @@ async fn route(
     // Legs that ended here while their client still sent: their frames until the client's `end`
     // are dropped quietly rather than each answered with an error.
     let mut ended_here: HashSet<u64> = HashSet::new();
-    let stopping = processor.stopping().clone();
+    let stopping = processor.stopping().child_token();
     loop {
         let message = tokio::select! {
             biased;

@@ -298,7 +298,9 @@ impl Processor {
             live,
             inbound,
             tx,
-            stopping: self.inner.stopping.clone(),
+            // A child per stream: the task polls it at every message, and a token's poll takes
+            // its lock, which every stream would otherwise share across threads.
+            stopping: self.inner.stopping.child_token(),
             deadline,
             idle_timeout: self.inner.idle_timeout,
             stats_interval: self.inner.stats_interval,

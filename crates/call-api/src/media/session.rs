@@ -501,7 +501,10 @@ impl Live {
         let mut flush_at: Option<Instant> = None;
         // Made once, not per message: each would register with its token or the timer wheel
         // (a lock) and unregister when the next frame wins. The idle timer stays at an old
-        // deadline and is moved on when it fires early.
+        // deadline and is moved on when it fires early. The replica-wide token is watched through
+        // a child of the call's own: `select!` polls it at every wake-up, and a token's poll
+        // takes its lock, which all calls' sessions would otherwise share across threads.
+        let end_all = end_all.child_token();
         let shutdown = end_all.cancelled();
         let hung_up = hang_up.cancelled();
         let idle_timer = tokio::time::sleep_until(self.last_inbound + self.idle);
