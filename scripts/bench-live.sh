@@ -8,7 +8,8 @@
 # medians), TURNS (per call, default 2), WATCHERS (event streams each call
 # opens and reads to its end, default 0: the SSE fan-out), SETTLE_SECONDS (default 60: after
 # the last level, how long to wait before reading each service's memory again; 0 = not at all),
-# WORKERS (runtime threads per service; unset, the CPU count), VK_BIN (a voice-kraliki binary
+# WORKERS (runtime threads per service; unset, the CPU count), any service variable (e.g.
+# LIVE_AUDIO_GATHER_MS=0 to compare each call on a stream of its own), VK_BIN (a voice-kraliki binary
 # to run instead of building one, e.g. one built with `--no-default-features` to compare the
 # system allocator).
 #
