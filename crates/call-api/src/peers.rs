@@ -504,10 +504,12 @@ impl Service<http::Request<Body>> for Balanced {
 }
 
 /// A tower service over one endpoint of a peer (a shared live stream stays on the endpoint it
-/// was opened on).
+/// was opened on). A stream whose connection could not be made marks the endpoint down, as
+/// [`Balanced`] does, so the next pick skips it.
 #[derive(Clone)]
 pub struct Pinned {
-    channel: Channel,
+    set: Arc<EndpointSet>,
+    member: Member,
     auth: Option<http::HeaderValue>,
 }
 
@@ -524,8 +526,16 @@ impl Service<http::Request<Body>> for Pinned {
         if let Some(auth) = &self.auth {
             req.headers_mut().insert(http::header::AUTHORIZATION, auth.clone());
         }
-        let channel = self.channel.clone();
-        Box::pin(async move { channel.oneshot(req).await.map_err(Into::into) })
+        let this = self.clone();
+        Box::pin(async move {
+            let result = this.member.channel.clone().oneshot(req).await;
+            if let Err(e) = &result
+                && not_sent(e)
+            {
+                this.set.set_health(&this.member, DOWN);
+            }
+            result.map_err(Into::into)
+        })
     }
 }
 
@@ -587,7 +597,7 @@ impl Peers {
     /// [`Peers::audio`] would go) and a client that stays on it.
     pub fn pick_audio(&self) -> Option<(SocketAddr, AudioProcessorClient<GrpcService<Pinned>>)> {
         let member = self.audio_endpoints.pick(&[])?;
-        let pinned = Pinned { channel: member.channel, auth: self.auth.clone() };
+        let pinned = Pinned { set: self.audio_endpoints.clone(), member: member.clone(), auth: self.auth.clone() };
         Some((
             member.addr,
             AudioProcessorClient::new(GrpcClientLayer.layer(pinned)).max_decoding_message_size(SPEECH_RESPONSE_LIMIT),

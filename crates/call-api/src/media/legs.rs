@@ -107,7 +107,24 @@ impl SharedAudio {
 
     /// Opens a leg for `config` on the next serving endpoint's shared stream (opening that
     /// stream first if it has none). Events arrive on the receiver; `None` when the leg ended.
+    /// A stream that could not be opened, or ended before the leg opened (`Unavailable`: the
+    /// endpoint is unreachable or shutting down), sends the leg to the next endpoint, three
+    /// endpoints in all.
     pub async fn open(
+        self: &Arc<Self>,
+        peers: &Peers,
+        config: StreamConfig,
+    ) -> Result<(LegSink, mpsc::Receiver<Option<StreamAudioResponse>>), tonic::Status> {
+        let mut attempt = 1;
+        loop {
+            match self.open_once(peers, config.clone()).await {
+                Err(s) if s.code() == tonic::Code::Unavailable && attempt < 3 => attempt += 1,
+                result => return result,
+            }
+        }
+    }
+
+    async fn open_once(
         self: &Arc<Self>,
         peers: &Peers,
         config: StreamConfig,
