@@ -440,6 +440,21 @@ fn not_sent(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Sends `req` to `member` once; a connection that could not be made marks it down.
+async fn send_once(
+    set: &EndpointSet,
+    member: &Member,
+    req: http::Request<Body>,
+) -> Result<http::Response<Body>, BoxError> {
+    let result = member.channel.clone().oneshot(req).await;
+    if let Err(e) = &result
+        && not_sent(e)
+    {
+        set.set_health(member, DOWN);
+    }
+    result.map_err(Into::into)
+}
+
 impl Balanced {
     fn no_endpoint(&self) -> BoxError {
         Box::new(tonic::Status::unavailable(format!("no {} endpoint is serving", self.set.peer)))
@@ -467,13 +482,7 @@ impl Service<http::Request<Body>> for Balanced {
                 .is_some_and(|m| matches!(m.kind, "unary" | "server_stream"));
             if !replayable {
                 let Some(member) = this.set.pick(&[]) else { return Err(this.no_endpoint()) };
-                let result = member.channel.clone().oneshot(req).await;
-                if let Err(e) = &result
-                    && not_sent(e)
-                {
-                    this.set.set_health(&member, DOWN);
-                }
-                return result.map_err(Into::into);
+                return send_once(&this.set, &member, req).await;
             }
             let (parts, body) = req.into_parts();
             let bytes: Bytes = body.collect().await.map_err(|e| -> BoxError { Box::new(e) })?.to_bytes();
@@ -527,15 +536,7 @@ impl Service<http::Request<Body>> for Pinned {
             req.headers_mut().insert(http::header::AUTHORIZATION, auth.clone());
         }
         let this = self.clone();
-        Box::pin(async move {
-            let result = this.member.channel.clone().oneshot(req).await;
-            if let Err(e) = &result
-                && not_sent(e)
-            {
-                this.set.set_health(&this.member, DOWN);
-            }
-            result.map_err(Into::into)
-        })
+        Box::pin(async move { send_once(&this.set, &this.member, req).await })
     }
 }
 

@@ -26,12 +26,12 @@ use std::{
 
 use kraliki_proto::audio::v1::{
     CallAudio, StreamAudioCallsRequest, StreamAudioRequest, StreamAudioResponse, StreamConfig, call_event::Kind,
-    stream_audio_request::Payload, stream_audio_response::Event as AudioEvent,
+    stream_audio_request::Payload,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
 
-use super::session::MAX_UTTERANCE_BYTES;
+use super::session::Utterance;
 use crate::peers::Peers;
 
 /// Messages waiting in one endpoint's list before a call's new ones are dropped: 2 s of frames
@@ -60,8 +60,7 @@ struct Lane {
 struct Leg {
     opened: Option<oneshot::Sender<Result<(), tonic::Status>>>,
     events: mpsc::Sender<Option<StreamAudioResponse>>,
-    /// The parts of the utterance under way; its `speech_ended` carries the last.
-    utterance: Vec<u8>,
+    utterance: Utterance,
 }
 
 /// A call's leg: where its messages go. Dropping it ends the leg (the half-close).
@@ -157,7 +156,7 @@ impl SharedAudio {
         lane.legs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(leg, Leg { opened: Some(opened_tx), events: events_tx, utterance: Vec::new() });
+            .insert(leg, Leg { opened: Some(opened_tx), events: events_tx, utterance: Utterance::default() });
         let mut headers = axum::http::HeaderMap::new();
         telemetry::otel::inject_context(&tracing::Span::current(), &mut headers);
         let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
@@ -233,7 +232,6 @@ async fn run(
 
 /// Sends the gathered messages every `gather` while legs are open.
 async fn write(lane: Arc<Lane>, out: mpsc::Sender<StreamAudioCallsRequest>, gather: Duration) {
-    let mut spare = Vec::new();
     loop {
         let idle = lane.legs.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
             && lane.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
@@ -241,16 +239,18 @@ async fn write(lane: Arc<Lane>, out: mpsc::Sender<StreamAudioCallsRequest>, gath
             lane.wake.notified().await;
         }
         tokio::time::sleep(gather).await;
-        let calls =
-            std::mem::replace(&mut *lane.pending.lock().unwrap_or_else(|e| e.into_inner()), std::mem::take(&mut spare));
-        if calls.is_empty() {
-            continue;
-        }
-        let capacity = calls.len();
+        let calls = {
+            let mut pending = lane.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if pending.is_empty() {
+                continue;
+            }
+            // The next list starts at the size of this one, so it rarely grows.
+            let size = pending.len();
+            std::mem::replace(&mut *pending, Vec::with_capacity(size))
+        };
         if out.send(StreamAudioCallsRequest { calls }).await.is_err() {
             return;
         }
-        spare = Vec::with_capacity(capacity);
     }
 }
 
@@ -277,23 +277,10 @@ async fn read(lane: &Lane, mut inbound: tonic::Streaming<kraliki_proto::audio::v
                             let _ = opened.send(Ok(()));
                         }
                     }
-                    Some(Kind::Event(StreamAudioResponse { event: Some(AudioEvent::SpeechAudio(part)) })) => {
-                        // audio-processor ends an utterance at its max_utterance (at most 600 s):
-                        // parts beyond that are not kept.
-                        if slot.utterance.len() + part.pcm16_16khz.len() <= MAX_UTTERANCE_BYTES {
-                            slot.utterance.extend_from_slice(&part.pcm16_16khz);
-                        } else {
-                            tracing::warn!(bytes = slot.utterance.len(), "utterance parts beyond 600 s dropped");
+                    Some(Kind::Event(m)) => {
+                        if let Some(m) = slot.utterance.join(m) {
+                            to_send = Some((slot.events.clone(), Some(m)));
                         }
-                    }
-                    Some(Kind::Event(mut m)) => {
-                        if let Some(AudioEvent::SpeechEnded(ended)) = &mut m.event
-                            && !slot.utterance.is_empty()
-                        {
-                            slot.utterance.extend_from_slice(&ended.pcm16_16khz);
-                            ended.pcm16_16khz = std::mem::take(&mut slot.utterance);
-                        }
-                        to_send = Some((slot.events.clone(), Some(m)));
                     }
                     Some(Kind::Ended(ended)) => {
                         let code = tonic::Code::from_i32(ended.code);

@@ -886,7 +886,7 @@ fn mulaw_magnitude(byte: u8) -> u16 {
 const SPEECH_AUDIO_PART_BYTES: u32 = 8_000;
 /// The longest utterance kept from its parts: 600 s of 16 kHz PCM16 (audio-processor's longest
 /// `max_utterance`).
-pub(crate) const MAX_UTTERANCE_BYTES: usize = 600 * 16_000 * 2;
+const MAX_UTTERANCE_BYTES: usize = 600 * 16_000 * 2;
 
 /// Where a call's audio goes: its own `StreamAudio` stream, or its leg of a shared one.
 enum AudioSink {
@@ -939,27 +939,13 @@ async fn open_audio(
     let mut inbound = peers.audio.clone().stream_audio(ReceiverStream::new(audio_rx)).await?.into_inner();
     let (events_tx, audio_events) = mpsc::channel(64);
     tokio::spawn(async move {
-        // The parts of the utterance under way; its speech_ended carries the last.
-        let mut utterance = Vec::new();
+        let mut utterance = Utterance::default();
         while let Some(message) = inbound.next().await {
             match message {
-                Ok(StreamAudioResponse { event: Some(AudioEvent::SpeechAudio(part)) }) => {
-                    // audio-processor ends an utterance at its max_utterance (at most 600 s):
-                    // parts beyond that are not kept.
-                    if utterance.len() + part.pcm16_16khz.len() <= MAX_UTTERANCE_BYTES {
-                        utterance.extend_from_slice(&part.pcm16_16khz);
-                    } else {
-                        tracing::warn!(bytes = utterance.len(), "utterance parts beyond 600 s dropped");
-                    }
-                }
-                Ok(mut m) => {
-                    if let Some(AudioEvent::SpeechEnded(ended)) = &mut m.event
-                        && !utterance.is_empty()
+                Ok(m) => {
+                    if let Some(m) = utterance.join(m)
+                        && events_tx.send(Some(m)).await.is_err()
                     {
-                        utterance.extend_from_slice(&ended.pcm16_16khz);
-                        ended.pcm16_16khz = std::mem::take(&mut utterance);
-                    }
-                    if events_tx.send(Some(m)).await.is_err() {
                         return;
                     }
                 }
@@ -972,6 +958,35 @@ async fn open_audio(
         let _ = events_tx.send(None).await;
     });
     Ok((AudioSink::Stream(audio_tx), audio_events))
+}
+
+/// The `speech_audio` parts of the utterance under way; its `speech_ended` carries the last.
+#[derive(Default)]
+pub(crate) struct Utterance(Vec<u8>);
+
+impl Utterance {
+    /// Keeps a part (`None`: nothing to pass on) and gives a `speech_ended` the whole utterance;
+    /// other events pass as they are.
+    pub(crate) fn join(&mut self, mut m: StreamAudioResponse) -> Option<StreamAudioResponse> {
+        match &mut m.event {
+            Some(AudioEvent::SpeechAudio(part)) => {
+                // audio-processor ends an utterance at its max_utterance (at most 600 s): parts
+                // beyond that are not kept.
+                if self.0.len() + part.pcm16_16khz.len() <= MAX_UTTERANCE_BYTES {
+                    self.0.extend_from_slice(&part.pcm16_16khz);
+                } else {
+                    tracing::warn!(bytes = self.0.len(), "utterance parts beyond 600 s dropped");
+                }
+                return None;
+            }
+            Some(AudioEvent::SpeechEnded(ended)) if !self.0.is_empty() => {
+                self.0.extend_from_slice(&ended.pcm16_16khz);
+                ended.pcm16_16khz = std::mem::take(&mut self.0);
+            }
+            _ => {}
+        }
+        Some(m)
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
