@@ -47,7 +47,7 @@ export PROVIDER_GATEWAY_GRPC_ADDR=127.0.0.1:15052 PROVIDER_GATEWAY_ADMIN_ADDR=12
 export AUDIO_PROCESSOR_URL=http://127.0.0.1:15051 PROVIDER_GATEWAY_URL=http://127.0.0.1:15052
 export STT_PROVIDERS=simulated LLM_PROVIDERS=simulated TTS_PROVIDERS=simulated
 export SIMULATED_LATENCY=fixed:0 SIMULATED_TTFB_SECONDS=0 SIMULATED_TOKENS_PER_SECOND=0
-export DATABASE_MAX_CONNECTIONS=20
+export DATABASE_MAX_CONNECTIONS="${DATABASE_MAX_CONNECTIONS:-20}"
 # WORKERS, when set, goes to every service (unset: each takes the CPU count). WORKERS=1 is the
 # Kubernetes shape (limits.cpu 1 per replica): about a tenth less CPU per call-second on this
 # 2-core box, but at 500 calls call-api's one thread queues (late frames, p99 turns).

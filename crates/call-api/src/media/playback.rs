@@ -23,7 +23,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{Notify, mpsc, oneshot},
+    sync::{mpsc, oneshot},
     time::Instant,
 };
 
@@ -74,7 +74,8 @@ impl Out for mpsc::Sender<String> {
 pub struct Playback {
     pub commands: mpsc::Sender<Command>,
     queued: Arc<AtomicUsize>,
-    clear: Arc<Notify>,
+    /// One pending `clear` at most: a second one before the player took the first is the same.
+    clear: mpsc::Sender<()>,
     /// What was played and when its marks are due back (line quality).
     pub quality: Arc<Outbound>,
 }
@@ -84,7 +85,7 @@ pub struct Player {
     encoder: Encoder,
     commands: mpsc::Receiver<Command>,
     queued: Arc<AtomicUsize>,
-    clear: Arc<Notify>,
+    clear: mpsc::Receiver<()>,
     quality: Arc<Outbound>,
 }
 
@@ -97,7 +98,8 @@ impl Playback {
     /// Drops everything queued (and the audio still in the commands) and tells the carrier to
     /// drop its buffer: barge-in. Not queued behind audio.
     pub fn clear(&self) {
-        self.clear.notify_one();
+        // Full: a clear is already pending, and it drops the same.
+        let _ = self.clear.try_send(());
     }
 
     /// A playback for stream `stream_sid` and its player, recording what it plays in
@@ -105,10 +107,10 @@ impl Playback {
     pub fn new(stream_sid: &str, quality: Arc<Outbound>) -> (Self, Player) {
         let (commands, rx) = mpsc::channel(COMMANDS);
         let queued = Arc::new(AtomicUsize::new(0));
-        let clear = Arc::new(Notify::new());
+        let (clear, cleared) = mpsc::channel(1);
         (
-            Self { commands, queued: queued.clone(), clear: clear.clone(), quality: quality.clone() },
-            Player { encoder: Encoder::new(stream_sid), commands: rx, queued, clear, quality },
+            Self { commands, queued: queued.clone(), clear, quality: quality.clone() },
+            Player { encoder: Encoder::new(stream_sid), commands: rx, queued, clear: cleared, quality },
         )
     }
 
@@ -211,16 +213,19 @@ impl Player {
         let mut next_due = Instant::now();
         let mut counted = 0;
         let mut sentence = Sentence::default();
-        // One waiter for `clear`, renewed only when it fires (not registered and dropped again
-        // on every frame).
-        let clear = self.clear.clone();
-        let cleared = clear.notified();
-        tokio::pin!(cleared);
+        // `clear` comes on a channel rather than a `Notify`: this loop wakes for every frame, and
+        // a waiting `Notified` takes its lock at each poll, a channel's receiver does not. Its
+        // senders are the `Playback` handles, as the commands' are: once they are gone the
+        // commands end the loop.
+        let mut clear_open = true;
         loop {
             tokio::select! {
                 biased;
-                () = &mut cleared => {
-                    cleared.set(clear.notified());
+                cleared = self.clear.recv(), if clear_open => {
+                    if cleared.is_none() {
+                        clear_open = false;
+                        continue;
+                    }
                     queue.clear();
                     // What was sent before the clear and not yet taken is dropped with it.
                     while let Ok(command) = self.commands.try_recv() {

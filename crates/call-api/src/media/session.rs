@@ -499,22 +499,30 @@ impl Live {
         // off the timer wheel. A timer kept across batches stays on the wheel after its batch
         // went, and wakes the runtime thread for nothing once per batch.
         let mut flush_at: Option<Instant> = None;
-        // Made once, not per message: each would register with its token or the timer wheel
-        // (a lock) and unregister when the next frame wins. The idle timer stays at an old
-        // deadline and is moved on when it fires early. The replica-wide token is watched through
-        // a child of the call's own: `select!` polls it at every wake-up, and a token's poll
-        // takes its lock, which all calls' sessions would otherwise share across threads.
-        let end_all = end_all.child_token();
-        let shutdown = end_all.cancelled();
-        let hung_up = hang_up.cancelled();
+        // Made once, not per message: a timer made per message would register with the timer
+        // wheel (a lock) and unregister when the next frame wins. The idle timer stays at an old
+        // deadline and is moved on when it fires early.
         let idle_timer = tokio::time::sleep_until(self.last_inbound + self.idle);
-        tokio::pin!(shutdown, hung_up, idle_timer);
+        // Shutdown and hang-up come as one message from a task that waits on both tokens: the
+        // loop below wakes ~50 times a second, `select!` polls its arms at each wake-up, and a
+        // token's poll takes two locks (its own and its `Notify`'s); a oneshot's is an atomic
+        // load.
+        let (stop_tx, stop) = tokio::sync::oneshot::channel();
+        let (end_all, hang_up) = (end_all.clone(), hang_up.clone());
+        let _watcher = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            let end = tokio::select! {
+                biased;
+                () = end_all.cancelled() => End::Shutdown,
+                () = hang_up.cancelled() => End::HungUp,
+            };
+            let _ = stop_tx.send(end);
+        }));
+        tokio::pin!(idle_timer, stop);
         loop {
             let barge = self.barge_deadline;
             let dtmf = self.dtmf_deadline;
             tokio::select! {
-                () = &mut shutdown => return End::Shutdown,
-                () = &mut hung_up => return End::HungUp,
+                end = &mut stop => return end.unwrap_or(End::Shutdown),
                 () = &mut idle_timer => {
                     let idle = self.last_inbound + self.idle;
                     if idle > Instant::now() {
