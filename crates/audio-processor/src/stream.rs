@@ -148,20 +148,11 @@ impl StreamTask {
         let deadline = sleep_until(self.deadline);
         tokio::pin!(deadline);
         let idle = tokio::time::sleep(self.idle_timeout);
-        // Shutdown arrives on a oneshot from a task that waits on the token: the loop polls
-        // its arms for every message, and a token's poll takes two locks (its own and its
-        // `Notify`'s), a oneshot's none.
-        let (stop_tx, stopped) = tokio::sync::oneshot::channel::<()>();
-        let stopping = self.stopping.clone();
-        let _watcher = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-            stopping.cancelled().await;
-            let _ = stop_tx.send(());
-        }));
-        tokio::pin!(idle, stopped);
+        tokio::pin!(idle);
         let end = loop {
             let message = tokio::select! {
                 biased;
-                _ = &mut stopped => break End::Flush(Status::unavailable("server is shutting down; reconnect to another replica")),
+                () = self.stopping.cancelled() => break End::Flush(Status::unavailable("server is shutting down; reconnect to another replica")),
                 () = &mut deadline => break End::Flush(Status::deadline_exceeded("stream deadline reached")),
                 () = &mut idle => break End::Flush(Status::deadline_exceeded(format!(
                     "no message for {} s: the stream is idle",
