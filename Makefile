@@ -54,7 +54,7 @@ drill-shutdown: ## drill: SIGTERM each service in turn under load; readiness fir
 	$(CARGO) build -q -p voice-kraliki -p drills
 	$(CARGO_TARGET_DIR)/debug/drills shutdown
 
-drill-database: ## drill: a throwaway PostgreSQL (initdb, port 55432) stopped 30 s under load; 503s, recovery, no lost call
+drill-database: ## drill: a throwaway PostgreSQL (initdb, port 25432) stopped 30 s under load; 503s, recovery, no lost call
 	$(CARGO) build -q -p voice-kraliki -p drills
 	$(CARGO_TARGET_DIR)/debug/drills database
 
@@ -66,7 +66,7 @@ drill-soak: ## drill: steady load for SOAK_MINUTES (10); RSS, fds, threads per s
 	$(CARGO) build -q -p voice-kraliki -p drills
 	$(CARGO_TARGET_DIR)/debug/drills soak --minutes $(SOAK_MINUTES)
 
-drill-scale: ## drill: two replicas of each service behind a balancer on a throwaway PostgreSQL (55433); spread, rolling restart, a replica killed, cross-replica hang-up
+drill-scale: ## drill: two replicas of each service behind a balancer on a throwaway PostgreSQL (25433); spread, rolling restart, a replica killed, cross-replica hang-up
 	$(CARGO) build -q -p voice-kraliki -p drills
 	$(CARGO_TARGET_DIR)/debug/drills scale
 

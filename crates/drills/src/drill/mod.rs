@@ -38,7 +38,7 @@ const USAGE: &str = "usage: drills <shutdown | database [--pg-port P] | provider
 #[derive(Debug, Clone)]
 pub struct Options {
     pub keep: bool,
-    /// The throwaway PostgreSQL's port (`database`: 55432, `scale`: 55433 unless given).
+    /// The throwaway PostgreSQL's port (`database`: 25432, `scale`: 25433 unless given).
     pub pg_port: Option<u16>,
     pub soak: Duration,
     pub sample: Duration,
