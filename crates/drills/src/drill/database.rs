@@ -26,8 +26,8 @@ const AFTER: Duration = Duration::from_secs(15);
 const RATE: f64 = 10.0;
 /// The throwaway cluster's port unless `--pg-port` says otherwise. Below Linux's ephemeral range
 /// (32768–60999), as every drill port is: a port inside it can be taken for a moment by any
-/// outgoing connection's local end (55432 once was, by the drill before it, and this drill could
-/// not start).
+/// outgoing connection's local end (55432 once was in use when this drill started, and it could
+/// not run).
 pub(crate) const PG_PORT: u16 = 25432;
 
 /// A PostgreSQL cluster in a temporary folder; stopped (immediate) when dropped. Also the
