@@ -24,18 +24,20 @@ pub struct Service {
     pub child: Child,
     pub stdout: Arc<Mutex<Vec<String>>>,
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// The threads reading stdout and stderr: they end when the process's pipes close.
+    readers: [std::thread::JoinHandle<()>; 2],
 }
 
-fn capture(reader: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+fn capture(reader: impl std::io::Read + Send + 'static) -> (Arc<Mutex<Vec<String>>>, std::thread::JoinHandle<()>) {
     let lines: Arc<Mutex<Vec<String>>> = Arc::default();
     let sink = lines.clone();
-    std::thread::spawn(move || {
+    let thread = std::thread::spawn(move || {
         for line in BufReader::new(reader).lines() {
             let Ok(line) = line else { break };
             sink.lock().unwrap().push(line);
         }
     });
-    lines
+    (lines, thread)
 }
 
 /// Ports of a test stack.
@@ -190,9 +192,9 @@ impl Service {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn voice-kraliki");
-        let stdout = capture(child.stdout.take().unwrap());
-        let stderr = capture(child.stderr.take().unwrap());
-        Self { name, child, stdout, stderr }
+        let (stdout, out_reader) = capture(child.stdout.take().unwrap());
+        let (stderr, err_reader) = capture(child.stderr.take().unwrap());
+        Self { name, child, stdout, stderr, readers: [out_reader, err_reader] }
     }
 
     pub fn stdout(&self) -> Vec<String> {
@@ -207,11 +209,15 @@ impl Service {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
     }
 
-    /// Waits for the process to exit, up to `timeout`.
+    /// Waits for the process to exit, up to `timeout`, and then for the lines it wrote (its
+    /// output is read on threads that can lag behind its exit).
     pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
+                while !self.readers.iter().all(|r| r.is_finished()) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
