@@ -11,7 +11,8 @@
 # WORKERS (runtime threads per service; unset, the CPU count), any service variable (e.g.
 # LIVE_AUDIO_GATHER_MS=0 to compare each call on a stream of its own), VK_BIN (a voice-kraliki binary
 # to run instead of building one, e.g. one built with `--no-default-features` to compare the
-# system allocator).
+# system allocator; the floor below then runs the `examples/carrier_floor` next to it), FLOOR
+# (default 1; 0 skips the carrier transport floor).
 #
 # Prints loadgen's table per level: caller-side turn latency, the server's stages (our own
 # overhead is `overhead`), reply frame timing, memory per live call and CPU per live
@@ -128,4 +129,36 @@ if [[ "$repeat" -gt 1 ]]; then
     END { for (l = 1; l <= levels; l++) { c = order[l]
       printf "| %s | %d | %.2f | %.2f | %.2f | %.2f |\n", c, n[c], median(c, 1), median(c, 2), median(c, 3), median(c, 4) } }
   ' "$work/rows"
+fi
+
+# The carrier side's floor on this machine (FLOOR=0 skips it): a server on call-api's stack that
+# does nothing with a call but take its frames and send paced frames back for the share of the
+# time the bench's replies play (examples/carrier_floor.rs). No change inside the services goes
+# below it while carriers send one WebSocket message per 20 ms frame.
+if [[ "${FLOOR:-1}" != 0 ]]; then
+  if [[ -n "${VK_BIN:-}" ]]; then
+    floor="$(dirname "$VK_BIN")/examples/carrier_floor"
+  else
+    if [[ "$profile" == release ]]; then
+      cargo build -q --release -p voice-kraliki --example carrier_floor
+    else
+      cargo build -q -p voice-kraliki --example carrier_floor
+    fi
+    floor="$target/$profile/examples/carrier_floor"
+  fi
+  if [[ -x "$floor" ]]; then
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    pids=()
+    echo
+    echo "### Carrier transport floor (receive and send only), CPU ms per call-second"
+    echo
+    echo "| calls | floor |"
+    echo "|---:|---:|"
+    "$floor" --calls "$(IFS=,; echo "${levels[*]}")" --seconds 12 |
+      awk '{ delete f; for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+             printf "| %s | %s |\n", f["calls"], f["cpu_ms_per_call_s"] }'
+  else
+    echo "(no carrier_floor binary next to $VK_BIN: FLOOR=0 to skip)"
+  fi
 fi

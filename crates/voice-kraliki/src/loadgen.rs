@@ -58,6 +58,8 @@ use tokio_tungstenite::tungstenite::Message;
 /// (`crates/audio-dsp/fixtures/call-stereo.wav`).
 pub const RECORDING: &[u8] = include_bytes!("../../audio-dsp/fixtures/call-stereo.wav");
 /// A turn without a first reply frame within this is an error.
+/// The media WebSocket's read buffer, as call-api's (a carrier's messages are a few hundred bytes).
+const WS_READ_BUFFER: usize = 4096;
 const TURN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reply audio is over when no frame came for this long.
 const REPLY_QUIET: Duration = Duration::from_millis(600);
@@ -727,8 +729,12 @@ async fn talk(
     // The media URL names the public host; a load test talks to the URL it was given.
     let path = media_url.split_once("/v1/").map(|(_, p)| p).ok_or("bad media_url")?;
     let ws_base = o.url.replacen("http", "ws", 1);
+    // A carrier's messages are a few hundred bytes. tungstenite zero-fills its read buffer's
+    // free space before every read: with the default 128 KiB that memset was most of the load
+    // generator's CPU, taken from the services it shares the machine with.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER);
     let ws = loop {
-        match tokio_tungstenite::connect_async(format!("{ws_base}/v1/{path}")).await {
+        match tokio_tungstenite::connect_async_with_config(format!("{ws_base}/v1/{path}"), Some(config), false).await {
             Ok((ws, _)) => break ws,
             Err(tokio_tungstenite::tungstenite::Error::Http(refused))
                 if refused.status() == 503 && r.media_refusals < o.media_retries =>
