@@ -162,16 +162,16 @@ const INSERT: &str = "INSERT INTO call_turns (call_id, seq, role, text, started_
      fallback = excluded.fallback";
 const INTERRUPTED: &str = "INSERT INTO call_turns (call_id, seq, role, text, started_at, interrupted) \
      VALUES ($1, $2, 'agent', '', $3, TRUE) ON CONFLICT (call_id, seq) DO UPDATE SET interrupted = TRUE";
-const TENANT: &str = "SELECT tenant FROM calls WHERE id = $1";
 const LIST: &str = "SELECT t.seq, t.role, t.text, t.started_at, t.ended_at, t.latency, t.interrupted, t.outcome, \
      t.stage, t.reason, t.fallback FROM call_turns t \
      JOIN calls c ON c.id = t.call_id WHERE t.call_id = $1 AND c.tenant = $2 ORDER BY t.seq";
 
 impl Database {
-    /// Stores `turn` (or completes it: a caller turn is stored when heard and again with its
-    /// outcome). A completed turn (an agent turn, or a caller turn with its outcome) writes its
-    /// `turn.completed` event in the same transaction.
-    pub async fn insert_turn(&self, call_id: Uuid, turn: &Turn) -> Result<(), DbError> {
+    /// Stores `turn` of call `call_id` of `tenant` (or completes it: a caller turn is stored
+    /// when heard and again with its outcome). A completed turn (an agent turn, or a caller turn
+    /// with its outcome) writes its `turn.completed` event in the same transaction. The tenant
+    /// comes from the caller (a live call knows it), which saves a query per completed turn.
+    pub async fn insert_turn(&self, tenant: &str, call_id: Uuid, turn: &Turn) -> Result<(), DbError> {
         let completed = turn.role == Role::Agent || turn.outcome.is_some();
         Box::pin(self.observe("insert_turn", INSERT, async {
             with_pool!(self, pool => {
@@ -192,17 +192,9 @@ impl Database {
                 .execute(&mut *tx)
                 .await?;
                 if completed {
-                    let tenant: Option<String> =
-                        sqlx::query_scalar(TENANT).bind(call_id).fetch_optional(&mut *tx).await?;
-                    if let Some(tenant) = tenant {
-                        let event = NewEvent::new(
-                            &tenant,
-                            call_id,
-                            EventType::TurnCompleted,
-                            serde_json::json!({ "turn": turn }),
-                        );
-                        insert_event!(&mut *tx, &event)?;
-                    }
+                    let event =
+                        NewEvent::new(tenant, call_id, EventType::TurnCompleted, serde_json::json!({ "turn": turn }));
+                    insert_event!(&mut *tx, &event)?;
                 }
                 tx.commit().await
             })

@@ -234,6 +234,7 @@ async fn session(
     }
     let end = live.serve(stream, &end_all, &registration.hang_up).await;
     live.stop();
+    live.writes_done().await;
     let quality = live.quality();
     let cost = live.ctx.cost.clone();
     drop(live);
@@ -401,6 +402,10 @@ struct Live {
     /// Playback delays of the marks that came back.
     delays: quality::Delays,
     barge_ins: u64,
+    /// Database writes the session started and does not wait for (a barge-in's mark on the
+    /// interrupted turn): a slow database must not hold up the call's audio. They are waited for
+    /// before the call's end is stored.
+    writes: tokio::task::JoinSet<()>,
     /// The caller's speech so far (voice activity), and when the current speech began.
     caller_speech: Duration,
     caller_since: Option<Instant>,
@@ -433,6 +438,7 @@ impl Live {
             .map_or_else(|| state.live_config.system_prompt.clone(), str::to_string);
         let ctx = TurnContext {
             call_id: call.id,
+            tenant: call.tenant.as_str().into(),
             peers: state.peers.clone(),
             db: state.db.clone(),
             system_prompt,
@@ -474,6 +480,7 @@ impl Live {
             epoch: Instant::now(),
             delays: quality::Delays::default(),
             barge_ins: 0,
+            writes: tokio::task::JoinSet::new(),
             caller_speech: Duration::ZERO,
             caller_since: None,
         })
@@ -585,7 +592,7 @@ impl Live {
                     self.barge_deadline = None;
                     if self.in_speech && self.agent_active() {
                         if self.still_talking() {
-                            self.interrupt().await;
+                            self.interrupt();
                         } else {
                             self.filler = true;
                         }
@@ -806,7 +813,7 @@ impl Live {
         tokio::spawn(turn::greet(self.ctx.clone(), text, cancel));
     }
 
-    async fn interrupt(&mut self) {
+    fn interrupt(&mut self) {
         metrics::barge_in();
         self.barge_ins += 1;
         tracing::info!("barge-in");
@@ -815,11 +822,24 @@ impl Live {
             cancel.cancel();
             self.last_agent_seq = Some(caller_seq + 1);
         }
-        if let Some(seq) = self.last_agent_seq.take()
-            && let Err(e) = self.ctx.db.mark_turn_interrupted(self.call_id, seq).await
-        {
-            tracing::warn!(error = %e, "could not mark the turn interrupted");
+        if let Some(seq) = self.last_agent_seq.take() {
+            // The session goes on reading the carrier's frames while the mark is written.
+            while self.writes.try_join_next().is_some() {}
+            let (db, call_id) = (self.ctx.db.clone(), self.call_id);
+            self.writes.spawn(
+                async move {
+                    if let Err(e) = db.mark_turn_interrupted(call_id, seq).await {
+                        tracing::warn!(error = %e, "could not mark the turn interrupted");
+                    }
+                }
+                .in_current_span(),
+            );
         }
+    }
+
+    /// Waits for the database writes the session started (before the call's end is stored).
+    async fn writes_done(&mut self) {
+        while self.writes.join_next().await.is_some() {}
     }
 
     /// The carrier echoed mark `name`: the audio before it has played.

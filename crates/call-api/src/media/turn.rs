@@ -54,6 +54,8 @@ pub struct TurnInput {
 #[derive(Clone)]
 pub struct TurnContext {
     pub call_id: Uuid,
+    /// The call's tenant (its events carry it).
+    pub tenant: Arc<str>,
     pub peers: Peers,
     pub db: crate::db::Database,
     pub system_prompt: String,
@@ -285,7 +287,7 @@ pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, 
                 let mut agent_turn = Turn::new(caller_seq + 1, Role::Agent, p.spoken.clone(), started_at);
                 agent_turn.latency = Some(serde_json::Value::Object(latency));
                 agent_turn.interrupted = true;
-                if let Err(e) = ctx.db.insert_turn(ctx.call_id, &agent_turn).await {
+                if let Err(e) = ctx.db.insert_turn(&ctx.tenant, ctx.call_id, &agent_turn).await {
                     tracing::warn!(error = %e, "could not store the interrupted turn");
                 }
             }
@@ -296,7 +298,7 @@ pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, 
     span.record("outcome", outcome.as_str());
     span.record("turn.interrupted", matches!(event, TurnEvent::Replied { interrupted: true, .. }));
     metrics::turn_outcome(outcome.as_str(), caller.stage.map(Stage::as_str));
-    if let Err(e) = ctx.db.insert_turn(ctx.call_id, &caller).await {
+    if let Err(e) = ctx.db.insert_turn(&ctx.tenant, ctx.call_id, &caller).await {
         tracing::warn!(error = %e, "could not store the caller's turn");
     }
     let event = match event {
@@ -329,7 +331,7 @@ async fn say_fallback(ctx: &TurnContext, caller_seq: i64, text: &str, speech_end
     let mut turn = Turn::new(caller_seq + 1, Role::Agent, speaker.spoken, started_at);
     turn.fallback = true;
     turn.latency = speaker.latency.map(serde_json::Value::Object);
-    if let Err(e) = ctx.db.insert_turn(ctx.call_id, &turn).await {
+    if let Err(e) = ctx.db.insert_turn(&ctx.tenant, ctx.call_id, &turn).await {
         tracing::warn!(error = %e, "could not store the fallback turn");
     }
     true
@@ -405,7 +407,7 @@ pub async fn greet(ctx: TurnContext, text: String, cancel: CancellationToken) {
     }
     let mut turn = Turn::new(0, Role::Agent, text.clone(), started_at);
     turn.interrupted = interrupted;
-    if let Err(e) = ctx.db.insert_turn(ctx.call_id, &turn).await {
+    if let Err(e) = ctx.db.insert_turn(&ctx.tenant, ctx.call_id, &turn).await {
         tracing::warn!(error = %e, "could not store the greeting");
     }
     let _ = ctx.events.send(TurnEvent::Replied { caller_seq: -1, text, interrupted }).await;
@@ -444,7 +446,7 @@ async fn turn(
         return Ended::NoSpeech;
     }
     let caller_turn = Turn::new(caller_seq, Role::Caller, text.clone(), input.caller_started_at);
-    if let Err(e) = ctx.db.insert_turn(ctx.call_id, &caller_turn).await {
+    if let Err(e) = ctx.db.insert_turn(&ctx.tenant, ctx.call_id, &caller_turn).await {
         tracing::warn!(error = %e, "could not store the caller's turn");
     }
     progress.lock().expect("progress").caller = Some(caller_turn);
@@ -484,7 +486,7 @@ async fn turn(
     latency.insert("interrupted".into(), json!(false));
     let mut agent_turn = Turn::new(caller_seq + 1, Role::Agent, speaker.spoken.clone(), agent_started_at);
     agent_turn.latency = Some(serde_json::Value::Object(latency));
-    if let Err(e) = ctx.db.insert_turn(ctx.call_id, &agent_turn).await {
+    if let Err(e) = ctx.db.insert_turn(&ctx.tenant, ctx.call_id, &agent_turn).await {
         tracing::warn!(error = %e, "could not store the agent's turn");
     }
     progress.lock().expect("progress").spoken = speaker.spoken;

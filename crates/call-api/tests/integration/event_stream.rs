@@ -121,7 +121,7 @@ async fn a_stream_sends_the_past_then_what_happens(app: TestApp) {
     assert_eq!(stream.next().await.event, "call.started");
     assert_eq!(app.metrics().await.value("event_streams_open", &[]), 1.0);
 
-    repo.insert_turn(uuid, &answered_turn(1, "hello there")).await.unwrap();
+    repo.insert_turn("default", uuid, &answered_turn(1, "hello there")).await.unwrap();
     let turn = stream.next().await;
     assert_eq!(turn.event, "turn.completed");
     assert_eq!(turn.data["data"]["turn"]["text"], "hello there");

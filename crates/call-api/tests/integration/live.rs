@@ -238,6 +238,48 @@ async fn barge_in_clears_the_reply_and_the_callers_words_get_an_answer() {
     drop(carrier.sink);
 }
 
+/// A barge-in marks the interrupted reply in the database without holding up the call: with
+/// the database's write lock held by someone else, the caller's words after the barge-in still
+/// reach audio-processor and transcription, and the mark lands once the lock is let go.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_barge_in_does_not_wait_for_the_database() {
+    let Some(db) = TestDb::new(Backend::Sqlite).await else { return };
+    let url = db.url().to_string();
+    let fake = FakeHttp::start(providers(5.0)).await;
+    // Writes wait for the lock (SQLite's busy timeout) instead of failing while the test holds it.
+    let s =
+        live_stack_env(db, fake, stack::start_audio(None).await, &[("DATABASE_STATEMENT_TIMEOUT_SECONDS", "60")]).await;
+    let app = &s.app;
+    let mut carrier = Carrier::connect(app).await;
+    let caller = caller_audio();
+    carrier.speak(&caller[(4.0 * 8000.0) as usize..(9.0 * 8000.0) as usize]).await;
+    carrier.speak(&silence(1.0)).await;
+    wait_until(async || carrier.events("media").len() >= 25, Duration::from_secs(20), "the reply to start").await;
+    let transcriptions = || s.fake.requests().iter().filter(|r| r.path == "/v1/audio/transcriptions").count();
+    assert_eq!(transcriptions(), 1);
+
+    // Another writer holds the database while the caller talks over the reply.
+    let mut lock = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.expect("second connection");
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut lock).await.expect("write lock");
+    carrier.speak(&caller[(4.6 * 8000.0) as usize..(9.0 * 8000.0) as usize]).await;
+    carrier.speak(&silence(1.0)).await;
+    wait_until(async || !carrier.events("clear").is_empty(), Duration::from_secs(10), "clear").await;
+    wait_until(
+        async || transcriptions() == 2,
+        Duration::from_secs(20),
+        "the words after the barge-in to reach transcription while the database is locked",
+    )
+    .await;
+    sqlx::query("ROLLBACK").execute(&mut lock).await.expect("let go of the lock");
+
+    carrier.wait_for_mark("turn-4-1", Duration::from_secs(30)).await;
+    carrier.hang_up().await;
+    let turns = get(app, &format!("/v1/calls/{}/turns", carrier.id)).await;
+    let agent: Vec<&Value> = turns["turns"].as_array().unwrap().iter().filter(|t| t["role"] == "agent").collect();
+    assert_eq!(agent[0]["interrupted"], true, "the mark landed once the lock was let go: {turns:#}");
+    assert_eq!(turns["turns"][2]["text"], HEARD[1], "{turns:#}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_streams_are_refused_and_a_lost_connection_ends_the_call() {
     let Some(s) = live_stack(Backend::Sqlite, 0.5).await else { return };

@@ -180,13 +180,13 @@ async fn events_follow_the_call(app: TestApp) {
     // A caller turn still being answered is no event; completed turns are.
     let mut caller =
         call_api::db::turns::Turn::new(1, call_api::db::turns::Role::Caller, "hello".into(), chrono::Utc::now());
-    repo.insert_turn(uuid, &caller).await.unwrap();
+    repo.insert_turn("default", uuid, &caller).await.unwrap();
     caller.outcome = Some(call_api::db::turns::TurnOutcome::Answered);
-    repo.insert_turn(uuid, &caller).await.unwrap();
+    repo.insert_turn("default", uuid, &caller).await.unwrap();
     let mut agent =
         call_api::db::turns::Turn::new(2, call_api::db::turns::Role::Agent, "hi there".into(), chrono::Utc::now());
     agent.latency = Some(serde_json::json!({"total": 0.8, "interrupted": false}));
-    repo.insert_turn(uuid, &agent).await.unwrap();
+    repo.insert_turn("default", uuid, &agent).await.unwrap();
     let (status, _) = app.end(&id, "completed").await;
     assert_eq!(status, 200);
     // A second end changes nothing and writes no event.
