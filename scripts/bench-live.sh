@@ -8,7 +8,8 @@
 # medians), TURNS (per call, default 2), WATCHERS (event streams each call
 # opens and reads to its end, default 0: the SSE fan-out), SETTLE_SECONDS (default 60: after
 # the last level, how long to wait before reading each service's memory again; 0 = not at all),
-# WORKERS (runtime threads per service; unset, the CPU count), any service variable (e.g.
+# WORKERS (runtime threads per service; unset, the CPU count), DATABASE_URL (unset: a fresh
+# SQLite file), any service variable (e.g.
 # LIVE_AUDIO_GATHER_MS=0 to compare each call on a stream of its own), VK_BIN (a voice-kraliki binary
 # to run instead of building one, e.g. one built with `--no-default-features` to compare the
 # system allocator; the floor below then runs the `examples/carrier_floor` next to it), FLOOR
@@ -42,7 +43,8 @@ trap cleanup EXIT
 
 key="bench-key-$(date +%s)-0123456789"
 export API_KEYS="$key" VOICE_KRALIKI_API_KEY="$key" LOG_LEVEL=warn APM_ENABLED=false
-export DATABASE_URL="sqlite://$work/bench.db"
+# DATABASE_URL, when set, is kept (e.g. a PostgreSQL schema of its own); unset, a fresh SQLite file.
+export DATABASE_URL="${DATABASE_URL:-sqlite://$work/bench.db}"
 export CALL_API_ADDR=127.0.0.1:18000 AUDIO_PROCESSOR_GRPC_ADDR=127.0.0.1:15051 AUDIO_PROCESSOR_ADMIN_ADDR=127.0.0.1:19091
 export PROVIDER_GATEWAY_GRPC_ADDR=127.0.0.1:15052 PROVIDER_GATEWAY_ADMIN_ADDR=127.0.0.1:19092
 export AUDIO_PROCESSOR_URL=http://127.0.0.1:15051 PROVIDER_GATEWAY_URL=http://127.0.0.1:15052

@@ -179,6 +179,7 @@ impl Database {
                 SqlitePoolOptions::new()
                     .max_connections(config.max_connections)
                     .acquire_timeout(config.acquire_timeout)
+                    .max_lifetime(config.sqlite_connection_lifetime)
                     .connect_with(options)
                     .await?,
             )
@@ -293,4 +294,34 @@ fn pool_options() -> PgPoolOptions {
         .idle_timeout(std::time::Duration::from_secs(600))
         .max_lifetime(std::time::Duration::from_secs(1800))
         .test_before_acquire(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The connections a burst opened on the embedded SQLite close once their lifetime is over,
+    /// while light use (the event dispatcher's, say) goes on through the pool.
+    #[tokio::test]
+    async fn sqlite_connections_a_burst_opened_close_after_their_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = DatabaseConfig::with_url(&format!("sqlite://{}/burst.db", dir.path().display()));
+        config.max_connections = 4;
+        config.sqlite_connection_lifetime = Duration::from_millis(500);
+        let db = Database::connect(&config).await.unwrap();
+        let Pool::Sqlite(pool) = &db.pool else { unreachable!("a SQLite URL") };
+        let burst = tokio::join!(pool.acquire(), pool.acquire(), pool.acquire(), pool.acquire());
+        assert_eq!(pool.size(), 4, "the burst opened the whole pool");
+        drop(burst);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pool.size() > 1 {
+            assert!(Instant::now() < deadline, "{} connections still open after 20 s", pool.size());
+            sqlx::query("SELECT 1").execute(pool).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The pool still answers, on a connection of its own.
+        assert_eq!(sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(pool).await.unwrap(), 1);
+    }
 }
