@@ -39,9 +39,9 @@ use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+// The WebSocket read buffer on both ends, as call-api's and the load generator's.
+use voice_kraliki::loadgen::WS_READ_BUFFER;
 
-/// The WebSocket read buffer on both ends, as call-api's and the load generator's.
-const WS_READ_BUFFER: usize = 4096;
 /// Frames per cycle of the server's sending pattern (one second).
 const CYCLE: u32 = 50;
 

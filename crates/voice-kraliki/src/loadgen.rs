@@ -57,9 +57,9 @@ use tokio_tungstenite::tungstenite::Message;
 /// The shipped recording: 8 kHz stereo μ-law, channel 0 the agent, channel 1 the caller
 /// (`crates/audio-dsp/fixtures/call-stereo.wav`).
 pub const RECORDING: &[u8] = include_bytes!("../../audio-dsp/fixtures/call-stereo.wav");
-/// A turn without a first reply frame within this is an error.
 /// The media WebSocket's read buffer, as call-api's (a carrier's messages are a few hundred bytes).
-const WS_READ_BUFFER: usize = 4096;
+pub const WS_READ_BUFFER: usize = 4096;
+/// A turn without a first reply frame within this is an error.
 const TURN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reply audio is over when no frame came for this long.
 const REPLY_QUIET: Duration = Duration::from_millis(600);
@@ -730,7 +730,7 @@ async fn talk(
     let path = media_url.split_once("/v1/").map(|(_, p)| p).ok_or("bad media_url")?;
     let ws_base = o.url.replacen("http", "ws", 1);
     // A carrier's messages are a few hundred bytes. tungstenite zero-fills its read buffer's
-    // free space before every read: with the default 128 KiB that memset was most of the load
+    // free space before every read: with the default 128 KiB that memset was 11 % of the load
     // generator's CPU, taken from the services it shares the machine with.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER);
     let ws = loop {

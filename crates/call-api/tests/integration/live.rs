@@ -73,6 +73,22 @@ pub(crate) fn caller_audio() -> Vec<u8> {
     stack::wav_data(&wav).iter().skip(1).step_by(2).copied().collect()
 }
 
+/// The caller's first words (4–9 s of `caller`) and a second of silence; returns once `frames`
+/// frames of the reply have arrived.
+pub(crate) async fn ask_until_reply(carrier: &mut Carrier, caller: &[u8], frames: usize) {
+    carrier.speak(&caller[(4.0 * 8000.0) as usize..(9.0 * 8000.0) as usize]).await;
+    carrier.speak(&silence(1.0)).await;
+    wait_until(async || carrier.events("media").len() >= frames, Duration::from_secs(20), "the reply to start").await;
+}
+
+/// The caller talks over the reply (from 4.6 s of `caller`, just before their speech at 4.7 s) and
+/// stops; returns once the server sent `clear`.
+pub(crate) async fn talk_over(carrier: &mut Carrier, caller: &[u8]) {
+    carrier.speak(&caller[(4.6 * 8000.0) as usize..(9.0 * 8000.0) as usize]).await;
+    carrier.speak(&silence(1.0)).await;
+    wait_until(async || !carrier.events("clear").is_empty(), Duration::from_secs(10), "clear").await;
+}
+
 pub(crate) struct Stack {
     pub(crate) app: TestApp,
     pub(crate) fake: FakeHttp,
@@ -209,15 +225,9 @@ async fn barge_in_clears_the_reply_and_the_callers_words_get_an_answer() {
     let app = &s.app;
     let mut carrier = Carrier::connect(app).await;
     let caller = caller_audio();
-    let utterance = &caller[(4.0 * 8000.0) as usize..(9.0 * 8000.0) as usize];
-    carrier.speak(utterance).await;
-    carrier.speak(&silence(1.0)).await;
-    // The reply is playing.
-    wait_until(async || carrier.events("media").len() >= 25, Duration::from_secs(20), "the reply to start").await;
-    // The caller talks over it (from the start of their speech, at 4.7 s).
-    carrier.speak(&caller[(4.6 * 8000.0) as usize..(9.0 * 8000.0) as usize]).await;
-    carrier.speak(&silence(1.0)).await;
-    wait_until(async || !carrier.events("clear").is_empty(), Duration::from_secs(10), "clear").await;
+    // The reply is playing; the caller talks over it.
+    ask_until_reply(&mut carrier, &caller, 25).await;
+    talk_over(&mut carrier, &caller).await;
     carrier.wait_for_mark("turn-4-1", Duration::from_secs(20)).await;
     let clear_at = carrier.events("clear")[0].0;
     let frames_before_clear = carrier.events("media").iter().filter(|(t, _)| *t < clear_at).count();
@@ -252,18 +262,14 @@ async fn a_barge_in_does_not_wait_for_the_database() {
     let app = &s.app;
     let mut carrier = Carrier::connect(app).await;
     let caller = caller_audio();
-    carrier.speak(&caller[(4.0 * 8000.0) as usize..(9.0 * 8000.0) as usize]).await;
-    carrier.speak(&silence(1.0)).await;
-    wait_until(async || carrier.events("media").len() >= 25, Duration::from_secs(20), "the reply to start").await;
+    ask_until_reply(&mut carrier, &caller, 25).await;
     let transcriptions = || s.fake.requests().iter().filter(|r| r.path == "/v1/audio/transcriptions").count();
     assert_eq!(transcriptions(), 1);
 
     // Another writer holds the database while the caller talks over the reply.
     let mut lock = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.expect("second connection");
     sqlx::query("BEGIN IMMEDIATE").execute(&mut lock).await.expect("write lock");
-    carrier.speak(&caller[(4.6 * 8000.0) as usize..(9.0 * 8000.0) as usize]).await;
-    carrier.speak(&silence(1.0)).await;
-    wait_until(async || !carrier.events("clear").is_empty(), Duration::from_secs(10), "clear").await;
+    talk_over(&mut carrier, &caller).await;
     wait_until(
         async || transcriptions() == 2,
         Duration::from_secs(20),
@@ -369,9 +375,7 @@ async fn a_short_sound_during_the_reply_does_not_interrupt() {
     let app = &s.app;
     let mut carrier = Carrier::connect(app).await;
     let caller = caller_audio();
-    carrier.speak(&caller[(4.0 * 8000.0) as usize..(9.0 * 8000.0) as usize]).await;
-    carrier.speak(&silence(1.0)).await;
-    wait_until(async || carrier.events("media").len() >= 10, Duration::from_secs(20), "the reply to start").await;
+    ask_until_reply(&mut carrier, &caller, 10).await;
     // "Mm-hm": 0.3 s of the caller's voice, then silence.
     carrier.speak(&caller[(5.0 * 8000.0) as usize..(5.3 * 8000.0) as usize]).await;
     carrier.speak(&silence(1.5)).await;

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use crate::common::{
     ACME_KEY, Backend, KEY, TestApp, TestDb,
-    carrier::{Carrier, get, metric, metrics, silence, wait_until},
+    carrier::{Carrier, get, metric, metrics, silence},
     stack,
 };
-use crate::live::{caller_audio, live_stack, live_stack_env, providers};
+use crate::live::{ask_until_reply, caller_audio, live_stack, live_stack_env, providers, talk_over};
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use futures_util::SinkExt as _;
 use serde_json::{Value, json};
@@ -320,12 +320,8 @@ async fn a_barge_in_is_counted_and_cleared_marks_are_not() {
     let app = &s.app;
     let mut carrier = Carrier::connect(app).await;
     let caller = caller_audio();
-    carrier.speak(&caller[(4.0 * 8000.0) as usize..(9.0 * 8000.0) as usize]).await;
-    carrier.speak(&silence(1.0)).await;
-    wait_until(async || carrier.events("media").len() >= 25, Duration::from_secs(20), "the reply to start").await;
-    carrier.speak(&caller[(4.6 * 8000.0) as usize..(9.0 * 8000.0) as usize]).await;
-    carrier.speak(&silence(1.0)).await;
-    wait_until(async || !carrier.events("clear").is_empty(), Duration::from_secs(10), "clear").await;
+    ask_until_reply(&mut carrier, &caller, 25).await;
+    talk_over(&mut carrier, &caller).await;
     // Echoes without numbers (counted as unknown): the cleared sentence's mark, then the next
     // reply's first one.
     let echo = |name: &str| json!({"event": "mark", "streamSid": "MZtest", "mark": {"name": name}});
