@@ -75,8 +75,9 @@ where
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                tracing::error!(error = %e, "service failed");
-                eprintln!("{}: {e}", info.name);
+                // `{:#}`: an error with causes (anyhow) prints them all, so a failed bind says why.
+                tracing::error!(error = format!("{e:#}"), "service failed");
+                eprintln!("{}: {e:#}", info.name);
                 ExitCode::FAILURE
             }
         };

@@ -35,6 +35,22 @@ fn bad_configuration_exits_non_zero_naming_the_variable() {
     exits_with_config_error("call-api", "LIVE_LEASE_SECONDS", "0.1");
 }
 
+#[test]
+fn a_taken_address_exits_non_zero_naming_the_variable_and_the_cause() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let mut env = Ports::new().env();
+    env.push(("CALL_API_ADDR".into(), addr.to_string()));
+    let mut s = Service::start("call-api", &env);
+    let status = s.wait(Duration::from_secs(20)).expect("exits when its address is taken");
+    assert_eq!(status.code(), Some(1));
+    let last = s.stderr().last().cloned().unwrap_or_default();
+    // The variable, the address and the operating system's reason, on one line.
+    assert!(last.starts_with(&format!("call-api: bind CALL_API_ADDR {addr}: ")), "{last}");
+    assert!(last.contains("in use"), "{last}");
+    drop(taken);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn log_file_receives_the_same_lines_as_stdout() {
     let ports = Ports::new();

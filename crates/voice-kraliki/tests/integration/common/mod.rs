@@ -14,8 +14,17 @@ use std::{
 
 pub const API_KEY: &str = "test-key-0123456789abcdef";
 
+/// A port nothing listens on, for a service of a test stack to bind. It is drawn at random below
+/// Linux's ephemeral range (32768–60999): a port the kernel hands out for `bind(0)` is free again
+/// the moment this returns, and any process's next outgoing connection can take it as its local
+/// port before the service binds it; the service then exits and the stack is never ready.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    loop {
+        let port = rand::random_range(20_000..32_768);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One service running as `voice-kraliki serve <name>`, its stdout captured line by line.
