@@ -48,6 +48,10 @@ fn a_taken_address_exits_non_zero_naming_the_variable_and_the_cause() {
     // The variable, the address and the operating system's reason, on one line.
     assert!(last.starts_with(&format!("call-api: bind CALL_API_ADDR {addr}: ")), "{last}");
     assert!(last.contains("in use"), "{last}");
+    // What a stack test that waits for readiness in vain reports: the service, that it exited, why.
+    let report = started_report();
+    assert!(report.contains(&format!("--- call-api (pid {}, exited)", s.child.id())), "{report}");
+    assert!(report.contains(&format!("stderr: {last}")), "{report}");
     drop(taken);
 }
 

@@ -27,6 +27,32 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Every process this test started: its name, id and output, for [`started_report`].
+type Started = (&'static str, u32, Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<String>>>);
+static STARTED: Mutex<Vec<Started>> = Mutex::new(Vec::new());
+
+/// What each process this test started has become (running, or gone) and the last lines it
+/// wrote: said when a stack is not ready, so that a failure names the service and its reason.
+pub fn started_report() -> String {
+    let mut report = String::new();
+    for (name, pid, stdout, stderr) in STARTED.lock().unwrap().iter() {
+        // Field 3 of `stat` is the state; `Z`: exited, not yet waited for.
+        let state = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')) => "exited",
+            Ok(_) => "running",
+            Err(_) => "exited",
+        };
+        report.push_str(&format!("\n--- {name} (pid {pid}, {state})"));
+        for (stream, lines) in [("stderr", stderr), ("stdout", stdout)] {
+            let lines = lines.lock().unwrap();
+            for line in &lines[lines.len().saturating_sub(5)..] {
+                report.push_str(&format!("\n{stream}: {line}"));
+            }
+        }
+    }
+    report
+}
+
 /// One service running as `voice-kraliki serve <name>`, its stdout captured line by line.
 pub struct Service {
     pub name: &'static str,
@@ -203,6 +229,7 @@ impl Service {
         let mut child = cmd.spawn().expect("spawn voice-kraliki");
         let (stdout, out_reader) = capture(child.stdout.take().unwrap());
         let (stderr, err_reader) = capture(child.stderr.take().unwrap());
+        STARTED.lock().unwrap().push((name, child.id(), stdout.clone(), stderr.clone()));
         Self { name, child, stdout, stderr, readers: [out_reader, err_reader] }
     }
 
@@ -277,7 +304,7 @@ pub async fn wait_ready(url: &str, timeout: Duration) {
         {
             return;
         }
-        assert!(Instant::now() < deadline, "{url} not ready within {timeout:?}");
+        assert!(Instant::now() < deadline, "{url} not ready within {timeout:?}{}", started_report());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
