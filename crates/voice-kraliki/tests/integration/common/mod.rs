@@ -31,7 +31,7 @@ pub fn free_port() -> u16 {
 type Started = (&'static str, u32, Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<String>>>);
 static STARTED: Mutex<Vec<Started>> = Mutex::new(Vec::new());
 
-/// What each process this test started has become (running, or gone) and the last lines it
+/// What each process this test started has become (running, or exited) and the last lines it
 /// wrote: said when a stack is not ready, so that a failure names the service and its reason.
 pub fn started_report() -> String {
     let mut report = String::new();
