@@ -286,6 +286,45 @@ async fn a_barge_in_does_not_wait_for_the_database() {
     assert_eq!(turns["turns"][2]["text"], HEARD[1], "{turns:#}");
 }
 
+/// A reply does not wait for the database: with its write lock held by someone else from before
+/// the caller speaks, the caller still hears the reply (the heard words are stored by a task of
+/// their own), and once the lock is let go both turns are stored, the caller's with its outcome.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_does_not_wait_for_the_database() {
+    let Some(db) = TestDb::new(Backend::Sqlite).await else { return };
+    let url = db.url().to_string();
+    let fake = FakeHttp::start(providers(0.5)).await;
+    // Writes wait for the lock (SQLite's busy timeout) instead of failing while the test holds it.
+    let s =
+        live_stack_env(db, fake, stack::start_audio(None).await, &[("DATABASE_STATEMENT_TIMEOUT_SECONDS", "60")]).await;
+    let app = &s.app;
+    let mut carrier = Carrier::connect(app).await;
+    let id = carrier.id.clone();
+    wait_until(
+        async || get(app, &format!("/v1/calls/{id}")).await["status"] == "in_progress",
+        Duration::from_secs(5),
+        "media start",
+    )
+    .await;
+
+    let mut lock = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.expect("second connection");
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut lock).await.expect("write lock");
+    let caller = caller_audio();
+    ask_until_reply(&mut carrier, &caller, 25).await;
+    let turns = get(app, &format!("/v1/calls/{id}/turns")).await;
+    assert_eq!(turns["turns"].as_array().map(Vec::len), Some(0), "nothing stored while the lock is held: {turns:#}");
+    sqlx::query("ROLLBACK").execute(&mut lock).await.expect("let go of the lock");
+
+    carrier.wait_for_mark("turn-2-2", Duration::from_secs(30)).await;
+    carrier.hang_up().await;
+    let turns = get(app, &format!("/v1/calls/{id}/turns")).await;
+    let turns = turns["turns"].as_array().unwrap();
+    let roles: Vec<&str> = turns.iter().map(|t| t["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["caller", "agent"], "{turns:#?}");
+    assert_eq!((&turns[0]["text"], &turns[0]["outcome"]), (&json!(HEARD[0]), &json!("answered")), "{turns:#?}");
+    assert_eq!(turns[1]["text"], REPLIES[0]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_streams_are_refused_and_a_lost_connection_ends_the_call() {
     let Some(s) = live_stack(Backend::Sqlite, 0.5).await else { return };
