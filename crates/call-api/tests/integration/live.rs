@@ -286,15 +286,16 @@ async fn a_barge_in_does_not_wait_for_the_database() {
     assert_eq!(turns["turns"][2]["text"], HEARD[1], "{turns:#}");
 }
 
-/// A reply does not wait for the database: with its write lock held by someone else from before
-/// the caller speaks, the caller still hears the reply (the heard words are stored by a task of
-/// their own), and once the lock is let go both turns are stored, the caller's with its outcome.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_reply_does_not_wait_for_the_database() {
-    let Some(db) = TestDb::new(Backend::Sqlite).await else { return };
+/// A reply does not wait for the database: with writes to the turns held by someone else from
+/// before the caller speaks (SQLite's write lock; PostgreSQL's `call_turns` locked against writes),
+/// the caller still hears the reply (the heard words are stored by a task of their own), and
+/// once the lock is let go both turns are stored, the caller's with its outcome.
+async fn a_reply_does_not_wait_for_the_database(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
     let url = db.url().to_string();
     let fake = FakeHttp::start(providers(0.5)).await;
-    // Writes wait for the lock (SQLite's busy timeout) instead of failing while the test holds it.
+    // Writes wait for the lock (SQLite's busy timeout, PostgreSQL's statement timeout) instead
+    // of failing while the test holds it.
     let s =
         live_stack_env(db, fake, stack::start_audio(None).await, &[("DATABASE_STATEMENT_TIMEOUT_SECONDS", "60")]).await;
     let app = &s.app;
@@ -307,13 +308,12 @@ async fn a_reply_does_not_wait_for_the_database() {
     )
     .await;
 
-    let mut lock = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.expect("second connection");
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut lock).await.expect("write lock");
+    let lock = TurnWriteLock::take(backend, &url).await;
     let caller = caller_audio();
     ask_until_reply(&mut carrier, &caller, 25).await;
     let turns = get(app, &format!("/v1/calls/{id}/turns")).await;
     assert_eq!(turns["turns"].as_array().map(Vec::len), Some(0), "nothing stored while the lock is held: {turns:#}");
-    sqlx::query("ROLLBACK").execute(&mut lock).await.expect("let go of the lock");
+    lock.release().await;
 
     carrier.wait_for_mark("turn-2-2", Duration::from_secs(30)).await;
     carrier.hang_up().await;
@@ -323,6 +323,49 @@ async fn a_reply_does_not_wait_for_the_database() {
     assert_eq!(roles, ["caller", "agent"], "{turns:#?}");
     assert_eq!((&turns[0]["text"], &turns[0]["outcome"]), (&json!(HEARD[0]), &json!("answered")), "{turns:#?}");
     assert_eq!(turns[1]["text"], REPLIES[0]);
+}
+
+/// Writes to the turns held back by another connection until released.
+enum TurnWriteLock {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl TurnWriteLock {
+    async fn take(backend: Backend, url: &str) -> Self {
+        use sqlx::Connection as _;
+        match backend {
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(url).await.expect("second connection");
+                sqlx::query("BEGIN IMMEDIATE").execute(&mut c).await.expect("write lock");
+                Self::Sqlite(c)
+            }
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(url).await.expect("second connection");
+                sqlx::query("BEGIN").execute(&mut c).await.expect("begin");
+                // Reads go on (ACCESS SHARE); inserts wait (ROW EXCLUSIVE conflicts with it).
+                sqlx::query("LOCK TABLE call_turns IN EXCLUSIVE MODE").execute(&mut c).await.expect("lock call_turns");
+                Self::Postgres(c)
+            }
+        }
+    }
+
+    async fn release(self) {
+        match self {
+            Self::Sqlite(mut c) => drop(sqlx::query("ROLLBACK").execute(&mut c).await.expect("let go of the lock")),
+            Self::Postgres(mut c) => drop(sqlx::query("ROLLBACK").execute(&mut c).await.expect("let go of the lock")),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_does_not_wait_for_the_database_on_sqlite() {
+    a_reply_does_not_wait_for_the_database(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_does_not_wait_for_the_database_on_postgres() {
+    a_reply_does_not_wait_for_the_database(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
