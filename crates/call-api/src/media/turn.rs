@@ -19,7 +19,7 @@ use kraliki_proto::{
 };
 use serde_json::json;
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
@@ -256,9 +256,7 @@ pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, 
     let mut p = std::mem::take(&mut *progress.lock().expect("progress"));
     // A turn cut short may have left the heard caller's turn being written: that write first,
     // so the one below (with the outcome) is the last.
-    if let Some(stored) = p.caller_stored.take() {
-        let _ = stored.await;
-    }
+    written(p.caller_stored.take()).await;
     let mut caller =
         p.caller.clone().unwrap_or_else(|| Turn::new(caller_seq, Role::Caller, String::new(), caller_started_at));
     let event = match ended {
@@ -423,9 +421,9 @@ pub async fn greet(ctx: TurnContext, text: String, cancel: CancellationToken) {
 struct Progress {
     /// The caller's turn, once heard (stored then, without an outcome).
     caller: Option<Turn>,
-    /// The write of the heard caller's turn, by a task of its own (see [`store_heard`]): waited
-    /// for before the turn is written again.
-    caller_stored: Option<tokio::task::JoinHandle<()>>,
+    /// Whether the heard caller's turn, written by a task of its own (see [`store_heard`]), is
+    /// stored: waited for before the turn is written again.
+    caller_stored: Option<watch::Receiver<bool>>,
     agent_started_at: Option<DateTime<Utc>>,
     spoken: String,
     latency: Option<serde_json::Map<String, serde_json::Value>>,
@@ -496,11 +494,10 @@ async fn turn(
     latency.insert("interrupted".into(), json!(false));
     let mut agent_turn = Turn::new(caller_seq + 1, Role::Agent, speaker.spoken.clone(), agent_started_at);
     agent_turn.latency = Some(serde_json::Value::Object(latency));
-    // The caller's words before the agent's reply, in the table and in the event stream.
-    let stored = progress.lock().expect("progress").caller_stored.take();
-    if let Some(stored) = stored {
-        let _ = stored.await;
-    }
+    // The caller's words before the agent's reply, in the table and in the event stream. A
+    // clone: if the turn is cut short while it waits, `run` waits for the same write.
+    let stored = progress.lock().expect("progress").caller_stored.clone();
+    written(stored).await;
     if let Err(e) = ctx.db.insert_turn(&ctx.tenant, ctx.call_id, &agent_turn).await {
         tracing::warn!(error = %e, "could not store the agent's turn");
     }
@@ -514,16 +511,27 @@ async fn turn(
 /// write lock, the turns' p99 `overhead` stage was 11–99 ms, 331 in one run; under 1 ms with
 /// the write apart). The write is waited for before the turn is written again, so the stored
 /// outcome is the last word.
-fn store_heard(ctx: &TurnContext, turn: Turn) -> tokio::task::JoinHandle<()> {
+fn store_heard(ctx: &TurnContext, turn: Turn) -> watch::Receiver<bool> {
     let (db, tenant, call_id) = (ctx.db.clone(), ctx.tenant.clone(), ctx.call_id);
+    let (done, stored) = watch::channel(false);
     tokio::spawn(
         async move {
             if let Err(e) = db.insert_turn(&tenant, call_id, &turn).await {
                 tracing::warn!(error = %e, "could not store the caller's turn");
             }
+            let _ = done.send(true);
         }
         .in_current_span(),
-    )
+    );
+    stored
+}
+
+/// Returns once the write [`store_heard`] started has ended (at once without one).
+async fn written(stored: Option<watch::Receiver<bool>>) {
+    if let Some(mut stored) = stored {
+        // An error is the writing task gone: nothing more to wait for.
+        let _ = stored.wait_for(|done| *done).await;
+    }
 }
 
 /// Hear: the caller's words, transcribed from their speech (or given as keypad text).

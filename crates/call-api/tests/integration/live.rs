@@ -317,6 +317,13 @@ async fn a_reply_does_not_wait_for_the_database(backend: Backend) {
 
     carrier.wait_for_mark("turn-2-2", Duration::from_secs(30)).await;
     carrier.hang_up().await;
+    // The writes that waited for the lock land once it is gone (SQLite's busy handler retries
+    // them on its own clock): waited for, not read once.
+    let stored = async || {
+        let turns = get(app, &format!("/v1/calls/{id}/turns")).await;
+        turns["turns"].as_array().is_some_and(|t| t.len() == 2 && t[0]["outcome"] == "answered")
+    };
+    wait_until(stored, Duration::from_secs(30), "both turns to be stored").await;
     let turns = get(app, &format!("/v1/calls/{id}/turns")).await;
     let turns = turns["turns"].as_array().unwrap();
     let roles: Vec<&str> = turns.iter().map(|t| t["role"].as_str().unwrap()).collect();
