@@ -253,12 +253,7 @@ async fn barge_in_clears_the_reply_and_the_callers_words_get_an_answer() {
 /// reach audio-processor and transcription, and the mark lands once the lock is let go.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_barge_in_does_not_wait_for_the_database() {
-    let Some(db) = TestDb::new(Backend::Sqlite).await else { return };
-    let url = db.url().to_string();
-    let fake = FakeHttp::start(providers(5.0)).await;
-    // Writes wait for the lock (SQLite's busy timeout) instead of failing while the test holds it.
-    let s =
-        live_stack_env(db, fake, stack::start_audio(None).await, &[("DATABASE_STATEMENT_TIMEOUT_SECONDS", "60")]).await;
+    let Some((s, url)) = patient_stack(Backend::Sqlite, 5.0).await else { return };
     let app = &s.app;
     let mut carrier = Carrier::connect(app).await;
     let caller = caller_audio();
@@ -267,8 +262,7 @@ async fn a_barge_in_does_not_wait_for_the_database() {
     assert_eq!(transcriptions(), 1);
 
     // Another writer holds the database while the caller talks over the reply.
-    let mut lock = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.expect("second connection");
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut lock).await.expect("write lock");
+    let lock = TurnWriteLock::take(Backend::Sqlite, &url).await;
     talk_over(&mut carrier, &caller).await;
     wait_until(
         async || transcriptions() == 2,
@@ -276,7 +270,7 @@ async fn a_barge_in_does_not_wait_for_the_database() {
         "the words after the barge-in to reach transcription while the database is locked",
     )
     .await;
-    sqlx::query("ROLLBACK").execute(&mut lock).await.expect("let go of the lock");
+    lock.release().await;
 
     carrier.wait_for_mark("turn-4-1", Duration::from_secs(30)).await;
     carrier.hang_up().await;
@@ -291,13 +285,7 @@ async fn a_barge_in_does_not_wait_for_the_database() {
 /// the caller still hears the reply (the heard words are stored by a task of their own), and
 /// once the lock is let go both turns are stored, the caller's with its outcome.
 async fn a_reply_does_not_wait_for_the_database(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else { return };
-    let url = db.url().to_string();
-    let fake = FakeHttp::start(providers(0.5)).await;
-    // Writes wait for the lock (SQLite's busy timeout, PostgreSQL's statement timeout) instead
-    // of failing while the test holds it.
-    let s =
-        live_stack_env(db, fake, stack::start_audio(None).await, &[("DATABASE_STATEMENT_TIMEOUT_SECONDS", "60")]).await;
+    let Some((s, url)) = patient_stack(backend, 0.5).await else { return };
     let app = &s.app;
     let mut carrier = Carrier::connect(app).await;
     let id = carrier.id.clone();
@@ -332,7 +320,19 @@ async fn a_reply_does_not_wait_for_the_database(backend: Backend) {
     assert_eq!(turns[1]["text"], REPLIES[0]);
 }
 
-/// Writes to the turns held back by another connection until released.
+/// The live stack on a fresh `backend` database whose writes wait for a lock (SQLite's busy
+/// timeout, PostgreSQL's statement timeout) instead of failing while a test holds it; and the
+/// database's URL.
+async fn patient_stack(backend: Backend, tts_seconds: f64) -> Option<(Stack, String)> {
+    let db = TestDb::new(backend).await?;
+    let url = db.url().to_string();
+    let fake = FakeHttp::start(providers(tts_seconds)).await;
+    let extra = [("DATABASE_STATEMENT_TIMEOUT_SECONDS", "60")];
+    Some((live_stack_env(db, fake, stack::start_audio(None).await, &extra).await, url))
+}
+
+/// Writes to the turns held back by another connection until released (on SQLite the whole
+/// database's write lock).
 enum TurnWriteLock {
     Sqlite(sqlx::SqliteConnection),
     Postgres(sqlx::PgConnection),
