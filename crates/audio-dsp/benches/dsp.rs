@@ -8,6 +8,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use audio_dsp::codec::encode;
+use audio_dsp::resample::resample;
 use audio_dsp::{
     AnalysisConfig, Encoding, Frame, Limits, LiveStream, RawFormat, StreamConfig, VadConfig, VadKind, analyze,
     decode_raw, decode_wav,
@@ -149,5 +150,20 @@ fn bench_streams(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_recording, bench_streams);
+/// An ended utterance's resampling for transcription: what a live stream does once per turn
+/// (3.8 s of the caller's speech, 8 kHz to 16 kHz).
+fn bench_utterance_resample(c: &mut Criterion) {
+    let bytes = telephone_minute();
+    let clip =
+        decode_raw(&bytes[..30_400], RawFormat::TELEPHONE, &Limits::default()).expect("decodes").channels.remove(0);
+    report_rtf("utterance_resample_8k_to_16k", 3.8, Duration::from_secs(2), || {
+        black_box(resample(black_box(&clip), 8000, 16000).unwrap());
+    });
+    let mut g = c.benchmark_group("utterance_resample");
+    g.sample_size(20).measurement_time(Duration::from_secs(3));
+    g.bench_function("3.8_s_8k_to_16k", |b| b.iter(|| resample(black_box(&clip), 8000, 16000).unwrap()));
+    g.finish();
+}
+
+criterion_group!(benches, bench_recording, bench_streams, bench_utterance_resample);
 criterion_main!(benches);

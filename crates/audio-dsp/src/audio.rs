@@ -12,6 +12,15 @@ pub fn check_rate(rate: u32) -> Result<u32, DspError> {
     if SUPPORTED_RATES.contains(&rate) { Ok(rate) } else { Err(DspError::UnsupportedSampleRate(rate)) }
 }
 
+/// `y` (in sample units) as a 16-bit sample: rounded half away from zero as `f32::round`
+/// does, saturating at the `i16` range, NaN as 0. Without `round`'s libm call (`roundf`, a
+/// function call per sample on x86-64's baseline, which has no rounding instruction): the
+/// truncating, saturating cast of `y ± 0.5`.
+#[inline]
+pub(crate) fn round_to_i16(y: f32) -> i16 {
+    (y + 0.5f32.copysign(y)) as i16
+}
+
 /// Bounds applied while decoding outside bytes. Exceeding `max_bytes` or `max_seconds` is
 /// [`DspError::is_resource_exhausted`]; a channel count above `max_channels` is invalid input.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

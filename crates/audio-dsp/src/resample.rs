@@ -5,13 +5,13 @@ use rubato::audioadapter_buffers::direct::SequentialSlice;
 use rubato::{Fft, FixedSync, Resampler};
 
 use crate::DspError;
-use crate::audio::check_rate;
+use crate::audio::{check_rate, round_to_i16};
 
 const SCALE: f32 = 32768.0;
 
 #[inline]
 fn to_i16(x: f32) -> i16 {
-    (x * SCALE).round().clamp(-32768.0, 32767.0) as i16
+    round_to_i16(x * SCALE)
 }
 
 /// Input samples per step of the offline resampler.
@@ -147,6 +147,31 @@ impl StreamResampler {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn samples_round_half_away_from_zero_and_saturate() {
+        for (x, want) in [
+            (0.0f32, 0i16),
+            (0.4 / SCALE_T, 0),
+            (0.5 / SCALE_T, 1),
+            (-0.5 / SCALE_T, -1),
+            (1.49 / SCALE_T, 1),
+            (-2.5 / SCALE_T, -3),
+            (1.5, i16::MAX),
+            (-1.5, i16::MIN),
+            (f32::NAN, 0),
+        ] {
+            assert_eq!(super::to_i16(x), want, "{x}");
+        }
+        // The same as rounding with `f32::round` and clamping, over a sweep of the range.
+        // Quarter steps (exact ties included) and a step that lands between them.
+        for i in -140_000..140_000 {
+            let x = if i % 3 == 0 { i as f32 / 4.0 / SCALE_T + 1e-7 } else { i as f32 / 4.0 / SCALE_T };
+            assert_eq!(super::to_i16(x), (x * SCALE_T).round().clamp(-32768.0, 32767.0) as i16, "{x}");
+        }
+    }
+
+    const SCALE_T: f32 = super::SCALE;
+
     use super::*;
 
     fn tone(rate: u32, freq: f64, secs: f64) -> Vec<i16> {

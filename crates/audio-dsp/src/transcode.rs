@@ -63,7 +63,7 @@ impl Transcoder {
             let i = self.pos.floor() as usize;
             let frac = (self.pos - i as f64) as f32;
             let value = if i >= n { at(i) } else { at(i) * (1.0 - frac) + at(i + 1) * frac };
-            let sample = value.round().clamp(-32768.0, 32767.0) as i16;
+            let sample = crate::audio::round_to_i16(value);
             match self.encoding {
                 Encoding::Pcm16 => out.extend_from_slice(&sample.to_le_bytes()),
                 Encoding::Mulaw => out.push(mulaw_encode(sample)),
