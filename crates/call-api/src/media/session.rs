@@ -406,6 +406,10 @@ struct Live {
     /// interrupted turn): a slow database must not hold up the call's audio. They are waited for
     /// before the call's end is stored.
     writes: tokio::task::JoinSet<()>,
+    /// The turn and greeting tasks not known to have ended: the call's end is stored after them
+    /// (at most [`TURN_WRITES_GRACE`]), so whoever reads an ended call reads its turns with their
+    /// outcomes. Handles, not a `JoinSet`: dropped, they let the tasks finish their writes.
+    turns: Vec<tokio::task::JoinHandle<()>>,
     /// The caller's speech so far (voice activity), and when the current speech began.
     caller_speech: Duration,
     caller_since: Option<Instant>,
@@ -481,6 +485,7 @@ impl Live {
             delays: quality::Delays::default(),
             barge_ins: 0,
             writes: tokio::task::JoinSet::new(),
+            turns: Vec::new(),
             caller_speech: Duration::ZERO,
             caller_since: None,
         })
@@ -764,7 +769,13 @@ impl Live {
         let cancel = CancellationToken::new();
         self.current = Some((cancel.clone(), caller_seq));
         let input = TurnInput { caller_seq, speech, text, speech_end, detected: Instant::now(), caller_started_at };
-        tokio::spawn(turn::run(self.ctx.clone(), input, self.history.clone(), cancel));
+        let task = tokio::spawn(turn::run(self.ctx.clone(), input, self.history.clone(), cancel));
+        self.track_turn(task);
+    }
+
+    fn track_turn(&mut self, task: tokio::task::JoinHandle<()>) {
+        self.turns.retain(|t| !t.is_finished());
+        self.turns.push(task);
     }
 
     fn turn_event(&mut self, event: TurnEvent) {
@@ -810,7 +821,8 @@ impl Live {
     fn greet(&mut self, text: String) {
         let cancel = CancellationToken::new();
         self.current = Some((cancel.clone(), -1));
-        tokio::spawn(turn::greet(self.ctx.clone(), text, cancel));
+        let task = tokio::spawn(turn::greet(self.ctx.clone(), text, cancel));
+        self.track_turn(task);
     }
 
     fn interrupt(&mut self) {
@@ -837,9 +849,15 @@ impl Live {
         }
     }
 
-    /// Waits for the database writes the session started (before the call's end is stored).
+    /// Waits for the database writes the session started and for its turns (cancelled by
+    /// [`Live::stop`], they store their outcomes) before the call's end is stored; the turns for
+    /// at most [`TURN_WRITES_GRACE`], after which they finish on their own.
     async fn writes_done(&mut self) {
         while self.writes.join_next().await.is_some() {}
+        let turns = std::mem::take(&mut self.turns);
+        if tokio::time::timeout(TURN_WRITES_GRACE, futures_util::future::join_all(turns)).await.is_err() {
+            tracing::warn!("the call's end is stored before its last turn's writes");
+        }
     }
 
     /// The carrier echoed mark `name`: the audio before it has played.
@@ -884,6 +902,9 @@ impl Live {
         }
     }
 }
+
+/// The longest the call's end waits for the turns it cut short to store their outcomes.
+const TURN_WRITES_GRACE: Duration = Duration::from_secs(10);
 
 /// How many frames a message to audio-processor carries.
 fn frames_in(message: &StreamAudioRequest) -> u64 {

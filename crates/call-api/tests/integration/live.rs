@@ -375,6 +375,39 @@ async fn a_reply_does_not_wait_for_the_database_on_postgres() {
     a_reply_does_not_wait_for_the_database(Backend::Postgres).await;
 }
 
+/// A hang-up stores the call's end only after the turn it cut short has stored what it heard
+/// and its outcome: whoever reads an ended call reads its turns complete. (PostgreSQL: the turns
+/// alone are locked, so the call's end could be stored meanwhile; SQLite's lock holds every
+/// write.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_ends_after_the_turn_it_cut_short_is_stored() {
+    let Some((s, url)) = patient_stack(Backend::Postgres, 5.0).await else { return };
+    let app = &s.app;
+    let mut carrier = Carrier::connect(app).await;
+    let id = carrier.id.clone();
+    let status = async || get(app, &format!("/v1/calls/{id}")).await["status"].as_str().unwrap_or_default().to_string();
+    wait_until(async || status().await == "in_progress", Duration::from_secs(5), "media start").await;
+
+    let lock = TurnWriteLock::take(Backend::Postgres, &url).await;
+    let caller = caller_audio();
+    // The reply plays (5 s of it) while the caller's turn waits for the lock; the carrier hangs
+    // up in the middle of it.
+    ask_until_reply(&mut carrier, &caller, 25).await;
+    carrier
+        .send(json!({"event": "stop", "sequenceNumber": "999", "streamSid": "MZtest", "stop": {"callSid": "CA1"}}))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(status().await, "in_progress", "the call's end was stored before its turn's writes");
+    lock.release().await;
+
+    wait_until(async || status().await != "in_progress", Duration::from_secs(30), "the call's end").await;
+    let turns = get(app, &format!("/v1/calls/{id}/turns")).await;
+    let turns = turns["turns"].as_array().unwrap();
+    assert!(!turns.is_empty(), "the ended call has its caller's turn");
+    assert_eq!((&turns[0]["role"], &turns[0]["text"]), (&json!("caller"), &json!(HEARD[0])), "{turns:#?}");
+    assert!(turns[0]["outcome"].is_string(), "the cut-short turn's outcome is stored: {turns:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_streams_are_refused_and_a_lost_connection_ends_the_call() {
     let Some(s) = live_stack(Backend::Sqlite, 0.5).await else { return };
