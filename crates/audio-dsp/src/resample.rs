@@ -151,26 +151,24 @@ mod tests {
     fn samples_round_half_away_from_zero_and_saturate() {
         for (x, want) in [
             (0.0f32, 0i16),
-            (0.4 / SCALE_T, 0),
-            (0.5 / SCALE_T, 1),
-            (-0.5 / SCALE_T, -1),
-            (1.49 / SCALE_T, 1),
-            (-2.5 / SCALE_T, -3),
+            (0.4 / SCALE, 0),
+            (0.5 / SCALE, 1),
+            (-0.5 / SCALE, -1),
+            (1.49 / SCALE, 1),
+            (-2.5 / SCALE, -3),
             (1.5, i16::MAX),
             (-1.5, i16::MIN),
             (f32::NAN, 0),
         ] {
-            assert_eq!(super::to_i16(x), want, "{x}");
+            assert_eq!(to_i16(x), want, "{x}");
         }
         // The same as rounding with `f32::round` and clamping, over a sweep of the range.
         // Quarter steps (exact ties included) and a step that lands between them.
         for i in -140_000..140_000 {
-            let x = if i % 3 == 0 { i as f32 / 4.0 / SCALE_T + 1e-7 } else { i as f32 / 4.0 / SCALE_T };
-            assert_eq!(super::to_i16(x), (x * SCALE_T).round().clamp(-32768.0, 32767.0) as i16, "{x}");
+            let x = if i % 3 == 0 { i as f32 / 4.0 / SCALE + 1e-7 } else { i as f32 / 4.0 / SCALE };
+            assert_eq!(to_i16(x), (x * SCALE).round().clamp(-32768.0, 32767.0) as i16, "{x}");
         }
     }
-
-    const SCALE_T: f32 = super::SCALE;
 
     use super::*;
 

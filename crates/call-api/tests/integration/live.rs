@@ -393,9 +393,7 @@ async fn a_call_ends_after_the_turn_it_cut_short_is_stored() {
     // The reply plays (5 s of it) while the caller's turn waits for the lock; the carrier hangs
     // up in the middle of it.
     ask_until_reply(&mut carrier, &caller, 25).await;
-    carrier
-        .send(json!({"event": "stop", "sequenceNumber": "999", "streamSid": "MZtest", "stop": {"callSid": "CA1"}}))
-        .await;
+    carrier.send_stop().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(status().await, "in_progress", "the call's end was stored before its turn's writes");
     lock.release().await;

@@ -103,11 +103,16 @@ impl Carrier {
 
     /// Sends `stop` and waits for the server to close the stream normally (1000).
     pub async fn hang_up(&mut self) {
-        self.send(json!({"event": "stop", "sequenceNumber": "999", "streamSid": "MZtest", "stop": {"callSid": "CA1"}}))
-            .await;
+        self.send_stop().await;
         let close =
             tokio::time::timeout(Duration::from_secs(10), &mut self.reader).await.expect("server closes").unwrap();
         assert_eq!(close, Some(1000));
+    }
+
+    /// The carrier's `stop` (the caller hung up), without waiting for the server to close.
+    pub async fn send_stop(&mut self) {
+        self.send(json!({"event": "stop", "sequenceNumber": "999", "streamSid": "MZtest", "stop": {"callSid": "CA1"}}))
+            .await;
     }
 
     pub async fn send(&mut self, v: Value) {
