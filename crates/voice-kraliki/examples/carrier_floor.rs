@@ -7,8 +7,13 @@
 //!
 //! ```text
 //! cargo run --release -p voice-kraliki --example carrier_floor -- [--calls 100,300,500]
-//!     [--send-share 0.6] [--seconds 15] [--workers N]
+//!     [--send-share 0.6] [--seconds 15] [--workers N] [--raw]
 //! ```
+//!
+//! `--raw` runs the same server without a WebSocket library or HTTP server (the handshake by
+//! hand, then plain reads and a prebuilt frame written every 20 ms): what is left is the
+//! kernel's and the runtime's part. On the bench machine it reads the same as the full stack,
+//! within the run-to-run spread.
 //!
 //! The server runs as a child process (this binary with `serve`), on the same stack as call-api
 //! (axum's WebSocket on hyper, a tokio runtime of `--workers` threads, default the CPU count):
@@ -55,6 +60,9 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
     if args.first().map(String::as_str) == Some("serve") {
         let share: f64 = opt("--send-share").map_or(Ok(0.6), |s| s.parse())?;
+        if args.iter().any(|a| a == "--raw") {
+            return runtime.block_on(serve_raw(share));
+        }
         return runtime.block_on(serve(share));
     }
     let levels: Vec<usize> =
@@ -63,6 +71,7 @@ fn main() -> anyhow::Result<()> {
     let share = opt("--send-share").unwrap_or_else(|| "0.6".into());
     let mut server = Command::new(std::env::current_exe()?)
         .args(["serve", "--send-share", &share, "--workers", &workers.to_string()])
+        .args(args.iter().any(|a| a == "--raw").then_some("--raw"))
         .stdout(Stdio::piped())
         .spawn()?;
     let mut line = String::new();
@@ -97,6 +106,66 @@ async fn serve(share: f64) -> anyhow::Result<()> {
     );
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+/// The same server without a WebSocket library or HTTP server: the handshake by hand, then
+/// raw reads (dropped) and a prebuilt unmasked text frame written every 20 ms.
+async fn serve_raw(share: f64) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("port {}", listener.local_addr()?.port());
+    let on = (share.clamp(0.0, 1.0) * f64::from(CYCLE)).round() as u32;
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = vec![0u8; WS_READ_BUFFER];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&head);
+            let key = text
+                .lines()
+                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-key")))
+                .map(|(_, v)| v.trim().to_string())
+                .unwrap_or_default();
+            let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let reply = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            if stream.write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+            let payload = base64::engine::general_purpose::STANDARD.encode([0xFFu8; 160]);
+            let text = format!(
+                r#"{{"event":"media","streamSid":"MZ00000000000000000000000000000000","media":{{"payload":"{payload}"}}}}"#
+            );
+            let mut frame = vec![0x81u8, 126];
+            frame.extend_from_slice(&(text.len() as u16).to_be_bytes());
+            frame.extend_from_slice(text.as_bytes());
+            let (mut rd, mut wr) = stream.into_split();
+            let writer = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(20));
+                tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+                for n in 0u32.. {
+                    tick.tick().await;
+                    if n % CYCLE < on && wr.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            while let Ok(n) = rd.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            writer.abort();
+        });
+    }
 }
 
 async fn call(socket: WebSocket, on: u32) {

@@ -154,7 +154,7 @@ impl Database {
     /// abandoned), in which case nothing is written.
     pub async fn finish_analysis(&self, id: Uuid, attempt: &str, finished: &Finished) -> Result<bool, DbError> {
         let now = model::now();
-        Box::pin(self.observe("finish_analysis", FINISH, async {
+        Box::pin(self.observe_events("finish_analysis", FINISH, async {
             with_pool!(self, pool => {
                 let mut tx = pool.begin().await?;
                 let tenant: Option<String> = sqlx::query_scalar(FINISH)

@@ -244,7 +244,7 @@ impl Database {
         let call = new.into_record();
         let c = &call;
         let event = call_event(c, EventType::CallCreated, None);
-        Box::pin(self.observe("insert_call", INSERT, async {
+        Box::pin(self.observe_events("insert_call", INSERT, async {
             with_pool!(self, pool => {
                 let mut tx = pool.begin().await?;
                 bind_new_call!(sqlx::query(INSERT), c, token_hash.as_str(), token_expires_at).execute(&mut *tx).await?;
@@ -347,7 +347,7 @@ impl Database {
             }
             let ended_at = model::now();
             let duration = model::seconds_between(current.started_at.unwrap_or(current.created_at), ended_at);
-            let updated = Box::pin(self.observe("end_call", END, async {
+            let updated = Box::pin(self.observe_events("end_call", END, async {
                 with_pool!(self, pool => {
                     let mut tx = pool.begin().await?;
                     let row = sqlx::query(END)
@@ -391,7 +391,7 @@ impl Database {
         lease_expires_at: DateTime<Utc>,
     ) -> Result<Option<Call>, DbError> {
         let started_at = model::now();
-        Box::pin(self.observe("mark_in_progress", START, async {
+        Box::pin(self.observe_events("mark_in_progress", START, async {
             with_pool!(self, pool => {
                 let mut tx = pool.begin().await?;
                 let row = sqlx::query(START)
@@ -505,7 +505,7 @@ impl Database {
         let call = new.into_record();
         let c = &call;
         let event = call_event(c, EventType::CallCreated, None);
-        let inserted = Box::pin(self.observe("insert_carrier_call", INSERT_CARRIER, async {
+        let inserted = Box::pin(self.observe_events("insert_carrier_call", INSERT_CARRIER, async {
             with_pool!(self, pool => {
                 let mut tx = pool.begin().await?;
                 let inserted = bind_new_call!(sqlx::query(INSERT_CARRIER), c, token_hash.as_str(), token_expires_at)

@@ -139,7 +139,14 @@ const UNDISPATCHED_PG: &str = "SELECT id, tenant, call_id FROM events WHERE NOT 
 const UNDISPATCHED_SQLITE: &str = "SELECT id, tenant, call_id FROM events WHERE NOT dispatched ORDER BY id LIMIT $1";
 const INSERT_DELIVERY: &str = "INSERT INTO webhook_deliveries (event_row, endpoint, call_id, state, next_attempt_at) \
      VALUES ($1, $2, $3, 'pending', $4) ON CONFLICT (event_row, endpoint) DO NOTHING";
-const MARK_DISPATCHED: &str = "UPDATE events SET dispatched = TRUE WHERE id = $1";
+/// Whether any event waits to be fanned out (the partial index `events_undispatched`): an idle
+/// round reads this and takes no lock.
+const ANY_UNDISPATCHED: &str = "SELECT id FROM events WHERE NOT dispatched LIMIT 1";
+/// The rows fanned out in one round, in one statement (their numbers as a JSON array).
+const MARK_DISPATCHED_PG: &str = "UPDATE events SET dispatched = TRUE \
+     WHERE id IN (SELECT value::bigint FROM jsonb_array_elements_text($1::jsonb) AS value)";
+const MARK_DISPATCHED_SQLITE: &str =
+    "UPDATE events SET dispatched = TRUE WHERE id IN (SELECT value FROM json_each($1))";
 
 /// Due, unclaimed pending deliveries whose call has no earlier pending delivery to the same
 /// endpoint (per-call order), oldest first.
@@ -216,7 +223,10 @@ macro_rules! decode_event {
 impl Database {
     /// Writes one event on its own (for changes made without a transaction of their own).
     pub async fn insert_event(&self, event: &NewEvent) -> Result<(), DbError> {
-        self.observe("insert_event", INSERT_EVENT, async { with_pool!(self, pool => insert_event!(pool, event)) }).await
+        self.observe_events("insert_event", INSERT_EVENT, async {
+            with_pool!(self, pool => insert_event!(pool, event))
+        })
+        .await
     }
 
     /// The events of call `id` of `tenant`, in order.
@@ -295,6 +305,16 @@ impl Database {
     ) -> Result<usize, DbError> {
         let now = crate::model::now();
         let postgres = matches!(self.pool, Pool::Postgres(_));
+        // Nothing to fan out (the usual case between events): one indexed read, no transaction,
+        // no write lock.
+        let waiting = self
+            .observe("any_undispatched", ANY_UNDISPATCHED, async {
+                with_pool!(self, pool => sqlx::query(ANY_UNDISPATCHED).fetch_optional(pool).await.map(|r| r.is_some()))
+            })
+            .await?;
+        if !waiting {
+            return Ok(0);
+        }
         let select = if postgres { UNDISPATCHED_PG } else { UNDISPATCHED_SQLITE };
         // SQLite: take the write lock first, so the writes after the read never find the
         // snapshot outdated by another connection's commit.
@@ -303,6 +323,7 @@ impl Database {
             with_pool!(self, pool => {
                 let mut tx = pool.begin_with(begin).await?;
                 let rows = sqlx::query(select).bind(limit).fetch_all(&mut *tx).await?;
+                let mut ids = Vec::with_capacity(rows.len());
                 for row in &rows {
                     let id: i64 = row.try_get("id")?;
                     let tenant: String = row.try_get("tenant")?;
@@ -316,7 +337,14 @@ impl Database {
                             .execute(&mut *tx)
                             .await?;
                     }
-                    sqlx::query(MARK_DISPATCHED).bind(id).execute(&mut *tx).await?;
+                    ids.push(id);
+                }
+                if !ids.is_empty() {
+                    // Exactly the rows read (and, on PostgreSQL, locked) above: a row another
+                    // replica holds, or one that commits late with a lower number, is not marked.
+                    let mark = if postgres { MARK_DISPATCHED_PG } else { MARK_DISPATCHED_SQLITE };
+                    let list = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
+                    sqlx::query(mark).bind(list).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(rows.len())
@@ -326,19 +354,26 @@ impl Database {
     }
 
     /// Claims up to `limit` due deliveries for `owner` until `until`, and returns every delivery
-    /// `owner` holds.
+    /// `owner` holds. `held`: whether `owner` may hold claims from before this call (its first
+    /// round, or one whose outcomes were not all stored); when not, and nothing new was claimed,
+    /// the read of the held ones is skipped.
     pub async fn claim_deliveries(
         &self,
         owner: &str,
         until: DateTime<Utc>,
         limit: i64,
+        held: bool,
     ) -> Result<Vec<Claimed>, DbError> {
         let now = crate::model::now();
         let claim = if matches!(self.pool, Pool::Postgres(_)) { CLAIM_PG } else { CLAIM_SQLITE };
-        self.observe("claim_deliveries", CLAIM_PG, async {
-            with_pool!(self, pool => sqlx::query(claim).bind(owner).bind(until).bind(now).bind(limit).execute(pool).await.map(drop))
-        })
-        .await?;
+        let claimed = self
+            .observe("claim_deliveries", CLAIM_PG, async {
+                with_pool!(self, pool => sqlx::query(claim).bind(owner).bind(until).bind(now).bind(limit).execute(pool).await.map(|r| r.rows_affected()))
+            })
+            .await?;
+        if claimed == 0 && !held {
+            return Ok(Vec::new());
+        }
         self.observe("claimed_deliveries", CLAIMED, async {
             with_pool!(self, pool => {
                 let rows = sqlx::query(CLAIMED).bind(owner).bind(now).fetch_all(pool).await?;

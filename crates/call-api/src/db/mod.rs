@@ -19,7 +19,7 @@ pub mod leases;
 pub mod notices;
 pub mod turns;
 
-use std::{borrow::Cow, future::Future, str::FromStr, time::Instant};
+use std::{borrow::Cow, future::Future, str::FromStr, sync::Arc, time::Instant};
 
 use sqlx::{
     SqlSafeStr,
@@ -59,6 +59,9 @@ pub struct Database {
     /// PostgreSQL: how to open a connection outside the pool (the call-command listener holds
     /// one for as long as it runs, which must not cost the requests a pooled connection).
     pub(crate) dedicated: Option<PgConnectOptions>,
+    /// Told after each commit of events on this replica (and, on PostgreSQL, of a `NOTIFY` of
+    /// events committed on any replica): wakes the webhook worker.
+    events: Arc<tokio::sync::watch::Sender<()>>,
 }
 
 /// A failed database operation, classified for the client: the database being unreachable
@@ -184,7 +187,8 @@ impl Database {
                     .await?,
             )
         };
-        let db = Self { pool, max_connections: config.max_connections, dedicated };
+        let events = Arc::new(tokio::sync::watch::Sender::new(()));
+        let db = Self { pool, max_connections: config.max_connections, dedicated, events };
         db.migrate().await?;
         db.record_pool();
         Ok(db)
@@ -256,6 +260,31 @@ impl Database {
     fn record_pool(&self) {
         let (idle, size) = with_pool!(self, pool => (pool.num_idle(), pool.size()));
         metrics::db_pool(idle, size, self.max_connections);
+    }
+
+    /// Events were committed (here, or on any replica as a `NOTIFY` said): wakes whoever waits on
+    /// [`Database::events_written`].
+    pub(crate) fn wake_event_readers(&self) {
+        self.events.send_replace(());
+    }
+
+    /// Resolves (`changed()`) after each [`Database::wake_event_readers`] from now on.
+    pub(crate) fn events_written(&self) -> tokio::sync::watch::Receiver<()> {
+        self.events.subscribe()
+    }
+
+    /// [`Database::observe`] for a write that stores events: a success wakes their readers.
+    pub(crate) async fn observe_events<T>(
+        &self,
+        operation: &'static str,
+        statement: &'static str,
+        query: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, DbError> {
+        let result = self.observe(operation, statement, query).await;
+        if result.is_ok() {
+            self.wake_event_readers();
+        }
+        result
     }
 
     /// Runs one statement inside a `db.query` client span and records its latency and outcome.

@@ -173,7 +173,7 @@ impl Database {
     /// comes from the caller (a live call knows it), which saves a query per completed turn.
     pub async fn insert_turn(&self, tenant: &str, call_id: Uuid, turn: &Turn) -> Result<(), DbError> {
         let completed = turn.role == Role::Agent || turn.outcome.is_some();
-        Box::pin(self.observe("insert_turn", INSERT, async {
+        Box::pin(self.observe_events("insert_turn", INSERT, async {
             with_pool!(self, pool => {
                 let mut tx = pool.begin().await?;
                 sqlx::query(INSERT)

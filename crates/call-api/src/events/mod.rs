@@ -43,8 +43,13 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const CLAIM_LEASE: Duration = Duration::from_secs(20);
 /// Deliveries claimed (and sent at once) per round.
 const BATCH: i64 = 32;
-/// The wait between rounds that found nothing to do.
+/// After a round that found nothing to do, the least wait before the next when events are
+/// written meanwhile: a burst of commits costs one round.
 const IDLE: Duration = Duration::from_millis(250);
+/// After a round that found nothing to do, the longest wait when no event is written and none of
+/// this worker's retries comes due: what only the clock brings (another replica's retry coming
+/// due, a dead replica's claim running out) is noticed within this.
+const QUIET: Duration = Duration::from_secs(2);
 /// How often the backlog gauges are refreshed.
 const GAUGE_EVERY: Duration = Duration::from_secs(2);
 /// How often old events are deleted, and how many per statement.
@@ -187,6 +192,18 @@ pub struct Worker {
     db: Database,
     owner: Arc<str>,
     http: reqwest::Client,
+    /// The longest wait between rounds while nothing happens ([`QUIET`]).
+    quiet: Duration,
+}
+
+/// What one round of the worker did.
+struct Round {
+    /// It fanned events out or sent deliveries (another round follows at once).
+    busy: bool,
+    /// Every outcome it had was stored (otherwise the next round reads the claims held).
+    stored: bool,
+    /// When the earliest delivery it failed is to be tried again.
+    retry_at: Option<tokio::time::Instant>,
 }
 
 impl Worker {
@@ -201,7 +218,16 @@ impl Worker {
             builder = builder.dns_resolver(Arc::new(ssrf::PublicOnly));
         }
         let http = builder.build().map_err(|e| anyhow::anyhow!("build the webhook HTTP client: {e}"))?;
-        Ok(Self { config: Arc::new(config), db, owner, http })
+        Ok(Self { config: Arc::new(config), db, owner, http, quiet: QUIET })
+    }
+
+    /// Sets the longest wait between rounds while nothing happens (default 2 s). Tests set it
+    /// long, to show that written events and the worker's own retries wake it.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn with_quiet(mut self, quiet: Duration) -> Self {
+        self.quiet = quiet;
+        self
     }
 
     /// Runs until `stop` is cancelled. Deliveries in flight then are abandoned; their claims
@@ -211,11 +237,22 @@ impl Worker {
         tokio::spawn(async move {
             let mut last_gauges: Option<tokio::time::Instant> = None;
             let mut last_cleanup: Option<tokio::time::Instant> = None;
+            // Commits of events on this replica, and on PostgreSQL `NOTIFY`s from any replica.
+            let mut written = self.db.events_written();
+            // The earliest retry this worker scheduled, and whether it may hold claims from
+            // before (at start: a restart with the same owner finds them).
+            let mut retry_due: Option<tokio::time::Instant> = None;
+            let mut held = true;
             loop {
-                let busy = tokio::select! {
+                let began = tokio::time::Instant::now();
+                let round = tokio::select! {
                     () = stop.cancelled() => return,
-                    busy = self.round() => busy,
+                    round = self.round(held) => round,
                 };
+                held = !round.stored;
+                if let Some(at) = round.retry_at {
+                    retry_due = Some(retry_due.map_or(at, |due| due.min(at)));
+                }
                 if last_gauges.is_none_or(|t| t.elapsed() >= GAUGE_EVERY) {
                     last_gauges = Some(tokio::time::Instant::now());
                     match self.db.webhook_backlog().await {
@@ -230,10 +267,30 @@ impl Worker {
                     last_cleanup = Some(tokio::time::Instant::now());
                     self.delete_old_events().await;
                 }
-                if !busy {
+                if !round.busy {
+                    // Sleep until events are written (then no sooner than IDLE after this round
+                    // began), a retry of ours is due, or QUIET has passed.
+                    let due = retry_due.unwrap_or_else(|| began + self.quiet).min(began + self.quiet);
                     tokio::select! {
                         () = stop.cancelled() => return,
-                        () = tokio::time::sleep(IDLE) => {}
+                        () = tokio::time::sleep_until(due) => {}
+                        changed = written.changed() => {
+                            if changed.is_ok() {
+                                tokio::select! {
+                                    () = stop.cancelled() => return,
+                                    () = tokio::time::sleep_until((began + IDLE).min(due)) => {}
+                                }
+                            } else {
+                                // Never: the database handle outlives the worker. Poll then.
+                                tokio::select! {
+                                    () = stop.cancelled() => return,
+                                    () = tokio::time::sleep_until(began + IDLE) => {}
+                                }
+                            }
+                        }
+                    }
+                    if retry_due.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                        retry_due = None;
                     }
                 }
             }
@@ -266,31 +323,40 @@ impl Worker {
         total
     }
 
-    /// One round: fan out new events, claim and send due deliveries. Whether there was work.
-    pub async fn round(&self) -> bool {
+    /// One round: fan out new events, claim and send due deliveries. `held`: whether this
+    /// worker may hold claims from before (see [`Database::claim_deliveries`]).
+    async fn round(&self, held: bool) -> Round {
         let config = self.config.clone();
         let endpoints = move |tenant: &str| config.endpoints_of(tenant);
+        let idle = Round { busy: false, stored: !held, retry_at: None };
         let dispatched = match self.db.dispatch_events(256, &endpoints).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "could not fan webhook events out");
-                return false;
+                return idle;
             }
         };
         let until = crate::model::now() + CLAIM_LEASE;
-        let claimed = match self.db.claim_deliveries(&self.owner, until, BATCH).await {
+        let claimed = match self.db.claim_deliveries(&self.owner, until, BATCH, held).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "could not claim webhook deliveries");
-                return false;
+                return idle;
             }
         };
         let sent = claimed.len();
-        futures_util::future::join_all(claimed.into_iter().map(|c| self.deliver(c))).await;
-        dispatched > 0 || sent > 0
+        let outcomes = futures_util::future::join_all(claimed.into_iter().map(|c| self.deliver(c))).await;
+        let now = crate::model::now();
+        let retry_at = outcomes.iter().filter_map(|(_, next)| *next).min().map(|next| {
+            // A little after the stored time, so the round it wakes finds the delivery due.
+            tokio::time::Instant::now() + (next - now).to_std().unwrap_or_default() + Duration::from_millis(5)
+        });
+        Round { busy: dispatched > 0 || sent > 0, stored: outcomes.iter().all(|(stored, _)| *stored), retry_at }
     }
 
-    async fn deliver(&self, claimed: Claimed) {
+    /// Sends one claimed delivery and stores the outcome: whether it was stored, and when it is
+    /// to be tried again.
+    async fn deliver(&self, claimed: Claimed) -> (bool, Option<chrono::DateTime<chrono::Utc>>) {
         let attempt = self.send(&claimed).await;
         let result = match &attempt {
             Attempt::Delivered => {
@@ -307,12 +373,20 @@ impl Worker {
             }
         };
         metrics::webhook_attempt(result);
+        let next = match &attempt {
+            Attempt::Retry { next, .. } => Some(*next),
+            Attempt::Delivered | Attempt::Failed { .. } => None,
+        };
         match self.db.finish_delivery(claimed.delivery, &self.owner, &attempt).await {
-            Ok(true) => {}
+            Ok(true) => (true, next),
             Ok(false) => {
-                tracing::warn!(event = %claimed.event.id, "webhook delivery claim ran out before its outcome was stored")
+                tracing::warn!(event = %claimed.event.id, "webhook delivery claim ran out before its outcome was stored");
+                (true, None)
             }
-            Err(e) => tracing::warn!(error = %e, "could not store a webhook delivery's outcome"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not store a webhook delivery's outcome");
+                (false, None)
+            }
         }
     }
 

@@ -149,7 +149,12 @@ impl EventBus {
         // being lost) wakes the tail at once.
         let wake = Arc::new(tokio::sync::Notify::new());
         let woken = wake.clone();
-        self.inner.db.spawn_follower(CHANNEL, "call-api-events", stop.clone(), move |_| woken.notify_one());
+        // The same notices wake this replica's webhook worker (`Database::events_written`).
+        let db = self.inner.db.clone();
+        self.inner.db.spawn_follower(CHANNEL, "call-api-events", stop.clone(), move |_| {
+            woken.notify_one();
+            db.wake_event_readers();
+        });
         let bus = self.clone();
         tokio::spawn(async move {
             let mut failing = false;
