@@ -3,9 +3,11 @@
 //! replica wrote it.
 //!
 //! One tail per replica reads the table, so the cost on the database does not grow with the
-//! number of streams; a stream costs its replica a channel and a task. On PostgreSQL each commit
-//! of new events wakes every tail through `NOTIFY` on [`CHANNEL`] (a trigger, migration
-//! `0011_events_notify`); the tail also reads every [`POLL`] in any case.
+//! number of streams; a stream costs its replica a channel and a task. While a stream is open on
+//! the replica, on PostgreSQL each commit of new events wakes the tail through `NOTIFY` on
+//! [`CHANNEL`] (a trigger, migration `0011_events_notify`), and the tail reads every [`POLL`] in
+//! any case. While none is, nobody waits for the tail: it reads every [`QUIET_POLL`], and the
+//! catch-up list reads the outbox itself first ([`EventBus::fresh_settled`]).
 //!
 //! **Order and gaps.** Event rows are numbered as they are inserted, but on PostgreSQL two
 //! transactions can commit out of order, so a row may appear after a higher-numbered one has
@@ -21,7 +23,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicI64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
@@ -31,9 +33,12 @@ use uuid::Uuid;
 
 use crate::db::{Database, DbError, events::Event};
 
-/// How often the tail reads the outbox (on PostgreSQL it is also woken by each commit of new
-/// events, [`CHANNEL`]).
+/// How often the tail reads the outbox while a stream is open on this replica (on PostgreSQL it
+/// is also woken by each commit of new events, [`CHANNEL`]).
 pub const POLL: Duration = Duration::from_millis(200);
+/// How often it reads while no stream is open (the settled mark for the list, which also reads
+/// for itself).
+pub const QUIET_POLL: Duration = Duration::from_secs(2);
 /// The PostgreSQL notification channel on which commits of new events wake every tail
 /// (migration `0011_events_notify`).
 pub const CHANNEL: &str = "voice_call_events";
@@ -71,6 +76,10 @@ struct Inner {
     calls: Mutex<HashMap<Uuid, broadcast::Sender<Arc<Rendered>>>>,
     /// Every event row up to this one is final; -1 until the tail first read the table.
     settled: AtomicI64,
+    /// The tail's place, shared by its loop and the list's reads.
+    tail: tokio::sync::Mutex<Tail>,
+    /// A stream opened: the tail's loop takes the open streams' pace.
+    opened: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for EventBus {
@@ -108,7 +117,15 @@ impl Drop for Subscription {
 
 impl EventBus {
     pub fn new(db: Database) -> Self {
-        Self { inner: Arc::new(Inner { db, calls: Mutex::new(HashMap::new()), settled: AtomicI64::new(-1) }) }
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                calls: Mutex::new(HashMap::new()),
+                settled: AtomicI64::new(-1),
+                tail: tokio::sync::Mutex::new(Tail::default()),
+                opened: tokio::sync::Notify::new(),
+            }),
+        }
     }
 
     /// Every event row up to this one is final (`None` until the tail has read the table once).
@@ -122,7 +139,23 @@ impl EventBus {
     pub fn subscribe(&self, call: Uuid) -> Subscription {
         let mut calls = self.inner.calls.lock().unwrap_or_else(|e| e.into_inner());
         let rx = calls.entry(call).or_insert_with(|| broadcast::channel(BUFFER).0).subscribe();
+        drop(calls);
+        self.inner.opened.notify_one();
         Subscription { bus: self.clone(), call, rx: Some(rx) }
+    }
+
+    /// The settled mark after reading the outbox now (unless it was read in the last few
+    /// milliseconds): what the catch-up list may list up to, including what this replica has just
+    /// written.
+    pub async fn fresh_settled(&self) -> Option<i64> {
+        let mut tail = self.inner.tail.lock().await;
+        if tail.read_at.is_none_or(|at| at.elapsed() >= MIN_GAP)
+            && let Err(e) = self.poll(&mut tail).await
+        {
+            tracing::warn!(error = %e, "could not read the event outbox for the list");
+        }
+        drop(tail);
+        self.settled()
     }
 
     /// Calls with an open stream on this replica.
@@ -141,8 +174,7 @@ impl EventBus {
     /// Reads the table once to place the tail (call before serving, so the catch-up list has a
     /// settled mark at once), then tails it until `stop`.
     pub async fn start(&self, stop: CancellationToken) {
-        let mut tail = Tail::default();
-        if let Err(e) = self.poll(&mut tail).await {
+        if let Err(e) = self.poll(&mut *self.inner.tail.lock().await).await {
             tracing::warn!(error = %e, "could not read the event outbox; the event stream retries");
         }
         // On PostgreSQL, each commit of new events (and each new connection, notices meanwhile
@@ -158,12 +190,25 @@ impl EventBus {
         let bus = self.clone();
         tokio::spawn(async move {
             let mut failing = false;
+            // The last read of the loop (whether it worked); the list's reads count too.
+            let mut attempted = Instant::now();
             loop {
+                // A notice while no stream is open stays pending until one opens.
+                let watched = bus.watched_calls() > 0;
+                let last = bus.inner.tail.lock().await.read_at.map_or(attempted, |at| at.max(attempted));
+                let due = last + if watched { POLL } else { QUIET_POLL };
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = tokio::time::sleep(POLL) => {}
-                    () = wake.notified() => tokio::time::sleep(MIN_GAP).await,
+                    () = tokio::time::sleep_until(due.into()) => {}
+                    () = wake.notified(), if watched => tokio::time::sleep(MIN_GAP).await,
+                    () = bus.inner.opened.notified() => continue,
                 }
+                let mut tail = bus.inner.tail.lock().await;
+                if tail.read_at.is_some_and(|at| at.elapsed() < MIN_GAP) {
+                    // The list has just read it.
+                    continue;
+                }
+                attempted = Instant::now();
                 match bus.poll(&mut tail).await {
                     Ok(()) => {
                         if std::mem::take(&mut failing) {
@@ -210,6 +255,7 @@ impl EventBus {
         }
         tail.seen = tail.seen.split_off(&(settled + 1));
         tail.cursor = Some(settled);
+        tail.read_at = Some(Instant::now());
         self.inner.settled.store(settled, Ordering::Release);
         Ok(())
     }
@@ -220,6 +266,8 @@ impl EventBus {
 struct Tail {
     cursor: Option<i64>,
     seen: BTreeSet<i64>,
+    /// When the outbox was last read.
+    read_at: Option<Instant>,
 }
 
 /// The settled mark after `cursor`, given the rows read after it (`(row, created)`, in order):

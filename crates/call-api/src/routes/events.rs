@@ -219,7 +219,7 @@ async fn list_events(
             .await?
             .ok_or_else(|| ApiError::BadRequest("after names no event of this tenant".into()))?,
     };
-    let settled = state.events.settled().ok_or(ApiError::Unavailable("event list"))?;
+    let settled = state.events.fresh_settled().await.ok_or(ApiError::Unavailable("event list"))?;
     let events = state.db.tenant_events(&tenant.0, after, settled, i64::from(limit)).await?;
     let next_after = events.last().map(|e| e.id.clone()).or(params.after);
     Ok(Json(EventList { events, next_after }))

@@ -442,3 +442,31 @@ async fn stream_delay_across_replicas_postgres() {
         delays.len()
     );
 }
+
+/// With no stream open on the replica nobody waits for the outbox's tail: it reads every 2 s
+/// (not every 0.2 s), and the list reads the outbox itself, so an event written just before is
+/// listed at once. A stream opened puts the tail back on its pace: events reach it as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_stream_open_the_tail_reads_rarely_and_the_list_reads_for_itself() {
+    let app = common::spawn_app(Backend::Sqlite).await.unwrap();
+    let reads = async || app.metrics().await.sum("db_query_duration_seconds_count", &[("operation", "events_after")]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = reads().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle = reads().await - before;
+    // 2 or 3 reads in 5 s at one per 2 s; at one per 0.2 s it would be about 25.
+    assert!((1.0..=4.0).contains(&idle), "{idle} reads of the outbox in 5 idle seconds");
+
+    let id = app.create("sip").await["id"].as_str().unwrap().to_string();
+    let (status, list) = app.get("/v1/events?limit=500", KEY).await;
+    assert_eq!(status, 200, "{list}");
+    let listed: Vec<&str> = list["events"].as_array().unwrap().iter().filter_map(|e| e["call_id"].as_str()).collect();
+    assert_eq!(listed, [id.as_str()], "the event written just before, listed at once");
+
+    // A stream now open gets the call's next event from the tail.
+    let mut stream = Stream::open(&app, &id, Some(KEY), None).await.unwrap();
+    assert_eq!(stream.next().await.event, "call.created");
+    let (status, body) = app.end(&id, "completed").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stream.next().await.event, "call.ended");
+}
