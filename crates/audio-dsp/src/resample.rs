@@ -17,6 +17,26 @@ fn to_i16(x: f32) -> i16 {
 /// Input samples per step of the offline resampler.
 const OFFLINE_CHUNK: usize = 1024;
 
+thread_local! {
+    /// The offline resampler this thread used last, with its rates: building one (its filter
+    /// and FFT plans) is about a tenth of resampling an utterance, so a thread converting one
+    /// utterance after another keeps it and resets it instead.
+    static OFFLINE: std::cell::RefCell<Option<(u32, u32, Fft<f32>)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// This thread's offline resampler for `from` → `to`, reset, or a new one.
+fn offline(from: u32, to: u32) -> Result<Fft<f32>, DspError> {
+    // Taken out of the cell, so a conversion started inside another's sink builds its own.
+    match OFFLINE.with(|cell| cell.borrow_mut().take()) {
+        Some((f, t, mut resampler)) if (f, t) == (from, to) => {
+            resampler.reset();
+            Ok(resampler)
+        }
+        _ => Fft::<f32>::new(from as usize, to as usize, OFFLINE_CHUNK, 1, FixedSync::Input)
+            .map_err(|_| DspError::Resample),
+    }
+}
+
 /// Resamples a whole mono clip from `from` Hz to `to` Hz. The resampler's start-up delay is
 /// trimmed, so the output is time-aligned with the input and has
 /// `ceil(len * to / from)` samples. Returns a copy when the rates are equal.
@@ -44,8 +64,7 @@ pub fn resample_each(samples: &[i16], from: u32, to: u32, mut sink: impl FnMut(&
     if samples.is_empty() {
         return Ok(());
     }
-    let mut resampler = Fft::<f32>::new(from as usize, to as usize, OFFLINE_CHUNK, 1, FixedSync::Input)
-        .map_err(|_| DspError::Resample)?;
+    let mut resampler = offline(from, to)?;
     let expected = (samples.len() as u64 * u64::from(to)).div_ceil(u64::from(from)) as usize;
     let mut input = vec![0f32; resampler.input_frames_max()];
     let mut output = vec![0f32; resampler.output_frames_max()];
@@ -77,6 +96,7 @@ pub fn resample_each(samples: &[i16], from: u32, to: u32, mut sink: impl FnMut(&
         sink(&block);
         emitted += keep;
     }
+    OFFLINE.with(|cell| *cell.borrow_mut() = Some((from, to, resampler)));
     Ok(())
 }
 
@@ -203,6 +223,24 @@ mod tests {
 
     /// The chunked resampler gives rubato's `process_all` output exactly, at every length
     /// around the chunk boundaries.
+    #[test]
+    fn a_kept_resampler_converts_as_a_new_one() {
+        let clip = |n: usize, a: usize, m: usize| -> Vec<i16> {
+            (0..n).map(|i| ((i * a) % m) as i16 - (m / 2) as i16).collect()
+        };
+        let probe = clip(300, 31, 2000);
+        // A clip whose conversion ends with some of it still in the resampler's state (found by
+        // search: few lengths do), which a kept resampler must not carry into the next clip.
+        let before = clip(1861, 7919, 20000);
+        OFFLINE.with(|cell| cell.borrow_mut().take());
+        let fresh = resample(&probe, 8000, 16000).unwrap();
+        assert_eq!(resample(&before, 8000, 16000).unwrap().len(), 2 * 1861);
+        assert_eq!(resample(&probe, 8000, 16000).unwrap(), fresh, "after another clip");
+        // Another rate pair in between replaces the kept one; back at 8 → 16 kHz, the same.
+        assert_eq!(resample(&before, 16000, 8000).unwrap().len(), 931);
+        assert_eq!(resample(&probe, 8000, 16000).unwrap(), fresh, "after another rate pair");
+    }
+
     #[test]
     fn chunked_matches_process_all() {
         for (from, to) in [(8000u32, 16000u32), (48000, 16000), (16000, 8000), (24000, 16000)] {
