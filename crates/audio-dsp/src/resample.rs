@@ -221,8 +221,6 @@ mod tests {
         assert!(resample(&[1, 2], 8000, 11025).is_err());
     }
 
-    /// The chunked resampler gives rubato's `process_all` output exactly, at every length
-    /// around the chunk boundaries.
     #[test]
     fn a_kept_resampler_converts_as_a_new_one() {
         let clip = |n: usize, a: usize, m: usize| -> Vec<i16> {
@@ -241,6 +239,8 @@ mod tests {
         assert_eq!(resample(&probe, 8000, 16000).unwrap(), fresh, "after another rate pair");
     }
 
+    /// The chunked resampler gives rubato's `process_all` output exactly, at every length
+    /// around the chunk boundaries.
     #[test]
     fn chunked_matches_process_all() {
         for (from, to) in [(8000u32, 16000u32), (48000, 16000), (16000, 8000), (24000, 16000)] {

@@ -270,23 +270,18 @@ impl Worker {
                 if !round.busy {
                     // Sleep until events are written (then no sooner than IDLE after this round
                     // began), a retry of ours is due, or QUIET has passed.
-                    let due = retry_due.unwrap_or_else(|| began + self.quiet).min(began + self.quiet);
-                    tokio::select! {
+                    let quiet = began + self.quiet;
+                    let due = retry_due.map_or(quiet, |d| d.min(quiet));
+                    let until = tokio::select! {
                         () = stop.cancelled() => return,
-                        () = tokio::time::sleep_until(due) => {}
-                        changed = written.changed() => {
-                            if changed.is_ok() {
-                                tokio::select! {
-                                    () = stop.cancelled() => return,
-                                    () = tokio::time::sleep_until((began + IDLE).min(due)) => {}
-                                }
-                            } else {
-                                // Never: the database handle outlives the worker. Poll then.
-                                tokio::select! {
-                                    () = stop.cancelled() => return,
-                                    () = tokio::time::sleep_until(began + IDLE) => {}
-                                }
-                            }
+                        () = tokio::time::sleep_until(due) => None,
+                        // (An error — never: the database handle outlives the worker — polls.)
+                        changed = written.changed() => Some(if changed.is_ok() { (began + IDLE).min(due) } else { began + IDLE }),
+                    };
+                    if let Some(until) = until {
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep_until(until) => {}
                         }
                     }
                     if retry_due.is_some_and(|d| d <= tokio::time::Instant::now()) {

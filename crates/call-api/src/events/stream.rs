@@ -190,12 +190,10 @@ impl EventBus {
         let bus = self.clone();
         tokio::spawn(async move {
             let mut failing = false;
-            // The last read of the loop (whether it worked); the list's reads count too.
-            let mut attempted = Instant::now();
             loop {
                 // A notice while no stream is open stays pending until one opens.
                 let watched = bus.watched_calls() > 0;
-                let last = bus.inner.tail.lock().await.read_at.map_or(attempted, |at| at.max(attempted));
+                let last = bus.inner.tail.lock().await.read_at.unwrap_or_else(Instant::now);
                 let due = last + if watched { POLL } else { QUIET_POLL };
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -208,7 +206,6 @@ impl EventBus {
                     // The list has just read it.
                     continue;
                 }
-                attempted = Instant::now();
                 match bus.poll(&mut tail).await {
                     Ok(()) => {
                         if std::mem::take(&mut failing) {
@@ -227,6 +224,8 @@ impl EventBus {
 
     /// One read of the outbox: hands out rows not seen before and advances the settled mark.
     async fn poll(&self, tail: &mut Tail) -> Result<(), DbError> {
+        // An attempt counts, so a failing database is retried at the tail's pace, not at once.
+        tail.read_at = Some(Instant::now());
         let db = &self.inner.db;
         let cursor = match tail.cursor {
             Some(c) => c,
@@ -255,7 +254,6 @@ impl EventBus {
         }
         tail.seen = tail.seen.split_off(&(settled + 1));
         tail.cursor = Some(settled);
-        tail.read_at = Some(Instant::now());
         self.inner.settled.store(settled, Ordering::Release);
         Ok(())
     }
@@ -266,7 +264,7 @@ impl EventBus {
 struct Tail {
     cursor: Option<i64>,
     seen: BTreeSet<i64>,
-    /// When the outbox was last read.
+    /// When the outbox was last read (or a read was tried).
     read_at: Option<Instant>,
 }
 
