@@ -5,7 +5,8 @@
 //!   `ResourceExhausted`, never a queue). The streamed form takes its permit when the header
 //!   arrives, so uploads in memory are bounded too, and enforces the byte limit chunk by chunk.
 //! - `StreamAudio`: a permit of `AUDIO_MAX_STREAMS`, the config message, then a task per
-//!   stream (`stream.rs`).
+//!   stream (`stream.rs`). `StreamAudioCalls`: one task per shared stream runs its legs
+//!   (`legs.rs`), each leg holding a permit of the same `AUDIO_MAX_STREAMS`.
 //!
 //! Deadlines (`grpc-timeout`, else `AUDIO_ANALYSIS_TIMEOUT_SECONDS`) bound the whole call; a
 //! live stream is long-lived and has an idle bound instead (`AUDIO_STREAM_IDLE_TIMEOUT_SECONDS`:
@@ -27,11 +28,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status, Streaming};
-use tracing::Instrument as _;
 
 use crate::{
     Config, convert, recording,
-    stream::{Inbound, StreamTask},
+    stream::{Live, StreamTask},
 };
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -228,7 +228,19 @@ impl AudioProcessor for Processor {
             Ok(Ok(Some(StreamAudioRequest { payload: Some(Payload::Config(c)) }))) => c,
             Ok(Ok(_)) => return Err(Status::invalid_argument("the first message of a stream must be its config")),
         };
-        let rx = self.start_stream(&config, Inbound::Grpc(Box::new(inbound)), deadline, permit, None)?;
+        let live = self.live_stream(&config, permit, None, "stream")?;
+        let (tx, rx) = mpsc::channel(crate::stream::EVENT_BUFFER);
+        let task = StreamTask {
+            live,
+            inbound: Box::new(inbound),
+            tx,
+            // A child per stream: the task polls it at every message, and a token's poll takes
+            // its lock, which every stream would otherwise share across threads.
+            stopping: self.inner.stopping.child_token(),
+            deadline,
+            idle_timeout: self.inner.idle_timeout,
+        };
+        tokio::spawn(task.run());
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -262,21 +274,24 @@ impl Processor {
         &self.inner.stopping
     }
 
-    /// Starts the task of one live stream whose config has arrived; its events (and its ending
-    /// status) come on the returned receiver. `traceparent`: the leg's trace context on a shared
-    /// stream (a `StreamAudio` stream's comes with its request).
-    pub(crate) fn start_stream(
+    /// No message for this long ends a live stream or leg (`DeadlineExceeded`).
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        self.inner.idle_timeout
+    }
+
+    /// The state of one live stream whose config has arrived, holding `permit`. `traceparent`:
+    /// the leg's trace context on a shared stream (a `StreamAudio` stream's comes with its
+    /// request); `via` labels `audio_streams_opened_total` (`stream` or `leg`).
+    pub(crate) fn live_stream(
         &self,
         config: &StreamConfig,
-        inbound: Inbound,
-        deadline: Option<tokio::time::Instant>,
         permit: OwnedSemaphorePermit,
         traceparent: Option<&str>,
-    ) -> Result<mpsc::Receiver<Result<StreamAudioResponse, Status>>, Status> {
+        via: &'static str,
+    ) -> Result<Live, Status> {
         let dsp_config = convert::stream_config(config)?;
         let speech_audio_part_bytes = convert::speech_audio_part_bytes(config)?;
         let live = LiveStream::new(dsp_config).map_err(|e| convert::dsp_status(&e))?;
-        let (tx, rx) = mpsc::channel(crate::stream::EVENT_BUFFER);
         let span = tracing::info_span!(
             "audio.stream",
             call_id = %config.call_id,
@@ -294,22 +309,8 @@ impl Processor {
             headers.insert("traceparent", value);
             telemetry::otel::set_parent_from_headers(&span, &headers);
         }
-        let task = StreamTask {
-            live,
-            inbound,
-            tx,
-            // A child per stream: the task polls it at every message, and a token's poll takes
-            // its lock, which every stream would otherwise share across threads.
-            stopping: self.inner.stopping.child_token(),
-            deadline,
-            idle_timeout: self.inner.idle_timeout,
-            stats_interval: self.inner.stats_interval,
-            speech_audio_part_bytes,
-            permit,
-        };
-        crate::metrics::stream_opened(if traceparent.is_some() { "leg" } else { "stream" });
-        tokio::spawn(task.run().instrument(span));
-        Ok(rx)
+        crate::metrics::stream_opened(via);
+        Ok(Live::new(live, self.inner.stats_interval, speech_audio_part_bytes, span, permit))
     }
 }
 

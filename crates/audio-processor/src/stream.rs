@@ -1,17 +1,21 @@
 //! One live stream: frames from the client through [`LiveStream`], events back.
 //!
-//! The task reads a message (one frame, or a batch of up to [`MAX_FRAMES_PER_MESSAGE`] that
-//! runs as if each frame had come alone), runs its frames (a few microseconds each for the fast
-//! VAD, so inline on the async worker), and sends the resulting events into a small bounded channel: a client that
-//! stops reading stops the task from reading further frames, so a stream's memory stays
-//! bounded by the `LiveStream` state plus [`EVENT_BUFFER`] events. `StreamStats` go out every
-//! `stats_interval` of media and at the end.
+//! [`Live`] is a stream's state and its work, whoever reads its messages: a `StreamAudio`
+//! stream's own task ([`StreamTask`]), or a shared `StreamAudioCalls` stream's routing task,
+//! which runs each of its legs' messages itself (`legs.rs`). A message (one frame, or a batch
+//! of up to [`MAX_FRAMES_PER_MESSAGE`] that runs as if each frame had come alone) runs its
+//! frames (a few microseconds each for the fast VAD, so inline on the async worker) and gives
+//! the resulting responses; `StreamStats` come every `stats_interval` of media and at the end.
+//!
+//! A `StreamAudio` task sends the responses into a small bounded channel: a client that stops
+//! reading stops the task from reading further frames, so a stream's memory stays bounded by
+//! the `LiveStream` state plus [`EVENT_BUFFER`] events.
 //!
 //! Endings: the client half-closes → `finish` (an open utterance is emitted, forced), final
-//! stats, OK. Server shutdown, the call's deadline or no message for the idle bound → the same flush, then `Unavailable` /
-//! `DeadlineExceeded`. A protocol error (second config, oversized frame, empty or
-//! overlong batch) → `InvalidArgument`.
-//! The client going away → the task stops.
+//! stats, OK. Server shutdown, the call's deadline or no message for the idle bound → the same
+//! flush, then `Unavailable` / `DeadlineExceeded`. A protocol error (second config, oversized
+//! frame, empty or overlong batch) → `InvalidArgument`. The client going away → the stream
+//! stops.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,45 +48,13 @@ impl Iterator for Frames {
     }
 }
 
-/// Events buffered towards a slow client before the stream stops reading frames.
+/// Events buffered towards a slow `StreamAudio` client before its stream stops reading frames.
 pub(crate) const EVENT_BUFFER: usize = 8;
 
 pub(crate) type EventSender = mpsc::Sender<Result<pb::StreamAudioResponse, Status>>;
 
-/// Where a stream's messages come from: its own `StreamAudio` gRPC stream, or its leg of a
-/// shared `StreamAudioCalls` stream (the shared stream's task hands it the leg's messages; the
-/// channel closing is the leg's half-close, an error is the client gone).
-pub(crate) enum Inbound {
-    Grpc(Box<Streaming<pb::StreamAudioRequest>>),
-    Leg(mpsc::Receiver<Result<pb::StreamAudioRequest, Status>>),
-}
-
-impl Inbound {
-    async fn message(&mut self) -> Result<Option<pb::StreamAudioRequest>, Status> {
-        match self {
-            Inbound::Grpc(s) => s.message().await,
-            Inbound::Leg(rx) => rx.recv().await.transpose(),
-        }
-    }
-}
-
-/// Everything one stream task owns.
-pub(crate) struct StreamTask {
-    pub live: LiveStream,
-    pub inbound: Inbound,
-    pub tx: EventSender,
-    pub stopping: CancellationToken,
-    pub deadline: Option<Instant>,
-    /// No message for this long ends the stream (`DeadlineExceeded`).
-    pub idle_timeout: Duration,
-    pub stats_interval: Duration,
-    /// An utterance's audio goes in `speech_audio` parts of at most this many bytes before its
-    /// `speech_ended` (the client asked for it), or whole in `speech_ended` (`None`).
-    pub speech_audio_part_bytes: Option<usize>,
-    pub permit: OwnedSemaphorePermit,
-}
-
-enum End {
+/// How a stream ends.
+pub(crate) enum End {
     /// The client half-closed: flush and finish OK.
     HalfClose,
     /// Flush, then end with this status.
@@ -129,139 +101,158 @@ fn arrival_us(f: &pb::AudioFrame) -> u64 {
     }
 }
 
-impl StreamTask {
-    /// Runs the stream to its end.
-    pub(crate) async fn run(mut self) {
-        let _active = metrics::ActiveStream::open();
-        let cfg = *self.live.config();
-        let max_frame_bytes =
-            cfg.sample_rate as usize * cfg.max_frame_ms as usize / 1000 * cfg.encoding.bytes_per_sample();
+/// One live stream's state: its `LiveStream`, its clock and counters, its slot.
+pub(crate) struct Live {
+    live: LiveStream,
+    clock: Clock,
+    max_frame_bytes: usize,
+    bytes_per_sample: usize,
+    events: Vec<StreamEvent>,
+    stats_interval: f64,
+    next_stats: f64,
+    reported_seconds: f64,
+    utterances: u64,
+    /// An utterance's audio goes in `speech_audio` parts of at most this many bytes before its
+    /// `speech_ended` (the client asked for it), or whole in `speech_ended` (`None`).
+    speech_audio_part_bytes: Option<usize>,
+    /// The stream's span (`audio.stream`), entered while it works.
+    pub span: tracing::Span,
+    _active: metrics::ActiveStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Live {
+    pub(crate) fn new(
+        live: LiveStream,
+        stats_interval: Duration,
+        speech_audio_part_bytes: Option<usize>,
+        span: tracing::Span,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        let cfg = *live.config();
         let bytes_per_sample = cfg.encoding.bytes_per_sample();
-        let mut clock = Clock { rate: u64::from(cfg.sample_rate), first_sequence: None };
-        let mut events = Vec::with_capacity(4);
-        let mut next_stats = self.stats_interval.as_secs_f64();
-        let mut reported_seconds = 0.0;
-        let mut utterances = 0u64;
+        Self {
+            max_frame_bytes: cfg.sample_rate as usize * cfg.max_frame_ms as usize / 1000 * bytes_per_sample,
+            bytes_per_sample,
+            clock: Clock { rate: u64::from(cfg.sample_rate), first_sequence: None },
+            live,
+            events: Vec::with_capacity(4),
+            stats_interval: stats_interval.as_secs_f64(),
+            next_stats: stats_interval.as_secs_f64(),
+            reported_seconds: 0.0,
+            utterances: 0,
+            speech_audio_part_bytes,
+            span,
+            _active: metrics::ActiveStream::open(),
+            _permit: permit,
+        }
+    }
 
-        // The two timers live for the whole stream (one idle timer reset per message, rather than
-        // a new timer per 20 ms frame).
-        let deadline = sleep_until(self.deadline);
-        tokio::pin!(deadline);
-        let idle = tokio::time::sleep(self.idle_timeout);
-        tokio::pin!(idle);
-        let end = loop {
-            let message = tokio::select! {
-                biased;
-                () = self.stopping.cancelled() => break End::Flush(Status::unavailable("server is shutting down; reconnect to another replica")),
-                () = &mut deadline => break End::Flush(Status::deadline_exceeded("stream deadline reached")),
-                () = &mut idle => break End::Flush(Status::deadline_exceeded(format!(
-                    "no message for {} s: the stream is idle",
-                    self.idle_timeout.as_secs_f64()
-                ))),
-                m = self.inbound.message() => m,
-            };
-            idle.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
-            let frames = match message {
-                Ok(Some(pb::StreamAudioRequest { payload: Some(Payload::Frame(frame)) })) => Frames::One(Some(frame)),
-                Ok(Some(pb::StreamAudioRequest { payload: Some(Payload::Frames(batch)) })) => {
-                    if batch.frames.is_empty() || batch.frames.len() > MAX_FRAMES_PER_MESSAGE {
-                        break End::Fail(Status::invalid_argument(format!(
-                            "a frames message carries {} frames; it must carry 1 to {MAX_FRAMES_PER_MESSAGE}",
-                            batch.frames.len()
-                        )));
-                    }
-                    Frames::Many(batch.frames.into_iter())
+    /// Runs one message of the client's; its responses go to `out`. An error is the status the
+    /// stream ends with (a protocol error), after the responses already in `out`.
+    pub(crate) fn message(
+        &mut self,
+        message: pb::StreamAudioRequest,
+        out: &mut Vec<pb::StreamAudioResponse>,
+    ) -> Result<(), Status> {
+        let frames = match message.payload {
+            Some(Payload::Frame(frame)) => Frames::One(Some(frame)),
+            Some(Payload::Frames(batch)) => {
+                if batch.frames.is_empty() || batch.frames.len() > MAX_FRAMES_PER_MESSAGE {
+                    return Err(Status::invalid_argument(format!(
+                        "a frames message carries {} frames; it must carry 1 to {MAX_FRAMES_PER_MESSAGE}",
+                        batch.frames.len()
+                    )));
                 }
-                Ok(Some(pb::StreamAudioRequest { payload: Some(Payload::Config(_)) })) => {
-                    break End::Fail(Status::invalid_argument("config may only be the first message of a stream"));
-                }
-                Ok(Some(pb::StreamAudioRequest { payload: None })) => {
-                    break End::Fail(Status::invalid_argument("message carries neither config nor frame"));
-                }
-                Ok(None) => break End::HalfClose,
-                Err(status) => {
-                    tracing::debug!(code = ?status.code(), "live stream input ended with an error");
-                    break End::Gone;
-                }
-            };
-            let mut oversized = None;
-            for frame in frames {
-                // Checked before the frame runs: a batch with an oversized frame runs the frames
-                // before it, then ends the stream, as the same frames sent one by one would.
-                if frame.payload.len() > max_frame_bytes {
-                    oversized = Some(frame.payload.len());
-                    break;
-                }
-                let samples = (frame.payload.len() / bytes_per_sample) as u64;
-                let timestamp = clock.timestamp(&frame, samples);
-                let dsp_frame = Frame {
-                    sequence: frame.sequence_number,
-                    timestamp,
-                    arrival_us: arrival_us(&frame),
-                    payload: &frame.payload,
-                };
-                if let Err(e) = self.live.push(dsp_frame, &mut events) {
-                    // Counted in `frames_rejected`; the stream goes on.
-                    tracing::debug!(error = %e, "live frame rejected");
-                }
+                Frames::Many(batch.frames.into_iter())
             }
-            utterances += events.iter().filter(|e| matches!(e, StreamEvent::SpeechEnded { .. })).count() as u64;
-            if !self.send_events(&mut events).await {
-                break End::Gone;
+            Some(Payload::Config(_)) => {
+                return Err(Status::invalid_argument("config may only be the first message of a stream"));
             }
-            if let Some(len) = oversized {
-                break End::Fail(Status::invalid_argument(format!(
-                    "frame payload of {len} bytes exceeds {} ms of audio ({max_frame_bytes} bytes)",
-                    cfg.max_frame_ms
-                )));
-            }
-            let media = self.live.stats().media_seconds;
-            if media >= next_stats {
-                next_stats = media + self.stats_interval.as_secs_f64();
-                metrics::audio_processed(cfg.encoding, media - reported_seconds);
-                reported_seconds = media;
-                if !self.send_stats().await {
-                    break End::Gone;
-                }
-            }
+            None => return Err(Status::invalid_argument("message carries neither config nor frame")),
         };
+        let entered = self.span.enter();
+        let mut oversized = None;
+        for frame in frames {
+            // Checked before the frame runs: a batch with an oversized frame runs the frames
+            // before it, then ends the stream, as the same frames sent one by one would.
+            if frame.payload.len() > self.max_frame_bytes {
+                oversized = Some(frame.payload.len());
+                break;
+            }
+            let samples = (frame.payload.len() / self.bytes_per_sample) as u64;
+            let timestamp = self.clock.timestamp(&frame, samples);
+            let dsp_frame = Frame {
+                sequence: frame.sequence_number,
+                timestamp,
+                arrival_us: arrival_us(&frame),
+                payload: &frame.payload,
+            };
+            if let Err(e) = self.live.push(dsp_frame, &mut self.events) {
+                // Counted in `frames_rejected`; the stream goes on.
+                tracing::debug!(error = %e, "live frame rejected");
+            }
+        }
+        drop(entered);
+        self.take_events(out);
+        if let Some(len) = oversized {
+            return Err(Status::invalid_argument(format!(
+                "frame payload of {len} bytes exceeds {} ms of audio ({} bytes)",
+                self.live.config().max_frame_ms,
+                self.max_frame_bytes
+            )));
+        }
+        let media = self.live.stats().media_seconds;
+        if media >= self.next_stats {
+            self.next_stats = media + self.stats_interval;
+            metrics::audio_processed(self.live.config().encoding, media - self.reported_seconds);
+            self.reported_seconds = media;
+            out.push(self.stats());
+        }
+        Ok(())
+    }
 
+    /// Ends the stream as `end` says: a flush (the open utterance, final stats) goes to `out`;
+    /// the returned status is the one to end with (`None`: OK, or nobody to tell).
+    pub(crate) fn end(mut self, end: End, out: &mut Vec<pb::StreamAudioResponse>) -> Option<Status> {
+        let _entered = self.span.clone().entered();
         let status = match end {
             End::Gone => None,
             End::Fail(status) => Some(status),
             End::HalfClose | End::Flush(_) => {
-                if let Err(e) = self.live.finish(&mut events) {
+                if let Err(e) = self.live.finish(&mut self.events) {
                     tracing::warn!(error = %e, "flushing live stream failed");
                 }
-                utterances += events.iter().filter(|e| matches!(e, StreamEvent::SpeechEnded { .. })).count() as u64;
-                let _ = self.send_events(&mut events).await && self.send_stats().await;
+                self.take_events(out);
+                out.push(self.stats());
                 match end {
                     End::Flush(status) => Some(status),
                     _ => None,
                 }
             }
         };
-        if let Some(status) = status {
-            let _ = self.tx.send(Err(status)).await;
-        }
         let stats = self.live.stats();
-        metrics::audio_processed(cfg.encoding, stats.media_seconds - reported_seconds);
-        let span = tracing::Span::current();
-        span.record("frames", stats.packets_received);
-        span.record("utterances", utterances);
-        span.record("media_seconds", stats.media_seconds);
+        metrics::audio_processed(self.live.config().encoding, stats.media_seconds - self.reported_seconds);
+        self.span.record("frames", stats.packets_received);
+        self.span.record("utterances", self.utterances);
+        self.span.record("media_seconds", stats.media_seconds);
         tracing::debug!(frames = stats.packets_received, lost = stats.packets_lost, "live stream ended");
-        drop(self.permit);
+        status
     }
 
-    /// Sends and clears `events`; false when the client is gone.
-    async fn send_events(&mut self, events: &mut Vec<StreamEvent>) -> bool {
-        for e in events.drain(..) {
+    fn stats(&self) -> pb::StreamAudioResponse {
+        pb::StreamAudioResponse { event: Some(PbEvent::Stats(convert::stream_stats(&self.live.stats()))) }
+    }
+
+    /// Moves the stream's pending events to `out` as responses.
+    fn take_events(&mut self, out: &mut Vec<pb::StreamAudioResponse>) {
+        for e in self.events.drain(..) {
             let (name, event) = match e {
                 StreamEvent::SpeechStarted { at } => {
                     ("speech_started", PbEvent::SpeechStarted(pb::SpeechStarted { at: Some(proto_duration(at)) }))
                 }
                 StreamEvent::SpeechEnded { start, end, forced, audio } => {
+                    self.utterances += 1;
                     let mut samples = &audio[..];
                     if let Some(part) = self.speech_audio_part_bytes {
                         // Every part but the last goes ahead; the last rides in speech_ended.
@@ -270,9 +261,7 @@ impl StreamTask {
                             let (head, rest) = samples.split_at(per_part);
                             samples = rest;
                             let event = PbEvent::SpeechAudio(pb::SpeechAudio { pcm16_16khz: pcm16_bytes(head) });
-                            if self.tx.send(Ok(pb::StreamAudioResponse { event: Some(event) })).await.is_err() {
-                                return false;
-                            }
+                            out.push(pb::StreamAudioResponse { event: Some(event) });
                         }
                     }
                     (
@@ -290,20 +279,93 @@ impl StreamTask {
                 }
             };
             metrics::vad_event(name);
-            if self.tx.send(Ok(pb::StreamAudioResponse { event: Some(event) })).await.is_err() {
-                return false;
-            }
+            out.push(pb::StreamAudioResponse { event: Some(event) });
         }
-        true
-    }
-
-    async fn send_stats(&mut self) -> bool {
-        let stats = convert::stream_stats(&self.live.stats());
-        self.tx.send(Ok(pb::StreamAudioResponse { event: Some(PbEvent::Stats(stats)) })).await.is_ok()
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+/// A `StreamAudio` stream's task: its own gRPC stream in, its own channel out.
+pub(crate) struct StreamTask {
+    pub live: Live,
+    pub inbound: Box<Streaming<pb::StreamAudioRequest>>,
+    pub tx: EventSender,
+    pub stopping: CancellationToken,
+    pub deadline: Option<Instant>,
+    /// No message for this long ends the stream (`DeadlineExceeded`).
+    pub idle_timeout: Duration,
+}
+
+/// The status a stream ends with when it has had no message for `idle`.
+pub(crate) fn idle_status(idle: Duration) -> Status {
+    Status::deadline_exceeded(format!("no message for {} s: the stream is idle", idle.as_secs_f64()))
+}
+
+/// The status a stream ends with at its deadline.
+pub(crate) fn deadline_status() -> Status {
+    Status::deadline_exceeded("stream deadline reached")
+}
+
+/// The status a stream ends with when the server shuts down.
+pub(crate) fn shutdown_status() -> Status {
+    Status::unavailable("server is shutting down; reconnect to another replica")
+}
+
+impl StreamTask {
+    /// Runs the stream to its end.
+    pub(crate) async fn run(mut self) {
+        let mut out = Vec::new();
+        // The two timers live for the whole stream (one idle timer reset per message, rather than
+        // a new timer per 20 ms frame).
+        let deadline = sleep_until(self.deadline);
+        tokio::pin!(deadline);
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
+        let end = loop {
+            let message = tokio::select! {
+                biased;
+                () = self.stopping.cancelled() => break End::Flush(shutdown_status()),
+                () = &mut deadline => break End::Flush(deadline_status()),
+                () = &mut idle => break End::Flush(idle_status(self.idle_timeout)),
+                m = self.inbound.message() => m,
+            };
+            idle.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
+            let result = match message {
+                Ok(Some(message)) => self.live.message(message, &mut out),
+                Ok(None) => break End::HalfClose,
+                Err(status) => {
+                    tracing::debug!(parent: &self.live.span, code = ?status.code(), "live stream input ended with an error");
+                    break End::Gone;
+                }
+            };
+            if !send(&self.tx, &mut out).await {
+                break End::Gone;
+            }
+            if let Err(status) = result {
+                break End::Fail(status);
+            }
+        };
+        let gone = matches!(end, End::Gone);
+        let status = self.live.end(end, &mut out);
+        if !gone
+            && send(&self.tx, &mut out).await
+            && let Some(status) = status
+        {
+            let _ = self.tx.send(Err(status)).await;
+        }
+    }
+}
+
+/// Sends and clears `out`; false when the client is gone.
+async fn send(tx: &EventSender, out: &mut Vec<pb::StreamAudioResponse>) -> bool {
+    for response in out.drain(..) {
+        if tx.send(Ok(response)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,

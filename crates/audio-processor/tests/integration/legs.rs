@@ -228,3 +228,100 @@ async fn shutdown_flushes_every_leg_ends_it_unavailable_and_ends_the_shared_stre
     drop(tx);
     within("server stops", app.server).await.unwrap();
 }
+
+#[tokio::test]
+async fn an_idle_leg_ends_flushed_and_frees_its_slot_while_the_others_go_on() {
+    let app = spawn_app(&[("AUDIO_MAX_STREAMS", "2"), ("AUDIO_STREAM_IDLE_TIMEOUT_SECONDS", "0.5")]).await;
+    let mut client = app.client().await;
+    let speech = decode_wav(&fixture_bytes("dtmf.wav"), &Limits::default()).unwrap();
+    let frames = mulaw_frames(&speech.channels[0][..16000]);
+    let (tx, mut events) = open_shared(&mut client).await;
+    let mut logs = HashMap::new();
+    tx.send(pb::StreamAudioCallsRequest {
+        calls: vec![leg(1, config(pb::AudioEncoding::Mulaw, 8000)), leg(2, config(pb::AudioEncoding::Mulaw, 8000))],
+    })
+    .await
+    .unwrap();
+    // Both legs mid-sentence; then leg 1 falls silent on the wire while leg 2 keeps sending.
+    for (i, f) in frames.iter().enumerate() {
+        let calls = vec![leg(1, frame(i as u64, f.clone(), 160, 8000)), leg(2, frame(i as u64, f.clone(), 160, 8000))];
+        tx.send(pb::StreamAudioCallsRequest { calls }).await.unwrap();
+    }
+    let silent = std::time::Instant::now();
+    let mut seq = frames.len() as u64;
+    while logs.get(&1).is_none_or(|l: &LegLog| l.ended.is_none()) {
+        assert!(silent.elapsed() < std::time::Duration::from_secs(10), "leg 1 outlives its idle bound");
+        tx.send(pb::StreamAudioCallsRequest { calls: vec![leg(2, frame(seq, vec![0xFF; 160], 160, 8000))] })
+            .await
+            .unwrap();
+        seq += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        while let Ok(Some(m)) =
+            tokio::time::timeout(std::time::Duration::from_millis(1), events.message()).await.map(|r| r.unwrap())
+        {
+            record(&mut logs, m);
+        }
+    }
+    assert!(silent.elapsed() >= std::time::Duration::from_millis(500), "not before its bound: {:?}", silent.elapsed());
+    let idle = logs[&1].ended.as_ref().unwrap();
+    assert_eq!(idle.code(), Code::DeadlineExceeded, "{idle:?}");
+    assert!(idle.message().contains("idle"), "{idle:?}");
+    let flushed = logs[&1].events.iter().filter(|e| matches!(e, Event::SpeechEnded(s) if s.truncated)).count();
+    assert_eq!(flushed, 1, "the open utterance is flushed: {:?}", logs[&1].events);
+    let Some(Event::Stats(stats)) = logs[&1].events.last() else { panic!("final stats: {:?}", logs[&1].events) };
+    assert_eq!(stats.frames_received, frames.len() as u64);
+    assert!(logs[&2].ended.is_none(), "leg 2 goes on: {:?}", logs[&2].ended);
+
+    // Its frames after its end are dropped quietly; its slot opens leg 3.
+    tx.send(pb::StreamAudioCallsRequest {
+        calls: vec![leg(1, frame(seq, vec![0xFF; 160], 160, 8000)), leg(3, config(pb::AudioEncoding::Mulaw, 8000))],
+    })
+    .await
+    .unwrap();
+    read_until(&mut events, &mut logs, |l| l.get(&3).is_some_and(|l| l.opened || l.ended.is_some())).await;
+    assert!(logs[&3].opened, "{:?}", logs[&3].ended);
+    assert!(!logs[&1].after_end, "nothing more for leg 1");
+
+    tx.send(pb::StreamAudioCallsRequest { calls: vec![end(1), end(2), end(3)] }).await.unwrap();
+    drop(tx);
+    let (logs, status) = drain_shared(events, logs).await;
+    assert!(status.is_none(), "{status:?}");
+    for id in [2u64, 3] {
+        assert_eq!(logs[&id].ended.as_ref().map(|s| s.code()), Some(Code::Ok), "leg {id}");
+    }
+    let Some(Event::Stats(stats)) = logs[&2].events.last() else { panic!("{:?}", logs[&2].events) };
+    assert_eq!(stats.frames_received, seq, "leg 2 got every frame");
+    assert!(!logs[&1].after_end);
+}
+
+#[tokio::test]
+async fn at_the_shared_streams_deadline_its_legs_end_flushed_and_later_ones_at_once() {
+    let app = spawn_app(&[]).await;
+    let mut client = app.client().await;
+    let (tx, rx) = mpsc::channel(64);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request.set_timeout(std::time::Duration::from_millis(700));
+    let started = std::time::Instant::now();
+    let mut events = within("open shared stream", client.stream_audio_calls(request)).await.unwrap().into_inner();
+    let mut logs = HashMap::new();
+    let mut calls = vec![leg(1, config(pb::AudioEncoding::Mulaw, 8000))];
+    calls.extend((0..5).map(|s| leg(1, frame(s, vec![0xFF; 160], 160, 8000))));
+    tx.send(pb::StreamAudioCallsRequest { calls }).await.unwrap();
+    read_until(&mut events, &mut logs, |l| l.get(&1).is_some_and(|l| l.ended.is_some())).await;
+    assert!(started.elapsed() >= std::time::Duration::from_millis(600), "{:?}", started.elapsed());
+    let ended = logs[&1].ended.as_ref().unwrap();
+    assert_eq!(ended.code(), Code::DeadlineExceeded, "{ended:?}");
+    assert!(ended.message().contains("deadline"), "{ended:?}");
+    let Some(Event::Stats(stats)) = logs[&1].events.last() else { panic!("flushed: {:?}", logs[&1].events) };
+    assert_eq!(stats.frames_received, 5);
+
+    // A leg opened after the deadline opens and ends at once.
+    tx.send(pb::StreamAudioCallsRequest { calls: vec![leg(2, config(pb::AudioEncoding::Mulaw, 8000))] }).await.unwrap();
+    read_until(&mut events, &mut logs, |l| l.get(&2).is_some_and(|l| l.ended.is_some())).await;
+    assert!(logs[&2].opened);
+    assert_eq!(logs[&2].ended.as_ref().unwrap().code(), Code::DeadlineExceeded);
+    drop(tx);
+    let (logs, status) = drain_shared(events, logs).await;
+    assert!(status.is_none(), "{status:?}");
+    assert!(!logs[&1].after_end && !logs[&2].after_end);
+}
