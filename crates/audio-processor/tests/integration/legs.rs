@@ -325,3 +325,57 @@ async fn at_the_shared_streams_deadline_its_legs_end_flushed_and_later_ones_at_o
     assert!(status.is_none(), "{status:?}");
     assert!(!logs[&1].after_end && !logs[&2].after_end);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_holds_the_stream_and_loses_no_event() {
+    let app = spawn_app(&[]).await;
+    let mut client = app.client().await;
+    let call = decode_wav(&fixture_bytes("call-stereo.wav"), &Limits::default()).unwrap();
+    let frames: Vec<pb::StreamAudioRequest> =
+        mulaw_frames(&call.channels[1]).into_iter().enumerate().map(|(i, f)| frame(i as u64, f, 160, 8000)).collect();
+    // Utterances in the smallest parts: many events per leg.
+    let in_parts = || {
+        let mut c = config(pb::AudioEncoding::Mulaw, 8000);
+        if let Some(Payload::Config(c)) = &mut c.payload {
+            c.speech_audio_part_bytes = 1024;
+        }
+        c
+    };
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(in_parts()).await.unwrap();
+    let mut events =
+        within("open own stream", client.stream_audio(ReceiverStream::new(rx))).await.unwrap().into_inner();
+    let own_frames = frames.clone();
+    tokio::spawn(async move {
+        for f in own_frames {
+            tx.send(f).await.unwrap();
+        }
+    });
+    let mut own = Vec::new();
+    while let Some(m) = within("own stream", events.message()).await.unwrap() {
+        own.push(m.event.expect("event set"));
+    }
+    const LEGS: u64 = 40;
+    assert!(own.len() as u64 * LEGS > 4_000, "more events than every buffer holds: {} per leg", own.len());
+
+    let (tx, events) = open_shared(&mut client).await;
+    tx.send(pb::StreamAudioCallsRequest { calls: (1..=LEGS).map(|id| leg(id, in_parts())).collect() }).await.unwrap();
+    let sender = tokio::spawn(async move {
+        for f in frames {
+            let calls = (1..=LEGS).map(|id| leg(id, f.clone())).collect();
+            tx.send(pb::StreamAudioCallsRequest { calls }).await.unwrap();
+        }
+        tx.send(pb::StreamAudioCallsRequest { calls: (1..=LEGS).map(end).collect() }).await.unwrap();
+    });
+    // Nothing is read for a while: the stream stops reading frames (the sender is held).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!sender.is_finished(), "the shared stream stops reading while its events are not read");
+    let (logs, status) = drain_shared(events, HashMap::new()).await;
+    within("sender", sender).await.unwrap();
+    assert!(status.is_none(), "{status:?}");
+    for id in 1..=LEGS {
+        let log = &logs[&id];
+        assert_eq!(log.events, own, "leg {id}: every event of its own stream, in order");
+        assert_eq!(log.ended.as_ref().map(|s| s.code()), Some(Code::Ok), "leg {id}");
+    }
+}
