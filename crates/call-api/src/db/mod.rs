@@ -181,6 +181,10 @@ impl Database {
             Pool::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(config.max_connections)
+                    // An embedded connection cannot be lost as a network one can; its check before
+                    // each acquire is a round trip to the connection's thread (two thread
+                    // wake-ups) that finds nothing.
+                    .test_before_acquire(false)
                     .acquire_timeout(config.acquire_timeout)
                     .max_lifetime(config.sqlite_connection_lifetime)
                     .connect_with(options)
@@ -352,5 +356,18 @@ mod tests {
         }
         // The pool still answers, on a connection of its own.
         assert_eq!(sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(pool).await.unwrap(), 1);
+    }
+
+    /// An embedded connection is handed out without a check first (a round trip to its thread
+    /// per acquire); a PostgreSQL one is checked (a connection the network lost is replaced).
+    #[tokio::test]
+    async fn only_network_connections_are_checked_before_they_are_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::connect(&DatabaseConfig::with_url(&format!("sqlite://{}/c.db", dir.path().display())))
+            .await
+            .unwrap();
+        let Pool::Sqlite(pool) = &db.pool else { unreachable!("a SQLite URL") };
+        assert!(!pool.options().get_test_before_acquire());
+        assert!(pool_options().get_test_before_acquire());
     }
 }
