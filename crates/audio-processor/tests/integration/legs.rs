@@ -2,7 +2,7 @@
 use std::collections::HashMap;
 
 use crate::common::*;
-use crate::stream::{config, frame, mulaw_frames, run_stream};
+use crate::stream::{config, config_in_parts, frame, mulaw_frames, run_stream, run_stream_in_parts};
 use audio_dsp::{Limits, decode_wav};
 use kraliki_proto::audio::v1::{
     self as pb, audio_processor_client::AudioProcessorClient, call_event::Kind, stream_audio_request::Payload,
@@ -85,6 +85,28 @@ async fn read_until(
         let m = within("next shared message", events.message()).await.unwrap().expect("shared stream open");
         record(logs, m);
     }
+}
+
+/// Opens a shared stream with legs `a` and `b` and sends both the same two seconds of speech:
+/// mid-sentence. Returns the stream and how many frames each leg got.
+async fn two_legs_mid_sentence(
+    client: &mut AudioProcessorClient<Channel>,
+    a: u64,
+    b: u64,
+) -> (mpsc::Sender<pb::StreamAudioCallsRequest>, Streaming<pb::StreamAudioCallsResponse>, u64) {
+    let speech = decode_wav(&fixture_bytes("dtmf.wav"), &Limits::default()).unwrap();
+    let frames = mulaw_frames(&speech.channels[0][..16000]);
+    let (tx, events) = open_shared(client).await;
+    tx.send(pb::StreamAudioCallsRequest {
+        calls: vec![leg(a, config(pb::AudioEncoding::Mulaw, 8000)), leg(b, config(pb::AudioEncoding::Mulaw, 8000))],
+    })
+    .await
+    .unwrap();
+    for (i, f) in frames.iter().enumerate() {
+        let calls = vec![leg(a, frame(i as u64, f.clone(), 160, 8000)), leg(b, frame(i as u64, f.clone(), 160, 8000))];
+        tx.send(pb::StreamAudioCallsRequest { calls }).await.unwrap();
+    }
+    (tx, events, frames.len() as u64)
 }
 
 #[tokio::test]
@@ -199,20 +221,8 @@ async fn a_leg_over_the_cap_is_busy_a_bad_one_invalid_and_the_others_go_on() {
 async fn shutdown_flushes_every_leg_ends_it_unavailable_and_ends_the_shared_stream() {
     let app = spawn_app(&[]).await;
     let mut client = app.client().await;
-    let speech = decode_wav(&fixture_bytes("dtmf.wav"), &Limits::default()).unwrap();
-    let frames = mulaw_frames(&speech.channels[0][..16000]);
-    let (tx, mut events) = open_shared(&mut client).await;
+    let (tx, mut events, _) = two_legs_mid_sentence(&mut client, 7, 8).await;
     let mut logs = HashMap::new();
-    tx.send(pb::StreamAudioCallsRequest {
-        calls: vec![leg(7, config(pb::AudioEncoding::Mulaw, 8000)), leg(8, config(pb::AudioEncoding::Mulaw, 8000))],
-    })
-    .await
-    .unwrap();
-    // Two seconds of speech on both legs: mid-sentence.
-    for (i, f) in frames.into_iter().enumerate() {
-        let calls = vec![leg(7, frame(i as u64, f.clone(), 160, 8000)), leg(8, frame(i as u64, f, 160, 8000))];
-        tx.send(pb::StreamAudioCallsRequest { calls }).await.unwrap();
-    }
     let started = |l: &LegLog| l.events.iter().any(|e| matches!(e, Event::SpeechStarted(_)));
     read_until(&mut events, &mut logs, |l| [7, 8].iter().all(|id| l.get(id).is_some_and(started))).await;
     app.shutdown.trigger();
@@ -233,22 +243,11 @@ async fn shutdown_flushes_every_leg_ends_it_unavailable_and_ends_the_shared_stre
 async fn an_idle_leg_ends_flushed_and_frees_its_slot_while_the_others_go_on() {
     let app = spawn_app(&[("AUDIO_MAX_STREAMS", "2"), ("AUDIO_STREAM_IDLE_TIMEOUT_SECONDS", "0.5")]).await;
     let mut client = app.client().await;
-    let speech = decode_wav(&fixture_bytes("dtmf.wav"), &Limits::default()).unwrap();
-    let frames = mulaw_frames(&speech.channels[0][..16000]);
-    let (tx, mut events) = open_shared(&mut client).await;
-    let mut logs = HashMap::new();
-    tx.send(pb::StreamAudioCallsRequest {
-        calls: vec![leg(1, config(pb::AudioEncoding::Mulaw, 8000)), leg(2, config(pb::AudioEncoding::Mulaw, 8000))],
-    })
-    .await
-    .unwrap();
     // Both legs mid-sentence; then leg 1 falls silent on the wire while leg 2 keeps sending.
-    for (i, f) in frames.iter().enumerate() {
-        let calls = vec![leg(1, frame(i as u64, f.clone(), 160, 8000)), leg(2, frame(i as u64, f.clone(), 160, 8000))];
-        tx.send(pb::StreamAudioCallsRequest { calls }).await.unwrap();
-    }
+    let (tx, mut events, sent) = two_legs_mid_sentence(&mut client, 1, 2).await;
+    let mut logs = HashMap::new();
     let silent = std::time::Instant::now();
-    let mut seq = frames.len() as u64;
+    let mut seq = sent;
     while logs.get(&1).is_none_or(|l: &LegLog| l.ended.is_none()) {
         assert!(silent.elapsed() < std::time::Duration::from_secs(10), "leg 1 outlives its idle bound");
         tx.send(pb::StreamAudioCallsRequest { calls: vec![leg(2, frame(seq, vec![0xFF; 160], 160, 8000))] })
@@ -269,7 +268,7 @@ async fn an_idle_leg_ends_flushed_and_frees_its_slot_while_the_others_go_on() {
     let flushed = logs[&1].events.iter().filter(|e| matches!(e, Event::SpeechEnded(s) if s.truncated)).count();
     assert_eq!(flushed, 1, "the open utterance is flushed: {:?}", logs[&1].events);
     let Some(Event::Stats(stats)) = logs[&1].events.last() else { panic!("final stats: {:?}", logs[&1].events) };
-    assert_eq!(stats.frames_received, frames.len() as u64);
+    assert_eq!(stats.frames_received, sent);
     assert!(logs[&2].ended.is_none(), "leg 2 goes on: {:?}", logs[&2].ended);
 
     // Its frames after its end are dropped quietly; its slot opens leg 3.
@@ -334,27 +333,9 @@ async fn a_client_that_stops_reading_holds_the_stream_and_loses_no_event() {
     let frames: Vec<pb::StreamAudioRequest> =
         mulaw_frames(&call.channels[1]).into_iter().enumerate().map(|(i, f)| frame(i as u64, f, 160, 8000)).collect();
     // Utterances in the smallest parts: many events per leg.
-    let in_parts = || {
-        let mut c = config(pb::AudioEncoding::Mulaw, 8000);
-        if let Some(Payload::Config(c)) = &mut c.payload {
-            c.speech_audio_part_bytes = 1024;
-        }
-        c
-    };
-    let (tx, rx) = mpsc::channel(1);
-    tx.send(in_parts()).await.unwrap();
-    let mut events =
-        within("open own stream", client.stream_audio(ReceiverStream::new(rx))).await.unwrap().into_inner();
-    let own_frames = frames.clone();
-    tokio::spawn(async move {
-        for f in own_frames {
-            tx.send(f).await.unwrap();
-        }
-    });
-    let mut own = Vec::new();
-    while let Some(m) = within("own stream", events.message()).await.unwrap() {
-        own.push(m.event.expect("event set"));
-    }
+    let in_parts = || config_in_parts(1024);
+    let (own, status) = run_stream_in_parts(&mut client, 1024, frames.clone()).await;
+    assert!(status.is_none(), "{status:?}");
     const LEGS: u64 = 40;
     assert!(own.len() as u64 * LEGS > 4_000, "more events than every buffer holds: {} per leg", own.len());
 

@@ -461,7 +461,7 @@ async fn an_empty_overlong_or_oversized_batch_is_invalid_argument() {
 }
 
 /// The config of a μ-law 8 kHz stream asking for the utterance audio in parts of `part_bytes`.
-fn config_in_parts(part_bytes: u32) -> pb::StreamAudioRequest {
+pub(crate) fn config_in_parts(part_bytes: u32) -> pb::StreamAudioRequest {
     let mut first = config(pb::AudioEncoding::Mulaw, 8000);
     if let Some(Payload::Config(c)) = &mut first.payload {
         c.speech_audio_part_bytes = part_bytes;
@@ -471,7 +471,7 @@ fn config_in_parts(part_bytes: u32) -> pb::StreamAudioRequest {
 
 /// Runs `messages` on a μ-law 8 kHz stream whose config asks for the utterance audio in parts
 /// of `part_bytes` (0: whole).
-async fn run_stream_in_parts(
+pub(crate) async fn run_stream_in_parts(
     client: &mut AudioProcessorClient<Channel>,
     part_bytes: u32,
     messages: Vec<pb::StreamAudioRequest>,
