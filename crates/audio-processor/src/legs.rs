@@ -126,7 +126,7 @@ impl Router {
         let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);
         loop {
-            let message = tokio::select! {
+            tokio::select! {
                 biased;
                 () = stopping.cancelled() => {
                     self.end_all(|| End::Flush(stream::shutdown_status()));
@@ -135,33 +135,24 @@ impl Router {
                 () = &mut deadline, if !self.expired => {
                     self.expired = true;
                     self.end_all(|| End::Flush(stream::deadline_status()));
-                    if !self.send().await {
-                        return;
-                    }
-                    continue;
                 }
                 () = &mut idle => {
                     let next = self.end_idle(idle_timeout);
                     idle.as_mut().reset(next);
-                    if !self.send().await {
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(m)) => self.route(m.calls),
+                    // Half-close: every leg half-closes.
+                    Ok(None) => {
+                        self.end_all(|| End::HalfClose);
+                        break;
+                    }
+                    Err(status) => {
+                        tracing::debug!(code = ?status.code(), "shared live stream input ended with an error");
+                        self.end_all(|| End::Gone);
                         return;
                     }
-                    continue;
-                }
-                m = inbound.message() => m,
-            };
-            match message {
-                Ok(Some(m)) => self.route(m.calls),
-                // Half-close: every leg half-closes.
-                Ok(None) => {
-                    self.end_all(|| End::HalfClose);
-                    break;
-                }
-                Err(status) => {
-                    tracing::debug!(code = ?status.code(), "shared live stream input ended with an error");
-                    self.end_all(|| End::Gone);
-                    return;
-                }
+                },
             }
             if !self.send().await {
                 // The client is gone: its legs stop with it.
@@ -194,8 +185,7 @@ impl Router {
                 self.take_responses(leg);
                 if let Err(status) = result {
                     let open = self.legs.remove(&leg).expect("the leg is open");
-                    self.end(leg, open, End::Fail(status));
-                    self.remember_ended(leg);
+                    self.end_here(leg, open, End::Fail(status));
                 }
                 continue;
             }
@@ -216,8 +206,7 @@ impl Router {
                     self.pending.push(CallEvent { leg, kind: Some(Kind::Opened(Opened {})) });
                     let open = Leg { live, last_message: now };
                     if self.expired {
-                        self.end(leg, open, End::Flush(stream::deadline_status()));
-                        self.remember_ended(leg);
+                        self.end_here(leg, open, End::Flush(stream::deadline_status()));
                     } else {
                         self.legs.insert(leg, open);
                     }
@@ -242,8 +231,7 @@ impl Router {
             self.legs.iter().filter(|(_, l)| l.last_message + idle_timeout <= now).map(|(leg, _)| *leg).collect();
         for leg in idle {
             let open = self.legs.remove(&leg).expect("the leg is open");
-            self.end(leg, open, End::Flush(stream::idle_status(idle_timeout)));
-            self.remember_ended(leg);
+            self.end_here(leg, open, End::Flush(stream::idle_status(idle_timeout)));
         }
         self.legs.values().map(|l| l.last_message).min().unwrap_or(now) + idle_timeout
     }
@@ -260,7 +248,10 @@ impl Router {
         self.pending.push(ended(leg, &status.unwrap_or_else(|| Status::ok(""))));
     }
 
-    fn remember_ended(&mut self, leg: u64) {
+    /// Ends a leg whose client still sends: its later messages, until the client's `end`, are
+    /// dropped quietly.
+    fn end_here(&mut self, leg: u64, open: Leg, end: End) {
+        self.end(leg, open, end);
         if self.ended_here.len() < MAX_ENDED_REMEMBERED {
             self.ended_here.insert(leg);
         }
