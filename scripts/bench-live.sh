@@ -12,7 +12,9 @@
 # SQLite file), any service variable (e.g.
 # LIVE_AUDIO_GATHER_MS=0 to compare each call on a stream of its own), VK_BIN (a voice-kraliki binary
 # to run instead of building one, e.g. one built with `--no-default-features` to compare the
-# system allocator; the floor below then runs the `examples/carrier_floor` next to it), FLOOR
+# system allocator; the floor below then runs the `examples/carrier_floor` next to it),
+# LOADGEN_BIN (the voice-kraliki binary whose `loadgen` makes the load, default the same one:
+# e.g. an older build's services measured by this build's load generator), FLOOR
 # (default 1; 0 skips the carrier transport floor).
 #
 # Prints loadgen's table per level: caller-side turn latency, the server's stages (our own
@@ -73,7 +75,7 @@ for calls in "${levels[@]}"; do
   if [[ "$calls" == "$last" && "$run" == "$repeat" && "${SETTLE_SECONDS:-60}" != 0 ]]; then
     settle=(--settle-seconds "${SETTLE_SECONDS:-60}")
   fi
-  "$bin" loadgen --url http://127.0.0.1:18000 --calls "$calls" --turns "${TURNS:-2}" --ramp-seconds 2 --watchers "${WATCHERS:-0}" \
+  "${LOADGEN_BIN:-$bin}" loadgen --url http://127.0.0.1:18000 --calls "$calls" --turns "${TURNS:-2}" --ramp-seconds 2 --watchers "${WATCHERS:-0}" \
     --metrics http://127.0.0.1:18000/metrics --metrics http://127.0.0.1:19091/metrics \
     --metrics http://127.0.0.1:19092/metrics "${settle[@]}" | tee "$work/level.out" ||
     echo "loadgen reported failures at $calls calls"

@@ -107,6 +107,23 @@ pub fn carrier_start(id: &str) -> [Message; 2] {
     ]
 }
 
+/// A carrier's inbound `media` message: frame `seq` at media time `media_ms`. Written directly
+/// (every field is digits or base64, nothing to escape) in one allocation of about its size:
+/// built as a `serde_json::Value` and printed, each frame cost the load generator a map, six
+/// strings and a reallocation, a tenth of its CPU at 500 calls, taken from the services it
+/// shares the machine with.
+pub fn media_message(seq: u64, media_ms: u64, payload: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut m = String::with_capacity(150 + payload.len().div_ceil(3) * 4);
+    let _ = write!(
+        m,
+        r#"{{"event":"media","sequenceNumber":"{seq}","streamSid":"MZ","media":{{"track":"inbound","chunk":"{seq}","timestamp":"{media_ms}","payload":""#
+    );
+    STANDARD.encode_string(payload, &mut m);
+    m.push_str(r#""}}"#);
+    m
+}
+
 const USAGE: &str = "usage: voice-kraliki loadgen [--calls N] [--turns T] [--ramp-seconds S] [--audio FILE.wav] [--url URL] [--key KEY] [--metrics URL]... [--settle-seconds S] [--watchers K] [--allow-unavailable]";
 
 fn usage_code() -> u8 {
@@ -799,11 +816,9 @@ async fn talk(
                     sink.send(Message::text(m.to_string())).await.map_err(|e| format!("send: {e}"))?;
                 }
                 seq += 1;
-                let m = json!({"event": "media", "sequenceNumber": seq.to_string(), "streamSid": "MZ",
-                           "media": {"track": "inbound", "chunk": seq.to_string(), "timestamp": media_ms.to_string(),
-                                     "payload": STANDARD.encode(payload)}});
+                let m = media_message(seq, media_ms, payload);
                 media_ms += 20;
-                sink.send(Message::text(m.to_string())).await.map_err(|e| format!("send: {e}"))
+                sink.send(Message::text(m)).await.map_err(|e| format!("send: {e}"))
             };
         // The newest caller turn already accounted for: a settled turn is looked for after it.
         let mut settled_seq = 0i64;
@@ -1414,6 +1429,23 @@ pub fn summarize(o: &Options, results: &[CallResult], elapsed: Duration, resourc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_media_message_is_the_carriers_shape_and_call_api_reads_it_back() {
+        for (seq, media_ms, payload) in [(2u64, 0u64, vec![0xFFu8; 160]), (77, 1500, vec![1, 2]), (9, 20, vec![7])] {
+            let text = media_message(seq, media_ms, &payload);
+            let want = json!({"event": "media", "sequenceNumber": seq.to_string(), "streamSid": "MZ",
+                              "media": {"track": "inbound", "chunk": seq.to_string(), "timestamp": media_ms.to_string(),
+                                        "payload": STANDARD.encode(&payload)}});
+            assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), want, "{text}");
+            match call_api::media::protocol::parse(&text) {
+                Ok(call_api::media::protocol::Inbound::Media { sequence_number, timestamp_ms, payload: got }) => {
+                    assert_eq!((sequence_number, timestamp_ms, got), (seq, media_ms, payload));
+                }
+                other => panic!("{text}: {:?}", other.map(|_| ())),
+            }
+        }
+    }
 
     /// A call-api stand-in: creates answer a media URL whose WebSocket is refused (503,
     /// `Retry-After: 0`) `refusals` times, then accepted and closed with 1001 after `start`.
