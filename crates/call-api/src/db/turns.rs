@@ -169,14 +169,14 @@ const LIST: &str = "SELECT t.seq, t.role, t.text, t.started_at, t.ended_at, t.la
 impl Database {
     /// Stores `turn` of call `call_id` of `tenant` (or completes it: a caller turn is stored
     /// when heard and again with its outcome). A completed turn (an agent turn, or a caller turn
-    /// with its outcome) writes its `turn.completed` event in the same transaction. The tenant
+    /// with its outcome) writes its `turn.completed` event in the same transaction; a caller
+    /// turn stored as heard is one statement, without a transaction. The tenant
     /// comes from the caller (a live call knows it), which saves a query per completed turn.
     pub async fn insert_turn(&self, tenant: &str, call_id: Uuid, turn: &Turn) -> Result<(), DbError> {
         let completed = turn.role == Role::Agent || turn.outcome.is_some();
-        Box::pin(self.observe_events("insert_turn", INSERT, async {
+        let write = async {
             with_pool!(self, pool => {
-                let mut tx = pool.begin().await?;
-                sqlx::query(INSERT)
+                let insert = sqlx::query(INSERT)
                 .bind(call_id)
                 .bind(turn.seq)
                 .bind(turn.role.as_str())
@@ -188,18 +188,24 @@ impl Database {
                 .bind(turn.outcome.map(TurnOutcome::as_str))
                 .bind(turn.stage.map(Stage::as_str))
                 .bind(turn.reason.as_deref())
-                .bind(turn.fallback)
-                .execute(&mut *tx)
-                .await?;
-                if completed {
-                    let event =
-                        NewEvent::new(tenant, call_id, EventType::TurnCompleted, serde_json::json!({ "turn": turn }));
-                    insert_event!(&mut *tx, &event)?;
+                .bind(turn.fallback);
+                if !completed {
+                    // One statement is atomic by itself: no BEGIN and COMMIT (two round trips).
+                    return insert.execute(pool).await.map(drop);
                 }
+                let mut tx = pool.begin().await?;
+                insert.execute(&mut *tx).await?;
+                let event = NewEvent::new(tenant, call_id, EventType::TurnCompleted, serde_json::json!({ "turn": turn }));
+                insert_event!(&mut *tx, &event)?;
                 tx.commit().await
             })
-        }))
-        .await
+        };
+        if completed {
+            // Its event's readers (event streams, webhook delivery) are woken once it is stored.
+            Box::pin(self.observe_events("insert_turn", INSERT, write)).await
+        } else {
+            Box::pin(self.observe("insert_turn", INSERT, write)).await
+        }
     }
 
     /// Marks agent turn `seq` interrupted (creating it empty if its reply had not started).
@@ -250,5 +256,65 @@ impl Database {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{
+        DatabaseConfig,
+        calls::{NewCall, new_media_token},
+    };
+    use crate::model::{Direction, Provider};
+
+    /// A caller turn stored as heard is the turn alone: no `turn.completed` event, and the event
+    /// readers (event streams, webhook delivery) are not woken to look for one. Stored again
+    /// with its outcome, and an agent turn, each write their event and wake the readers.
+    #[tokio::test]
+    async fn only_a_completed_turn_writes_an_event_and_wakes_its_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::connect(&DatabaseConfig::with_url(&format!("sqlite://{}/t.db", dir.path().display())))
+            .await
+            .unwrap();
+        let call = db
+            .insert_call(NewCall {
+                tenant: "default".into(),
+                provider: Provider::Websocket,
+                direction: Direction::Inbound,
+                from: String::new(),
+                to: String::new(),
+                metadata: serde_json::json!({}),
+                media_token_hash: new_media_token().1,
+                media_token_expires_at: crate::model::now(),
+            })
+            .await
+            .unwrap();
+        let mut written = db.events_written();
+        written.mark_unchanged();
+        let kinds = async || -> Vec<String> {
+            db.call_events("default", call.id).await.unwrap().into_iter().map(|e| e.kind).collect()
+        };
+        let before = kinds().await;
+
+        let mut heard = Turn::new(1, Role::Caller, "hello".into(), crate::model::now());
+        heard.ended_at = None;
+        db.insert_turn("default", call.id, &heard).await.unwrap();
+        assert!(!written.has_changed().unwrap(), "a heard turn woke the event readers");
+        assert_eq!(kinds().await, before, "a heard turn wrote an event");
+        assert_eq!(db.list_turns("default", call.id).await.unwrap()[0].text, "hello");
+
+        let mut answered = Turn::new(1, Role::Caller, "hello there".into(), heard.started_at);
+        answered.outcome = Some(TurnOutcome::Answered);
+        db.insert_turn("default", call.id, &answered).await.unwrap();
+        assert!(written.has_changed().unwrap(), "the completed turn did not wake the event readers");
+        written.mark_unchanged();
+        db.insert_turn("default", call.id, &Turn::new(2, Role::Agent, "hi".into(), crate::model::now())).await.unwrap();
+        assert!(written.has_changed().unwrap(), "the agent turn did not wake the event readers");
+        let after = kinds().await;
+        assert_eq!(&after[before.len()..], ["turn.completed", "turn.completed"]);
+        let turns = db.list_turns("default", call.id).await.unwrap();
+        assert_eq!(turns.len(), 2);
+        assert_eq!((turns[0].text.as_str(), turns[0].outcome), ("hello there", Some(TurnOutcome::Answered)));
     }
 }
