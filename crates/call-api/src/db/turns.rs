@@ -201,7 +201,7 @@ impl Database {
             })
         };
         if completed {
-            // Its event's readers (event streams, webhook delivery) are woken once it is stored.
+            // This replica's webhook worker is woken once its event is stored.
             Box::pin(self.observe_events("insert_turn", INSERT, write)).await
         } else {
             Box::pin(self.observe("insert_turn", INSERT, write)).await
@@ -268,9 +268,9 @@ mod tests {
     };
     use crate::model::{Direction, Provider};
 
-    /// A caller turn stored as heard is the turn alone: no `turn.completed` event, and the event
-    /// readers (event streams, webhook delivery) are not woken to look for one. Stored again
-    /// with its outcome, and an agent turn, each write their event and wake the readers.
+    /// A caller turn stored as heard is the turn alone: no `turn.completed` event, and the
+    /// webhook worker (`events_written`) is not woken to look for one. Stored again with its
+    /// outcome, and an agent turn, each write their event and wake it.
     #[tokio::test]
     async fn only_a_completed_turn_writes_an_event_and_wakes_its_readers() {
         let dir = tempfile::tempdir().unwrap();
@@ -300,17 +300,17 @@ mod tests {
         let mut heard = Turn::new(1, Role::Caller, "hello".into(), crate::model::now());
         heard.ended_at = None;
         db.insert_turn("default", call.id, &heard).await.unwrap();
-        assert!(!written.has_changed().unwrap(), "a heard turn woke the event readers");
+        assert!(!written.has_changed().unwrap(), "a heard turn woke the webhook worker");
         assert_eq!(kinds().await, before, "a heard turn wrote an event");
         assert_eq!(db.list_turns("default", call.id).await.unwrap()[0].text, "hello");
 
         let mut answered = Turn::new(1, Role::Caller, "hello there".into(), heard.started_at);
         answered.outcome = Some(TurnOutcome::Answered);
         db.insert_turn("default", call.id, &answered).await.unwrap();
-        assert!(written.has_changed().unwrap(), "the completed turn did not wake the event readers");
+        assert!(written.has_changed().unwrap(), "the completed turn did not wake the webhook worker");
         written.mark_unchanged();
         db.insert_turn("default", call.id, &Turn::new(2, Role::Agent, "hi".into(), crate::model::now())).await.unwrap();
-        assert!(written.has_changed().unwrap(), "the agent turn did not wake the event readers");
+        assert!(written.has_changed().unwrap(), "the agent turn did not wake the webhook worker");
         let after = kinds().await;
         assert_eq!(&after[before.len()..], ["turn.completed", "turn.completed"]);
         let turns = db.list_turns("default", call.id).await.unwrap();
