@@ -166,46 +166,63 @@ const LIST: &str = "SELECT t.seq, t.role, t.text, t.started_at, t.ended_at, t.la
      t.stage, t.reason, t.fallback FROM call_turns t \
      JOIN calls c ON c.id = t.call_id WHERE t.call_id = $1 AND c.tenant = $2 ORDER BY t.seq";
 
+/// `INSERT` of `turn` of call `call_id`, bound (a macro: the query's type is each backend's).
+macro_rules! bind_turn {
+    ($call_id:expr, $turn:expr) => {{
+        let turn: &Turn = $turn;
+        sqlx::query(INSERT)
+            .bind($call_id)
+            .bind(turn.seq)
+            .bind(turn.role.as_str())
+            .bind(turn.text.as_str())
+            .bind(turn.started_at)
+            .bind(turn.ended_at)
+            .bind(turn.latency.as_ref().map(Json))
+            .bind(turn.interrupted)
+            .bind(turn.outcome.map(TurnOutcome::as_str))
+            .bind(turn.stage.map(Stage::as_str))
+            .bind(turn.reason.as_deref())
+            .bind(turn.fallback)
+    }};
+}
+
 impl Database {
     /// Stores `turn` of call `call_id` of `tenant` (or completes it: a caller turn is stored
     /// when heard and again with its outcome). A completed turn (an agent turn, or a caller turn
-    /// with its outcome) writes its `turn.completed` event in the same transaction; a caller
-    /// turn stored as heard is one statement, without a transaction. The tenant
-    /// comes from the caller (a live call knows it), which saves a query per completed turn.
+    /// with its outcome) writes its `turn.completed` event in the same transaction
+    /// ([`Database::insert_completed_turns`]); a caller turn stored as heard is one statement,
+    /// without a transaction. The tenant comes from the caller (a live call knows it), which
+    /// saves a query per completed turn.
     pub async fn insert_turn(&self, tenant: &str, call_id: Uuid, turn: &Turn) -> Result<(), DbError> {
-        let completed = turn.role == Role::Agent || turn.outcome.is_some();
+        if turn.role == Role::Agent || turn.outcome.is_some() {
+            return self.insert_completed_turns(tenant, call_id, &[turn]).await;
+        }
+        let write = async {
+            // One statement is atomic by itself: no BEGIN and COMMIT (two round trips).
+            with_pool!(self, pool => bind_turn!(call_id, turn).execute(pool).await.map(drop))
+        };
+        // No event: this replica's webhook worker is not woken to look for one.
+        Box::pin(self.observe("insert_turn", INSERT, write)).await
+    }
+
+    /// Stores completed turns of call `call_id` of `tenant` in one transaction, in order, each
+    /// with its `turn.completed` event: an answered turn's reply and the caller's turn with its
+    /// outcome are one `BEGIN` and `COMMIT` (two round trips to the database fewer than two
+    /// writes) and one wake-up of this replica's webhook worker.
+    pub async fn insert_completed_turns(&self, tenant: &str, call_id: Uuid, turns: &[&Turn]) -> Result<(), DbError> {
         let write = async {
             with_pool!(self, pool => {
-                let insert = sqlx::query(INSERT)
-                .bind(call_id)
-                .bind(turn.seq)
-                .bind(turn.role.as_str())
-                .bind(turn.text.as_str())
-                .bind(turn.started_at)
-                .bind(turn.ended_at)
-                .bind(turn.latency.as_ref().map(Json))
-                .bind(turn.interrupted)
-                .bind(turn.outcome.map(TurnOutcome::as_str))
-                .bind(turn.stage.map(Stage::as_str))
-                .bind(turn.reason.as_deref())
-                .bind(turn.fallback);
-                if !completed {
-                    // One statement is atomic by itself: no BEGIN and COMMIT (two round trips).
-                    return insert.execute(pool).await.map(drop);
-                }
                 let mut tx = pool.begin().await?;
-                insert.execute(&mut *tx).await?;
-                let event = NewEvent::new(tenant, call_id, EventType::TurnCompleted, serde_json::json!({ "turn": turn }));
-                insert_event!(&mut *tx, &event)?;
+                for &turn in turns {
+                    bind_turn!(call_id, turn).execute(&mut *tx).await?;
+                    let event =
+                        NewEvent::new(tenant, call_id, EventType::TurnCompleted, serde_json::json!({ "turn": turn }));
+                    insert_event!(&mut *tx, &event)?;
+                }
                 tx.commit().await
             })
         };
-        if completed {
-            // This replica's webhook worker is woken once its event is stored.
-            Box::pin(self.observe_events("insert_turn", INSERT, write)).await
-        } else {
-            Box::pin(self.observe("insert_turn", INSERT, write)).await
-        }
+        Box::pin(self.observe_events("insert_turn", INSERT, write)).await
     }
 
     /// Marks agent turn `seq` interrupted (creating it empty if its reply had not started).
@@ -316,5 +333,24 @@ mod tests {
         let turns = db.list_turns("default", call.id).await.unwrap();
         assert_eq!(turns.len(), 2);
         assert_eq!((turns[0].text.as_str(), turns[0].outcome), ("hello there", Some(TurnOutcome::Answered)));
+
+        // An answered turn's reply and the caller's outcome: one transaction, their events in
+        // the order given (the reply first), the worker woken.
+        written.mark_unchanged();
+        let mut asked = Turn::new(3, Role::Caller, "and then".into(), crate::model::now());
+        asked.outcome = Some(TurnOutcome::Answered);
+        let reply = Turn::new(4, Role::Agent, "then this".into(), crate::model::now());
+        db.insert_completed_turns("default", call.id, &[&reply, &asked]).await.unwrap();
+        assert!(written.has_changed().unwrap(), "the completed turns did not wake the webhook worker");
+        let events = db.call_events("default", call.id).await.unwrap();
+        let last: Vec<_> =
+            events[events.len() - 2..].iter().map(|e| (e.kind.as_str(), e.data["turn"]["seq"].clone())).collect();
+        assert_eq!(last, [("turn.completed", serde_json::json!(4)), ("turn.completed", serde_json::json!(3))]);
+        let turns = db.list_turns("default", call.id).await.unwrap();
+        assert_eq!(
+            turns.iter().map(|t| (t.seq, t.text.as_str())).collect::<Vec<_>>()[2..],
+            [(3, "and then"), (4, "then this")]
+        );
+        assert_eq!(turns[2].outcome, Some(TurnOutcome::Answered));
     }
 }

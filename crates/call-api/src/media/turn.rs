@@ -254,14 +254,18 @@ pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, 
     .instrument(span.clone())
     .await;
     let mut p = std::mem::take(&mut *progress.lock().expect("progress"));
-    // A turn cut short may have left the heard caller's turn being written: that write first,
+    // The heard caller's turn may still be being written (by its own task): that write first,
     // so the one below (with the outcome) is the last.
     written(p.caller_stored.take()).await;
     let mut caller =
         p.caller.clone().unwrap_or_else(|| Turn::new(caller_seq, Role::Caller, String::new(), caller_started_at));
+    // The agent's reply, stored with the caller's turn in one transaction (the reply's event
+    // first, as it ended first).
+    let mut agent = None;
     let event = match ended {
         Some(Ended::Answered) => {
             caller.outcome = Some(TurnOutcome::Answered);
+            agent = p.agent.take();
             TurnEvent::Replied { caller_seq, text: p.spoken, interrupted: false }
         }
         Some(Ended::NoSpeech) => {
@@ -290,9 +294,7 @@ pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, 
                 let mut agent_turn = Turn::new(caller_seq + 1, Role::Agent, p.spoken.clone(), started_at);
                 agent_turn.latency = Some(serde_json::Value::Object(latency));
                 agent_turn.interrupted = true;
-                if let Err(e) = ctx.db.insert_turn(&ctx.tenant, ctx.call_id, &agent_turn).await {
-                    tracing::warn!(error = %e, "could not store the interrupted turn");
-                }
+                agent = Some(agent_turn);
             }
             TurnEvent::Replied { caller_seq, text: p.spoken, interrupted: true }
         }
@@ -301,8 +303,12 @@ pub async fn run(ctx: TurnContext, input: TurnInput, history: Vec<ChatMessage>, 
     span.record("outcome", outcome.as_str());
     span.record("turn.interrupted", matches!(event, TurnEvent::Replied { interrupted: true, .. }));
     metrics::turn_outcome(outcome.as_str(), caller.stage.map(Stage::as_str));
-    if let Err(e) = ctx.db.insert_turn(&ctx.tenant, ctx.call_id, &caller).await {
-        tracing::warn!(error = %e, "could not store the caller's turn");
+    let stored = match &agent {
+        Some(agent) => ctx.db.insert_completed_turns(&ctx.tenant, ctx.call_id, &[agent, &caller]).await,
+        None => ctx.db.insert_turn(&ctx.tenant, ctx.call_id, &caller).await,
+    };
+    if let Err(e) = stored {
+        tracing::warn!(error = %e, "could not store the turn");
     }
     let event = match event {
         TurnEvent::Unanswered { caller_seq, failed: Some(failure), .. } => {
@@ -425,6 +431,8 @@ struct Progress {
     /// stored: waited for before the turn is written again.
     caller_stored: Option<watch::Receiver<bool>>,
     agent_started_at: Option<DateTime<Utc>>,
+    /// The agent's reply once it was spoken to its end (stored by `run` with the caller's turn).
+    agent: Option<Turn>,
     spoken: String,
     latency: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -494,14 +502,9 @@ async fn turn(
     latency.insert("interrupted".into(), json!(false));
     let mut agent_turn = Turn::new(caller_seq + 1, Role::Agent, speaker.spoken.clone(), agent_started_at);
     agent_turn.latency = Some(serde_json::Value::Object(latency));
-    // The caller's words before the agent's reply, in the table and in the event stream. A
-    // clone: if the turn is cut short while it waits, `run` waits for the same write.
-    let stored = progress.lock().expect("progress").caller_stored.clone();
-    written(stored).await;
-    if let Err(e) = ctx.db.insert_turn(&ctx.tenant, ctx.call_id, &agent_turn).await {
-        tracing::warn!(error = %e, "could not store the agent's turn");
-    }
-    progress.lock().expect("progress").spoken = speaker.spoken;
+    let mut p = progress.lock().expect("progress");
+    p.spoken = speaker.spoken;
+    p.agent = Some(agent_turn);
     Ended::Answered
 }
 
