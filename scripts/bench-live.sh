@@ -56,7 +56,7 @@ export DATABASE_MAX_CONNECTIONS="${DATABASE_MAX_CONNECTIONS:-20}"
 # WORKERS, when set, goes to every service (unset: each takes the CPU count). WORKERS=1 is the
 # Kubernetes shape (limits.cpu 1 per replica): a tenth to a fifth less CPU per call-second on
 # this 2-core box; on the slower machines of this kind call-api's one thread queues at 500 calls
-# (late frames, p99 turns), on the faster it did not (docs/ARCHITECTURE.md, Threads).
+# (late frames, p99 turns), on the faster it did not (docs/PERFORMANCE.md, Threads).
 # The load is the point: no cap on live calls, no per-key rate limit.
 export LIVE_MAX_CALLS=10000 API_RATE_LIMIT_PER_SECOND=0
 for svc in audio-processor provider-gateway call-api; do

@@ -2,7 +2,7 @@
 //! per-thread arenas: after a peak of live calls a service's RSS stayed at the peak. Every
 //! [`TRIM_INTERVAL`] a background thread calls `malloc_trim(0)`, which releases the free pages of
 //! every arena (the allocations themselves are untouched). Measured against mimalloc, glibc with
-//! this trim kept frames on time better under load (docs/ARCHITECTURE.md).
+//! this trim kept frames on time better under load (docs/PERFORMANCE.md, Memory).
 
 use std::time::Duration;
 
