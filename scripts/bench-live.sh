@@ -15,7 +15,10 @@
 # system allocator; the floor below then runs the `examples/carrier_floor` next to it),
 # LOADGEN_BIN (the voice-kraliki binary whose `loadgen` makes the load, default the same one:
 # e.g. an older build's services measured by this build's load generator), FLOOR
-# (default 1; 0 skips the carrier transport floor).
+# (default 1; 0 skips the carrier transport floor), SPINNERS (default 0: that many
+# idle-priority busy loops, `chrt --idle`, run beside the services during the levels so that no
+# vCPU halts, as on a node with other work; their CPU is in no figure: a diagnostic of how much
+# of the figure is the machine's idle, docs/PERFORMANCE.md "The machine's idle").
 #
 # Prints loadgen's table per level: caller-side turn latency, the server's stages (our own
 # overhead is `overhead`), reply frame timing, memory per live call and CPU per live
@@ -40,7 +43,12 @@ else
 fi
 work="$(mktemp -d)"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+spinners=()
+cleanup() {
+  for p in "${pids[@]}" "${spinners[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 key="bench-key-$(date +%s)-0123456789"
@@ -62,6 +70,11 @@ export LIVE_MAX_CALLS=10000 API_RATE_LIMIT_PER_SECOND=0
 for svc in audio-processor provider-gateway call-api; do
   "$bin" serve "$svc" >"$work/$svc.log" 2>&1 &
   pids+=($!)
+done
+spinners=()
+for _ in $(seq "${SPINNERS:-0}"); do
+  chrt --idle 0 sh -c 'while :; do :; done' &
+  spinners+=($!)
 done
 for url in http://127.0.0.1:18000/ready http://127.0.0.1:19091/ready http://127.0.0.1:19092/ready; do
   for _ in $(seq 100); do curl -fs "$url" >/dev/null && break; sleep 0.1; done
@@ -152,9 +165,9 @@ if [[ "${FLOOR:-1}" != 0 ]]; then
     floor="$target/$profile/examples/carrier_floor"
   fi
   if [[ -x "$floor" ]]; then
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}" "${spinners[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    pids=()
+    pids=() spinners=()
     echo
     echo "### Carrier transport floor (receive and send only), CPU ms per call-second"
     echo
