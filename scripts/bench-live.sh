@@ -44,11 +44,13 @@ fi
 work="$(mktemp -d)"
 pids=()
 spinners=()
-cleanup() {
+# Stops the services and the spinners (SPINNERS) and waits for them.
+stop_all() {
   for p in "${pids[@]}" "${spinners[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work"
+  pids=() spinners=()
 }
+cleanup() { stop_all; rm -rf "$work"; }
 trap cleanup EXIT
 
 key="bench-key-$(date +%s)-0123456789"
@@ -71,7 +73,6 @@ for svc in audio-processor provider-gateway call-api; do
   "$bin" serve "$svc" >"$work/$svc.log" 2>&1 &
   pids+=($!)
 done
-spinners=()
 for _ in $(seq "${SPINNERS:-0}"); do
   chrt --idle 0 sh -c 'while :; do :; done' &
   spinners+=($!)
@@ -165,9 +166,7 @@ if [[ "${FLOOR:-1}" != 0 ]]; then
     floor="$target/$profile/examples/carrier_floor"
   fi
   if [[ -x "$floor" ]]; then
-    for p in "${pids[@]}" "${spinners[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    pids=() spinners=()
+    stop_all
     echo
     echo "### Carrier transport floor (receive and send only), CPU ms per call-second"
     echo
