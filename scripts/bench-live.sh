@@ -24,7 +24,8 @@
 # overhead is `overhead`), reply frame timing, memory per live call and CPU per live
 # call-second of each service; then one Markdown table of every level from loadgen's
 # `bench-row` lines (whose per-service lists follow the --metrics order below: call-api,
-# audio-processor, provider-gateway).
+# audio-processor, provider-gateway), with the machine's CPU idle-state entries a second over the
+# steady window (the vCPU halts of docs/PERFORMANCE.md, "The machine's idle").
 set -euo pipefail
 profile="${1:-release}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -110,18 +111,19 @@ fi
 awk -v settle="${SETTLE_SECONDS:-60}" '
   function at(list, i,   parts) { split(list, parts, ","); return (i in parts) ? parts[i] : "-" }
   BEGIN {
-    print "| calls | failed | late frames % | turn p50 ms | turn p99 ms | p99-p50 ms | CPU ms/call-s call-api | audio-processor | provider-gateway | total | call-api KiB/call | call-api RSS start / after MiB |"
-    print "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    print "| calls | failed | late frames % | turn p50 ms | turn p99 ms | p99-p50 ms | CPU ms/call-s call-api | audio-processor | provider-gateway | total | call-api KiB/call | call-api RSS start / after MiB | CPU idle entries/s |"
+    print "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   }
   {
     delete f
     for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
     after = at(f["rss_after_mib"], 1)
     rss = at(f["rss_start_mib"], 1) (after == "-" ? "" : " / " after " (" settle " s)")
-    printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+    idle = ("idle_per_s" in f) ? f["idle_per_s"] : "-"
+    printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
       f["calls"], f["failed_calls"], f["late_pct"], f["p50_ms"], f["p99_ms"], f["p99_p50_ms"],
       at(f["cpu_ms"], 1), at(f["cpu_ms"], 2), at(f["cpu_ms"], 3), f["cpu_total_ms"],
-      at(f["kib_per_call"], 1), rss
+      at(f["kib_per_call"], 1), rss, idle
   }' "$work/rows"
 
 # With REPEAT > 1: the median of each level's runs for the CPU columns (one run moves by about

@@ -34,8 +34,12 @@
 //! ended, every call that connected being live throughout — for `process_cpu_seconds_total`:
 //! the service's CPU per live call-second is Δcpu / (live calls × Δwall), in milliseconds, and
 //! the summary sums it over the services. With `--settle-seconds S` it waits S seconds after the
-//! calls ended and reads the memory once more. The summary's last line, `bench-row …`, repeats
-//! the headline numbers as `key=value` fields for scripts ([`bench_row`]).
+//! calls ended and reads the memory once more. At both ends of the steady window it also reads
+//! the machine's `cpuidle` counters (Linux): how often a CPU went idle in a state that is not a
+//! poll — on a virtual machine a halt that leaves the guest, after which what runs next starts
+//! with cold caches (docs/PERFORMANCE.md, "The machine's idle") — as entries a second, all CPUs
+//! together. The summary's last line, `bench-row …`, repeats the headline numbers as
+//! `key=value` fields for scripts ([`bench_row`]).
 //!
 //! Exit status: 0 every call and turn went through; 1 a call failed, a turn failed, or a turn
 //! got no reply; 2 bad usage, no API key, or the provider check failed.
@@ -43,6 +47,7 @@
 use std::{
     collections::BTreeMap,
     fmt,
+    path::Path,
     process::ExitCode,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -1016,6 +1021,61 @@ impl ServiceUse {
     }
 }
 
+/// Where Linux keeps each CPU's `cpuidle` counters.
+pub const CPU_SYSFS: &str = "/sys/devices/system/cpu";
+
+/// How many times the machine's CPUs entered an idle state other than polling since boot,
+/// summed over the CPUs: each `cpuN/cpuidle/stateK/usage` under `root` ([`CPU_SYSFS`]) whose
+/// `name` is not `POLL`. On a virtual machine such an entry is a halt that leaves the guest.
+/// `None` where there are no such counters (no `cpuidle`, not Linux); a state whose files do
+/// not read as expected is left out.
+pub fn cpuidle_entries(root: &Path) -> Option<u64> {
+    let mut total = None;
+    for cpu in std::fs::read_dir(root).ok()?.flatten() {
+        let name = cpu.file_name();
+        let Some(number) = name.to_str().and_then(|n| n.strip_prefix("cpu")) else { continue };
+        if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(states) = std::fs::read_dir(cpu.path().join("cpuidle")) else { continue };
+        for state in states.flatten() {
+            if !state.file_name().to_str().is_some_and(|n| n.starts_with("state")) {
+                continue;
+            }
+            let read = |file: &str| std::fs::read_to_string(state.path().join(file)).ok();
+            let (Some(kind), Some(usage)) = (read("name"), read("usage")) else { continue };
+            let Ok(usage) = usage.trim().parse::<u64>() else { continue };
+            let counted = total.get_or_insert(0);
+            if kind.trim() != "POLL" {
+                *counted += usage;
+            }
+        }
+    }
+    total
+}
+
+/// [`cpuidle_entries`] read at a moment of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdleCount {
+    /// When, since the run started.
+    pub at: Duration,
+    pub entries: u64,
+}
+
+impl IdleCount {
+    fn now(started: Instant) -> Option<Self> {
+        Some(Self { at: started.elapsed(), entries: cpuidle_entries(Path::new(CPU_SYSFS))? })
+    }
+}
+
+/// Idle-state entries a second between two counts (`None`: no time between them, or the
+/// counter went back).
+pub fn idle_entries_per_second(start: &IdleCount, end: &IdleCount) -> Option<f64> {
+    let wall = end.at.checked_sub(start.at)?.as_secs_f64();
+    let entries = end.entries.checked_sub(start.entries)?;
+    (wall > 0.0).then(|| entries as f64 / wall)
+}
+
 /// What the services' `/metrics` said during a run.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Resources {
@@ -1028,6 +1088,16 @@ pub struct Resources {
     pub no_steady: Option<String>,
     /// How long after the calls [`ServiceUse::rss_after`] was read (zero: it was not).
     pub settle: Duration,
+    /// The machine's [`cpuidle_entries`] at the start and end of the steady window.
+    pub idle_start: Option<IdleCount>,
+    pub idle_end: Option<IdleCount>,
+}
+
+impl Resources {
+    /// The machine's idle-state entries a second over the steady window.
+    pub fn idle_entries_per_second(&self) -> Option<f64> {
+        idle_entries_per_second(self.idle_start.as_ref()?, self.idle_end.as_ref()?)
+    }
 }
 
 /// Tracks the calls' [`LiveEvent`]s: the steady window opens when every call has connected or
@@ -1083,6 +1153,7 @@ async fn monitor(
 ) -> Resources {
     let mut count = LiveCount::new(calls);
     let mut steady_calls = 0;
+    let (mut idle_start, mut idle_end) = (None, None);
     let mut tick =
         tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -1094,6 +1165,7 @@ async fn monitor(
                 let Some(event) = event else { break };
                 match count.add(event) {
                     Some(true) => {
+                        idle_start = IdleCount::now(started);
                         let scrapes = scrape_all(&http, &urls, started).await;
                         note_peak(&mut services, &scrapes);
                         for (s, scrape) in services.iter_mut().zip(&scrapes) {
@@ -1102,6 +1174,7 @@ async fn monitor(
                         steady_calls = count.connected;
                     }
                     Some(false) if steady_calls > 0 => {
+                        idle_end = IdleCount::now(started);
                         let scrapes = scrape_all(&http, &urls, started).await;
                         note_peak(&mut services, &scrapes);
                         for (s, scrape) in services.iter_mut().zip(&scrapes) {
@@ -1129,7 +1202,7 @@ async fn monitor(
     } else {
         None
     };
-    Resources { services, steady_calls, no_steady, settle: Duration::ZERO }
+    Resources { services, steady_calls, no_steady, settle: Duration::ZERO, idle_start, idle_end }
 }
 
 fn pct(values: &mut [f64], p: f64) -> f64 {
@@ -1211,6 +1284,8 @@ pub struct BenchRow {
     pub kib_per_call: Vec<Option<f64>>,
     pub rss_start_mib: Vec<Option<f64>>,
     pub rss_after_mib: Vec<Option<f64>>,
+    /// The machine's idle-state entries a second over the steady window.
+    pub idle_per_s: Option<f64>,
 }
 
 /// One line of space-separated `key=value` fields, for scripts (`scripts/bench-live.sh`):
@@ -1218,13 +1293,14 @@ pub struct BenchRow {
 /// ```text
 /// bench-row calls=100 failed_calls=0 no_reply=0 late_pct=0.05 p50_ms=812.0 p99_ms=880.4 p99_p50_ms=68.4
 ///   steady_calls=100 steady_s=7.9 cpu_ms=0.91,0.35,0.12 cpu_total_ms=1.38 kib_per_call=180,12,3
-///   rss_start_mib=21.3,15.0,14.2 rss_after_mib=-,-,-
+///   rss_start_mib=21.3,15.0,14.2 rss_after_mib=-,-,- idle_per_s=1620
 /// ```
 /// (on one line). The comma-separated lists have one value per `--metrics` URL, in the order
 /// given; `-` is a value not measured (a NaN latency too). `cpu_ms` is milliseconds of CPU per
 /// live call-second, `cpu_total_ms` their sum over the measured services, `kib_per_call` the
 /// resident memory growth (peak − start) per call, `rss_after_mib` the resident memory
-/// `--settle-seconds` after the calls.
+/// `--settle-seconds` after the calls, `idle_per_s` the machine's idle-state entries a second
+/// over the steady window ([`cpuidle_entries`]).
 pub fn bench_row(row: &BenchRow) -> String {
     let num = |v: Option<f64>, decimals: usize| match v {
         Some(v) if v.is_finite() => format!("{v:.decimals$}"),
@@ -1239,7 +1315,7 @@ pub fn bench_row(row: &BenchRow) -> String {
     let measured: Vec<f64> = row.cpu_ms.iter().flatten().copied().collect();
     let total = (!measured.is_empty()).then(|| measured.iter().sum());
     format!(
-        "bench-row calls={} failed_calls={} no_reply={} late_pct={:.2} p50_ms={} p99_ms={} p99_p50_ms={} steady_calls={} steady_s={} cpu_ms={} cpu_total_ms={} kib_per_call={} rss_start_mib={} rss_after_mib={}",
+        "bench-row calls={} failed_calls={} no_reply={} late_pct={:.2} p50_ms={} p99_ms={} p99_p50_ms={} steady_calls={} steady_s={} cpu_ms={} cpu_total_ms={} kib_per_call={} rss_start_mib={} rss_after_mib={} idle_per_s={}",
         row.calls,
         row.failed_calls,
         row.no_reply,
@@ -1254,6 +1330,7 @@ pub fn bench_row(row: &BenchRow) -> String {
         list(&row.kib_per_call, 0),
         list(&row.rss_start_mib, 1),
         list(&row.rss_after_mib, 1),
+        num(row.idle_per_s, 0),
     )
 }
 
@@ -1404,6 +1481,13 @@ pub fn summarize(o: &Options, results: &[CallResult], elapsed: Duration, resourc
             let _ = writeln!(t, "cpu total: {:.2} ms per call-second{of}", measured.iter().sum::<f64>());
         }
     }
+    let idle = if calls > 0 { resources.idle_entries_per_second() } else { None };
+    if let Some(idle) = idle {
+        let _ = writeln!(
+            t,
+            "machine: {idle:.0} CPU idle-state entries a second over the steady window, polls not counted (cpuidle)"
+        );
+    }
     for e in results.iter().filter_map(|r| r.error.as_deref()).take(10) {
         let _ = writeln!(t, "error: {e}");
     }
@@ -1420,6 +1504,7 @@ pub fn summarize(o: &Options, results: &[CallResult], elapsed: Duration, resourc
         kib_per_call: resources.services.iter().map(|s| s.kib_per_call(results.len())).collect(),
         rss_start_mib: resources.services.iter().map(|s| s.rss_start.map(mib)).collect(),
         rss_after_mib: resources.services.iter().map(|s| s.rss_after.map(mib)).collect(),
+        idle_per_s: idle,
     };
     let _ = writeln!(t, "{}", bench_row(&row));
     let streams_failed = results.iter().flat_map(|r| &r.streams).any(|s| s.error.is_some() || !s.ended);
@@ -1828,6 +1913,39 @@ process_cpu_seconds_total{unterminated="x 9
     }
 
     #[test]
+    fn the_machine_s_idle_counts_every_cpu_s_idle_states_but_polling() {
+        let root = tempfile::tempdir().unwrap();
+        let state = |cpu: &str, state: &str, name: &str, usage: &str| {
+            let dir = root.path().join(cpu).join("cpuidle").join(state);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("name"), format!("{name}\n")).unwrap();
+            std::fs::write(dir.join("usage"), format!("{usage}\n")).unwrap();
+        };
+        // No CPU directories: no counters, not zero.
+        assert_eq!(cpuidle_entries(root.path()), None);
+        assert_eq!(cpuidle_entries(&root.path().join("absent")), None);
+        state("cpu0", "state0", "POLL", "5000");
+        // Only a poll state: counters exist, and no idle entry is a halt.
+        assert_eq!(cpuidle_entries(root.path()), Some(0));
+        state("cpu0", "state1", "haltpoll idle", "1200");
+        state("cpu1", "state0", "POLL", "7");
+        state("cpu1", "state1", "C1", "300");
+        state("cpu1", "state2", "C2", "45");
+        // Not a CPU, or a state that does not read as a count: left out.
+        state("cpufreq", "state1", "C1", "999");
+        state("cpu2x", "state1", "C1", "999");
+        state("cpu2", "state1", "C1", "not-a-number");
+        state("cpu2", "driver", "C1", "999");
+        assert_eq!(cpuidle_entries(root.path()), Some(1_545));
+
+        let at = |s: u64, entries: u64| IdleCount { at: Duration::from_secs(s), entries };
+        assert_eq!(idle_entries_per_second(&at(2, 100), &at(10, 16_100)), Some(2_000.0));
+        // A counter that went back (another boot) or no time between the counts: nothing.
+        assert_eq!(idle_entries_per_second(&at(2, 100), &at(10, 50)), None);
+        assert_eq!(idle_entries_per_second(&at(2, 100), &at(2, 200)), None);
+    }
+
+    #[test]
     fn the_steady_window_opens_when_the_last_call_connected_and_closes_when_the_first_ended() {
         use LiveEvent::*;
         let mut count = LiveCount::new(3);
@@ -1879,6 +1997,8 @@ process_cpu_seconds_total{unterminated="x 9
             steady_calls: 4,
             no_steady: None,
             settle: Duration::from_secs(60),
+            idle_start: Some(IdleCount { at: Duration::from_secs(2), entries: 1_000 }),
+            idle_end: Some(IdleCount { at: Duration::from_secs(12), entries: 17_200 }),
         };
         let report = summarize(&o, &results, Duration::from_secs(15), &resources);
         for line in [
@@ -1890,9 +2010,10 @@ process_cpu_seconds_total{unterminated="x 9
             "cpu http://b/metrics: 0.50 ms per call-second (steady 10.0 s, 4 calls)",
             "cpu http://c/metrics: not measured (no process_cpu_seconds_total at both ends)",
             "cpu total: 3.00 ms per call-second (2 of 3 services)",
+            "machine: 1620 CPU idle-state entries a second over the steady window, polls not counted (cpuidle)",
             "bench-row calls=4 failed_calls=0 no_reply=0 late_pct=1.00 p50_ms=900.0 p99_ms=1000.0 p99_p50_ms=100.0 \
              steady_calls=4 steady_s=10.0 cpu_ms=2.50,0.50,- cpu_total_ms=3.00 kib_per_call=256,0,- \
-             rss_start_mib=20.0,10.0,- rss_after_mib=20.5,10.0,-",
+             rss_start_mib=20.0,10.0,- rss_after_mib=20.5,10.0,- idle_per_s=1620",
         ] {
             assert!(report.table.lines().any(|l| l == line), "no line {line:?} in\n{}", report.table);
         }
@@ -1906,6 +2027,8 @@ process_cpu_seconds_total{unterminated="x 9
             steady_calls: 0,
             no_steady: Some("no call connected".into()),
             settle: Duration::ZERO,
+            idle_start: None,
+            idle_end: None,
         };
         let failed = CallResult { error: Some("create call: refused".into()), ..Default::default() };
         let report = summarize(&o, &[failed], Duration::from_secs(1), &resources);
@@ -1913,10 +2036,11 @@ process_cpu_seconds_total{unterminated="x 9
             "memory http://a/metrics: start 20.0 MiB, peak 21.0 MiB, 1024 KiB per live call",
             "cpu: not measured: no steady window (no call connected)",
             "bench-row calls=1 failed_calls=1 no_reply=0 late_pct=0.00 p50_ms=- p99_ms=- p99_p50_ms=- \
-             steady_calls=0 steady_s=- cpu_ms=- cpu_total_ms=- kib_per_call=1024 rss_start_mib=20.0 rss_after_mib=-",
+             steady_calls=0 steady_s=- cpu_ms=- cpu_total_ms=- kib_per_call=1024 rss_start_mib=20.0 rss_after_mib=- idle_per_s=-",
         ] {
             assert!(report.table.lines().any(|l| l == line), "no line {line:?} in\n{}", report.table);
         }
         assert!(!report.table.contains("cpu total"), "{}", report.table);
+        assert!(!report.table.contains("machine:"), "{}", report.table);
     }
 }
