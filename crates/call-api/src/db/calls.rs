@@ -234,7 +234,8 @@ const BY_MEDIA_TOKEN: &str = concat!(
     call_columns!(),
     " FROM calls WHERE id = $1 AND media_token_hash = $2 AND media_token_expires_at > $3"
 );
-const LIST: &str = "SELECT ... FROM calls WHERE tenant = $1 [filters] ORDER BY created_at DESC, id DESC LIMIT $n";
+const LIST: &str =
+    "SELECT ... FROM calls WHERE tenant = $1 [filters] ORDER BY created_at DESC, id DESC LIMIT CAST($n AS INTEGER)";
 
 impl Database {
     /// Stores a new `queued` call and its `call.created` event (one transaction: both are
@@ -298,7 +299,11 @@ impl Database {
             push(&mut sql, " AND id < ?))", Bind::Id(c.id));
         }
         // One more than asked tells whether another page follows.
-        push(&mut sql, " ORDER BY created_at DESC, id DESC LIMIT ?", Bind::Int(i64::from(filter.limit) + 1));
+        push(
+            &mut sql,
+            " ORDER BY created_at DESC, id DESC LIMIT CAST(? AS INTEGER)",
+            Bind::Int(i64::from(filter.limit) + 1),
+        );
         let sql = sql;
         let mut calls = self
             .observe("list_calls", LIST, async {

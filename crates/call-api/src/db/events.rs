@@ -134,9 +134,10 @@ pub enum Attempt {
     },
 }
 
-const UNDISPATCHED_PG: &str = "SELECT id, tenant, call_id FROM events WHERE NOT dispatched ORDER BY id LIMIT $1 \
+const UNDISPATCHED_PG: &str = "SELECT id, tenant, call_id FROM events WHERE NOT dispatched ORDER BY id LIMIT CAST($1 AS INTEGER) \
      FOR UPDATE SKIP LOCKED";
-const UNDISPATCHED_SQLITE: &str = "SELECT id, tenant, call_id FROM events WHERE NOT dispatched ORDER BY id LIMIT $1";
+const UNDISPATCHED_SQLITE: &str =
+    "SELECT id, tenant, call_id FROM events WHERE NOT dispatched ORDER BY id LIMIT CAST($1 AS INTEGER)";
 const INSERT_DELIVERY: &str = "INSERT INTO webhook_deliveries (event_row, endpoint, call_id, state, next_attempt_at) \
      VALUES ($1, $2, $3, 'pending', $4) ON CONFLICT (event_row, endpoint) DO NOTHING";
 /// Whether any event waits to be fanned out (the partial index `events_undispatched`): an idle
@@ -158,7 +159,7 @@ macro_rules! due {
              AND (d.claimed_until IS NULL OR d.claimed_until <= $3) \
              AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.state = 'pending' \
              AND p.endpoint = d.endpoint AND p.call_id = d.call_id AND p.event_row < d.event_row) \
-             ORDER BY d.event_row LIMIT $4",
+             ORDER BY d.event_row LIMIT CAST($4 AS INTEGER)",
             $lock,
             ") RETURNING id"
         )
@@ -183,16 +184,16 @@ const BACKLOG: &str = "SELECT (SELECT COUNT(*) FROM webhook_deliveries WHERE sta
 const CALL_EVENTS: &str = "SELECT id, event_id, type, created_at, tenant, call_id, payload FROM events \
      WHERE call_id = $1 AND tenant = $2 AND id > $3 ORDER BY id";
 const EVENTS_AFTER: &str = "SELECT id, event_id, type, created_at, tenant, call_id, payload FROM events \
-     WHERE id > $1 ORDER BY id LIMIT $2";
+     WHERE id > $1 ORDER BY id LIMIT CAST($2 AS INTEGER)";
 const TENANT_EVENTS: &str = "SELECT id, event_id, type, created_at, tenant, call_id, payload FROM events \
-     WHERE tenant = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4";
+     WHERE tenant = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT CAST($4 AS INTEGER)";
 const EVENT_SEQ: &str = "SELECT id FROM events WHERE event_id = $1 AND tenant = $2";
 const LAST_SEQ: &str = "SELECT COALESCE(MAX(id), 0) AS last FROM events";
 /// Old events whose webhook deliveries are all done (delivered or given up), oldest first; their
 /// delivery rows go with them (`ON DELETE CASCADE`).
 const DELETE_OLD: &str = "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE e.created_at < $1 \
      AND e.dispatched AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_row = e.id \
-     AND d.state = 'pending') ORDER BY e.id LIMIT $2)";
+     AND d.state = 'pending') ORDER BY e.id LIMIT CAST($2 AS INTEGER))";
 
 /// The webhook backlog: deliveries pending (and events not yet fanned out), and the creation
 /// time of the oldest of them.

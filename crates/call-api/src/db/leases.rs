@@ -50,7 +50,7 @@ const REAP_BATCH: i64 = 200;
 const RENEW: &str =
     "UPDATE calls SET lease_expires_at = $1 WHERE lease_owner = $2 AND status = 'in_progress' RETURNING id";
 const EXPIRED_LIVE: &str = "SELECT id, started_at FROM calls WHERE status = 'in_progress' \
-     AND (lease_expires_at < $1 OR (lease_expires_at IS NULL AND started_at < $2)) LIMIT $3";
+     AND (lease_expires_at < $1 OR (lease_expires_at IS NULL AND started_at < $2)) LIMIT CAST($3 AS INTEGER)";
 const REAP_LIVE: &str = concat!(
     "UPDATE calls SET status = 'ended', outcome = 'failed', ended_at = $1, duration_seconds = $2, updated_at = $1, \
      end_reason = $3 WHERE id = $4 AND status = 'in_progress' \
@@ -60,7 +60,7 @@ const REAP_LIVE: &str = concat!(
 // A call whose recording analysis was started is a recording's record, not a live call waiting
 // for its carrier: it is left as it is.
 const EXPIRED_QUEUED: &str = "SELECT id, created_at FROM calls WHERE status = 'queued' AND media_token_expires_at < $1 \
-     AND analysis_status IS NULL LIMIT $2";
+     AND analysis_status IS NULL LIMIT CAST($2 AS INTEGER)";
 const REAP_QUEUED: &str = concat!(
     "UPDATE calls SET status = 'ended', outcome = 'failed', ended_at = $1, duration_seconds = $2, updated_at = $1, \
      end_reason = $3 WHERE id = $4 AND status = 'queued' AND media_token_expires_at < $1 \

@@ -6,6 +6,11 @@
 //! each driver by [`with_pool!`], so the native types (UUID, TIMESTAMPTZ, JSONB on PostgreSQL)
 //! are used without the `Any` driver's value conversions.
 //!
+//! A limit that is a parameter is written `LIMIT CAST($n AS INTEGER)`, never `LIMIT $n`: SQLite
+//! plans a bare bound limit with its value, so the statement is compiled again every time it
+//! runs (the event dispatcher's rounds spent more instructions compiling than running); behind a
+//! cast the limit is read at run time and the cached statement is reused.
+//!
 //! Migrations are embedded SQL files (`migrations/{sqlite,postgres}/`), one set per engine, run
 //! by sqlx's own migrator (`Migrator::with_migrations`) at start. That keeps sqlx's `macros`
 //! feature off (it would compile both drivers twice) while keeping sqlx's migration table,
@@ -369,5 +374,33 @@ mod tests {
         let Pool::Sqlite(pool) = &db.pool else { unreachable!("a SQLite URL") };
         assert!(!pool.options().get_test_before_acquire());
         assert!(pool_options().get_test_before_acquire());
+    }
+
+    /// No statement binds its `LIMIT` bare (the module's header: SQLite would compile it again
+    /// at every run). Read from the sources, where every statement of this module is written.
+    #[test]
+    fn no_statement_binds_a_bare_limit() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/db");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            // Built, so that this test's own text does not match.
+            let patterns: Vec<String> =
+                ["LIMIT", "OFFSET"].iter().flat_map(|k| ['$', '?'].map(|p| format!("{k} {p}"))).collect();
+            for (n, line) in text.lines().enumerate() {
+                if line.trim_start().starts_with("//") {
+                    continue;
+                }
+                let bare = patterns.iter().any(|p| line.contains(p.as_str()));
+                assert!(!bare, "{}:{}: a bare bound LIMIT or OFFSET: {line}", path.display(), n + 1);
+            }
+            checked += usize::from(text.contains("LIMIT CAST("));
+        }
+        // The sources were found and read (events, leases and calls bind their limits).
+        assert!(checked >= 3, "only {checked} files with a cast limit under {}", dir.display());
     }
 }
