@@ -126,8 +126,9 @@ pub fn parse(text: &str) -> Result<Inbound, String> {
     }
 }
 
-/// [`parse`] by `serde_json` alone.
-fn parse_json(text: &str) -> Result<Inbound, String> {
+/// [`parse`] by `serde_json` alone: the reference the one-scan path is held to (by the property
+/// tests and by the `media_message` fuzz target, `crates/call-api/fuzz`).
+pub fn parse_json(text: &str) -> Result<Inbound, String> {
     let raw: Raw<'_> = serde_json::from_str(text).map_err(|e| format!("invalid message: {e}"))?;
     let missing = |event: &str, field: &str| format!("invalid message: {event} without `{field}`");
     Ok(match raw.event.as_ref() {
