@@ -54,22 +54,12 @@ stop_all() {
 cleanup() { stop_all; rm -rf "$work"; }
 trap cleanup EXIT
 
-key="bench-key-$(date +%s)-0123456789"
-export API_KEYS="$key" VOICE_KRALIKI_API_KEY="$key" LOG_LEVEL=warn APM_ENABLED=false
-# DATABASE_URL, when set, is kept (e.g. a PostgreSQL schema of its own); unset, a fresh SQLite file.
-export DATABASE_URL="${DATABASE_URL:-sqlite://$work/bench.db}"
-export CALL_API_ADDR=127.0.0.1:18000 AUDIO_PROCESSOR_GRPC_ADDR=127.0.0.1:15051 AUDIO_PROCESSOR_ADMIN_ADDR=127.0.0.1:19091
-export PROVIDER_GATEWAY_GRPC_ADDR=127.0.0.1:15052 PROVIDER_GATEWAY_ADMIN_ADDR=127.0.0.1:19092
-export AUDIO_PROCESSOR_URL=http://127.0.0.1:15051 PROVIDER_GATEWAY_URL=http://127.0.0.1:15052
-export STT_PROVIDERS=simulated LLM_PROVIDERS=simulated TTS_PROVIDERS=simulated
-export SIMULATED_LATENCY=fixed:0 SIMULATED_TTFB_SECONDS=0 SIMULATED_TOKENS_PER_SECOND=0
-export DATABASE_MAX_CONNECTIONS="${DATABASE_MAX_CONNECTIONS:-20}"
+# The services' environment (ports, simulated provider, DATABASE_URL, limits off).
+source "$root/scripts/live-stack-env.sh"
 # WORKERS, when set, goes to every service (unset: each takes the CPU count). WORKERS=1 is the
 # Kubernetes shape (limits.cpu 1 per replica): a tenth to a fifth less CPU per call-second on
 # this 2-core box; on the slower machines of this kind call-api's one thread queues at 500 calls
 # (late frames, p99 turns), on the faster it did not (docs/PERFORMANCE.md, Threads).
-# The load is the point: no cap on live calls, no per-key rate limit.
-export LIVE_MAX_CALLS=10000 API_RATE_LIMIT_PER_SECOND=0
 for svc in audio-processor provider-gateway call-api; do
   "$bin" serve "$svc" >"$work/$svc.log" 2>&1 &
   pids+=($!)

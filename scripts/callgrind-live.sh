@@ -10,9 +10,10 @@
 #
 # Environment: VK_BIN (a release voice-kraliki binary; default: built), CALLS (default 10: under
 # callgrind a service runs some 15 times slower, and more calls fall behind), TURNS (default 2),
-# WORKERS (default 1), OUT (the callgrind file, default callgrind.<service>.out). Prints the
-# load generator's summary line and the top functions by inclusive and by own instructions;
-# `callgrind_annotate` reads the file further.
+# WORKERS (default 1), DATABASE_URL (as for bench-live.sh: unset, a fresh SQLite file), OUT (the
+# callgrind file, default callgrind.<service>.out). Prints the load generator's summary line and
+# the top functions by inclusive and by own instructions; `callgrind_annotate` reads the file
+# further.
 set -euo pipefail
 service="${1:-call-api}"
 case "$service" in call-api | audio-processor | provider-gateway) ;; *) echo "unknown service $service" >&2; exit 2 ;; esac
@@ -32,15 +33,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-key="bench-key-$(date +%s)-0123456789"
-export API_KEYS="$key" VOICE_KRALIKI_API_KEY="$key" LOG_LEVEL=warn APM_ENABLED=false
-export DATABASE_URL="sqlite://$work/bench.db"
-export CALL_API_ADDR=127.0.0.1:18000 AUDIO_PROCESSOR_GRPC_ADDR=127.0.0.1:15051 AUDIO_PROCESSOR_ADMIN_ADDR=127.0.0.1:19091
-export PROVIDER_GATEWAY_GRPC_ADDR=127.0.0.1:15052 PROVIDER_GATEWAY_ADMIN_ADDR=127.0.0.1:19092
-export AUDIO_PROCESSOR_URL=http://127.0.0.1:15051 PROVIDER_GATEWAY_URL=http://127.0.0.1:15052
-export STT_PROVIDERS=simulated LLM_PROVIDERS=simulated TTS_PROVIDERS=simulated
-export SIMULATED_LATENCY=fixed:0 SIMULATED_TTFB_SECONDS=0 SIMULATED_TOKENS_PER_SECOND=0
-export DATABASE_MAX_CONNECTIONS=20 LIVE_MAX_CALLS=10000 API_RATE_LIMIT_PER_SECOND=0 WORKERS="${WORKERS:-1}"
+# The services' environment, as bench-live.sh sets it (DATABASE_URL kept when set).
+source "$root/scripts/live-stack-env.sh"
+export WORKERS="${WORKERS:-1}"
 for svc in audio-processor provider-gateway call-api; do
   if [[ "$svc" == "$service" ]]; then
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/cg.out" "$VK_BIN" serve "$svc" >"$work/$svc.log" 2>&1 &

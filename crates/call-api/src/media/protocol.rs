@@ -226,34 +226,25 @@ struct FastMedia<'a> {
 /// text that is not JSON), which [`parse_json`] then reads, and names what is wrong with.
 fn fast_media(text: &str) -> Option<FastMedia<'_>> {
     let mut s = Scan { text, at: 0 };
-    let (mut event, mut sequence_number, mut media) = (None, None, None);
-    let mut stream_sid = false;
-    s.expect(b'{')?;
-    loop {
-        let key = s.string()?;
-        s.expect(b':')?;
-        match key {
-            "event" if event.is_none() => event = Some(s.string()?),
-            "sequenceNumber" if sequence_number.is_none() => sequence_number = Some(s.string()?),
-            "streamSid" if !stream_sid => {
-                s.string()?;
-                stream_sid = true;
-            }
-            "media" if media.is_none() => media = Some(s.media()?),
-            _ => return None,
-        }
-        match s.next()? {
-            b',' => {}
-            b'}' => break,
-            _ => return None,
-        }
-    }
+    let (mut event, mut sequence_number, mut stream_sid, mut media) = (None, None, None, None);
+    s.object(|s, key| match key {
+        "event" => once(&mut event, s.string()?),
+        "sequenceNumber" => once(&mut sequence_number, s.string()?),
+        "streamSid" => once(&mut stream_sid, s.string()?),
+        "media" => once(&mut media, s.media()?),
+        _ => None,
+    })?;
     s.skip_white();
     if s.at != text.len() || event != Some("media") {
         return None;
     }
     let (timestamp, track, payload) = media?;
     Some(FastMedia { sequence_number: sequence_number?, timestamp, track, payload })
+}
+
+/// Sets a key's value the first time; `None` (not this path) when the key comes again.
+fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
+    slot.is_none().then(|| *slot = Some(value))
 }
 
 /// Where a string's text ends: the first `"`, `\\` or control character, if any. Eight bytes
@@ -319,30 +310,32 @@ impl<'a> Scan<'a> {
         self.text.get(start..end)
     }
 
-    /// The `media` object: (`timestamp`, `track`, `payload`).
-    fn media(&mut self) -> Option<(&'a str, Option<&'a str>, &'a str)> {
-        let (mut timestamp, mut track, mut payload) = (None, None, None);
-        let mut chunk = false;
+    /// An object whose members `member` reads (called with each key after its `:`, it reads the
+    /// value); `None` as soon as a member or the object's syntax is not as expected.
+    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
         self.expect(b'{')?;
         loop {
             let key = self.string()?;
             self.expect(b':')?;
-            match key {
-                "timestamp" if timestamp.is_none() => timestamp = Some(self.string()?),
-                "payload" if payload.is_none() => payload = Some(self.string()?),
-                "track" if track.is_none() => track = Some(self.string()?),
-                "chunk" if !chunk => {
-                    self.string()?;
-                    chunk = true;
-                }
-                _ => return None,
-            }
+            member(self, key)?;
             match self.next()? {
                 b',' => {}
-                b'}' => break,
+                b'}' => return Some(()),
                 _ => return None,
             }
         }
+    }
+
+    /// The `media` object: (`timestamp`, `track`, `payload`).
+    fn media(&mut self) -> Option<(&'a str, Option<&'a str>, &'a str)> {
+        let (mut timestamp, mut track, mut payload, mut chunk) = (None, None, None, None);
+        self.object(|s, key| match key {
+            "timestamp" => once(&mut timestamp, s.string()?),
+            "payload" => once(&mut payload, s.string()?),
+            "track" => once(&mut track, s.string()?),
+            "chunk" => once(&mut chunk, s.string()?),
+            _ => None,
+        })?;
         Some((timestamp?, track, payload?))
     }
 }
