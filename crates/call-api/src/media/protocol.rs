@@ -202,11 +202,19 @@ fn media_parts(sequence_number: &str, timestamp: &str, track: Option<&str>, payl
     if payload.len() > MAX_MEDIA_PAYLOAD * 4 / 3 + 4 {
         return Err(format!("media: payload larger than {MAX_MEDIA_PAYLOAD} bytes"));
     }
-    let payload = STANDARD.decode(payload.as_bytes()).map_err(|_| "media: payload is not base64")?;
+    let payload = decode_payload(payload).ok_or("media: payload is not base64")?;
     if payload.is_empty() || payload.len() > MAX_MEDIA_PAYLOAD {
         return Err(format!("media: payload must be 1 to {MAX_MEDIA_PAYLOAD} bytes"));
     }
     Ok(Inbound::Media { sequence_number, timestamp_ms, payload })
+}
+
+/// A `media` payload's audio: standard base64, padded, its unused bits zero — exactly what
+/// `base64`'s `STANDARD` engine accepts (a property test and the fuzz target hold the two to
+/// the same answer), decoded with the CPU's vector instructions where it has them (a frame's
+/// 216 characters in about a tenth of the instructions).
+pub fn decode_payload(text: &str) -> Option<Vec<u8>> {
+    base64_simd::STANDARD.decode_to_vec(text.as_bytes()).ok()
 }
 
 /// The parts of a `media` message that [`fast_media`] read, borrowed from the text.
@@ -367,7 +375,7 @@ impl Encoder {
     pub fn media(&self, audio: &[u8]) -> String {
         let mut out = String::with_capacity(MEDIA_HEAD.len() + audio.len().div_ceil(3) * 4 + self.media_tail.len());
         out.push_str(MEDIA_HEAD);
-        STANDARD.encode_string(audio, &mut out);
+        base64_simd::STANDARD.encode_append(audio, &mut out);
         out.push_str(&self.media_tail);
         out
     }
@@ -572,6 +580,44 @@ mod tests {
                 let want = text.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
                 proptest::prop_assert_eq!(string_end(text), want);
             }
+        }
+
+        /// The payload decoder takes and refuses what `base64`'s `STANDARD` engine does, with
+        /// the same bytes: valid payloads of every length, each with one character changed
+        /// (into padding, the URL-safe alphabet, white space, a non-ASCII letter, or another
+        /// letter, which can leave bits set that must be zero), cut short or lengthened.
+        #[test]
+        fn the_payload_decoder_answers_as_base64_does(
+            audio in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            at in proptest::num::usize::ANY,
+            with in proptest::sample::select(vec!['=', '-', '_', ' ', '\n', 'é', 'A', 'B', 'Q', 'g', '/', '+', '0']),
+            edit in 0u8..5,
+        ) {
+            let good = STANDARD.encode(&audio);
+            let mut text: Vec<char> = good.chars().collect();
+            let i = if text.is_empty() { 0 } else { at % text.len() };
+            match edit {
+                0 => {}
+                1 if !text.is_empty() => text[i] = with,
+                2 => text.truncate(i),
+                3 => text.insert(i, with),
+                _ => text.push(with),
+            }
+            let text: String = text.into_iter().collect();
+            proptest::prop_assert_eq!(decode_payload(&text), STANDARD.decode(text.as_bytes()).ok(), "{:?}", text);
+        }
+
+        /// Any text at all, too (mostly not base64).
+        #[test]
+        fn the_payload_decoder_answers_as_base64_does_on_any_text(text in "[A-Za-z0-9+/=_\\- é]{0,40}|.{0,40}") {
+            proptest::prop_assert_eq!(decode_payload(&text), STANDARD.decode(text.as_bytes()).ok(), "{:?}", text);
+        }
+
+        /// The encoder writes what `base64` writes, at every length.
+        #[test]
+        fn the_encoder_writes_base64_as_base64_does(audio in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let made = Encoder::new("MZ1").media(&audio);
+            proptest::prop_assert_eq!(made, media("MZ1", &audio));
         }
     }
 
