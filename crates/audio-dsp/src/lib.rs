@@ -8,7 +8,8 @@
 //! - [`wav`], [`raw`]: decoding of untrusted WAV files and headerless audio into
 //!   [`DecodedAudio`] under [`Limits`]; never panics, never allocates from header fields.
 //! - [`resample`]: rubato FFT resampling between 8, 16, 24 and 48 kHz, offline and
-//!   streaming.
+//!   streaming, and a half-band filter that doubles the rate (a live call's 8 kHz utterances
+//!   to 16 kHz for transcription, in less than half the time).
 //! - [`vad`]: two voice-activity tiers ([`VadKind::Fast`] = the WebRTC GMM detector, earshot
 //!   0.1's port vendored with overflow fixes; [`VadKind::Neural`] = earshot 1.x), a
 //!   frame-level detector and the segmenter that smooths decisions into speech segments.
