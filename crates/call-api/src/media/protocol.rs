@@ -212,7 +212,7 @@ fn media_parts(sequence_number: &str, timestamp: &str, track: Option<&str>, payl
 /// A `media` payload's audio: standard base64, padded, its unused bits zero — exactly what
 /// `base64`'s `STANDARD` engine accepts (a property test and the fuzz target hold the two to
 /// the same answer), decoded with the CPU's vector instructions where it has them (a frame's
-/// 216 characters in about a tenth of the instructions).
+/// 216 characters in about a quarter of the instructions: 17.2M → 4.7M at 10 live calls).
 pub fn decode_payload(text: &str) -> Option<Vec<u8>> {
     base64_simd::STANDARD.decode_to_vec(text.as_bytes()).ok()
 }
