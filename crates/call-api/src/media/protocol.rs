@@ -121,7 +121,10 @@ pub enum Inbound {
 /// (`benches/protocol.rs`).
 pub fn parse(text: &str) -> Result<Inbound, String> {
     match fast_media(text) {
-        Some(m) => media_parts(m.sequence_number, m.timestamp, m.track, m.payload),
+        // The scan takes the payload's text up to the next quote without looking inside it
+        // (see [`Scan::payload`]); an escape or a control character there fails the base64
+        // decode, so every answer but a decoded frame is the full parser's.
+        Some(m) => media_parts(m.sequence_number, m.timestamp, m.track, m.payload).or_else(|_| parse_json(text)),
         None => parse_json(text),
     }
 }
@@ -228,10 +231,11 @@ struct FastMedia<'a> {
 
 /// Reads a `media` message in the shape carriers send, in one scan: an object with `event`
 /// (`"media"`), `sequenceNumber`, `media` (`timestamp`, `payload`, optionally `track` and
-/// `chunk`) and optionally `streamSid`, in any order, every value a string without escapes
-/// or control characters, and nothing after the object but white space. `None` for anything
-/// else (another event, an unknown, repeated or missing key, an escape, a `null`, a number,
-/// text that is not JSON), which [`parse_json`] then reads, and names what is wrong with.
+/// `chunk`) and optionally `streamSid`, in any order, every other value a string without
+/// escapes or control characters (the payload's text is checked by its decode, [`parse`]), and
+/// nothing after the object but white space. `None` for anything else (another event, an
+/// unknown, repeated or missing key, an escape, a `null`, a number, text that is not JSON),
+/// which [`parse_json`] then reads, and names what is wrong with.
 fn fast_media(text: &str) -> Option<FastMedia<'_>> {
     let mut s = Scan { text, at: 0 };
     let (mut event, mut sequence_number, mut stream_sid, mut media) = (None, None, None, None);
@@ -318,6 +322,20 @@ impl<'a> Scan<'a> {
         self.text.get(start..end)
     }
 
+    /// The payload's text: everything up to the next `"`, found with `memchr`'s vector search
+    /// rather than checked for escapes and control characters as it goes. Those are left to
+    /// the base64 decode, which refuses `\\` and every control character; [`parse`] then gives
+    /// the message to the full parser. (The quote found is the string's end whenever the text
+    /// holds no `\\`: an escaped quote always follows one.)
+    fn payload(&mut self) -> Option<&'a str> {
+        self.expect(b'"')?;
+        let start = self.at;
+        let end = start + memchr::memchr(b'"', &self.text.as_bytes()[start..])?;
+        self.at = end + 1;
+        // Both ends are ASCII quotes, so both are character boundaries.
+        self.text.get(start..end)
+    }
+
     /// An object whose members `member` reads (called with each key after its `:`, it reads the
     /// value); `None` as soon as a member or the object's syntax is not as expected.
     fn object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
@@ -339,7 +357,7 @@ impl<'a> Scan<'a> {
         let (mut timestamp, mut track, mut payload, mut chunk) = (None, None, None, None);
         self.object(|s, key| match key {
             "timestamp" => once(&mut timestamp, s.string()?),
-            "payload" => once(&mut payload, s.string()?),
+            "payload" => once(&mut payload, s.payload()?),
             "track" => once(&mut track, s.string()?),
             "chunk" => once(&mut chunk, s.string()?),
             _ => None,
@@ -550,6 +568,22 @@ mod tests {
             );
             assert!(matches!(parse(text), Ok(Inbound::Media { ref payload, .. }) if payload == &[0xff, 0xff, 0]));
         }
+        // The payload's text is taken up to the next quote and checked by its decode: an
+        // escape there (`\/` is a `/` to JSON; an escaped quote ends the scan's payload, not
+        // JSON's) or a control character fails the decode, and the full parser answers.
+        for text in [
+            r#"{"event":"media","sequenceNumber":"1","media":{"timestamp":"0","payload":"\/\/8A"}}"#,
+            r#"{"event":"media","sequenceNumber":"1","media":{"timestamp":"0","payload":"//8\u0041"}}"#,
+            r#"{"event":"media","sequenceNumber":"1","media":{"timestamp":"0","payload":"AA\"}}"#,
+            "{\"event\":\"media\",\"sequenceNumber\":\"1\",\"media\":{\"timestamp\":\"0\",\"payload\":\"//8\u{1}A\"}}",
+        ] {
+            assert!(fast_media(text).is_some_and(|m| m.payload.contains(['\\', '\u{1}'])), "{text}");
+            assert_eq!(format!("{:?}", parse(text)), format!("{:?}", parse_json(text)), "{text}");
+        }
+        assert!(matches!(
+            parse(r#"{"event":"media","sequenceNumber":"1","media":{"timestamp":"0","payload":"\/\/8A"}}"#),
+            Ok(Inbound::Media { ref payload, .. }) if payload == &[0xff, 0xff, 0]
+        ));
         // What it does not take goes to the full parser, which names what is wrong.
         for (text, error) in [
             (r#"{"event":"media","sequenceNumber":"1","media":{"payload":"AA=="}}"#, "missing field `timestamp`"),
@@ -646,6 +680,8 @@ mod tests {
                 2 => format!("\"\\u003{}{plain}\"", self.n(10)),
                 3 => format!("\"{plain}\\/\""),
                 4 => "\"\u{1}\"".into(),
+                5 => format!("\"{plain}\\\"\""),
+                6 => format!("\"\\/{plain}\""),
                 _ => format!("\"{plain}\""),
             }
         }
