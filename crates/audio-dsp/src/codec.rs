@@ -101,6 +101,25 @@ const fn build_table(alaw: bool) -> [i16; 256] {
 static ULAW_TABLE: [i16; 256] = build_table(false);
 static ALAW_TABLE: [i16; 256] = build_table(true);
 
+const fn magnitudes(table: [i16; 256]) -> [u16; 256] {
+    let mut out = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        out[i] = table[i].unsigned_abs();
+        i += 1;
+    }
+    out
+}
+
+static ULAW_MAGNITUDE: [u16; 256] = magnitudes(build_table(false));
+
+/// The magnitude of one μ-law byte's sample, `|mulaw_decode(byte)|` (0..=32124): one table
+/// read, for sums over a frame (a live call's loudness, 160 bytes every 20 ms).
+#[inline]
+pub fn mulaw_magnitude(byte: u8) -> u16 {
+    ULAW_MAGNITUDE[byte as usize]
+}
+
 /// Decodes one μ-law byte to a linear sample.
 #[inline]
 pub fn mulaw_decode(byte: u8) -> i16 {
@@ -210,6 +229,14 @@ pub fn encode(encoding: Encoding, samples: &[i16]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mulaw_magnitudes_are_the_decoded_samples_absolute_values() {
+        for byte in 0..=255u8 {
+            assert_eq!(mulaw_magnitude(byte), mulaw_decode(byte).unsigned_abs(), "{byte:#04x}");
+        }
+        assert_eq!((mulaw_magnitude(0x00), mulaw_magnitude(0x80), mulaw_magnitude(0xFF)), (32124, 32124, 0));
+    }
 
     #[test]
     fn reference_values() {
