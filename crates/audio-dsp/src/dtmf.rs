@@ -73,17 +73,38 @@ pub struct DtmfDigit {
 }
 
 /// Streaming Goertzel DTMF detector for one mono channel.
+///
+/// Each sample goes through the eight Goertzel filters once, as it arrives: the filters run
+/// over each hop (half a block) and keep the hop's value at each frequency, and a block's value
+/// is its two hops' (and, where the block is one sample longer than two hops, that sample's),
+/// each turned by the phase of its place in the block. That is the block's DFT at the eight
+/// frequencies, as a Goertzel run over the whole block gives it, with half the work: blocks
+/// overlap by half, so a run per block took every sample twice.
 #[derive(Debug, Clone)]
 pub struct DtmfDetector {
     config: DtmfConfig,
     rate: f64,
     block: usize,
     hop: usize,
+    /// `block − 2 × hop` (0 or 1): the sample before the block's two hops.
+    lead: usize,
     coeffs: [f32; 8],
-    ring: Vec<f32>,
-    pos: usize,
+    /// `cos ω`, `sin ω` of each filter: the hop's value from the recurrence's last two states.
+    cos: [f32; 8],
+    sin: [f32; 8],
+    /// `e^{jω·hop}`: the older hop's place in the block, relative to the newer hop.
+    older: [(f32, f32); 8],
+    /// `e^{jω·(block − 1)}`: the leading sample's place.
+    leading: [(f32, f32); 8],
+    /// The current hop so far: the recurrences' last two states, its energy, its last sample.
+    s1: [f32; 8],
+    s2: [f32; 8],
+    energy: f32,
+    last: f32,
     since_hop: usize,
-    filled: usize,
+    /// The last two whole hops (older, newer), and the last sample of the hop before them.
+    hops: [Hop; 2],
+    before: f32,
     /// Samples consumed so far.
     samples: u64,
     /// Candidate digit, start sample of its first block and number of consecutive blocks.
@@ -94,13 +115,31 @@ pub struct DtmfDetector {
     min_tone_power: f32,
 }
 
+/// One hop's value at each frequency (`Σ x[n]·e^{jω(hop−1−n)}`, real and imaginary parts), its
+/// energy and its last sample.
+#[derive(Debug, Clone, Copy, Default)]
+struct Hop {
+    re: [f32; 8],
+    im: [f32; 8],
+    energy: f32,
+    last: f32,
+}
+
 impl DtmfDetector {
     /// A detector for audio at `rate` Hz.
     pub fn new(rate: u32, config: DtmfConfig) -> Self {
         let block = ((f64::from(rate) * 205.0 / 8000.0).round() as usize).max(16);
+        let hop = block / 2;
         let mut coeffs = [0f32; 8];
-        for (c, f) in coeffs.iter_mut().zip(ROWS.iter().chain(COLS.iter())) {
-            *c = (2.0 * (2.0 * std::f64::consts::PI * f / f64::from(rate)).cos()) as f32;
+        let (mut cos, mut sin) = ([0f32; 8], [0f32; 8]);
+        let (mut older, mut leading) = ([(0f32, 0f32); 8], [(0f32, 0f32); 8]);
+        for (k, f) in ROWS.iter().chain(COLS.iter()).enumerate() {
+            let w = 2.0 * std::f64::consts::PI * f / f64::from(rate);
+            coeffs[k] = (2.0 * w.cos()) as f32;
+            (cos[k], sin[k]) = (w.cos() as f32, w.sin() as f32);
+            let at = |n: usize| ((w * n as f64).cos() as f32, (w * n as f64).sin() as f32);
+            older[k] = at(hop);
+            leading[k] = at(block - 1);
         }
         // Tone power (mean square of a sinusoid) for the level threshold.
         let min_tone_power = 10f64.powf(config.min_tone_dbfs / 10.0) as f32;
@@ -108,12 +147,20 @@ impl DtmfDetector {
             config,
             rate: f64::from(rate),
             block,
-            hop: block / 2,
+            hop,
+            lead: block - 2 * hop,
             coeffs,
-            ring: vec![0.0; block],
-            pos: 0,
+            cos,
+            sin,
+            older,
+            leading,
+            s1: [0.0; 8],
+            s2: [0.0; 8],
+            energy: 0.0,
+            last: 0.0,
             since_hop: 0,
-            filled: 0,
+            hops: [Hop::default(); 2],
+            before: 0.0,
             samples: 0,
             run: None,
             active: None,
@@ -131,25 +178,67 @@ impl DtmfDetector {
     pub fn push(&mut self, samples: &[i16], mut on_event: impl FnMut(DtmfEvent)) {
         let mut rest = samples;
         while !rest.is_empty() {
-            // A run of samples up to the next hop or the end of the ring, converted in one loop.
-            let n = rest.len().min(self.hop - self.since_hop).min(self.block - self.pos);
+            // A run of samples up to the next hop, through the filters in one loop.
+            let n = rest.len().min(self.hop - self.since_hop);
             let (run, tail) = rest.split_at(n);
-            for (to, &s) in self.ring[self.pos..self.pos + n].iter_mut().zip(run) {
-                *to = f32::from(s) / 32768.0;
-            }
+            self.filter(run);
             rest = tail;
-            self.pos = if self.pos + n == self.block { 0 } else { self.pos + n };
-            self.filled = (self.filled + n).min(self.block);
             self.samples += n as u64;
             self.since_hop += n;
             if self.since_hop == self.hop {
-                self.since_hop = 0;
-                if self.filled == self.block {
+                self.end_hop();
+                if self.samples >= self.block as u64 {
                     let digit = self.analyse_block();
                     self.advance(digit, &mut on_event);
                 }
             }
         }
+    }
+
+    /// Eight independent Goertzel recurrences advanced together: the inner loop has no
+    /// dependency chain between filters, so it pipelines (and vectorises).
+    fn filter(&mut self, run: &[i16]) {
+        let c = self.coeffs;
+        let (mut s1, mut s2, mut energy) = (self.s1, self.s2, self.energy);
+        for &sample in run {
+            let x = f32::from(sample) / 32768.0;
+            energy += x * x;
+            for k in 0..8 {
+                let s0 = x + c[k] * s1[k] - s2[k];
+                s2[k] = s1[k];
+                s1[k] = s0;
+            }
+            self.last = x;
+        }
+        (self.s1, self.s2, self.energy) = (s1, s2, energy);
+    }
+
+    /// Closes the current hop: its value at each frequency, `s1 − e^{−jω}·s2`.
+    fn end_hop(&mut self) {
+        let mut hop = Hop { energy: self.energy, last: self.last, ..Hop::default() };
+        for k in 0..8 {
+            hop.re[k] = self.s1[k] - self.cos[k] * self.s2[k];
+            hop.im[k] = self.sin[k] * self.s2[k];
+        }
+        self.before = self.hops[0].last;
+        self.hops = [self.hops[1], hop];
+        (self.s1, self.s2, self.energy, self.since_hop) = ([0.0; 8], [0.0; 8], 0.0, 0);
+    }
+
+    /// The block ending now: its energy and its power at each frequency (`|X(ω)|²`, as a
+    /// Goertzel run over the block gives it).
+    fn block_powers(&self) -> (f32, [f32; 8]) {
+        let [old, new] = &self.hops;
+        let lead = if self.lead == 1 { self.before } else { 0.0 };
+        let energy = lead * lead + old.energy + new.energy;
+        let power = std::array::from_fn(|k| {
+            let (ar, ai) = self.older[k];
+            let (br, bi) = self.leading[k];
+            let re = new.re[k] + ar * old.re[k] - ai * old.im[k] + br * lead;
+            let im = new.im[k] + ar * old.im[k] + ai * old.re[k] + bi * lead;
+            re * re + im * im
+        });
+        (energy, power)
     }
 
     /// Ends the input, closing a sounding digit.
@@ -196,26 +285,14 @@ impl DtmfDetector {
     }
 
     fn analyse_block(&self) -> Option<char> {
-        let (a, b) = self.ring.split_at(self.pos);
-        let energy: f32 = a.iter().chain(b.iter()).map(|x| x * x).sum();
+        let (energy, power) = self.block_powers();
+        self.decide(energy, power)
+    }
+
+    /// The digit a block of `energy` with `power` at the eight frequencies holds, if any.
+    fn decide(&self, energy: f32, power: [f32; 8]) -> Option<char> {
         if energy < self.min_energy {
             return None;
-        }
-        // Eight independent Goertzel recurrences advanced together: the inner loop has no
-        // dependency chain between filters, so it pipelines (and vectorises).
-        let c = self.coeffs;
-        let mut s1 = [0f32; 8];
-        let mut s2 = [0f32; 8];
-        for &x in b.iter().chain(a.iter()) {
-            for k in 0..8 {
-                let s0 = x + c[k] * s1[k] - s2[k];
-                s2[k] = s1[k];
-                s1[k] = s0;
-            }
-        }
-        let mut power = [0f32; 8];
-        for k in 0..8 {
-            power[k] = s1[k] * s1[k] + s2[k] * s2[k] - c[k] * s1[k] * s2[k];
         }
         let n = self.block as f32;
         // Share of block energy at each frequency (1.0 for a pure tone).
@@ -284,33 +361,55 @@ mod tests {
 
     use super::*;
 
-    /// The detector fed one sample at a time, as it was before it took runs: the reference.
-    fn per_sample(det: &mut DtmfDetector, samples: &[i16], on_event: &mut impl FnMut(DtmfEvent)) {
+    /// A block's energy and powers as the detector computed them before it kept each hop's
+    /// value: a Goertzel run over the whole block.
+    fn block_goertzel(det: &DtmfDetector, block: &[f32]) -> (f32, [f32; 8]) {
+        let energy: f32 = block.iter().map(|x| x * x).sum();
+        let c = det.coeffs;
+        let (mut s1, mut s2) = ([0f32; 8], [0f32; 8]);
+        for &x in block {
+            for k in 0..8 {
+                let s0 = x + c[k] * s1[k] - s2[k];
+                s2[k] = s1[k];
+                s1[k] = s0;
+            }
+        }
+        let mut power = [0f32; 8];
+        for k in 0..8 {
+            power[k] = s1[k] * s1[k] + s2[k] * s2[k] - c[k] * s1[k] * s2[k];
+        }
+        (energy, power)
+    }
+
+    /// The detector as it was, fed one sample at a time, each block run through the filters
+    /// whole (every sample twice): the reference.
+    fn per_sample(
+        det: &mut DtmfDetector,
+        history: &mut Vec<f32>,
+        samples: &[i16],
+        on_event: &mut impl FnMut(DtmfEvent),
+    ) {
         for &s in samples {
-            det.ring[det.pos] = f32::from(s) / 32768.0;
-            det.pos = if det.pos + 1 == det.block { 0 } else { det.pos + 1 };
-            det.filled = (det.filled + 1).min(det.block);
+            history.push(f32::from(s) / 32768.0);
             det.samples += 1;
-            det.since_hop += 1;
-            if det.since_hop == det.hop && det.filled == det.block {
-                det.since_hop = 0;
-                let digit = det.analyse_block();
+            if det.samples.is_multiple_of(det.hop as u64) && history.len() >= det.block {
+                let (energy, power) = block_goertzel(det, &history[history.len() - det.block..]);
+                let digit = det.decide(energy, power);
                 det.advance(digit, on_event);
-            } else if det.since_hop >= det.hop {
-                det.since_hop = 0;
             }
         }
     }
 
     fn events(rate: u32, samples: &[i16], cuts: &[usize], reference: bool) -> Vec<DtmfEvent> {
         let mut det = DtmfDetector::new(rate, DtmfConfig::default());
+        let mut history = Vec::new();
         let mut out = Vec::new();
         let mut on = |e: DtmfEvent| out.push(e);
         let mut at = 0;
         for &cut in cuts.iter().chain(std::iter::once(&samples.len())) {
             let end = cut.clamp(at, samples.len());
             if reference {
-                per_sample(&mut det, &samples[at..end], &mut on);
+                per_sample(&mut det, &mut history, &samples[at..end], &mut on);
             } else {
                 det.push(&samples[at..end], &mut on);
             }
@@ -318,6 +417,57 @@ mod tests {
         }
         det.finish(&mut on);
         out
+    }
+
+    /// Each block's energy and powers from its hops equal a Goertzel run over the block (to
+    /// float rounding), at rates whose block is two hops and two hops and a sample, for
+    /// tones, noise and silence, wherever the runs are cut.
+    #[test]
+    fn block_powers_from_hops_are_the_blocks_goertzel() {
+        for rate in [8000u32, 11_025, 16_000] {
+            let mut samples: Vec<i16> = crate::synth::dtmf_tone(rate, '5', -10.0, 0.2);
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            samples.extend((0..rate / 5).map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 20_001) as i16 - 10_000
+            }));
+            samples.extend(std::iter::repeat_n(0i16, 500));
+            samples.extend(crate::synth::dtmf_tone(rate, 'D', -30.0, 0.1));
+            let mut det = DtmfDetector::new(rate, DtmfConfig::default());
+            let mut history = Vec::new();
+            let mut blocks = 0;
+            for chunk in samples.chunks(37) {
+                for &s in chunk {
+                    history.push(f32::from(s) / 32768.0);
+                }
+                // Fed in odd runs; the hop boundaries fall inside them.
+                let before = det.samples;
+                let mut start = 0;
+                while start < chunk.len() {
+                    let n = (chunk.len() - start).min(det.hop - det.since_hop);
+                    det.push(&chunk[start..start + n], |_| {});
+                    start += n;
+                    let seen = before + start as u64;
+                    if seen.is_multiple_of(det.hop as u64) && seen >= det.block as u64 {
+                        let (e, p) = det.block_powers();
+                        let at = seen as usize;
+                        let (want_e, want_p) = block_goertzel(&det, &history[at - det.block..at]);
+                        let scale = want_e.max(1e-6);
+                        assert!((e - want_e).abs() <= 1e-4 * scale, "{rate} {at}: energy {e} against {want_e}");
+                        for k in 0..8 {
+                            // Relative to the block's energy: a frequency with nothing in it
+                            // is near zero in both.
+                            let tol = 2e-3 * scale * det.block as f32 + 1e-7;
+                            assert!((p[k] - want_p[k]).abs() <= tol, "{rate} {at} {k}: {} against {}", p[k], want_p[k]);
+                        }
+                        blocks += 1;
+                    }
+                }
+            }
+            assert!(blocks > 20, "{rate}: {blocks} blocks");
+        }
     }
 
     proptest! {
