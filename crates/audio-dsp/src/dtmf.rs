@@ -88,8 +88,8 @@ pub struct DtmfDetector {
     hop: usize,
     /// `block − 2 × hop` (0 or 1): the sample before the block's two hops.
     lead: usize,
-    coeffs: [f32; 8],
-    /// `cos ω`, `sin ω` of each filter: the hop's value from the recurrence's last two states.
+    /// `cos ω`, `sin ω` of each filter: the recurrence's coefficient (`2 cos ω`), and the hop's
+    /// value from its last two states.
     cos: [f32; 8],
     sin: [f32; 8],
     /// `e^{jω·hop}`: the older hop's place in the block, relative to the newer hop.
@@ -130,12 +130,10 @@ impl DtmfDetector {
     pub fn new(rate: u32, config: DtmfConfig) -> Self {
         let block = ((f64::from(rate) * 205.0 / 8000.0).round() as usize).max(16);
         let hop = block / 2;
-        let mut coeffs = [0f32; 8];
         let (mut cos, mut sin) = ([0f32; 8], [0f32; 8]);
         let (mut older, mut leading) = ([(0f32, 0f32); 8], [(0f32, 0f32); 8]);
         for (k, f) in ROWS.iter().chain(COLS.iter()).enumerate() {
             let w = 2.0 * std::f64::consts::PI * f / f64::from(rate);
-            coeffs[k] = (2.0 * w.cos()) as f32;
             (cos[k], sin[k]) = (w.cos() as f32, w.sin() as f32);
             let at = |n: usize| ((w * n as f64).cos() as f32, (w * n as f64).sin() as f32);
             older[k] = at(hop);
@@ -149,7 +147,6 @@ impl DtmfDetector {
             block,
             hop,
             lead: block - 2 * hop,
-            coeffs,
             cos,
             sin,
             older,
@@ -198,7 +195,7 @@ impl DtmfDetector {
     /// Eight independent Goertzel recurrences advanced together: the inner loop has no
     /// dependency chain between filters, so it pipelines (and vectorises).
     fn filter(&mut self, run: &[i16]) {
-        let c = self.coeffs;
+        let c = self.cos.map(|cos| 2.0 * cos);
         let (mut s1, mut s2, mut energy) = (self.s1, self.s2, self.energy);
         for &sample in run {
             let x = f32::from(sample) / 32768.0;
@@ -365,7 +362,7 @@ mod tests {
     /// value: a Goertzel run over the whole block.
     fn block_goertzel(det: &DtmfDetector, block: &[f32]) -> (f32, [f32; 8]) {
         let energy: f32 = block.iter().map(|x| x * x).sum();
-        let c = det.coeffs;
+        let c = det.cos.map(|cos| 2.0 * cos);
         let (mut s1, mut s2) = ([0f32; 8], [0f32; 8]);
         for &x in block {
             for k in 0..8 {

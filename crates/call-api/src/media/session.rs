@@ -5,6 +5,7 @@
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
+use audio_dsp::codec::mulaw_magnitude;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{
     SinkExt as _, StreamExt as _,
@@ -920,15 +921,9 @@ fn is_loud(mulaw: &[u8]) -> bool {
     if mulaw.is_empty() {
         return false;
     }
+    // A table of magnitudes: a read and an add a byte.
     let sum: u64 = mulaw.iter().map(|&b| u64::from(mulaw_magnitude(b))).sum();
     sum / mulaw.len() as u64 > 300
-}
-
-/// The magnitude of a G.711 μ-law sample (0..=32124): a table of magnitudes, so the sum above
-/// is a read and an add a byte (a table of samples and their absolute value took twice the
-/// instructions).
-fn mulaw_magnitude(byte: u8) -> u16 {
-    audio_dsp::codec::mulaw_magnitude(byte)
 }
 
 /// The most bytes of an utterance's audio in one message from audio-processor (0.25 s of 16 kHz
